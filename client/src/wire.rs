@@ -1,0 +1,479 @@
+//! Request and response bodies of the certmint REST API (v1).
+//!
+//! Invariants: times are RFC 3339 UTC on the wire; durations are
+//! [`Duration`] strings; every list response carries an opaque `next`
+//! cursor that is absent on the last page. Optional input fields default to
+//! empty so that older clients keep working when fields are added.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::duration::Duration;
+use crate::problem::ProblemCode;
+
+/// API version string served in the directory.
+pub const API_VERSION: &str = "v1";
+
+/// `GET /v1/directory`: where everything is, and which CA answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    /// `v1`.
+    pub api_version: String,
+    /// Endpoint name to absolute path, e.g. `"enroll" -> "/v1/enroll"`.
+    pub endpoints: BTreeMap<String, String>,
+    /// The issuing CA.
+    pub ca: CaInfo,
+}
+
+/// Public facts about the CA that signs enrollments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// `sha256:<hex>` of the root certificate's DER: pin this on first contact.
+    pub root_fingerprint: String,
+    /// Subject of the issuing (intermediate) certificate, RFC 4514 string.
+    pub issuer_subject: String,
+    /// Key type of the issuing key (`ec-p256`, …).
+    pub issuer_key_type: String,
+    /// End of the issuing certificate's validity; no leaf outlives it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issuer_not_after: OffsetDateTime,
+}
+
+/// The SANs a request asks for, or a token binds (exact names or patterns).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// DNS names (or, in a token, DNS patterns narrower than the policy's).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// IP addresses (or, in a token, CIDR ranges).
+    #[serde(default)]
+    pub ip: Vec<String>,
+    /// URIs (or, in a token, URI patterns).
+    #[serde(default)]
+    pub uri: Vec<String>,
+}
+
+impl Identity {
+    /// True when no name of any kind is present.
+    pub fn is_empty(&self) -> bool {
+        self.dns.is_empty() && self.ip.is_empty() && self.uri.is_empty()
+    }
+}
+
+/// `POST /v1/enroll` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// PKCS#10 CSR, PEM (`-----BEGIN CERTIFICATE REQUEST-----`).
+    pub csr: String,
+    /// The bootstrap token (a JWT).
+    pub token: String,
+    /// Requested lifetime; the policy default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+}
+
+/// `201` body of `POST /v1/enroll` and `POST /v1/renew`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateBundle {
+    /// Lower-case hex serial number.
+    pub serial: String,
+    /// The leaf certificate, PEM.
+    pub certificate_pem: String,
+    /// Issuing chain up to and including the root, PEM, leaf excluded.
+    pub chain_pem: String,
+    /// Start of validity (backdated by the configured skew allowance).
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// When the holder should renew (the server's hint, ARI-style).
+    #[serde(with = "time::serde::rfc3339")]
+    pub renew_after: OffsetDateTime,
+    /// Policy that allowed the certificate.
+    pub policy: String,
+    /// Version of that policy.
+    pub policy_version: i64,
+}
+
+/// Names a policy allows, as patterns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedNames {
+    /// DNS patterns: `*` is exactly one label.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// CIDR ranges (a bare address means a single host).
+    #[serde(default)]
+    pub ip: Vec<String>,
+    /// URI patterns: `*` is exactly one path segment (or host label).
+    #[serde(default)]
+    pub uri: Vec<String>,
+}
+
+/// Certificate lifetime bounds of a policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtlBounds {
+    /// Lifetime when the request names none.
+    pub default: Duration,
+    /// Longest lifetime a request may ask for.
+    pub max: Duration,
+}
+
+/// Renewal rules of a policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalRules {
+    /// Whether holders may renew over mTLS.
+    #[serde(default = "default_true")]
+    pub allowed: bool,
+    /// Longest time since first enrollment a renewal chain may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chain_age: Option<Duration>,
+}
+
+impl Default for RenewalRules {
+    fn default() -> Self {
+        Self {
+            allowed: true,
+            max_chain_age: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A policy as written by an administrator (`POST`/`PUT /v1/admin/policies`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySpec {
+    /// Unique name: lower-case letters, digits and `-`, 1–63 characters.
+    pub name: String,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: String,
+    /// Name patterns certificates may carry.
+    #[serde(default)]
+    pub allowed: AllowedNames,
+    /// Key types a CSR may use: `ec-p256`, `ec-p384`, `ed25519`, `rsa-2048`, `rsa-3072`, `rsa-4096`.
+    pub key_types: Vec<String>,
+    /// Lifetime bounds.
+    pub ttl: TtlBounds,
+    /// `client_auth`, `server_auth`.
+    pub extended_key_usage: Vec<String>,
+    /// Renewal rules.
+    #[serde(default)]
+    pub renewal: RenewalRules,
+    /// Whether `*.example.com` may appear in a certificate.
+    #[serde(default)]
+    pub allow_wildcard_certificates: bool,
+    /// Disabled policies issue nothing.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// A stored policy version (`GET /v1/admin/policies/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The policy as written.
+    #[serde(flatten)]
+    pub spec: PolicySpec,
+    /// Version number, 1 for the first; each replace adds one.
+    pub version: i64,
+    /// When this version was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A page of items with an opaque cursor for the next page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items on this page.
+    pub items: Vec<T>,
+    /// Pass as `?cursor=` to read the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `POST /v1/admin/policies/{name}/evaluate` body: a dry run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluateRequest {
+    /// PKCS#10 CSR, PEM.
+    pub csr: String,
+    /// Identity a token would bind; when absent only the policy is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// Requested lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+}
+
+/// Outcome of a policy evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Everything requested is allowed.
+    Allow,
+    /// At least one check failed; see `refusals`.
+    Deny,
+}
+
+/// One refused name (or other requested property) and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRefusal {
+    /// The refused value as requested (a name, a key type, a TTL).
+    pub name: String,
+    /// `dns`, `ip`, `uri`, `key_type`, `ttl`, `policy`.
+    pub kind: String,
+    /// Stable code for this refusal.
+    pub code: ProblemCode,
+    /// Human explanation.
+    pub reason: String,
+}
+
+/// `200` body of an evaluation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluateResponse {
+    /// allow or deny.
+    pub decision: Verdict,
+    /// Policy version evaluated.
+    pub policy_version: i64,
+    /// Every reason for a deny; empty on allow.
+    pub refusals: Vec<NameRefusal>,
+}
+
+/// `POST /v1/admin/tokens` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintTokenRequest {
+    /// Policy the token enrolls under.
+    pub policy: String,
+    /// Names (or narrower patterns) the holder may request.
+    pub identity: Identity,
+    /// Token lifetime; default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// How many enrollments the token allows; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u32>,
+}
+
+/// `201` body of `POST /v1/admin/tokens`. The JWT is shown only here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintedToken {
+    /// Token id (also the JWT's `jti`).
+    pub id: String,
+    /// The bootstrap JWT: give it to exactly one workload.
+    pub token: String,
+    /// When the token stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Enrollments allowed.
+    pub max_uses: u32,
+    /// Policy bound.
+    pub policy: String,
+}
+
+/// A bootstrap token as listed (never with the JWT itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Token id.
+    pub id: String,
+    /// Policy bound.
+    pub policy: String,
+    /// Identity bound.
+    pub identity: Identity,
+    /// Enrollments allowed.
+    pub max_uses: u32,
+    /// Enrollments done.
+    pub uses: u32,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Mint time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Revocation time, when revoked.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Lifecycle state of an issued certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateStatus {
+    /// Recorded, sent to the HSM, not yet confirmed (or the signer failed).
+    Pending,
+    /// Issued and valid (possibly expired: see `not_after`).
+    Issued,
+    /// Revoked.
+    Revoked,
+    /// Signing failed; no certificate exists for this serial.
+    Failed,
+}
+
+/// RFC 5280 §5.3.1 revocation reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationReason {
+    /// unspecified (0).
+    Unspecified,
+    /// keyCompromise (1).
+    KeyCompromise,
+    /// cACompromise (2).
+    CaCompromise,
+    /// affiliationChanged (3).
+    AffiliationChanged,
+    /// superseded (4).
+    Superseded,
+    /// cessationOfOperation (5).
+    CessationOfOperation,
+    /// certificateHold (6) is deliberately absent: holds are not supported.
+    /// privilegeWithdrawn (9).
+    PrivilegeWithdrawn,
+}
+
+impl RevocationReason {
+    /// The RFC 5280 CRLReason number.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Unspecified => 0,
+            Self::KeyCompromise => 1,
+            Self::CaCompromise => 2,
+            Self::AffiliationChanged => 3,
+            Self::Superseded => 4,
+            Self::CessationOfOperation => 5,
+            Self::PrivilegeWithdrawn => 9,
+        }
+    }
+}
+
+/// `POST /v1/admin/certificates/{serial}/revoke` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    /// Why; `unspecified` when absent.
+    #[serde(default = "default_reason")]
+    pub reason: RevocationReason,
+}
+
+fn default_reason() -> RevocationReason {
+    RevocationReason::Unspecified
+}
+
+/// A certificate in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateInfo {
+    /// Lower-case hex serial.
+    pub serial: String,
+    /// Lifecycle state.
+    pub status: CertificateStatus,
+    /// Policy that allowed it.
+    pub policy: String,
+    /// Version of that policy.
+    pub policy_version: i64,
+    /// Names in the certificate.
+    pub identity: Identity,
+    /// Key type of the subject key.
+    pub key_type: String,
+    /// Start of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Bootstrap token used, for enrollments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// When recorded.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Revocation time.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Revocation reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<RevocationReason>,
+    /// The certificate, PEM (present once issued; only on single reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
+}
+
+/// One audit event; `hash` chains over `prev_hash` and the event's fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `policy.created`, `token.minted`, `certificate.signing`, …
+    pub kind: String,
+    /// Who: `admin:<subject>`, `token:<id>`, `system`.
+    pub actor: String,
+    /// What it is about: a policy name, token id or serial.
+    pub subject: String,
+    /// Event details (never secrets).
+    pub data: serde_json::Value,
+    /// Hash of the previous event, hex (all zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash` and this event's canonical fields, hex.
+    pub hash: String,
+}
+
+/// Subject key types certmint knows, by their wire names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KeyType {
+    /// ECDSA on NIST P-256.
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    /// ECDSA on NIST P-384.
+    #[serde(rename = "ec-p384")]
+    EcP384,
+    /// Ed25519.
+    #[serde(rename = "ed25519")]
+    Ed25519,
+    /// RSA with a 2048-bit modulus.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    /// RSA with a 3072-bit modulus.
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    /// RSA with a 4096-bit modulus.
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+}
+
+impl KeyType {
+    /// Every key type, in a stable order.
+    pub const ALL: [KeyType; 6] = [
+        KeyType::EcP256,
+        KeyType::EcP384,
+        KeyType::Ed25519,
+        KeyType::Rsa2048,
+        KeyType::Rsa3072,
+        KeyType::Rsa4096,
+    ];
+
+    /// The wire name, e.g. `ec-p256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcP256 => "ec-p256",
+            KeyType::EcP384 => "ec-p384",
+            KeyType::Ed25519 => "ed25519",
+            KeyType::Rsa2048 => "rsa-2048",
+            KeyType::Rsa3072 => "rsa-3072",
+            KeyType::Rsa4096 => "rsa-4096",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<KeyType> {
+        KeyType::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
