@@ -67,7 +67,7 @@ impl Duration {
         let unit = UNITS
             .iter()
             .map(|(_, size)| *size)
-            .find(|size| seconds % size == 0)
+            .find(|size| seconds.is_multiple_of(*size))
             .unwrap_or(1);
         (seconds > 0).then_some(Self { seconds, unit })
     }
@@ -143,7 +143,12 @@ mod tests {
 
     #[test]
     fn ok_units_round_trip() {
-        for (text, seconds) in [("90s", 90), ("15m", 900), ("24h", 86_400), ("90d", 7_776_000)] {
+        for (text, seconds) in [
+            ("90s", 90),
+            ("15m", 900),
+            ("24h", 86_400),
+            ("90d", 7_776_000),
+        ] {
             let parsed: Duration = text.parse().unwrap();
             assert_eq!(parsed.as_seconds(), seconds);
             assert_eq!(parsed.to_string(), text);
@@ -160,7 +165,10 @@ mod tests {
     #[test]
     fn fail_malformed_zero_and_overflow() {
         for text in ["", "h", "10", "1.5h", "-1h", "10w", " 1h", "1h "] {
-            assert!(matches!(text.parse::<Duration>(), Err(DurationError::Malformed(_))), "{text}");
+            assert!(
+                matches!(text.parse::<Duration>(), Err(DurationError::Malformed(_))),
+                "{text}"
+            );
         }
         assert_eq!("0s".parse::<Duration>(), Err(DurationError::Zero));
         assert!(matches!(

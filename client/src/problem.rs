@@ -121,6 +121,8 @@ problem_codes! {
     CertificateNotFound => "certificate.not_found",
     /// The certificate is already revoked.
     CertificateAlreadyRevoked => "certificate.already_revoked",
+    /// The certificate was never issued (its signing is pending or failed).
+    CertificateNotIssued => "certificate.not_issued",
 
     /// No bootstrap token with that id.
     TokenNotFound => "token.not_found",

@@ -294,7 +294,11 @@ pub struct TokenInfo {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Revocation time, when revoked.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub revoked_at: Option<OffsetDateTime>,
 }
 
@@ -388,7 +392,11 @@ pub struct CertificateInfo {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Revocation time.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub revoked_at: Option<OffsetDateTime>,
     /// Revocation reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,286 @@
+//! Admin services: policies, bootstrap tokens, certificate inventory and
+//! revocation, audit. Called by the admin API handlers; no HTTP here.
+//!
+//! Invariants: every write goes through the store together with its audit
+//! event; a policy is compiled (fully validated) before it is stored; a
+//! token's identity must lie within its policy when it is minted; the JWT is
+//! returned once and never stored or logged.
+
+use std::sync::Arc;
+
+use certmint::wire::{
+    AuditEvent, CertificateInfo, CertificateStatus, MintTokenRequest, MintedToken, Page, Policy,
+    PolicySpec, RevocationReason, TokenInfo,
+};
+use certmint::ProblemCode;
+use time::OffsetDateTime;
+
+use crate::clock::Clock;
+use crate::error::ServiceError;
+use crate::policy::{validate_policy_name, CompiledPolicy, Decision};
+use crate::store::{CertificateFilter, NewToken, Store, StoreError};
+use crate::tokens::TokenAuthority;
+
+/// Largest `max_uses` a bootstrap token may have.
+pub const MAX_TOKEN_USES: u32 = 10_000;
+/// Largest page an admin list returns.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Settings for minting bootstrap tokens.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// Audience of bootstrap tokens.
+    pub enroll_audience: String,
+    /// Lifetime when the request names none.
+    pub default_ttl_seconds: u64,
+    /// Longest lifetime.
+    pub max_ttl_seconds: u64,
+}
+
+/// The admin service.
+pub struct Admin {
+    store: Store,
+    tokens: Arc<TokenAuthority>,
+    clock: Arc<dyn Clock>,
+    settings: TokenSettings,
+}
+
+impl Admin {
+    /// Assembles the service.
+    pub fn new(
+        store: Store,
+        tokens: Arc<TokenAuthority>,
+        clock: Arc<dyn Clock>,
+        settings: TokenSettings,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            clock,
+            settings,
+        }
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Creates version 1 of a policy.
+    pub fn create_policy(&self, spec: &PolicySpec, actor: &str) -> Result<Policy, ServiceError> {
+        validate_policy_name(&spec.name)
+            .map_err(|reason| ServiceError::invalid(ProblemCode::PolicyInvalid, reason))?;
+        CompiledPolicy::compile(spec, 1)?;
+        Ok(self.store.create_policy(spec, actor, self.now())?)
+    }
+
+    /// Writes the next version of a policy.
+    pub fn replace_policy(
+        &self,
+        name: &str,
+        spec: &PolicySpec,
+        actor: &str,
+    ) -> Result<Policy, ServiceError> {
+        if spec.name != name {
+            return Err(ServiceError::invalid(
+                ProblemCode::PolicyInvalid,
+                format!(
+                    "the body names policy {:?} but the path names {name:?}; renaming is not supported",
+                    spec.name
+                ),
+            ));
+        }
+        CompiledPolicy::compile(spec, 0)?;
+        Ok(self.store.replace_policy(spec, actor, self.now())?)
+    }
+
+    /// Writes a disabled version of a policy.
+    pub fn disable_policy(&self, name: &str, actor: &str) -> Result<Policy, ServiceError> {
+        Ok(self.store.disable_policy(name, actor, self.now())?)
+    }
+
+    /// The current version of a policy.
+    pub fn policy(&self, name: &str) -> Result<Policy, ServiceError> {
+        Ok(self
+            .store
+            .current_policy(name)?
+            .ok_or_else(|| StoreError::PolicyNotFound {
+                name: name.to_owned(),
+            })?)
+    }
+
+    /// Current versions of all policies.
+    pub fn list_policies(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Policy>, ServiceError> {
+        Ok(self.store.list_policies(cursor, clamp(limit))?)
+    }
+
+    /// Mints a bootstrap token bound to a policy and an identity.
+    pub fn mint_token(
+        &self,
+        request: &MintTokenRequest,
+        actor: &str,
+    ) -> Result<MintedToken, ServiceError> {
+        let stored = self.policy(&request.policy)?;
+        let policy = CompiledPolicy::compile(&stored.spec, stored.version)?;
+        if !policy.is_enabled() {
+            return Err(ServiceError::invalid(
+                ProblemCode::PolicyDisabled,
+                format!(
+                    "policy {:?} is disabled; no tokens can be minted for it",
+                    request.policy
+                ),
+            ));
+        }
+        if request.identity.is_empty() {
+            return Err(ServiceError::invalid(
+                ProblemCode::RequestMalformed,
+                "identity must name at least one DNS name, IP or URI (or pattern)",
+            ));
+        }
+        if let Decision::Deny(refusals) = policy.check_identity_within(&request.identity) {
+            return Err(ServiceError::denied(refusals));
+        }
+        let ttl = request
+            .ttl
+            .map_or(self.settings.default_ttl_seconds, |ttl| ttl.as_seconds());
+        if ttl > self.settings.max_ttl_seconds {
+            return Err(ServiceError::invalid(
+                ProblemCode::RequestMalformed,
+                format!(
+                    "token ttl {ttl}s exceeds the server's maximum of {}s",
+                    self.settings.max_ttl_seconds
+                ),
+            ));
+        }
+        let max_uses = request.max_uses.unwrap_or(1);
+        if max_uses == 0 || max_uses > MAX_TOKEN_USES {
+            return Err(ServiceError::invalid(
+                ProblemCode::RequestMalformed,
+                format!("max_uses must be between 1 and {MAX_TOKEN_USES}"),
+            ));
+        }
+        let now = self.now();
+        let expires_at = now + time::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2));
+        let id = crate::random::hex_id()?;
+        let jwt = self.tokens.mint_bootstrap(
+            &id,
+            &request.policy,
+            &request.identity,
+            &self.settings.enroll_audience,
+            now,
+            expires_at,
+        )?;
+        let info = self.store.insert_token(
+            &NewToken {
+                id: id.clone(),
+                policy: request.policy.clone(),
+                identity: request.identity.clone(),
+                max_uses,
+                expires_at,
+            },
+            actor,
+            now,
+        )?;
+        Ok(MintedToken {
+            id,
+            token: jwt,
+            expires_at: info.expires_at,
+            max_uses,
+            policy: request.policy.clone(),
+        })
+    }
+
+    /// One token.
+    pub fn token(&self, id: &str) -> Result<TokenInfo, ServiceError> {
+        self.store.token(id)?.ok_or_else(|| token_not_found(id))
+    }
+
+    /// Tokens, paginated.
+    pub fn list_tokens(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<TokenInfo>, ServiceError> {
+        Ok(self.store.list_tokens(cursor, clamp(limit))?)
+    }
+
+    /// Revokes a token: no further enrollment with it.
+    pub fn revoke_token(&self, id: &str, actor: &str) -> Result<TokenInfo, ServiceError> {
+        match self.store.revoke_token(id, actor, self.now()) {
+            Err(StoreError::TokenNotFound { .. }) => Err(token_not_found(id)),
+            other => Ok(other?),
+        }
+    }
+
+    /// One certificate, with its PEM.
+    pub fn certificate(&self, serial: &str) -> Result<CertificateInfo, ServiceError> {
+        Ok(self
+            .store
+            .certificate(&serial.to_ascii_lowercase())?
+            .ok_or_else(|| StoreError::CertificateNotFound {
+                serial: serial.to_owned(),
+            })?)
+    }
+
+    /// Inventory, filtered and paginated.
+    pub fn list_certificates(
+        &self,
+        policy: Option<String>,
+        status: Option<CertificateStatus>,
+        expiring_within_seconds: Option<u64>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<CertificateInfo>, ServiceError> {
+        let expiring_before = expiring_within_seconds.map(|seconds| {
+            self.now() + time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 2))
+        });
+        let filter = CertificateFilter {
+            policy,
+            status,
+            expiring_before,
+        };
+        Ok(self
+            .store
+            .list_certificates(&filter, cursor, clamp(limit))?)
+    }
+
+    /// Revokes a certificate with an RFC 5280 reason.
+    pub fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: RevocationReason,
+        actor: &str,
+    ) -> Result<CertificateInfo, ServiceError> {
+        Ok(self.store.revoke_certificate(
+            &serial.to_ascii_lowercase(),
+            reason,
+            actor,
+            self.now(),
+        )?)
+    }
+
+    /// Audit events, oldest first.
+    pub fn audit(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<AuditEvent>, ServiceError> {
+        Ok(self.store.list_audit(cursor, clamp(limit))?)
+    }
+}
+
+/// On admin routes a missing token is a 404 `token.not_found`; at
+/// enrollment the store's same error means an unknown token (401).
+fn token_not_found(id: &str) -> ServiceError {
+    ServiceError::invalid(
+        ProblemCode::TokenNotFound,
+        format!("no bootstrap token with id {id:?}"),
+    )
+}
+
+fn clamp(limit: u32) -> u32 {
+    limit.clamp(1, MAX_PAGE_SIZE)
+}

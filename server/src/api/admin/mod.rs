@@ -1,0 +1,130 @@
+//! Admin API: bearer-authenticated with an admin JWT minted by
+//! `certmint-server admin-token`. The `auditor` role reads; only `admin`
+//! writes.
+
+pub mod audit;
+pub mod certificates;
+pub mod policies;
+pub mod tokens;
+
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use certmint::ProblemCode;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::{AppState, RequestId};
+use crate::tokens::Role;
+
+/// Registers every admin route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .configure(policies::routes)
+        .configure(tokens::routes)
+        .configure(certificates::routes)
+        .configure(audit::routes);
+}
+
+/// An authenticated admin caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Token subject.
+    pub subject: String,
+    /// Role.
+    pub role: Role,
+    /// Request id, for errors.
+    pub request_id: String,
+}
+
+impl Caller {
+    /// `admin:<subject>`, as recorded in audit events.
+    pub fn actor(&self) -> String {
+        format!("admin:{}", self.subject)
+    }
+
+    /// Refuses callers without the admin role.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Auditor => Err(ApiError::new(
+                ProblemCode::AuthForbidden,
+                "the auditor role is read-only",
+            )
+            .with_request_id(&self.request_id)),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(authenticate(request, payload))
+    }
+}
+
+fn authenticate(
+    request: &HttpRequest,
+    payload: &mut actix_web::dev::Payload,
+) -> Result<Caller, ApiError> {
+    let request_id = RequestId::from_request(request, payload)
+        .into_inner()
+        .map(|id| id.0)
+        .unwrap_or_default();
+    let fail = |code, detail: &str| ApiError::new(code, detail).with_request_id(&request_id);
+    let state = request
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| fail(ProblemCode::Internal, "application state missing"))?;
+    let header_value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            fail(
+                ProblemCode::AuthMissing,
+                "send Authorization: Bearer <admin token>",
+            )
+        })?;
+    let token = header_value
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            fail(
+                ProblemCode::AuthMissing,
+                "Authorization must use the Bearer scheme",
+            )
+        })?;
+    let now = time::OffsetDateTime::now_utc();
+    let claims = state
+        .tokens
+        .verify_admin(token, &state.admin_audience, now)
+        .map_err(|error| {
+            fail(
+                ProblemCode::AuthInvalid,
+                &format!("admin token refused: {error}"),
+            )
+        })?;
+    Ok(Caller {
+        subject: claims.sub,
+        role: claims.role,
+        request_id,
+    })
+}
+
+/// `?cursor=&limit=` on every list.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    /// Opaque cursor from a previous page's `next`.
+    pub cursor: Option<String>,
+    /// Page size (1–500, default 100).
+    pub limit: Option<u32>,
+}
+
+impl PageQuery {
+    /// The page size to use.
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(100)
+    }
+}

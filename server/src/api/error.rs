@@ -1,0 +1,230 @@
+//! The one place where errors become HTTP: every [`ServiceError`] maps to a
+//! stable [`ProblemCode`], and every code maps to one status and title in
+//! [`status_and_title`]. Internal errors become `internal` with the request
+//! id; their text goes to the log, never to the client.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use certmint::wire::NameRefusal;
+use certmint::{Problem, ProblemCode};
+
+use crate::error::ServiceError;
+use crate::hsm::HsmError;
+use crate::issuance::csr::CsrError;
+use crate::policy::PolicyError;
+use crate::store::StoreError;
+use crate::tokens::TokenError;
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
+
+/// The status and title of each code. Append-only, like the codes.
+pub fn status_and_title(code: &ProblemCode) -> (StatusCode, &'static str) {
+    use ProblemCode as C;
+    match code {
+        C::RequestMalformed => (StatusCode::BAD_REQUEST, "Malformed request"),
+        C::RequestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+        C::RequestNotFound => (StatusCode::NOT_FOUND, "No such endpoint"),
+        C::RequestMethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+        C::RequestInvalidParameter => (StatusCode::BAD_REQUEST, "Invalid parameter"),
+        C::CsrMalformed => (StatusCode::BAD_REQUEST, "Malformed CSR"),
+        C::CsrBadSignature => (StatusCode::BAD_REQUEST, "CSR signature invalid"),
+        C::CsrUnsupportedKey => (StatusCode::BAD_REQUEST, "Unsupported key"),
+        C::CsrWeakKey => (StatusCode::BAD_REQUEST, "Key too weak"),
+        C::CsrUnsupportedSignatureAlgorithm => {
+            (StatusCode::BAD_REQUEST, "Unsupported signature algorithm")
+        }
+        C::CsrNoNames => (StatusCode::BAD_REQUEST, "CSR requests no names"),
+        C::PolicyNotFound => (StatusCode::NOT_FOUND, "Policy not found"),
+        C::PolicyDisabled => (StatusCode::FORBIDDEN, "Policy disabled"),
+        C::PolicyAlreadyExists => (StatusCode::CONFLICT, "Policy already exists"),
+        C::PolicyInvalid => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid policy"),
+        C::PolicyNameNotAllowed => (StatusCode::FORBIDDEN, "Name not allowed by policy"),
+        C::PolicyInvalidName => (StatusCode::BAD_REQUEST, "Invalid name"),
+        C::PolicyWildcardNotAllowed => (StatusCode::FORBIDDEN, "Wildcard not allowed"),
+        C::PolicyKeyTypeNotAllowed => (StatusCode::FORBIDDEN, "Key type not allowed"),
+        C::PolicyTtlExceedsMax => (StatusCode::FORBIDDEN, "Lifetime exceeds policy maximum"),
+        C::PolicyIdentityOutsidePolicy => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "Identity outside policy")
+        }
+        C::TokenMalformed => (StatusCode::UNAUTHORIZED, "Malformed token"),
+        C::TokenBadSignature => (StatusCode::UNAUTHORIZED, "Token signature invalid"),
+        C::TokenAlgorithmNotAllowed => (StatusCode::UNAUTHORIZED, "Token algorithm not allowed"),
+        C::TokenExpired => (StatusCode::UNAUTHORIZED, "Token expired"),
+        C::TokenNotYetValid => (StatusCode::UNAUTHORIZED, "Token not yet valid"),
+        C::TokenWrongAudience => (StatusCode::UNAUTHORIZED, "Token audience mismatch"),
+        C::TokenUnknown => (StatusCode::UNAUTHORIZED, "Unknown token"),
+        C::TokenRevoked => (StatusCode::UNAUTHORIZED, "Token revoked"),
+        C::TokenUsed => (StatusCode::UNAUTHORIZED, "Token used up"),
+        C::TokenNameNotAllowed => (StatusCode::FORBIDDEN, "Name outside token identity"),
+        C::AuthMissing => (StatusCode::UNAUTHORIZED, "Authentication required"),
+        C::AuthInvalid => (StatusCode::UNAUTHORIZED, "Invalid credentials"),
+        C::AuthForbidden => (StatusCode::FORBIDDEN, "Forbidden"),
+        C::CertificateNotFound => (StatusCode::NOT_FOUND, "Certificate not found"),
+        C::CertificateAlreadyRevoked => (StatusCode::CONFLICT, "Certificate already revoked"),
+        C::CertificateNotIssued => (StatusCode::CONFLICT, "Certificate not issued"),
+        C::TokenNotFound => (StatusCode::NOT_FOUND, "Token not found"),
+        C::HsmUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "HSM unavailable"),
+        C::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
+        // A code added to the SDK without a row here lands in this arm; the
+        // test below fails for it, so the table cannot silently fall behind.
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+    }
+}
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ProblemCode,
+    detail: String,
+    refusals: Vec<NameRefusal>,
+    request_id: Option<String>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+impl ApiError {
+    /// An error with an explicit code.
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            refusals: Vec::new(),
+            request_id: None,
+        }
+    }
+
+    /// Attaches the request id.
+    pub fn with_request_id(mut self, request_id: &str) -> Self {
+        self.request_id = Some(request_id.to_owned());
+        self
+    }
+
+    /// The code (for metrics and logs).
+    pub fn code(&self) -> &ProblemCode {
+        &self.code
+    }
+
+    /// Maps a service error; internal details are logged here, once.
+    pub fn from_service(error: ServiceError, request_id: &str) -> Self {
+        let (code, detail) = classify(&error);
+        let mut api = ApiError::new(code, detail).with_request_id(request_id);
+        if let ServiceError::Denied { refusals, .. } = error {
+            api.refusals = refusals;
+        } else if matches!(api.code, ProblemCode::Internal) {
+            tracing::error!(request.id = %request_id, error = %error, "internal error");
+            api.detail = format!("internal error; quote request id {request_id} to the operator");
+        } else if matches!(
+            api.code,
+            ProblemCode::HsmUnavailable | ProblemCode::StoreUnavailable
+        ) {
+            tracing::warn!(request.id = %request_id, error = %error, "backend unavailable");
+        }
+        api
+    }
+}
+
+fn classify(error: &ServiceError) -> (ProblemCode, String) {
+    use ProblemCode as C;
+    let detail = error.to_string();
+    let code = match error {
+        ServiceError::Csr(csr) => match csr {
+            CsrError::Malformed(_) => C::CsrMalformed,
+            CsrError::BadSignature => C::CsrBadSignature,
+            CsrError::UnsupportedKey(_) => C::CsrUnsupportedKey,
+            CsrError::WeakKey { .. } => C::CsrWeakKey,
+            CsrError::UnsupportedSignatureAlgorithm(_) => C::CsrUnsupportedSignatureAlgorithm,
+            CsrError::NoNames => C::CsrNoNames,
+        },
+        ServiceError::Token(token) => match token {
+            TokenError::Malformed(_) => C::TokenMalformed,
+            TokenError::AlgorithmNotAllowed { .. } => C::TokenAlgorithmNotAllowed,
+            TokenError::UnknownKey | TokenError::WrongIssuer => C::TokenUnknown,
+            TokenError::BadSignature => C::TokenBadSignature,
+            TokenError::WrongAudience { .. } | TokenError::WrongKind { .. } => {
+                C::TokenWrongAudience
+            }
+            TokenError::Expired { .. } => C::TokenExpired,
+            TokenError::NotYetValid { .. } => C::TokenNotYetValid,
+        },
+        ServiceError::Policy(PolicyError::Invalid(_)) => C::PolicyInvalid,
+        ServiceError::Denied { code, .. } => code.clone(),
+        ServiceError::Invalid { code, .. } => code.clone(),
+        ServiceError::Store(store) => match store {
+            StoreError::PolicyAlreadyExists { .. } => C::PolicyAlreadyExists,
+            StoreError::PolicyNotFound { .. } => C::PolicyNotFound,
+            StoreError::TokenNotFound { .. } => C::TokenUnknown,
+            StoreError::TokenRevoked { .. } => C::TokenRevoked,
+            StoreError::TokenExpired { .. } => C::TokenExpired,
+            StoreError::TokenUsedUp { .. } => C::TokenUsed,
+            StoreError::CertificateNotFound { .. } => C::CertificateNotFound,
+            StoreError::CertificateAlreadyRevoked { .. } => C::CertificateAlreadyRevoked,
+            StoreError::BadCursor => C::RequestInvalidParameter,
+            StoreError::CertificateNotIssued { .. } => C::CertificateNotIssued,
+            StoreError::Conflict { .. } => C::StoreUnavailable,
+            StoreError::Unavailable { .. } => C::StoreUnavailable,
+            _ => C::Internal,
+        },
+        ServiceError::Hsm(hsm) if is_retryable(hsm) => C::HsmUnavailable,
+        ServiceError::Hsm(_)
+        | ServiceError::Profile(_)
+        | ServiceError::Entropy(_)
+        | ServiceError::PostSigningCheck(_) => C::Internal,
+    };
+    (code, detail)
+}
+
+fn is_retryable(error: &HsmError) -> bool {
+    error.is_retryable()
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        status_and_title(&self.code).0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, title) = status_and_title(&self.code);
+        let body = Problem {
+            problem_type: format!("urn:certmint:problem:{}", self.code),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.clone(),
+            request_id: self.request_id.clone(),
+            refusals: self.refusals.clone(),
+        };
+        let mut response = HttpResponse::build(status);
+        response.content_type("application/problem+json");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
+        }
+        if status == StatusCode::UNAUTHORIZED && self.code.as_str().starts_with("auth.") {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_every_code_has_a_status_and_only_internal_is_500() {
+        for code in ProblemCode::ALL {
+            let (status, title) = status_and_title(code);
+            assert!(!title.is_empty());
+            assert_eq!(
+                status == StatusCode::INTERNAL_SERVER_ERROR,
+                matches!(code, ProblemCode::Internal),
+                "{code}"
+            );
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! HTTP layer: actix-web routes, extractors and the error edge.
+//!
+//! Handlers do four things and nothing else: extract (size-limited bodies),
+//! parse wire types, call one service function on a blocking thread, map the
+//! result. No business rule lives here; all statuses live in [`error`].
+
+pub mod admin;
+pub mod enroll;
+pub mod error;
+pub mod public;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::ServiceResponse;
+use actix_web::{web, FromRequest, HttpMessage as _, HttpRequest};
+use certmint::ProblemCode;
+
+use crate::admin::Admin;
+use crate::error::ServiceError;
+use crate::hsm::Hsm;
+use crate::issuance::Issuer;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tokens::TokenAuthority;
+use error::ApiError;
+
+/// Shared state of every handler.
+pub struct AppState {
+    /// Issuance pipeline.
+    pub issuer: Arc<Issuer>,
+    /// Admin services.
+    pub admin: Arc<Admin>,
+    /// For readiness.
+    pub store: Store,
+    /// For readiness.
+    pub hsm: Hsm,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Admin token verification.
+    pub tokens: Arc<TokenAuthority>,
+    /// `<public_url>/v1/admin`.
+    pub admin_audience: String,
+    /// The directory document.
+    pub directory: certmint::wire::Directory,
+    /// Root certificate, PEM.
+    pub root_pem: String,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// The OpenAPI document as JSON.
+    pub openapi_json: String,
+}
+
+/// Per-request id, set by the middleware and echoed in `x-request-id`.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl FromRequest for RequestId {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let id = request
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId("unknown".into()));
+        std::future::ready(Ok(id))
+    }
+}
+
+/// Runs a blocking service call on actix's thread pool and maps its error.
+pub async fn blocking<T, F>(request_id: &RequestId, call: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ServiceError> + Send + 'static,
+    T: Send + 'static,
+{
+    match web::block(call).await {
+        Ok(result) => result.map_err(|error| ApiError::from_service(error, &request_id.0)),
+        Err(_) => Err(ApiError::new(ProblemCode::Internal, "worker pool failure")
+            .with_request_id(&request_id.0)),
+    }
+}
+
+/// Registers every route, the JSON limits and the fallbacks.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |config: &mut web::ServiceConfig| {
+        let limit = state.max_body_bytes;
+        config
+            .app_data(state)
+            .app_data(json_config(limit))
+            .app_data(web::PayloadConfig::new(limit))
+            .app_data(web::QueryConfig::default().error_handler(|error, request| {
+                request_error(
+                    ProblemCode::RequestInvalidParameter,
+                    error.to_string(),
+                    request,
+                )
+            }))
+            .app_data(web::PathConfig::default().error_handler(|error, request| {
+                request_error(
+                    ProblemCode::RequestInvalidParameter,
+                    error.to_string(),
+                    request,
+                )
+            }))
+            .configure(public::routes)
+            .configure(enroll::routes)
+            .configure(admin::routes)
+            .default_service(web::to(not_found));
+    }
+}
+
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .content_type_required(false)
+        .error_handler(|error, request| {
+            use actix_web::error::JsonPayloadError;
+            let code = match &error {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => ProblemCode::RequestTooLarge,
+                _ => ProblemCode::RequestMalformed,
+            };
+            request_error(code, error.to_string(), request)
+        })
+}
+
+fn request_error(code: ProblemCode, detail: String, request: &HttpRequest) -> actix_web::Error {
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    ApiError::new(code, detail).with_request_id(&id).into()
+}
+
+async fn not_found(
+    request: HttpRequest,
+    id: RequestId,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    // A known path with the wrong method is a 405, not a 404.
+    let known = request.match_pattern().is_some();
+    Err(if known {
+        ApiError::new(
+            ProblemCode::RequestMethodNotAllowed,
+            format!("{} is not allowed on {}", request.method(), request.path()),
+        )
+        .with_request_id(&id.0)
+    } else {
+        ApiError::new(
+            ProblemCode::RequestNotFound,
+            format!("no endpoint at {}", request.path()),
+        )
+        .with_request_id(&id.0)
+    })
+}
+
+/// Middleware: request id, latency metric, one access log line.
+pub fn observe<S, B>(
+    request: actix_web::dev::ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + 'static
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+    B: 'static,
+{
+    let started = Instant::now();
+    let id = crate::random::hex_id().unwrap_or_else(|_| "no-entropy".into());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let metrics = request
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let method = request.method().to_string();
+    let future = service.call(request);
+    async move {
+        let mut response = future.await?;
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        let status = response.status().as_u16();
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(metrics) = metrics {
+            metrics.request(&method, &route, status, seconds);
+            if let Some(error) = response.response().error() {
+                if let Some(api) = error.as_error::<ApiError>() {
+                    metrics.refused(api.code().as_str());
+                }
+            }
+        }
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id) {
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-request-id"),
+                value,
+            );
+        }
+        tracing::info!(
+            request.id = %id,
+            http.method = %method,
+            http.route = %route,
+            http.status = status,
+            duration_ms = seconds * 1000.0,
+            "request"
+        );
+        Ok(response)
+    }
+}

@@ -1,0 +1,71 @@
+//! Unauthenticated endpoints: directory, CA chain, health, readiness,
+//! metrics and the OpenAPI document.
+
+use actix_web::{web, HttpResponse};
+use certmint::ProblemCode;
+
+use super::error::ApiError;
+use super::{blocking, AppState, RequestId};
+use crate::error::ServiceError;
+
+/// Registers the routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/v1/directory", web::get().to(directory))
+        .route("/v1/ca/chain.pem", web::get().to(chain))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi));
+}
+
+/// `GET /v1/directory`: endpoints and CA facts.
+async fn directory(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.directory)
+}
+
+/// `GET /v1/ca/chain.pem`: issuing certificate then root.
+async fn chain(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/pem-certificate-chain")
+        .body(state.issuer.ca().chain_pem.clone())
+}
+
+/// `GET /healthz`: the process is alive.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the database and the HSM answer. 503
+/// (`store.unavailable` / `hsm.unavailable`) otherwise.
+async fn readyz(state: web::Data<AppState>, id: RequestId) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let hsm = state.hsm.clone();
+    blocking(&id, move || {
+        store.ping().map_err(ServiceError::from)?;
+        hsm.ping().map_err(|error| {
+            ServiceError::invalid(
+                ProblemCode::HsmUnavailable,
+                format!("HSM not ready: {error}"),
+            )
+        })?;
+        Ok(())
+    })
+    .await?;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"status": "ready", "database": "ok", "hsm": "ok"})))
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// `GET /openapi.json`: the REST contract.
+async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.openapi_json.clone())
+}

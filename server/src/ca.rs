@@ -1,0 +1,318 @@
+//! CA lifecycle: create the root and issuing keys on the token and their
+//! certificates at `init`, or an issuing key and its CSR for an external
+//! root, install an externally signed chain, and load the CA at start.
+//!
+//! Invariants: `init` never destroys anything. If the database already holds
+//! a CA, it stops; if a key label already exists on the token, it stops
+//! (the operator decides, not us). Private keys are generated on the token
+//! and used only through [`CaSigner`].
+
+use std::str::FromStr as _;
+use std::sync::Arc;
+
+use certmint::wire::KeyType;
+use der::asn1::BitString;
+use der::{Decode as _, DecodePem as _, Encode as _};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use time::OffsetDateTime;
+use x509_cert::certificate::Certificate;
+use x509_cert::name::Name;
+use x509_cert::request::{CertReq, CertReqInfo, Version as RequestVersion};
+
+use crate::error::ServiceError;
+use crate::hsm::{CaSigner, Hsm};
+use crate::issuance::profile::{self, CaTemplate};
+use crate::issuance::{algorithms, pem, random_serial, IssuingCa};
+use crate::store::{CaState, Store};
+
+/// What `init` should create.
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    /// Name prefix: subjects become `CN=<name> Root CA` / `CN=<name> Issuing CA`.
+    pub name: String,
+    /// Key type of both keys.
+    pub key_type: KeyType,
+    /// Root key label.
+    pub root_key_label: String,
+    /// Issuing key label.
+    pub issuing_key_label: String,
+    /// Root lifetime in seconds.
+    pub root_validity_seconds: i64,
+    /// Issuing lifetime in seconds.
+    pub issuing_validity_seconds: i64,
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub enum InitOutcome {
+    /// Root and issuing CA created.
+    Created {
+        /// `sha256:<hex>` of the root certificate.
+        root_fingerprint: String,
+    },
+    /// An issuing key and its CSR: have it signed, then `ca import-chain`.
+    AwaitingExternalRoot {
+        /// The CSR, PEM.
+        csr_pem: String,
+    },
+    /// A CA already exists; nothing was touched.
+    AlreadyInitialized {
+        /// Fingerprint of the existing root, when installed.
+        root_fingerprint: Option<String>,
+    },
+}
+
+/// Creates a root and an issuing CA on the token.
+pub fn initialize(
+    hsm: &Hsm,
+    store: &Store,
+    options: &CaOptions,
+    now: OffsetDateTime,
+) -> Result<InitOutcome, ServiceError> {
+    if let Some(existing) = store.ca_state()? {
+        return Ok(InitOutcome::AlreadyInitialized {
+            root_fingerprint: existing.root().map(fingerprint),
+        });
+    }
+    let root_key = hsm.generate_key_pair(&options.root_key_label, options.key_type)?;
+    let issuing_key = hsm.generate_key_pair(&options.issuing_key_label, options.key_type)?;
+    let root_subject = subject(&format!("{} Root CA", options.name))?;
+    let root_spki = spki_of(root_key.as_ref())?;
+    let root = sign_ca(
+        &CaTemplate {
+            serial: random_serial()?,
+            subject: root_subject.clone(),
+            issuer: root_subject.clone(),
+            subject_public_key_info: root_spki.clone(),
+            issuer_public_key_info: root_spki.clone(),
+            path_length: 1,
+            not_before: now - time::Duration::minutes(5),
+            not_after: now + time::Duration::seconds(options.root_validity_seconds),
+        },
+        root_key.as_ref(),
+    )?;
+    let issuing = sign_ca(
+        &CaTemplate {
+            serial: random_serial()?,
+            subject: subject(&format!("{} Issuing CA", options.name))?,
+            issuer: root_subject,
+            subject_public_key_info: spki_of(issuing_key.as_ref())?,
+            issuer_public_key_info: root_spki,
+            path_length: 0,
+            not_before: now - time::Duration::minutes(5),
+            not_after: now
+                + time::Duration::seconds(
+                    options
+                        .issuing_validity_seconds
+                        .min(options.root_validity_seconds),
+                ),
+        },
+        root_key.as_ref(),
+    )?;
+    store.save_ca_state(
+        &CaState {
+            root_der: root.clone(),
+            issuing_der: Some(issuing),
+            root_key_label: Some(options.root_key_label.clone()),
+            issuing_key_label: options.issuing_key_label.clone(),
+            issuing_key_type: options.key_type,
+            pending_csr_der: None,
+        },
+        "system:init",
+        now,
+    )?;
+    Ok(InitOutcome::Created {
+        root_fingerprint: fingerprint(&root),
+    })
+}
+
+/// Creates only the issuing key and returns its CSR, for an external root.
+pub fn initialize_for_external_root(
+    hsm: &Hsm,
+    store: &Store,
+    options: &CaOptions,
+    now: OffsetDateTime,
+) -> Result<InitOutcome, ServiceError> {
+    if let Some(existing) = store.ca_state()? {
+        if let (None, Some(csr)) = (existing.root(), &existing.pending_csr_der) {
+            return Ok(InitOutcome::AwaitingExternalRoot {
+                csr_pem: pem("CERTIFICATE REQUEST", csr)?,
+            });
+        }
+        return Ok(InitOutcome::AlreadyInitialized {
+            root_fingerprint: existing.root().map(fingerprint),
+        });
+    }
+    let issuing_key = hsm.generate_key_pair(&options.issuing_key_label, options.key_type)?;
+    let info = CertReqInfo {
+        version: RequestVersion::V1,
+        subject: subject(&format!("{} Issuing CA", options.name))?,
+        public_key: spki_of(issuing_key.as_ref())?,
+        attributes: Default::default(),
+    };
+    let info_der = info.to_der().map_err(encoding)?;
+    let signature = issuing_key.sign(&info_der)?;
+    let request = CertReq {
+        info,
+        algorithm: AlgorithmIdentifierOwned::from_der(issuing_key.signature_algorithm())
+            .map_err(encoding)?,
+        signature: BitString::from_bytes(&signature).map_err(encoding)?,
+    };
+    let csr_der = request.to_der().map_err(encoding)?;
+    store.save_ca_state(
+        &CaState {
+            root_der: Vec::new(),
+            issuing_der: None,
+            root_key_label: None,
+            issuing_key_label: options.issuing_key_label.clone(),
+            issuing_key_type: options.key_type,
+            pending_csr_der: Some(csr_der.clone()),
+        },
+        "system:init",
+        now,
+    )?;
+    Ok(InitOutcome::AwaitingExternalRoot {
+        csr_pem: pem("CERTIFICATE REQUEST", &csr_der)?,
+    })
+}
+
+/// Installs an externally signed chain (PEM: issuing certificate, then any
+/// intermediates, then the root). The issuing certificate must carry the
+/// token's issuing key and every link must verify.
+pub fn import_chain(
+    hsm: &Hsm,
+    store: &Store,
+    chain_pem: &str,
+    now: OffsetDateTime,
+) -> Result<String, ServiceError> {
+    let state = store.ca_state()?.ok_or_else(|| {
+        ServiceError::PostSigningCheck("no pending CA: run `init --external-root` first".into())
+    })?;
+    let chain = Certificate::load_pem_chain(chain_pem.as_bytes()).map_err(|error| {
+        ServiceError::PostSigningCheck(format!("chain does not parse: {error}"))
+    })?;
+    let (issuing, root) = match (chain.first(), chain.last()) {
+        (Some(first), Some(last)) if chain.len() >= 2 => (first, last),
+        _ => {
+            return Err(ServiceError::PostSigningCheck(
+                "the chain needs the issuing certificate and its root".into(),
+            ))
+        }
+    };
+    let signer = hsm.signer(&state.issuing_key_label)?;
+    if issuing.tbs_certificate().subject_public_key_info() != &spki_of(signer.as_ref())? {
+        return Err(ServiceError::PostSigningCheck(
+            "the first certificate does not carry this CA's issuing key".into(),
+        ));
+    }
+    for pair in chain.windows(2) {
+        verify_issued_by(&pair[0], &pair[1])?;
+    }
+    verify_issued_by(root, root)?;
+    let root_der = root.to_der().map_err(encoding)?;
+    let issuing_der = issuing.to_der().map_err(encoding)?;
+    store.complete_ca_import(&root_der, &issuing_der, "system:import-chain", now)?;
+    Ok(fingerprint(&root_der))
+}
+
+fn verify_issued_by(child: &Certificate, parent: &Certificate) -> Result<(), ServiceError> {
+    let tbs = child.tbs_certificate().to_der().map_err(encoding)?;
+    let signature = child
+        .signature()
+        .as_bytes()
+        .ok_or_else(|| ServiceError::PostSigningCheck("signature bits".into()))?;
+    algorithms::verify_signature(
+        parent.tbs_certificate().subject_public_key_info(),
+        child.signature_algorithm(),
+        &tbs,
+        signature,
+    )
+    .map_err(|error| {
+        ServiceError::PostSigningCheck(format!(
+            "{} is not signed by {}: {error}",
+            child.tbs_certificate().subject(),
+            parent.tbs_certificate().subject()
+        ))
+    })
+}
+
+/// The loaded CA: issuing signer, issuing certificate, and the root.
+pub struct LoadedCa {
+    /// For issuance.
+    pub issuing: IssuingCa,
+    /// Root certificate DER.
+    pub root_der: Vec<u8>,
+    /// Issuing key type.
+    pub key_type: KeyType,
+}
+
+/// Loads the CA from the store and the token.
+pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
+    let not_ready = |what: &str| ServiceError::PostSigningCheck(what.to_owned());
+    let state = store
+        .ca_state()?
+        .ok_or_else(|| not_ready("no CA in the database: run `certmint-server init`"))?;
+    let (Some(root_der), Some(issuing_der)) = (state.root().map(<[u8]>::to_vec), state.issuing_der)
+    else {
+        return Err(not_ready(
+            "the CA awaits its externally signed chain: run `certmint-server ca import-chain`",
+        ));
+    };
+    let signer: Arc<dyn CaSigner> = hsm.signer(&state.issuing_key_label)?;
+    let certificate = Certificate::from_der(&issuing_der).map_err(encoding)?;
+    if certificate.tbs_certificate().subject_public_key_info() != &spki_of(signer.as_ref())? {
+        return Err(not_ready(
+            "the token's issuing key does not match the issuing certificate in the database",
+        ));
+    }
+    let chain_pem = format!(
+        "{}{}",
+        pem("CERTIFICATE", &issuing_der)?,
+        pem("CERTIFICATE", &root_der)?
+    );
+    Ok(LoadedCa {
+        issuing: IssuingCa {
+            signer,
+            certificate,
+            chain_pem,
+        },
+        root_der,
+        key_type: state.issuing_key_type,
+    })
+}
+
+/// `sha256:<hex>` of DER bytes: how clients pin the root.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
+    )
+}
+
+fn sign_ca(template: &CaTemplate, signer: &dyn CaSigner) -> Result<Vec<u8>, ServiceError> {
+    let unsigned = profile::prepare_ca(template, signer)?;
+    let signature = signer.sign(unsigned.tbs_der())?;
+    let certificate = unsigned.assemble(&signature)?;
+    profile::to_der(&certificate).map_err(Into::into)
+}
+
+fn spki_of(signer: &dyn CaSigner) -> Result<SubjectPublicKeyInfoOwned, ServiceError> {
+    SubjectPublicKeyInfoOwned::from_der(signer.subject_public_key_info()).map_err(encoding)
+}
+
+fn subject(common_name: &str) -> Result<Name, ServiceError> {
+    let escaped = common_name
+        .replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace('+', "\\+");
+    Name::from_str(&format!("CN={escaped}")).map_err(encoding)
+}
+
+fn encoding(error: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Profile(profile::ProfileError::Encoding(error.to_string()))
+}
+
+/// Parses a PEM certificate (for `ca import-chain` inputs and tests).
+pub fn parse_pem_certificate(text: &str) -> Result<Certificate, ServiceError> {
+    Certificate::from_pem(text.as_bytes()).map_err(encoding)
+}

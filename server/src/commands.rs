@@ -1,0 +1,407 @@
+//! The `certmint-server` subcommands, wiring the layers together.
+//!
+//! Invariants: no command takes a secret on its command line (the PIN comes
+//! from the environment or a file); `init` never overwrites an existing
+//! config, key file or CA.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use certmint::wire::{CaInfo, Directory, KeyType, API_VERSION};
+use secrecy::SecretString;
+
+use crate::admin::{Admin, TokenSettings};
+use crate::api::{self, AppState};
+use crate::ca::{self, CaOptions, InitOutcome};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config, InitValues};
+use crate::hsm::{self, Hsm, HsmConfig};
+use crate::issuance::{Issuer, IssuerParts, IssuerSettings};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tls::{self, ServerCertificate};
+use crate::tokens::{self, Role, TokenAuthority};
+
+/// A command failed; the message is for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(String);
+
+macro_rules! command_error_from {
+    ($($source:ty),*) => {$(
+        impl From<$source> for CommandError {
+            fn from(error: $source) -> Self {
+                CommandError(error.to_string())
+            }
+        }
+    )*};
+}
+
+command_error_from!(
+    crate::config::ConfigError,
+    crate::store::StoreError,
+    crate::hsm::HsmError,
+    crate::error::ServiceError,
+    crate::tokens::TokenKeyError,
+    crate::tokens::TokenError,
+    crate::random::EntropyError,
+    std::io::Error
+);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `init`.
+#[derive(Debug, Clone)]
+pub struct InitArgs {
+    /// Config path.
+    pub config: PathBuf,
+    /// `server.listen`.
+    pub listen: SocketAddr,
+    /// `server.public_url`.
+    pub public_url: Option<String>,
+    /// `server.names`.
+    pub names: Vec<String>,
+    /// `database.url`.
+    pub database_url: String,
+    /// `hsm.module`.
+    pub pkcs11_module: PathBuf,
+    /// `hsm.token_label`.
+    pub token_label: String,
+    /// `hsm.pin_file`.
+    pub pin_file: Option<PathBuf>,
+    /// `ca.name`.
+    pub ca_name: String,
+    /// `ca.key_type`.
+    pub key_type: KeyType,
+    /// Initialise the token first.
+    pub init_token: bool,
+    /// External-root mode: where to write the CSR.
+    pub external_root_csr: Option<PathBuf>,
+}
+
+/// `certmint-server init`.
+pub fn init(args: &InitArgs) -> Result<(), CommandError> {
+    if args.config.exists() {
+        println!(
+            "config {} exists; using it unchanged",
+            args.config.display()
+        );
+    } else {
+        let public_url = args.public_url.clone().unwrap_or_else(|| {
+            let host = args.names.first().map_or("localhost", String::as_str);
+            format!("https://{host}:{}", args.listen.port())
+        });
+        let text = config::render_commented(&InitValues {
+            listen: args.listen,
+            public_url,
+            names: args.names.clone(),
+            database_url: args.database_url.clone(),
+            module: args.pkcs11_module.clone(),
+            token_label: args.token_label.clone(),
+            pin_file: args.pin_file.clone(),
+            ca_name: args.ca_name.clone(),
+            key_type: args.key_type,
+        });
+        if let Some(parent) = args.config.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&args.config, text)?;
+        println!("wrote config {}", args.config.display());
+    }
+    let config = Config::load(&args.config)?;
+    let pin = config.hsm_pin()?;
+    if args.init_token {
+        let so_pin = std::env::var("CERTMINT_HSM_SO_PIN").map_err(|_| {
+            CommandError("--init-token needs the SO PIN in $CERTMINT_HSM_SO_PIN".into())
+        })?;
+        match hsm::init_token(
+            &config.hsm.module,
+            &config.hsm.token_label,
+            &SecretString::from(so_pin),
+            &pin,
+        ) {
+            Ok(()) => println!("initialised token {:?}", config.hsm.token_label),
+            Err(hsm::HsmError::AlreadyExists { .. }) => {
+                println!("token {:?} already initialised", config.hsm.token_label)
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let store = Store::open(&config.database_url(), 2)?;
+    println!("database ready ({:?})", store.backend());
+    let key_file = config.resolve(&config.tokens.signing_key_file);
+    if key_file.exists() {
+        println!("token signing key {} exists; kept", key_file.display());
+    } else {
+        tokens::create_signing_key_file(&key_file)?;
+        println!("created token signing key {}", key_file.display());
+    }
+    let hsm = open_hsm(&config, pin)?;
+    let options = CaOptions {
+        name: config.ca.name.clone(),
+        key_type: config.ca.key_type,
+        root_key_label: config.ca.root_key_label.clone(),
+        issuing_key_label: config.ca.issuing_key_label.clone(),
+        root_validity_seconds: seconds(config.ca.root_validity),
+        issuing_validity_seconds: seconds(config.ca.issuing_validity),
+    };
+    let now = SystemClock.now();
+    let outcome = match &args.external_root_csr {
+        None => ca::initialize(&hsm, &store, &options, now)?,
+        Some(_) => ca::initialize_for_external_root(&hsm, &store, &options, now)?,
+    };
+    match outcome {
+        InitOutcome::Created { root_fingerprint } => {
+            write_root_files(&config, &store)?;
+            println!(
+                "created CA {:?} on token {:?}",
+                config.ca.name, config.hsm.token_label
+            );
+            println!("root fingerprint: {root_fingerprint}");
+        }
+        InitOutcome::AlreadyInitialized { root_fingerprint } => {
+            println!("CA already initialised; nothing changed");
+            if let Some(fingerprint) = root_fingerprint {
+                write_root_files(&config, &store)?;
+                println!("root fingerprint: {fingerprint}");
+            }
+        }
+        InitOutcome::AwaitingExternalRoot { csr_pem } => {
+            let path = args
+                .external_root_csr
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("issuing-ca.csr"));
+            std::fs::write(&path, csr_pem)?;
+            println!(
+                "issuing key created; CSR written to {}. Have it signed (CA:TRUE, pathlen 0), then run `certmint-server ca import-chain --chain <pem>`",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `root.pem` beside the config so first contact can pin it.
+fn write_root_files(config: &Config, store: &Store) -> Result<(), CommandError> {
+    if let Some(state) = store.ca_state()? {
+        if let Some(root) = state.root() {
+            let pem = crate::issuance::pem("CERTIFICATE", root)?;
+            let path = config.resolve(Path::new("root.pem"));
+            std::fs::write(&path, pem)?;
+            println!("root certificate written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn seconds(duration: certmint::Duration) -> i64 {
+    i64::try_from(duration.as_seconds()).unwrap_or(i64::MAX / 4)
+}
+
+fn open_hsm(config: &Config, pin: SecretString) -> Result<Hsm, CommandError> {
+    Ok(Hsm::open(&HsmConfig {
+        module_path: config.hsm.module.clone(),
+        token_label: config.hsm.token_label.clone(),
+        pin,
+        session_pool_size: config.hsm.session_pool_size,
+    })?)
+}
+
+/// `certmint-server ca import-chain`.
+pub fn import_chain(config_path: &Path, chain: &Path) -> Result<(), CommandError> {
+    let config = Config::load(config_path)?;
+    let store = Store::open(&config.database_url(), 2)?;
+    let hsm = open_hsm(&config, config.hsm_pin()?)?;
+    let chain_pem = std::fs::read_to_string(chain)?;
+    let fingerprint = ca::import_chain(&hsm, &store, &chain_pem, SystemClock.now())?;
+    write_root_files(&config, &store)?;
+    println!("chain installed; root fingerprint: {fingerprint}");
+    Ok(())
+}
+
+/// `certmint-server admin-token`.
+pub fn admin_token(
+    config_path: &Path,
+    role: Role,
+    subject: &str,
+    ttl: certmint::Duration,
+) -> Result<(), CommandError> {
+    let config = Config::load(config_path)?;
+    let authority = TokenAuthority::load(
+        &config.resolve(&config.tokens.signing_key_file),
+        &config.server.public_url,
+    )?;
+    let now = SystemClock.now();
+    let token = authority.mint_admin(
+        &crate::random::hex_id()?,
+        role,
+        subject,
+        &config.admin_audience(),
+        now,
+        now + time::Duration::seconds(seconds(ttl)),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTMINT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// `certmint-server serve`.
+pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandError> {
+    init_logging(log_format);
+    let config = Config::load(config_path)?;
+    let store = Store::open(&config.database_url(), config.database.pool_size)?;
+    let hsm = open_hsm(&config, config.hsm_pin()?)?;
+    let loaded = ca::load(&hsm, &store)?;
+    let token_authority = Arc::new(TokenAuthority::load(
+        &config.resolve(&config.tokens.signing_key_file),
+        &config.server.public_url,
+    )?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Arc::new(Metrics::new());
+    let issuer_not_after = crate::issuance::certificate_not_after(&loaded.issuing.certificate)?;
+    let issuer_subject = loaded
+        .issuing
+        .certificate
+        .tbs_certificate()
+        .subject()
+        .to_string();
+    let issuer = Arc::new(Issuer::new(IssuerParts {
+        store: store.clone(),
+        ca: loaded.issuing,
+        tokens: token_authority.clone(),
+        clock: clock.clone(),
+        settings: IssuerSettings {
+            enroll_audience: config.enroll_audience(),
+            backdate_seconds: seconds(config.issuance.backdate),
+            renew_fraction: config.issuance.renew_fraction,
+            renew_jitter: config.issuance.renew_jitter,
+        },
+        metrics: metrics.clone(),
+    }));
+    let admin = Arc::new(Admin::new(
+        store.clone(),
+        token_authority.clone(),
+        clock.clone(),
+        TokenSettings {
+            enroll_audience: config.enroll_audience(),
+            default_ttl_seconds: config.tokens.default_ttl.as_seconds(),
+            max_ttl_seconds: config.tokens.max_ttl.as_seconds(),
+        },
+    ));
+    let server_ttl = config.server.tls_certificate_ttl.as_seconds();
+    let first = tls::issue(&issuer, &config.server.names, server_ttl)?;
+    tracing::info!(cert.serial = %first.serial, "server certificate issued");
+    let resolver = ServerCertificate::new(first.key);
+    spawn_renewal(
+        issuer.clone(),
+        resolver.clone(),
+        config.server.names.clone(),
+        server_ttl,
+        first.renew_after,
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| CommandError(format!("TLS configuration: {error}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+    let root_pem = crate::issuance::pem("CERTIFICATE", &loaded.root_der)?;
+    let directory = Directory {
+        api_version: API_VERSION.into(),
+        endpoints: [
+            ("enroll", "/v1/enroll"),
+            ("ca_chain", "/v1/ca/chain.pem"),
+            ("admin_policies", "/v1/admin/policies"),
+            ("admin_tokens", "/v1/admin/tokens"),
+            ("admin_certificates", "/v1/admin/certificates"),
+            ("admin_audit", "/v1/admin/audit"),
+            ("openapi", "/openapi.json"),
+        ]
+        .into_iter()
+        .map(|(name, path)| (name.to_owned(), path.to_owned()))
+        .collect(),
+        ca: CaInfo {
+            root_fingerprint: ca::fingerprint(&loaded.root_der),
+            issuer_subject,
+            issuer_key_type: loaded.key_type.as_str().into(),
+            issuer_not_after,
+        },
+    };
+    let openapi: serde_json::Value =
+        serde_norway::from_str(include_str!("../../openapi/openapi.yaml"))
+            .map_err(|error| CommandError(format!("embedded openapi.yaml: {error}")))?;
+    let state = actix_web::web::Data::new(AppState {
+        issuer,
+        admin,
+        store,
+        hsm,
+        metrics,
+        tokens: token_authority,
+        admin_audience: config.admin_audience(),
+        directory,
+        root_pem,
+        max_body_bytes: config.server.max_body_bytes,
+        openapi_json: openapi.to_string(),
+    });
+    let listen = config.server.listen;
+    let workers = config.server.workers;
+    tracing::info!(listen = %listen, public_url = %config.server.public_url, "certmint-server listening");
+    actix_web::rt::System::new().block_on(async move {
+        let mut server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .wrap_fn(api::observe)
+                .configure(api::configure(state.clone()))
+        });
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        server.bind_rustls_0_23(listen, tls_config)?.run().await
+    })?;
+    Ok(())
+}
+
+fn spawn_renewal(
+    issuer: Arc<Issuer>,
+    resolver: Arc<ServerCertificate>,
+    names: Vec<String>,
+    ttl_seconds: u64,
+    first_renewal: time::OffsetDateTime,
+) {
+    std::thread::spawn(move || {
+        let mut renew_at = first_renewal;
+        loop {
+            let wait = (renew_at - SystemClock.now()).max(time::Duration::ZERO);
+            std::thread::sleep(wait.unsigned_abs());
+            match tls::issue(&issuer, &names, ttl_seconds) {
+                Ok(renewed) => {
+                    tracing::info!(cert.serial = %renewed.serial, "server certificate renewed");
+                    resolver.replace(renewed.key);
+                    renew_at = renewed.renew_after;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "server certificate renewal failed; retrying in 30s");
+                    renew_at = SystemClock.now() + time::Duration::seconds(30);
+                }
+            }
+        }
+    });
+}

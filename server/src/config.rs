@@ -1,0 +1,493 @@
+//! Server configuration: the TOML file written by `certmint-server init` and
+//! read by every other command.
+//!
+//! Invariants: the configuration never holds a secret. The HSM PIN is read
+//! from an environment variable or a file named here, at the moment it is
+//! needed, and lives in a [`SecretString`] that redacts itself from `Debug`.
+//! Relative paths are resolved against the directory of the config file, so a
+//! config and its data directory can move together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use certmint::wire::KeyType;
+use certmint::Duration;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path} is invalid: {message}")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// What the parser said (never contains secrets: the file holds none).
+        message: String,
+    },
+    /// The PIN is configured nowhere, or its source is unreadable.
+    #[error("HSM PIN unavailable: {0}")]
+    Pin(String),
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTPS listener and the server's own identity.
+    pub server: ServerConfig,
+    /// Database location.
+    pub database: DatabaseConfig,
+    /// PKCS#11 token holding the CA keys.
+    pub hsm: HsmSection,
+    /// CA naming, key types and validity.
+    pub ca: CaConfig,
+    /// Bootstrap and admin token settings.
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    /// Issuance defaults.
+    #[serde(default)]
+    pub issuance: IssuanceConfig,
+    /// Where this file was loaded from (not serialised).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Socket address to listen on.
+    pub listen: SocketAddr,
+    /// External base URL clients use; bootstrap token audiences derive from it.
+    pub public_url: String,
+    /// SANs of the server's own TLS certificate (DNS names or IP addresses).
+    pub names: Vec<String>,
+    /// Lifetime of the server's own TLS certificate; renewed at two thirds.
+    #[serde(default = "default_server_cert_ttl")]
+    pub tls_certificate_ttl: Duration,
+    /// Largest accepted request body in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// HTTP worker threads (0 = one per CPU).
+    #[serde(default)]
+    pub workers: usize,
+}
+
+/// `[database]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://<path>` or `postgres://…`.
+    pub url: String,
+    /// Connections in the pool.
+    #[serde(default = "default_db_pool_size")]
+    pub pool_size: u32,
+}
+
+/// `[hsm]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmSection {
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Label of the token holding the CA keys.
+    pub token_label: String,
+    /// Environment variable holding the user PIN (checked first).
+    #[serde(default = "default_pin_env")]
+    pub pin_env: String,
+    /// File holding the user PIN (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+    /// PKCS#11 sessions kept open for signing in parallel.
+    #[serde(default = "default_session_pool_size")]
+    pub session_pool_size: usize,
+}
+
+/// `[ca]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Common name prefix of the CA certificates.
+    pub name: String,
+    /// Label of the root key on the token.
+    #[serde(default = "default_root_label")]
+    pub root_key_label: String,
+    /// Label of the issuing (intermediate) key on the token.
+    #[serde(default = "default_issuing_label")]
+    pub issuing_key_label: String,
+    /// Key type of both CA keys.
+    #[serde(default = "default_key_type")]
+    pub key_type: KeyType,
+    /// Root certificate lifetime.
+    #[serde(default = "default_root_validity")]
+    pub root_validity: Duration,
+    /// Issuing certificate lifetime.
+    #[serde(default = "default_issuing_validity")]
+    pub issuing_validity: Duration,
+}
+
+/// `[tokens]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// PKCS#8 Ed25519 key that signs bootstrap and admin tokens (0600).
+    #[serde(default = "default_token_key_file")]
+    pub signing_key_file: PathBuf,
+    /// Default bootstrap token lifetime.
+    #[serde(default = "default_token_ttl")]
+    pub default_ttl: Duration,
+    /// Longest bootstrap token lifetime an admin may mint.
+    #[serde(default = "default_token_max_ttl")]
+    pub max_ttl: Duration,
+}
+
+/// `[issuance]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceConfig {
+    /// notBefore is backdated by this much to absorb client clock skew.
+    #[serde(default = "default_backdate")]
+    pub backdate: Duration,
+    /// Fraction of the lifetime after which renewal is suggested (0 < x < 1).
+    #[serde(default = "default_renew_fraction")]
+    pub renew_fraction: f64,
+    /// Random jitter (± fraction of lifetime) added to `renew_after`.
+    #[serde(default = "default_renew_jitter")]
+    pub renew_jitter: f64,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: default_token_key_file(),
+            default_ttl: default_token_ttl(),
+            max_ttl: default_token_max_ttl(),
+        }
+    }
+}
+
+impl Default for IssuanceConfig {
+    fn default() -> Self {
+        Self {
+            backdate: default_backdate(),
+            renew_fraction: default_renew_fraction(),
+            renew_jitter: default_renew_jitter(),
+        }
+    }
+}
+
+fn duration(literal: &str) -> Duration {
+    // Local invariant: only called with the literals below, which the unit
+    // test `ok_defaults_parse` checks; no input reaches this.
+    literal.parse().expect("default duration literal parses")
+}
+fn default_server_cert_ttl() -> Duration {
+    duration("24h")
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+fn default_db_pool_size() -> u32 {
+    16
+}
+fn default_pin_env() -> String {
+    "CERTMINT_HSM_PIN".into()
+}
+fn default_session_pool_size() -> usize {
+    8
+}
+fn default_root_label() -> String {
+    "certmint-root".into()
+}
+fn default_issuing_label() -> String {
+    "certmint-issuing".into()
+}
+fn default_key_type() -> KeyType {
+    KeyType::EcP256
+}
+fn default_root_validity() -> Duration {
+    duration("3650d")
+}
+fn default_issuing_validity() -> Duration {
+    duration("1825d")
+}
+fn default_token_key_file() -> PathBuf {
+    PathBuf::from("token-signing-key.pem")
+}
+fn default_token_ttl() -> Duration {
+    duration("1h")
+}
+fn default_token_max_ttl() -> Duration {
+    duration("30d")
+}
+fn default_backdate() -> Duration {
+    duration("60s")
+}
+fn default_renew_fraction() -> f64 {
+    2.0 / 3.0
+}
+fn default_renew_jitter() -> f64 {
+    0.05
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|error| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.server.names.is_empty() {
+            return Err("server.names must list at least one DNS name or IP address".into());
+        }
+        if !(self.issuance.renew_fraction > 0.0 && self.issuance.renew_fraction < 1.0) {
+            return Err("issuance.renew_fraction must lie strictly between 0 and 1".into());
+        }
+        if !(0.0..0.5).contains(&self.issuance.renew_jitter) {
+            return Err("issuance.renew_jitter must lie in [0, 0.5)".into());
+        }
+        if self.hsm.session_pool_size == 0 {
+            return Err("hsm.session_pool_size must be at least 1".into());
+        }
+        if self.tokens.default_ttl > self.tokens.max_ttl {
+            return Err("tokens.default_ttl exceeds tokens.max_ttl".into());
+        }
+        Ok(())
+    }
+
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The database URL with a relative SQLite path resolved.
+    pub fn database_url(&self) -> String {
+        let url = &self.database.url;
+        for prefix in ["sqlite://", "sqlite:"] {
+            if let Some(path) = url.strip_prefix(prefix) {
+                return format!("sqlite://{}", self.resolve(Path::new(path)).display());
+            }
+        }
+        url.clone()
+    }
+
+    /// Audience of bootstrap tokens: the enroll endpoint's public URL.
+    pub fn enroll_audience(&self) -> String {
+        format!("{}/v1/enroll", self.server.public_url.trim_end_matches('/'))
+    }
+
+    /// Audience of admin tokens.
+    pub fn admin_audience(&self) -> String {
+        format!("{}/v1/admin", self.server.public_url.trim_end_matches('/'))
+    }
+
+    /// Reads the HSM user PIN: the environment variable first, then the file.
+    pub fn hsm_pin(&self) -> Result<SecretString, ConfigError> {
+        if let Ok(pin) = std::env::var(&self.hsm.pin_env) {
+            if !pin.is_empty() {
+                return Ok(SecretString::from(pin));
+            }
+        }
+        if let Some(file) = &self.hsm.pin_file {
+            let path = self.resolve(file);
+            let text = std::fs::read_to_string(&path).map_err(|error| {
+                ConfigError::Pin(format!("cannot read pin file {}: {error}", path.display()))
+            })?;
+            let pin = text.trim_end_matches(['\n', '\r']).to_owned();
+            if pin.is_empty() {
+                return Err(ConfigError::Pin(format!(
+                    "pin file {} is empty",
+                    path.display()
+                )));
+            }
+            return Ok(SecretString::from(pin));
+        }
+        Err(ConfigError::Pin(format!(
+            "set the environment variable {} or hsm.pin_file",
+            self.hsm.pin_env
+        )))
+    }
+}
+
+/// Values `certmint-server init` writes into a fresh config.
+#[derive(Clone, Debug)]
+pub struct InitValues {
+    /// `server.listen`.
+    pub listen: SocketAddr,
+    /// `server.public_url`.
+    pub public_url: String,
+    /// `server.names`.
+    pub names: Vec<String>,
+    /// `database.url`.
+    pub database_url: String,
+    /// `hsm.module`.
+    pub module: PathBuf,
+    /// `hsm.token_label`.
+    pub token_label: String,
+    /// `hsm.pin_file`, if the PIN comes from a file.
+    pub pin_file: Option<PathBuf>,
+    /// `ca.name`.
+    pub ca_name: String,
+    /// `ca.key_type`.
+    pub key_type: KeyType,
+}
+
+/// Renders a commented config file for `init`.
+pub fn render_commented(values: &InitValues) -> String {
+    let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let names = values
+        .names
+        .iter()
+        .map(|name| quote(name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pin_file = match &values.pin_file {
+        Some(path) => format!("pin_file = {}\n", quote(&path.display().to_string())),
+        None => "# pin_file = \"/etc/certmint/hsm-pin\"\n".to_owned(),
+    };
+    format!(
+        r#"# certmint-server configuration, written by `certmint-server init`.
+# Relative paths are resolved against the directory holding this file.
+# This file holds no secret: the HSM PIN comes from the environment or a file.
+
+[server]
+# Address the HTTPS listener binds.
+listen = {listen}
+# URL clients use to reach this server (or its load balancer). Bootstrap tokens
+# are minted for the audience <public_url>/v1/enroll.
+public_url = {public_url}
+# Names in the server's own TLS certificate, which it issues to itself from
+# its CA and renews in-process.
+names = [{names}]
+# tls_certificate_ttl = "24h"
+# max_body_bytes = 65536
+# workers = 0            # 0 = one per CPU
+
+[database]
+# sqlite://<path> (embedded, WAL, synchronous=FULL) or postgres://user@host/db
+url = {database_url}
+# pool_size = 16
+
+[hsm]
+# PKCS#11 module: SoftHSM2, hsm-sim or a vendor HSM.
+module = {module}
+token_label = {token_label}
+# The user PIN is read from this environment variable, else from pin_file.
+pin_env = "CERTMINT_HSM_PIN"
+{pin_file}# PKCS#11 sessions kept open so requests sign in parallel.
+# session_pool_size = 8
+
+[ca]
+name = {ca_name}
+key_type = {key_type}    # ec-p256 | ec-p384 | rsa-3072 | rsa-4096 | ed25519
+# root_key_label = "certmint-root"
+# issuing_key_label = "certmint-issuing"
+# root_validity = "3650d"
+# issuing_validity = "1825d"
+
+[tokens]
+# Ed25519 key (PKCS#8 PEM, mode 0600) that signs bootstrap and admin tokens.
+signing_key_file = "token-signing-key.pem"
+# default_ttl = "1h"
+# max_ttl = "30d"
+
+[issuance]
+# Backdating of notBefore to absorb client clock skew.
+# backdate = "60s"
+# renew_after = not_before + renew_fraction * lifetime, ± renew_jitter * lifetime
+# renew_fraction = 0.6667
+# renew_jitter = 0.05
+"#,
+        listen = quote(&values.listen.to_string()),
+        public_url = quote(&values.public_url),
+        database_url = quote(&values.database_url),
+        module = quote(&values.module.display().to_string()),
+        token_label = quote(&values.token_label),
+        ca_name = quote(&values.ca_name),
+        key_type = quote(values.key_type.as_str()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> InitValues {
+        InitValues {
+            listen: "127.0.0.1:8443".parse().unwrap(),
+            public_url: "https://localhost:8443".into(),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            database_url: "sqlite://certmint.db".into(),
+            module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token_label: "certmint".into(),
+            pin_file: None,
+            ca_name: "certmint".into(),
+            key_type: KeyType::EcP256,
+        }
+    }
+
+    #[test]
+    fn ok_defaults_parse() {
+        for literal in ["24h", "3650d", "1825d", "1h", "30d", "60s"] {
+            assert!(literal.parse::<Duration>().is_ok());
+        }
+    }
+
+    #[test]
+    fn ok_rendered_config_loads_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certmint.toml");
+        std::fs::write(&path, render_commented(&sample())).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.ca.key_type, KeyType::EcP256);
+        assert_eq!(
+            config.database_url(),
+            format!("sqlite://{}", dir.path().join("certmint.db").display())
+        );
+        assert_eq!(config.enroll_audience(), "https://localhost:8443/v1/enroll");
+    }
+
+    #[test]
+    fn fail_unknown_field_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certmint.toml");
+        let text = render_commented(&sample()).replace("[ca]", "[ca]\nnmae = \"typo\"");
+        std::fs::write(&path, text).unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+}

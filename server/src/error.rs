@@ -1,0 +1,88 @@
+//! The error every service function returns: one enum over the domain
+//! errors of each layer. It carries no HTTP status; `api::error` maps it to
+//! a problem code and status in one table.
+
+use certmint::wire::NameRefusal;
+use certmint::ProblemCode;
+
+use crate::hsm::HsmError;
+use crate::issuance::csr::CsrError;
+use crate::issuance::profile::ProfileError;
+use crate::policy::PolicyError;
+use crate::random::EntropyError;
+use crate::store::StoreError;
+use crate::tokens::TokenError;
+
+/// Why a service call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The CSR was refused.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The bootstrap or admin token was refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A policy document was refused.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The policy (or token identity) refused the request, name by name.
+    #[error("{}", summarize(refusals))]
+    Denied {
+        /// Code of the first refusal, used as the problem's code.
+        code: ProblemCode,
+        /// Every refusal.
+        refusals: Vec<NameRefusal>,
+    },
+    /// An input was invalid in a way with its own code (e.g. a bad filter).
+    #[error("{detail}")]
+    Invalid {
+        /// The problem code.
+        code: ProblemCode,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The store failed or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HSM failed.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// Certificate building failed (a bug).
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// No randomness.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+    /// A signed certificate failed its post-signing checks (a bug or a
+    /// misbehaving token); nothing was returned to the client.
+    #[error("post-signing check failed: {0}")]
+    PostSigningCheck(String),
+}
+
+impl ServiceError {
+    /// A denial from a list of refusals (which must not be empty).
+    pub fn denied(refusals: Vec<NameRefusal>) -> Self {
+        let code = refusals
+            .first()
+            .map(|refusal| refusal.code.clone())
+            .unwrap_or(ProblemCode::PolicyNameNotAllowed);
+        ServiceError::Denied { code, refusals }
+    }
+
+    /// Shorthand for [`ServiceError::Invalid`].
+    pub fn invalid(code: ProblemCode, detail: impl Into<String>) -> Self {
+        ServiceError::Invalid {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn summarize(refusals: &[NameRefusal]) -> String {
+    let parts: Vec<String> = refusals
+        .iter()
+        .map(|refusal| format!("{} {:?}: {}", refusal.kind, refusal.name, refusal.reason))
+        .collect();
+    format!("policy check refused the request: {}", parts.join("; "))
+}

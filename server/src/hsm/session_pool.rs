@@ -1,0 +1,521 @@
+//! Loaded PKCS#11 modules and the pool of logged-in sessions.
+//!
+//! A `cryptoki::session::Session` is `Send` but not `Sync`, so concurrent
+//! signing needs one session per in-flight operation. The pool keeps up to
+//! `capacity` sessions, lends each to one caller at a time, and validates it
+//! with `C_GetSessionInfo` before use (logging in again if the login state
+//! was lost). A session the token reports gone is thrown away and the
+//! operation is retried once on a fresh one. The pool's lock is held only to
+//! take or give back a session, never across a `C_*` call that does crypto.
+//!
+//! Modules are loaded once per path per process ([`Module::load`]): a
+//! PKCS#11 library has one global state, so two `Hsm` handles on the same
+//! module must share it, and must share the knowledge that it was
+//! reinitialized. That is the *generation*: it goes up each time the module
+//! is reinitialized after a loss, and a session opened under an older
+//! generation is never used (nor closed) again, because the token may have
+//! handed out its handle number to a new session.
+//!
+//! Pooled sessions are opened with cryptoki's "no drop" variant so that
+//! dropping a dead session never sends `C_CloseSession` for a handle that
+//! may now belong to someone else; live sessions are closed explicitly when
+//! the pool is dropped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+
+use super::error::{login_error, DuringExt, HsmError, Pkcs11Failure};
+
+/// How long a caller waits for a pooled session before giving up with a
+/// transient error (the API turns it into 503 + `Retry-After`).
+const SESSION_WAIT: Duration = Duration::from_secs(30);
+
+/// Every module this process has loaded, by path. Entries live as long as
+/// the process: unloading a PKCS#11 library that other handles may still
+/// use is never safe.
+static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
+
+/// A loaded and initialized PKCS#11 module.
+pub(super) struct Module {
+    pkcs11: Pkcs11,
+    /// The current generation; the mutex also serializes reinitialization.
+    generation: Mutex<u64>,
+    /// Held across "is the label free?" + `C_GenerateKeyPair`; see
+    /// [`Module::serialize_key_generation`].
+    key_generation: Mutex<()>,
+}
+
+impl Module {
+    /// Loads and initializes the module at `path`, or returns the instance
+    /// this process already has.
+    pub(super) fn load(path: &Path) -> Result<Arc<Module>, HsmError> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let registry = MODULES.get_or_init(Mutex::default);
+        let mut modules = lock(registry);
+        if let Some(module) = modules.get(&key) {
+            return Ok(Arc::clone(module));
+        }
+        let module_load = |source| HsmError::ModuleLoad {
+            path: path.to_path_buf(),
+            source: Pkcs11Failure::new(source),
+        };
+        let pkcs11 = Pkcs11::new(path).map_err(module_load)?;
+        initialize(&pkcs11).map_err(module_load)?;
+        let module = Arc::new(Module {
+            pkcs11,
+            generation: Mutex::new(0),
+            key_generation: Mutex::new(()),
+        });
+        modules.insert(key, Arc::clone(&module));
+        Ok(module)
+    }
+
+    pub(super) fn pkcs11(&self) -> &Pkcs11 {
+        &self.pkcs11
+    }
+
+    /// Serializes key generation within the process.
+    ///
+    /// Two reasons: it makes the label check and the generation one step
+    /// for every handle in this process (another process can still race;
+    /// the lookups' ambiguity check catches that afterwards), and SoftHSM2's
+    /// file object store fails concurrent object creation with
+    /// `CKR_GENERAL_ERROR` (SoftHSMv2 issue #573). Key generation is a rare
+    /// ceremony, so the lock costs nothing; signing is not serialized.
+    pub(super) fn serialize_key_generation(&self) -> MutexGuard<'_, ()> {
+        lock(&self.key_generation)
+    }
+
+    /// The current generation (see the module doc).
+    pub(super) fn generation(&self) -> u64 {
+        *lock(&self.generation)
+    }
+
+    /// Calls `C_Initialize` again after the module reported it was not
+    /// initialized (or the device went away), and starts a new generation.
+    /// Does nothing if another caller already did so since `observed`.
+    fn reinitialize(&self, observed: u64) -> Result<(), HsmError> {
+        let mut generation = lock(&self.generation);
+        if *generation != observed {
+            return Ok(());
+        }
+        initialize(&self.pkcs11).during("C_Initialize")?;
+        *generation += 1;
+        tracing::warn!(
+            hsm.generation = *generation,
+            "hsm: PKCS#11 module reinitialized"
+        );
+        Ok(())
+    }
+
+    /// The slot holding the token labelled `token_label`.
+    pub(super) fn find_slot(&self, token_label: &str) -> Result<Slot, HsmError> {
+        let slots = self.pkcs11.get_slots_with_token().during("C_GetSlotList")?;
+        let mut found = None;
+        for slot in slots {
+            let info = self.pkcs11.get_token_info(slot).during("C_GetTokenInfo")?;
+            if info.token_initialized() && trim_padding(info.label()) == token_label {
+                if found.is_some() {
+                    return Err(HsmError::TokenAmbiguous {
+                        label: token_label.to_owned(),
+                    });
+                }
+                found = Some(slot);
+            }
+        }
+        found.ok_or_else(|| HsmError::TokenNotFound {
+            label: token_label.to_owned(),
+        })
+    }
+}
+
+/// Whether a failed operation is retried once on a fresh session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// Retry once: the operation is idempotent (sign, find, read).
+    Once,
+    /// Never retry: the operation may have taken effect (key generation).
+    Never,
+}
+
+/// A bounded pool of logged-in read/write sessions on one token.
+pub(super) struct SessionPool {
+    module: Arc<Module>,
+    token_label: String,
+    pin: SecretString,
+    capacity: usize,
+    state: Mutex<PoolState>,
+    /// Test seam: faults injected before the Nth operation.
+    #[cfg(test)]
+    faults: Mutex<FaultPlan>,
+    /// Signalled whenever a session is returned or a pool slot frees up.
+    returned: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<PooledSession>,
+    /// Sessions counted against `capacity`: idle plus lent out.
+    open: usize,
+    slot: Slot,
+    /// The module generation `slot` and `idle` belong to.
+    generation: u64,
+}
+
+struct PooledSession {
+    session: Session,
+    generation: u64,
+}
+
+impl SessionPool {
+    /// Creates the pool for the token labelled `token_label`, and opens one
+    /// session right away so a wrong PIN or missing token fails at start.
+    pub(super) fn open(
+        module: Arc<Module>,
+        token_label: &str,
+        pin: SecretString,
+        capacity: usize,
+    ) -> Result<SessionPool, HsmError> {
+        let generation = module.generation();
+        let slot = module.find_slot(token_label)?;
+        let pool = SessionPool {
+            module,
+            token_label: token_label.to_owned(),
+            pin,
+            capacity: capacity.max(1),
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+                slot,
+                generation,
+            }),
+            returned: Condvar::new(),
+            #[cfg(test)]
+            faults: Mutex::default(),
+        };
+        drop(pool.acquire()?);
+        Ok(pool)
+    }
+
+    pub(super) fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// The slot of the token, as of the current generation.
+    pub(super) fn slot(&self) -> Result<Slot, HsmError> {
+        let mut state = self.lock_state();
+        self.refresh_generation(&mut state)?;
+        Ok(state.slot)
+    }
+
+    /// Runs `work` on a validated, logged-in session.
+    ///
+    /// `work` receives the session and the module generation it belongs
+    /// to (for caching object handles). If it fails because the session,
+    /// login or device went away and `retry` allows, the session is
+    /// dropped and `work` runs once more on a fresh one.
+    pub(super) fn run<T>(
+        &self,
+        retry: Retry,
+        work: impl Fn(&Session, u64) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let mut lease = self.acquire()?;
+        match self.attempt(&lease, &work) {
+            Err(error) if error.is_session_fault() && retry == Retry::Once => {
+                tracing::warn!(error = %error, "hsm: session lost, retrying once on a fresh session");
+                lease.discard_after(&error);
+                drop(lease);
+                let mut lease = self.acquire()?;
+                let result = self.attempt(&lease, &work);
+                if let Err(error) = &result {
+                    lease.discard_after(error);
+                }
+                result
+            }
+            result => {
+                if let Err(error) = &result {
+                    lease.discard_after(error);
+                }
+                result
+            }
+        }
+    }
+
+    /// One try of `work` on a leased session; in tests, a planned fault
+    /// replaces the call (style item 6: fail the Nth call with a chosen
+    /// return code, as Boulder's `MockCtx` does).
+    fn attempt<T>(
+        &self,
+        lease: &Lease<'_>,
+        work: &impl Fn(&Session, u64) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        #[cfg(test)]
+        if let Some(return_value) = lock(&self.faults).next_fault() {
+            return Err(super::error::device_error(
+                "injected fault",
+                CryptokiError::Pkcs11(return_value, cryptoki::context::Function::Sign),
+            ));
+        }
+        work(lease.session(), lease.generation())
+    }
+
+    /// Takes a validated session from the pool, opening one if the pool is
+    /// below capacity, waiting up to [`SESSION_WAIT`] otherwise.
+    fn acquire(&self) -> Result<Lease<'_>, HsmError> {
+        let deadline = Instant::now() + SESSION_WAIT;
+        let mut reinitialized = false;
+        let mut state = self.lock_state();
+        loop {
+            self.refresh_generation(&mut state)?;
+            if let Some(pooled) = state.idle.pop() {
+                drop(state);
+                match self.validate(&pooled.session) {
+                    Ok(()) => return Ok(Lease::new(self, pooled)),
+                    Err(error) => {
+                        self.give_back(pooled, false);
+                        if !error.is_session_fault() {
+                            return Err(error);
+                        }
+                        tracing::debug!(error = %error, "hsm: dropping a dead pooled session");
+                    }
+                }
+                state = self.lock_state();
+                continue;
+            }
+            if state.open < self.capacity {
+                state.open += 1;
+                let (slot, generation) = (state.slot, state.generation);
+                drop(state);
+                match self.open_logged_in(slot) {
+                    Ok(session) => {
+                        return Ok(Lease::new(
+                            self,
+                            PooledSession {
+                                session,
+                                generation,
+                            },
+                        ))
+                    }
+                    Err(error) => {
+                        let mut relocked = self.lock_state();
+                        relocked.open -= 1;
+                        self.returned.notify_one();
+                        drop(relocked);
+                        if !error.is_session_fault() || reinitialized {
+                            return Err(error);
+                        }
+                        reinitialized = true;
+                        tracing::warn!(error = %error, "hsm: cannot open a session, reinitializing the module");
+                        self.module.reinitialize(generation)?;
+                    }
+                }
+                state = self.lock_state();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HsmError::SessionPoolTimeout {
+                    waited: SESSION_WAIT,
+                });
+            }
+            state = self
+                .returned
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Forgets idle sessions of an older module generation and looks the
+    /// token's slot up again (slot ids may change across reinitialization).
+    fn refresh_generation(&self, state: &mut PoolState) -> Result<(), HsmError> {
+        let current = self.module.generation();
+        if current == state.generation {
+            return Ok(());
+        }
+        state.slot = self.module.find_slot(&self.token_label)?;
+        // Dropping a "no drop" session does not call C_CloseSession.
+        state.open -= state.idle.len();
+        state.idle.clear();
+        state.generation = current;
+        self.returned.notify_all();
+        Ok(())
+    }
+
+    /// Checks the session is alive, and logs in if the login was lost.
+    fn validate(&self, session: &Session) -> Result<(), HsmError> {
+        let info = session.get_session_info().during("C_GetSessionInfo")?;
+        match info.session_state() {
+            SessionState::RoUser | SessionState::RwUser => Ok(()),
+            _ => self.login(session),
+        }
+    }
+
+    fn open_logged_in(&self, slot: Slot) -> Result<Session, HsmError> {
+        let session = self
+            .module
+            .pkcs11
+            .open_rw_session_no_drop(slot)
+            .during("C_OpenSession")?;
+        match self.login(&session) {
+            Ok(()) => Ok(session),
+            Err(error) => {
+                // The handle is ours and valid: close it rather than leak it.
+                let _ = session.close();
+                Err(error)
+            }
+        }
+    }
+
+    /// `C_Login` as the user. Login state is per token and application, so
+    /// "already logged in" (by another session) is success. Refusals that
+    /// are not device faults are PIN problems and become [`HsmError::Login`].
+    fn login(&self, session: &Session) -> Result<(), HsmError> {
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(error) => Err(login_error(&self.token_label, error)),
+        }
+    }
+
+    /// Returns a lent session to the pool (`keep`), or forgets it.
+    fn give_back(&self, pooled: PooledSession, keep: bool) {
+        let mut state = self.lock_state();
+        if keep && pooled.generation == state.generation {
+            state.idle.push(pooled);
+        } else {
+            // Not closed: its handle may already belong to another session.
+            state.open -= 1;
+            drop(pooled);
+        }
+        self.returned.notify_one();
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, PoolState> {
+        lock(&self.state)
+    }
+
+    /// Test hook: fails the operation attempts numbered in `faults`
+    /// (1-based, counted from now) with the given return codes.
+    #[cfg(test)]
+    pub(super) fn inject_faults(&self, faults: Vec<(usize, RvError)>) {
+        *lock(&self.faults) = FaultPlan {
+            attempts: 0,
+            faults,
+        };
+    }
+
+    /// Test hook: sessions counted against the capacity right now.
+    #[cfg(test)]
+    pub(super) fn open_sessions(&self) -> usize {
+        self.lock_state().open
+    }
+
+    /// Test hook: finalizes the module behind every pool's back, as a
+    /// device reset would, so all sessions and the login disappear.
+    #[cfg(test)]
+    pub(super) fn finalize_module_behind_the_pool(&self) {
+        let _ = self.module.pkcs11.clone().finalize();
+    }
+}
+
+impl Drop for SessionPool {
+    fn drop(&mut self) {
+        let current = self.module.generation();
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for pooled in state.idle.drain(..) {
+            if pooled.generation == current {
+                let _ = pooled.session.close();
+            }
+        }
+    }
+}
+
+/// Which operation attempts fail, and how (tests only).
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct FaultPlan {
+    attempts: usize,
+    faults: Vec<(usize, RvError)>,
+}
+
+#[cfg(test)]
+impl FaultPlan {
+    fn next_fault(&mut self) -> Option<RvError> {
+        self.attempts += 1;
+        let attempt = self.attempts;
+        self.faults
+            .iter()
+            .find(|(nth, _)| *nth == attempt)
+            .map(|(_, return_value)| *return_value)
+    }
+}
+
+/// A session lent out by the pool; going out of scope gives it back.
+struct Lease<'pool> {
+    pool: &'pool SessionPool,
+    /// Invariant: `Some` from construction until `drop`.
+    pooled: Option<PooledSession>,
+    keep: bool,
+}
+
+impl<'pool> Lease<'pool> {
+    fn new(pool: &'pool SessionPool, pooled: PooledSession) -> Self {
+        Lease {
+            pool,
+            pooled: Some(pooled),
+            keep: true,
+        }
+    }
+
+    fn session(&self) -> &Session {
+        // Local invariant: `pooled` is only taken in `drop`.
+        &self.pooled.as_ref().expect("lease holds a session").session
+    }
+
+    fn generation(&self) -> u64 {
+        self.pooled.as_ref().map_or(0, |pooled| pooled.generation)
+    }
+
+    /// Marks the session for discarding if `error` says it is dead. A lost
+    /// login keeps the session: validation logs in again on next use.
+    fn discard_after(&mut self, error: &HsmError) {
+        if error.is_session_fault() && error.return_value() != Some(RvError::UserNotLoggedIn) {
+            self.keep = false;
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(pooled) = self.pooled.take() {
+            self.pool.give_back(pooled, self.keep);
+        }
+    }
+}
+
+/// `C_Initialize` with OS locking (certmint calls the module from many
+/// threads); "already initialized" by another handle in this process is fine.
+fn initialize(pkcs11: &Pkcs11) -> Result<(), CryptokiError> {
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Token labels are blank-padded to 32 bytes on the wire.
+pub(super) fn trim_padding(label: &str) -> &str {
+    label.trim_end_matches([' ', '\0'])
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section in this module
+/// leaves the state consistent before anything that could panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

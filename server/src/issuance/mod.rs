@@ -1,0 +1,503 @@
+//! Issuance: from a verified request to a recorded, signed certificate.
+//!
+//! The pipeline runs in this order, and the order is the crash-safety
+//! argument (see `docs/ISSUANCE.md`):
+//!
+//! 1. parse the CSR and verify its proof of possession ([`csr::verify`]);
+//! 2. verify the bootstrap token and evaluate the current policy version;
+//! 3. build the TBS from the policy and the verified names only
+//!    ([`profile::prepare_leaf`]), with a fresh random serial;
+//! 4. in ONE database transaction: consume one token use (conditional
+//!    update), record the intended certificate with its TBS, policy name and
+//!    version (unique serial: a collision retries from 3), and audit
+//!    `certificate.signing`;
+//! 5. sign the TBS bytes on the HSM;
+//! 6. verify the signature with the CA public key and re-check the parsed
+//!    certificate against the request (same key, same names, CA:FALSE);
+//! 7. mark the record issued (durably committed) and only then return it.
+//!
+//! A failure in 5 or 6 marks the record failed and refunds the token use,
+//! because no certificate left the server. A crash anywhere leaves at worst
+//! a `pending` record, never a certificate that a client holds but the
+//! database does not know.
+//!
+//! "Checked before signed" is a type: [`PreparedCertificate`] can only be
+//! made by [`Issuer::prepare`] and is consumed by [`Issuer::sign`].
+
+pub mod algorithms;
+pub mod csr;
+pub mod profile;
+
+use std::sync::Arc;
+
+use certmint::wire::{
+    CertificateBundle, EnrollRequest, EvaluateRequest, EvaluateResponse, Identity, Verdict,
+};
+use der::{Decode as _, Encode as _};
+use time::OffsetDateTime;
+use x509_cert::certificate::Certificate;
+use x509_cert::ext::pkix::{BasicConstraints, SubjectAltName};
+
+use crate::clock::Clock;
+use crate::error::ServiceError;
+use crate::hsm::CaSigner;
+use crate::metrics::Metrics;
+use crate::policy::{self, CompiledPolicy, Decision, IssuanceRequest};
+use crate::store::{NewCertificate, Store, StoreError};
+use crate::tokens::TokenAuthority;
+use csr::VerifiedCsr;
+use profile::{LeafNames, LeafTemplate, UnsignedCertificate};
+
+/// Serial collisions tolerated before giving up (each is a 2^-127 event).
+const SERIAL_ATTEMPTS: usize = 4;
+
+/// Issuance settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// Audience bootstrap tokens must carry.
+    pub enroll_audience: String,
+    /// Seconds notBefore is backdated.
+    pub backdate_seconds: i64,
+    /// Fraction of the lifetime after which renewal is suggested.
+    pub renew_fraction: f64,
+    /// ± jitter, as a fraction of the lifetime.
+    pub renew_jitter: f64,
+}
+
+/// The issuing CA as the pipeline sees it.
+#[derive(Clone)]
+pub struct IssuingCa {
+    /// The issuing key on the HSM.
+    pub signer: Arc<dyn CaSigner>,
+    /// The issuing certificate.
+    pub certificate: Certificate,
+    /// Issuing certificate then root, PEM.
+    pub chain_pem: String,
+}
+
+/// Everything issuance needs, built once at start.
+pub struct IssuerParts {
+    /// Database.
+    pub store: Store,
+    /// The CA.
+    pub ca: IssuingCa,
+    /// Token verifier.
+    pub tokens: Arc<TokenAuthority>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Settings.
+    pub settings: IssuerSettings,
+    /// Where latencies and counts go.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The issuance service.
+pub struct Issuer {
+    parts: IssuerParts,
+}
+
+/// A certificate whose request passed every check, with its serial reserved
+/// and its TBS recorded. Only [`Issuer::sign`] can use it, once.
+#[derive(Debug)]
+pub struct PreparedCertificate {
+    serial: String,
+    token_id: Option<String>,
+    unsigned: UnsignedCertificate,
+    request: VerifiedCsr,
+    names: LeafNames,
+    policy: String,
+    policy_version: i64,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl Issuer {
+    /// Assembles the service.
+    pub fn new(parts: IssuerParts) -> Self {
+        Self { parts }
+    }
+
+    /// The store (for admin services sharing it).
+    pub fn store(&self) -> &Store {
+        &self.parts.store
+    }
+
+    /// The issuing CA.
+    pub fn ca(&self) -> &IssuingCa {
+        &self.parts.ca
+    }
+
+    /// `POST /v1/enroll`: the whole pipeline.
+    pub fn enroll(&self, request: &EnrollRequest) -> Result<CertificateBundle, ServiceError> {
+        let now = self.parts.clock.now();
+        let csr = csr::verify(&request.csr)?;
+        let claims = self.parts.tokens.verify_bootstrap(
+            &request.token,
+            &self.parts.settings.enroll_audience,
+            now,
+        )?;
+        let policy = self.load_policy(&claims.policy)?;
+        let ttl = request.ttl.map(|ttl| ttl.as_seconds());
+        let decision = policy::evaluate(
+            &policy,
+            &IssuanceRequest {
+                names: &csr.names,
+                key_type: csr.key_type,
+                ttl,
+                token_identity: Some(&claims.identity),
+            },
+        );
+        let ttl_seconds = match decision {
+            Decision::Allow { ttl_seconds } => ttl_seconds,
+            Decision::Deny(refusals) => return Err(ServiceError::denied(refusals)),
+        };
+        let prepared = self.prepare(csr, &policy, ttl_seconds, Some(claims.jti), now)?;
+        self.sign(prepared)
+    }
+
+    /// Issues a certificate the server requested for itself (its TLS
+    /// certificate): no token, a built-in policy, the same recorded pipeline.
+    pub fn issue_internal(
+        &self,
+        request: VerifiedCsr,
+        policy: &CompiledPolicy,
+        ttl_seconds: u64,
+    ) -> Result<CertificateBundle, ServiceError> {
+        let now = self.parts.clock.now();
+        let prepared = self.prepare(request, policy, ttl_seconds, None, now)?;
+        self.sign(prepared)
+    }
+
+    /// `POST /v1/admin/policies/{name}/evaluate`: the same checks, no token
+    /// consumed, nothing signed.
+    pub fn evaluate(
+        &self,
+        policy_name: &str,
+        request: &EvaluateRequest,
+    ) -> Result<EvaluateResponse, ServiceError> {
+        let csr = csr::verify(&request.csr)?;
+        let policy = self.load_policy(policy_name)?;
+        let decision = policy::evaluate(
+            &policy,
+            &IssuanceRequest {
+                names: &csr.names,
+                key_type: csr.key_type,
+                ttl: request.ttl.map(|ttl| ttl.as_seconds()),
+                token_identity: request.identity.as_ref(),
+            },
+        );
+        Ok(match decision {
+            Decision::Allow { .. } => EvaluateResponse {
+                decision: Verdict::Allow,
+                policy_version: policy.version(),
+                refusals: Vec::new(),
+            },
+            Decision::Deny(refusals) => EvaluateResponse {
+                decision: Verdict::Deny,
+                policy_version: policy.version(),
+                refusals,
+            },
+        })
+    }
+
+    fn load_policy(&self, name: &str) -> Result<CompiledPolicy, ServiceError> {
+        let stored =
+            self.parts
+                .store
+                .current_policy(name)?
+                .ok_or_else(|| StoreError::PolicyNotFound {
+                    name: name.to_owned(),
+                })?;
+        Ok(CompiledPolicy::compile(&stored.spec, stored.version)?)
+    }
+
+    /// Steps 3 and 4: build the TBS, then consume the token and record the
+    /// intended certificate in one transaction.
+    fn prepare(
+        &self,
+        request: VerifiedCsr,
+        policy: &CompiledPolicy,
+        ttl_seconds: u64,
+        token_id: Option<String>,
+        now: OffsetDateTime,
+    ) -> Result<PreparedCertificate, ServiceError> {
+        let issuer_not_after = certificate_not_after(&self.parts.ca.certificate)?;
+        let not_before = now - time::Duration::seconds(self.parts.settings.backdate_seconds);
+        let ttl = i64::try_from(ttl_seconds).unwrap_or(i64::MAX);
+        let wanted_not_after = now
+            .checked_add(time::Duration::seconds(ttl))
+            .unwrap_or(issuer_not_after);
+        let not_after = wanted_not_after.min(issuer_not_after);
+        if not_after <= now {
+            return Err(ServiceError::PostSigningCheck(
+                "the issuing certificate has expired; rotate the CA".into(),
+            ));
+        }
+        let names = leaf_names(&request);
+        for _ in 0..SERIAL_ATTEMPTS {
+            let serial = random_serial()?;
+            let template = LeafTemplate {
+                serial,
+                subject_public_key_info: request.subject_public_key_info.clone(),
+                key_type: request.key_type,
+                names: names.clone(),
+                extended_key_usages: policy.extended_key_usages().to_vec(),
+                not_before,
+                not_after,
+            };
+            let unsigned = profile::prepare_leaf(
+                &template,
+                &self.parts.ca.certificate,
+                self.parts.ca.signer.as_ref(),
+            )?;
+            let serial_hex = hex::encode(serial);
+            let record = NewCertificate {
+                serial: serial_hex.clone(),
+                policy: policy.name().to_owned(),
+                policy_version: policy.version(),
+                identity: identity_of(&names),
+                key_type: request.key_type,
+                subject_key_sha256: request.subject_key_sha256.clone(),
+                not_before,
+                not_after,
+                tbs_der: unsigned.tbs_der().to_vec(),
+                token_id: token_id.clone(),
+                predecessor: None,
+            };
+            let actor = match &token_id {
+                Some(id) => format!("token:{id}"),
+                None => "system".to_owned(),
+            };
+            let started = std::time::Instant::now();
+            let reserved =
+                self.parts
+                    .store
+                    .begin_issuance(&record, token_id.as_deref(), &actor, now);
+            self.parts
+                .metrics
+                .database("begin_issuance", started.elapsed().as_secs_f64());
+            match reserved {
+                Ok(()) => {
+                    return Ok(PreparedCertificate {
+                        serial: serial_hex,
+                        token_id,
+                        unsigned,
+                        request,
+                        names,
+                        policy: policy.name().to_owned(),
+                        policy_version: policy.version(),
+                        not_before,
+                        not_after,
+                    })
+                }
+                Err(StoreError::SerialCollision { .. }) => {
+                    tracing::warn!(cert.serial = %serial_hex, "serial collision, drawing again");
+                    continue;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ServiceError::PostSigningCheck(
+            "could not draw a unique serial".into(),
+        ))
+    }
+
+    /// Steps 5 to 7.
+    pub fn sign(&self, prepared: PreparedCertificate) -> Result<CertificateBundle, ServiceError> {
+        let serial = prepared.serial.clone();
+        let token_id = prepared.token_id.clone();
+        match self.sign_and_check(prepared) {
+            Ok(bundle) => Ok(bundle),
+            Err(error) => {
+                let now = self.parts.clock.now();
+                if let Err(store_error) = self.parts.store.abandon_issuance(
+                    &serial,
+                    &error.to_string(),
+                    token_id.as_deref(),
+                    now,
+                ) {
+                    tracing::error!(cert.serial = %serial, error = %store_error,
+                        "could not mark a failed issuance; the record stays pending");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn sign_and_check(
+        &self,
+        prepared: PreparedCertificate,
+    ) -> Result<CertificateBundle, ServiceError> {
+        let signer = self.parts.ca.signer.as_ref();
+        let PreparedCertificate {
+            unsigned,
+            serial,
+            request,
+            names,
+            policy,
+            policy_version,
+            not_before,
+            not_after,
+            token_id: _,
+        } = prepared;
+        let tbs_der = unsigned.tbs_der().to_vec();
+        let started = std::time::Instant::now();
+        let signature = signer.sign(&tbs_der)?;
+        self.parts.metrics.hsm_sign(started.elapsed().as_secs_f64());
+        let certificate = unsigned.assemble(&signature)?;
+        let certificate_der = profile::to_der(&certificate)?;
+        self.check_signed(&certificate, &tbs_der, &request, &names)?;
+        let now = self.parts.clock.now();
+        let started = std::time::Instant::now();
+        self.parts
+            .store
+            .complete_issuance(&serial, &certificate_der, now)?;
+        self.parts
+            .metrics
+            .database("complete_issuance", started.elapsed().as_secs_f64());
+        self.parts.metrics.issued();
+        Ok(CertificateBundle {
+            serial,
+            certificate_pem: pem("CERTIFICATE", &certificate_der)?,
+            chain_pem: self.parts.ca.chain_pem.clone(),
+            not_before,
+            not_after,
+            renew_after: renew_after(not_before, not_after, &self.parts.settings),
+            policy,
+            policy_version,
+        })
+    }
+
+    /// Step 6: the signature verifies under the CA key, and the certificate
+    /// says exactly what was checked.
+    fn check_signed(
+        &self,
+        certificate: &Certificate,
+        tbs_der: &[u8],
+        request: &VerifiedCsr,
+        names: &LeafNames,
+    ) -> Result<(), ServiceError> {
+        let fail = |what: &str| ServiceError::PostSigningCheck(what.to_owned());
+        let issuer_key = self
+            .parts
+            .ca
+            .certificate
+            .tbs_certificate()
+            .subject_public_key_info();
+        let signature = certificate
+            .signature()
+            .as_bytes()
+            .ok_or_else(|| fail("signature bits"))?;
+        algorithms::verify_signature(
+            issuer_key,
+            certificate.signature_algorithm(),
+            tbs_der,
+            signature,
+        )
+        .map_err(|error| fail(&format!("CA signature: {error}")))?;
+        let tbs = certificate.tbs_certificate();
+        if tbs.to_der().map_err(|_| fail("TBS re-encoding"))? != tbs_der {
+            return Err(fail("certificate TBS differs from the recorded TBS"));
+        }
+        if tbs.subject_public_key_info() != &request.subject_public_key_info {
+            return Err(fail("subject key differs from the CSR key"));
+        }
+        let (_, basic_constraints) = tbs
+            .get_extension::<BasicConstraints>()
+            .map_err(|_| fail("basicConstraints decoding"))?
+            .ok_or_else(|| fail("basicConstraints missing"))?;
+        if basic_constraints.ca {
+            return Err(fail("leaf has CA:TRUE"));
+        }
+        let (_, alt_names) = tbs
+            .get_extension::<SubjectAltName>()
+            .map_err(|_| fail("subjectAltName decoding"))?
+            .ok_or_else(|| fail("subjectAltName missing"))?;
+        let expected = names.dns.len() + names.ip.len() + names.uri.len();
+        if alt_names.0.len() != expected {
+            return Err(fail("subjectAltName count differs from the request"));
+        }
+        Ok(())
+    }
+}
+
+/// Verified names as they go into the certificate: DNS lower-cased, exact
+/// duplicates dropped, order kept.
+fn leaf_names(request: &VerifiedCsr) -> LeafNames {
+    let mut names = LeafNames::default();
+    for dns in &request.names.dns {
+        let lower = dns.to_ascii_lowercase();
+        if !names.dns.contains(&lower) {
+            names.dns.push(lower);
+        }
+    }
+    for ip in &request.names.ip {
+        if !names.ip.contains(ip) {
+            names.ip.push(*ip);
+        }
+    }
+    for uri in &request.names.uri {
+        if !names.uri.contains(uri) {
+            names.uri.push(uri.clone());
+        }
+    }
+    names
+}
+
+fn identity_of(names: &LeafNames) -> Identity {
+    Identity {
+        dns: names.dns.clone(),
+        ip: names.ip.iter().map(ToString::to_string).collect(),
+        uri: names.uri.clone(),
+    }
+}
+
+/// 16 random bytes, positive (top bit clear) and never starting with a zero
+/// byte, so the DER INTEGER is always exactly 16 bytes long.
+pub fn random_serial() -> Result<[u8; 16], ServiceError> {
+    let mut serial = [0u8; 16];
+    crate::random::fill(&mut serial)?;
+    serial[0] = (serial[0] & 0x7f).max(1);
+    Ok(serial)
+}
+
+/// `renew_after`: `not_before + fraction × lifetime ± jitter × lifetime`,
+/// kept strictly inside the validity window.
+pub fn renew_after(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    settings: &IssuerSettings,
+) -> OffsetDateTime {
+    let lifetime = (not_after - not_before).as_seconds_f64();
+    let mut unit = [0u8; 8];
+    let random = if crate::random::fill(&mut unit).is_ok() {
+        (u64::from_le_bytes(unit) as f64 / u64::MAX as f64) * 2.0 - 1.0
+    } else {
+        0.0
+    };
+    let offset = lifetime * (settings.renew_fraction + settings.renew_jitter * random);
+    let offset = offset.clamp(0.0, lifetime * 0.95);
+    not_before + time::Duration::seconds_f64(offset)
+}
+
+/// `notAfter` of a certificate.
+pub fn certificate_not_after(certificate: &Certificate) -> Result<OffsetDateTime, ServiceError> {
+    let system = certificate
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_system_time();
+    Ok(OffsetDateTime::from(system))
+}
+
+/// PEM-encodes DER with `label`.
+pub fn pem(label: &str, der: &[u8]) -> Result<String, ServiceError> {
+    der::pem::encode_string(label, der::pem::LineEnding::LF, der)
+        .map_err(|error| ServiceError::Profile(profile::ProfileError::Encoding(error.to_string())))
+}
+
+/// Parses DER into a certificate.
+pub fn parse_certificate(der: &[u8]) -> Result<Certificate, ServiceError> {
+    Certificate::from_der(der)
+        .map_err(|error| ServiceError::Profile(profile::ProfileError::Encoding(error.to_string())))
+}

@@ -1,0 +1,146 @@
+//! Prometheus metrics served at `/metrics`.
+//!
+//! Names carry their unit (`_seconds`, `_total`). Labels are bounded: route
+//! patterns (never raw paths), problem codes from the fixed table, and a
+//! small set of store operations.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// All server metrics.
+pub struct Metrics {
+    registry: Registry,
+    issuances: Counter,
+    refusals: Family<CodeLabels, Counter>,
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    hsm_sign: Histogram,
+    database: Family<OperationLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("certmint");
+        let issuances = Counter::default();
+        registry.register(
+            "certificates_issued",
+            "Certificates signed and recorded",
+            issuances.clone(),
+        );
+        let refusals = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests refused, by problem code",
+            refusals.clone(),
+        );
+        let requests = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route pattern",
+            requests.clone(),
+        );
+        let hsm_sign = latency_histogram();
+        registry.register(
+            "hsm_sign_duration_seconds",
+            "Latency of C_Sign on the HSM",
+            hsm_sign.clone(),
+        );
+        let database =
+            Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "db_duration_seconds",
+            "Latency of database operations",
+            database.clone(),
+        );
+        Self {
+            registry,
+            issuances,
+            refusals,
+            requests,
+            hsm_sign,
+            database,
+        }
+    }
+
+    /// One certificate issued.
+    pub fn issued(&self) {
+        self.issuances.inc();
+    }
+
+    /// One request refused with `code`.
+    pub fn refused(&self, code: &str) {
+        self.refusals
+            .get_or_create(&CodeLabels {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One HTTP request finished.
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .observe(seconds);
+    }
+
+    /// One C_Sign.
+    pub fn hsm_sign(&self, seconds: f64) {
+        self.hsm_sign.observe(seconds);
+    }
+
+    /// One database operation.
+    pub fn database(&self, operation: &str, seconds: f64) {
+        self.database
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

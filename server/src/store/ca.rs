@@ -1,0 +1,162 @@
+//! The CA's certificates and key labels, shared by every replica.
+//!
+//! One row (`id = 1`), written once by `init` ([`Store::save_ca_state`]).
+//! In external-root mode the row is first written with the issuing key's
+//! CSR pending and no issuing certificate, and
+//! [`Store::complete_ca_import`] adds the externally signed chain later.
+//! The private keys never come here: only PKCS#11 labels.
+
+use certmint::wire::KeyType;
+use diesel::prelude::*;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::models::CaStateRow;
+use super::schema::ca_state;
+use super::{audit, is_unique_violation, key_type_from_name, sha256_hex, unix, Store, StoreError};
+use crate::audit::{NewAuditEvent, CA_IMPORTED, CA_INITIALIZED};
+
+/// Id of the one `ca_state` row.
+const CA_ROW: i32 = 1;
+
+/// The CA as recorded in the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaState {
+    /// Root certificate, DER. Empty while an external-root import is
+    /// pending and the root is not known yet.
+    pub root_der: Vec<u8>,
+    /// Issuing (intermediate) certificate, DER; `None` while an
+    /// external-root import is pending.
+    pub issuing_der: Option<Vec<u8>>,
+    /// PKCS#11 label of the root key, when the root key is in our HSM.
+    pub root_key_label: Option<String>,
+    /// PKCS#11 label of the issuing key.
+    pub issuing_key_label: String,
+    /// Type of the issuing key.
+    pub issuing_key_type: KeyType,
+    /// CSR for the issuing key awaiting an external signature, DER.
+    pub pending_csr_der: Option<Vec<u8>>,
+}
+
+impl CaState {
+    /// The root certificate, once known.
+    pub fn root(&self) -> Option<&[u8]> {
+        (!self.root_der.is_empty()).then_some(self.root_der.as_slice())
+    }
+}
+
+impl Store {
+    /// The recorded CA, if `init` has run.
+    pub fn ca_state(&self) -> Result<Option<CaState>, StoreError> {
+        let row: Option<CaStateRow> = self.read(|conn| {
+            ca_state::table
+                .filter(ca_state::id.eq(CA_ROW))
+                .select(CaStateRow::as_select())
+                .first(conn)
+                .optional()
+                .map_err(StoreError::query)
+        })?;
+        row.map(|row| {
+            Ok(CaState {
+                issuing_key_type: key_type_from_name(&row.issuing_key_type, "ca_state")?,
+                root_der: row.root_der,
+                issuing_der: row.issuing_der,
+                root_key_label: row.root_key_label,
+                issuing_key_label: row.issuing_key_label,
+                pending_csr_der: row.pending_csr_der,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records the CA once (audit `ca.initialized`);
+    /// [`StoreError::CaAlreadyInitialized`] if a CA is already recorded.
+    pub fn save_ca_state(
+        &self,
+        state: &CaState,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let row = CaStateRow {
+            id: CA_ROW,
+            root_der: state.root_der.clone(),
+            issuing_der: state.issuing_der.clone(),
+            root_key_label: state.root_key_label.clone(),
+            issuing_key_label: state.issuing_key_label.clone(),
+            issuing_key_type: state.issuing_key_type.as_str().to_owned(),
+            pending_csr_der: state.pending_csr_der.clone(),
+            created_at: unix(now),
+        };
+        self.write(|conn| {
+            match diesel::insert_into(ca_state::table)
+                .values(&row)
+                .execute(conn)
+            {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::CaAlreadyInitialized),
+                other => other.map_err(StoreError::query)?,
+            };
+            let data = json!({
+                "root_sha256": (!state.root_der.is_empty()).then(|| sha256_hex(&state.root_der)),
+                "issuing_sha256": state.issuing_der.as_deref().map(sha256_hex),
+                "root_key_label": state.root_key_label,
+                "issuing_key_label": state.issuing_key_label,
+                "issuing_key_type": state.issuing_key_type.as_str(),
+                "pending_import": state.issuing_der.is_none(),
+            });
+            audit::append(
+                conn,
+                &NewAuditEvent::new(CA_INITIALIZED, actor, "ca", data),
+                now,
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Completes an external-root set-up: stores the root and the externally
+    /// signed issuing certificate and clears the pending CSR (audit
+    /// `ca.imported`). [`StoreError::CaNotInitialized`] without a recorded CA,
+    /// [`StoreError::CaAlreadyInitialized`] when its chain is already complete.
+    pub fn complete_ca_import(
+        &self,
+        root_der: &[u8],
+        issuing_der: &[u8],
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.write(|conn| {
+            let updated = diesel::update(
+                ca_state::table
+                    .filter(ca_state::id.eq(CA_ROW))
+                    .filter(ca_state::issuing_der.is_null()),
+            )
+            .set((
+                ca_state::root_der.eq(root_der),
+                ca_state::issuing_der.eq(issuing_der),
+                ca_state::pending_csr_der.eq(None::<Vec<u8>>),
+            ))
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            if updated != 1 {
+                let exists: i64 = ca_state::table
+                    .count()
+                    .get_result(conn)
+                    .map_err(StoreError::query)?;
+                return Err(if exists == 0 {
+                    StoreError::CaNotInitialized
+                } else {
+                    StoreError::CaAlreadyInitialized
+                });
+            }
+            let data = json!({
+                "root_sha256": sha256_hex(root_der),
+                "issuing_sha256": sha256_hex(issuing_der),
+            });
+            audit::append(
+                conn,
+                &NewAuditEvent::new(CA_IMPORTED, actor, "ca", data),
+                now,
+            )?;
+            Ok(())
+        })
+    }
+}

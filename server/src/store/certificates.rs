@@ -1,0 +1,506 @@
+//! Certificate queries, in the crash-safe issuance order (STYLE item 4,
+//! `docs/ISSUANCE.md`):
+//!
+//! 1. [`Store::begin_issuance`], one transaction: consume the token's use,
+//!    record the certificate as `pending` with its TBS bytes (the serial's
+//!    primary key is the collision check), audit `certificate.signing`.
+//! 2. The caller signs on the HSM and verifies the result.
+//! 3. [`Store::complete_issuance`]: `pending` -> `issued` with the DER, audit
+//!    `certificate.issued`. Only then is the certificate returned.
+//!
+//! Revocations live in `certificate_revocations` (one row per serial),
+//! joined into every read.
+//!
+//! If the signer fails, [`Store::abandon_issuance`] marks the row `failed`
+//! and refunds the token's use. A crash between 1 and 3 leaves a `pending`
+//! row with the TBS: the record of a certificate that may exist is never
+//! lost, and no client received a certificate that is not recorded.
+
+use certmint::wire::{
+    CertificateInfo, CertificateStatus, Identity, KeyType, Page, RevocationReason,
+};
+use diesel::prelude::*;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::connection::DbConnection;
+use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
+use super::schema::{certificate_revocations, certificates};
+use super::{
+    audit, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
+    is_unique_violation, optional_from_unix, page_of, page_size, sha256_hex, to_json, tokens, unix,
+    Store, StoreError,
+};
+use crate::audit::{
+    NewAuditEvent, CERTIFICATE_FAILED, CERTIFICATE_ISSUED, CERTIFICATE_REVOKED, CERTIFICATE_SIGNING,
+};
+
+/// Actor recorded for the store's own follow-up events.
+const SYSTEM_ACTOR: &str = "system";
+
+/// A certificate about to be signed: everything recorded before the HSM call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCertificate {
+    /// Lower-case hex serial (16 random bytes, positive).
+    pub serial: String,
+    /// Policy that allowed it.
+    pub policy: String,
+    /// Version of that policy.
+    pub policy_version: i64,
+    /// Names in the certificate.
+    pub identity: Identity,
+    /// Subject key type.
+    pub key_type: KeyType,
+    /// SHA-256 of the subject's SubjectPublicKeyInfo DER, hex.
+    pub subject_key_sha256: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// The DER TBSCertificate the HSM will sign.
+    pub tbs_der: Vec<u8>,
+    /// Bootstrap token used, for enrollments.
+    pub token_id: Option<String>,
+    /// Serial of the certificate this one renews.
+    pub predecessor: Option<String>,
+}
+
+/// Inventory filters; all present filters must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateFilter {
+    /// Only certificates of this policy.
+    pub policy: Option<String>,
+    /// Only certificates in this state.
+    pub status: Option<CertificateStatus>,
+    /// Only issued certificates whose `not_after` is at or before this time.
+    pub expiring_before: Option<OffsetDateTime>,
+}
+
+impl Store {
+    /// Step 1 of issuance, in one transaction: consume one use of
+    /// `token_use` (if any), record `cert` as `pending`, audit
+    /// `certificate.signing`.
+    ///
+    /// Token refusals are precise: [`StoreError::TokenNotFound`],
+    /// [`StoreError::TokenRevoked`], [`StoreError::TokenExpired`],
+    /// [`StoreError::TokenUsedUp`]. A taken serial is
+    /// [`StoreError::SerialCollision`] (nothing is consumed; pick a new serial
+    /// and call again). `token_use` is normally `cert.token_id`; renewals
+    /// pass `None`.
+    pub fn begin_issuance(
+        &self,
+        cert: &NewCertificate,
+        token_use: Option<&str>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let row = CertificateRow {
+            serial: cert.serial.clone(),
+            status: status_name(CertificateStatus::Pending).to_owned(),
+            policy: cert.policy.clone(),
+            policy_version: cert.policy_version,
+            identity_json: to_json(&cert.identity)?,
+            key_type: cert.key_type.as_str().to_owned(),
+            subject_key_sha256: cert.subject_key_sha256.clone(),
+            not_before: unix(cert.not_before),
+            not_after: unix(cert.not_after),
+            tbs_der: cert.tbs_der.clone(),
+            certificate_der: None,
+            token_id: cert.token_id.clone(),
+            predecessor: cert.predecessor.clone(),
+            created_at: unix(now),
+            issued_at: None,
+            failure: None,
+        };
+        self.write(|conn| {
+            if let Some(token_id) = token_use {
+                tokens::consume_use(conn, token_id, now)?;
+            }
+            match diesel::insert_into(certificates::table)
+                .values(&row)
+                .execute(conn)
+            {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::SerialCollision {
+                        serial: cert.serial.clone(),
+                    })
+                }
+                other => other.map_err(StoreError::query)?,
+            };
+            let data = json!({
+                "policy": cert.policy,
+                "policy_version": cert.policy_version,
+                "identity": cert.identity,
+                "key_type": cert.key_type.as_str(),
+                "subject_key_sha256": cert.subject_key_sha256,
+                "not_before_unix": row.not_before,
+                "not_after_unix": row.not_after,
+                "tbs_sha256": sha256_hex(&cert.tbs_der),
+                "token_id": token_use,
+                "predecessor": cert.predecessor,
+            });
+            let event = NewAuditEvent::new(CERTIFICATE_SIGNING, actor, &cert.serial, data);
+            audit::append(conn, &event, now)?;
+            Ok(())
+        })
+    }
+
+    /// Step 3 of issuance: stores the signed DER and marks the `pending` row
+    /// `issued` (audit `certificate.issued`). Fails with
+    /// [`StoreError::CertificateNotPending`] unless exactly one pending row
+    /// had this serial, so it never runs twice.
+    pub fn complete_issuance(
+        &self,
+        serial: &str,
+        certificate_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.write(|conn| {
+            let updated = diesel::update(
+                certificates::table
+                    .filter(certificates::serial.eq(serial))
+                    .filter(certificates::status.eq(status_name(CertificateStatus::Pending))),
+            )
+            .set((
+                certificates::status.eq(status_name(CertificateStatus::Issued)),
+                certificates::certificate_der.eq(certificate_der),
+                certificates::issued_at.eq(unix(now)),
+            ))
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            if updated != 1 {
+                return Err(not_pending(conn, serial)?);
+            }
+            let data = json!({ "certificate_sha256": sha256_hex(certificate_der) });
+            let event = NewAuditEvent::new(CERTIFICATE_ISSUED, SYSTEM_ACTOR, serial, data);
+            audit::append(conn, &event, now)?;
+            Ok(())
+        })
+    }
+
+    /// The signer failed: marks the `pending` row `failed` with the reason,
+    /// and gives back one use of `refund_token` (no certificate exists, so the
+    /// client may retry with the same token). Audit `certificate.failed`.
+    ///
+    /// Call it only when the HSM certainly produced no signature; after an
+    /// ambiguous failure (a timeout after the request was sent) leave the row
+    /// `pending` for reconciliation instead.
+    pub fn abandon_issuance(
+        &self,
+        serial: &str,
+        failure: &str,
+        refund_token: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.write(|conn| {
+            let updated = diesel::update(
+                certificates::table
+                    .filter(certificates::serial.eq(serial))
+                    .filter(certificates::status.eq(status_name(CertificateStatus::Pending))),
+            )
+            .set((
+                certificates::status.eq(status_name(CertificateStatus::Failed)),
+                certificates::failure.eq(failure),
+            ))
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            if updated != 1 {
+                return Err(not_pending(conn, serial)?);
+            }
+            let refunded = match refund_token {
+                Some(token_id) => tokens::refund_use(conn, token_id)?,
+                None => false,
+            };
+            if refund_token.is_some() && !refunded {
+                tracing::warn!(cert.serial = serial, "token use to refund not found");
+            }
+            let data = json!({
+                "failure": failure,
+                "refunded_token": refund_token.filter(|_| refunded),
+            });
+            let event = NewAuditEvent::new(CERTIFICATE_FAILED, SYSTEM_ACTOR, serial, data);
+            audit::append(conn, &event, now)?;
+            Ok(())
+        })
+    }
+
+    /// One certificate, with its PEM once issued (or revoked).
+    pub fn certificate(&self, serial: &str) -> Result<Option<CertificateInfo>, StoreError> {
+        self.read(|conn| full_row(conn, serial))?
+            .map(|(row, revocation)| info_with_pem(row, revocation))
+            .transpose()
+    }
+
+    /// The inventory, newest first (ties broken by serial), without PEM.
+    pub fn list_certificates(
+        &self,
+        filter: &CertificateFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<CertificateInfo>, StoreError> {
+        let after = cursor
+            .map(|cursor| {
+                let [created_at, serial] = decode_cursor::<2>(cursor)?;
+                Ok::<_, StoreError>((cursor_int(&created_at)?, serial))
+            })
+            .transpose()?;
+        let size = page_size(limit);
+        let rows = self.read(|conn| {
+            let mut query = certificates::table
+                .left_join(certificate_revocations::table)
+                .order((certificates::created_at.desc(), certificates::serial.desc()))
+                .limit(size as i64 + 1)
+                .select((CertificateSummaryRow::as_select(), revocation_columns()))
+                .into_boxed();
+            if let Some(policy) = &filter.policy {
+                query = query.filter(certificates::policy.eq(policy));
+            }
+            if let Some(status) = filter.status {
+                query = query.filter(certificates::status.eq(status_name(status)));
+            }
+            if let Some(before) = filter.expiring_before {
+                query = query
+                    .filter(certificates::not_after.le(unix(before)))
+                    .filter(certificates::status.eq(status_name(CertificateStatus::Issued)));
+            }
+            if let Some((created_at, serial)) = &after {
+                query = query.filter(
+                    certificates::created_at
+                        .lt(*created_at)
+                        .or(certificates::created_at
+                            .eq(*created_at)
+                            .and(certificates::serial.lt(serial))),
+                );
+            }
+            query.load(conn).map_err(StoreError::query)
+        })?;
+        page_of(
+            rows,
+            size,
+            |(row, _)| encode_cursor(&[&row.created_at.to_string(), &row.serial]),
+            |(row, revocation)| info_from_summary(row, revocation),
+        )
+    }
+
+    /// Revokes an issued certificate (audit `certificate.revoked`).
+    ///
+    /// [`StoreError::CertificateNotFound`], [`StoreError::CertificateAlreadyRevoked`],
+    /// or [`StoreError::CertificateNotIssued`] for pending and failed rows.
+    pub fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: RevocationReason,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<CertificateInfo, StoreError> {
+        self.write(|conn| {
+            let updated = diesel::update(
+                certificates::table
+                    .filter(certificates::serial.eq(serial))
+                    .filter(certificates::status.eq(status_name(CertificateStatus::Issued))),
+            )
+            .set(certificates::status.eq(status_name(CertificateStatus::Revoked)))
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            if updated != 1 {
+                let Some((row, revocation)) = full_row(conn, serial)? else {
+                    return Err(StoreError::CertificateNotFound {
+                        serial: serial.to_owned(),
+                    });
+                };
+                let what = format!("certificate {serial}");
+                return Err(match parse_status(&row.status, &what)? {
+                    CertificateStatus::Revoked => StoreError::CertificateAlreadyRevoked {
+                        serial: serial.to_owned(),
+                        revoked_at: optional_from_unix(revocation.0, &what)?,
+                    },
+                    status => StoreError::CertificateNotIssued {
+                        serial: serial.to_owned(),
+                        status,
+                    },
+                });
+            }
+            diesel::insert_into(certificate_revocations::table)
+                .values(RevocationRow {
+                    serial: serial.to_owned(),
+                    revoked_at: unix(now),
+                    reason: reason_name(reason).to_owned(),
+                    revoked_by: actor.to_owned(),
+                })
+                .execute(conn)
+                .map_err(StoreError::query)?;
+            let data = json!({ "reason": reason_name(reason), "reason_code": reason.code() });
+            audit::append(
+                conn,
+                &NewAuditEvent::new(CERTIFICATE_REVOKED, actor, serial, data),
+                now,
+            )?;
+            let (row, revocation) =
+                full_row(conn, serial)?.ok_or_else(|| StoreError::CertificateNotFound {
+                    serial: serial.to_owned(),
+                })?;
+            info_with_pem(row, revocation)
+        })
+    }
+
+    /// How many certificates are in `status`.
+    pub fn count_certificates(&self, status: CertificateStatus) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            certificates::table
+                .filter(certificates::status.eq(status_name(status)))
+                .count()
+                .get_result(conn)
+                .map_err(StoreError::query)
+        })
+    }
+}
+
+/// The error for a serial that is not (or no longer) pending.
+fn not_pending(conn: &mut DbConnection, serial: &str) -> Result<StoreError, StoreError> {
+    let status: Option<String> = certificates::table
+        .filter(certificates::serial.eq(serial))
+        .select(certificates::status)
+        .first(conn)
+        .optional()
+        .map_err(StoreError::query)?;
+    Ok(match status {
+        None => StoreError::CertificateNotFound {
+            serial: serial.to_owned(),
+        },
+        Some(status) => StoreError::CertificateNotPending {
+            serial: serial.to_owned(),
+            status: parse_status(&status, &format!("certificate {serial}"))?,
+        },
+    })
+}
+
+/// `(revoked_at, reason)` of the joined revocation, if any.
+type RevocationColumns = (Option<i64>, Option<String>);
+
+fn revocation_columns() -> (
+    diesel::dsl::Nullable<certificate_revocations::revoked_at>,
+    diesel::dsl::Nullable<certificate_revocations::reason>,
+) {
+    (
+        certificate_revocations::revoked_at.nullable(),
+        certificate_revocations::reason.nullable(),
+    )
+}
+
+fn full_row(
+    conn: &mut DbConnection,
+    serial: &str,
+) -> Result<Option<(CertificateRow, RevocationColumns)>, StoreError> {
+    certificates::table
+        .left_join(certificate_revocations::table)
+        .filter(certificates::serial.eq(serial))
+        .select((CertificateRow::as_select(), revocation_columns()))
+        .first(conn)
+        .optional()
+        .map_err(StoreError::query)
+}
+
+fn info_with_pem(
+    row: CertificateRow,
+    revocation: RevocationColumns,
+) -> Result<CertificateInfo, StoreError> {
+    let what = format!("certificate {}", row.serial);
+    let certificate_pem = row
+        .certificate_der
+        .as_deref()
+        .map(|der| {
+            der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
+                .map_err(|e| StoreError::corrupt(format!("{what}: {e}")))
+        })
+        .transpose()?;
+    let summary = CertificateSummaryRow {
+        serial: row.serial,
+        status: row.status,
+        policy: row.policy,
+        policy_version: row.policy_version,
+        identity_json: row.identity_json,
+        key_type: row.key_type,
+        not_before: row.not_before,
+        not_after: row.not_after,
+        token_id: row.token_id,
+        created_at: row.created_at,
+    };
+    let mut info = info_from_summary(summary, revocation)?;
+    info.certificate_pem = certificate_pem;
+    Ok(info)
+}
+
+fn info_from_summary(
+    row: CertificateSummaryRow,
+    (revoked_at, revocation_reason): RevocationColumns,
+) -> Result<CertificateInfo, StoreError> {
+    let what = format!("certificate {}", row.serial);
+    Ok(CertificateInfo {
+        status: parse_status(&row.status, &what)?,
+        identity: identity_from_json(&row.identity_json, &what)?,
+        not_before: from_unix(row.not_before, &what)?,
+        not_after: from_unix(row.not_after, &what)?,
+        created_at: from_unix(row.created_at, &what)?,
+        revoked_at: optional_from_unix(revoked_at, &what)?,
+        revocation_reason: revocation_reason
+            .as_deref()
+            .map(|name| parse_reason(name, &what))
+            .transpose()?,
+        certificate_pem: None,
+        serial: row.serial,
+        policy: row.policy,
+        policy_version: row.policy_version,
+        key_type: row.key_type,
+        token_id: row.token_id,
+    })
+}
+
+/// The stored name of a status (the wire name).
+fn status_name(status: CertificateStatus) -> &'static str {
+    match status {
+        CertificateStatus::Pending => "pending",
+        CertificateStatus::Issued => "issued",
+        CertificateStatus::Revoked => "revoked",
+        CertificateStatus::Failed => "failed",
+    }
+}
+
+fn parse_status(name: &str, what: &str) -> Result<CertificateStatus, StoreError> {
+    [
+        CertificateStatus::Pending,
+        CertificateStatus::Issued,
+        CertificateStatus::Revoked,
+        CertificateStatus::Failed,
+    ]
+    .into_iter()
+    .find(|status| status_name(*status) == name)
+    .ok_or_else(|| StoreError::corrupt(format!("{what}: unknown status {name:?}")))
+}
+
+/// The stored name of a revocation reason (the wire name).
+fn reason_name(reason: RevocationReason) -> &'static str {
+    match reason {
+        RevocationReason::Unspecified => "unspecified",
+        RevocationReason::KeyCompromise => "key_compromise",
+        RevocationReason::CaCompromise => "ca_compromise",
+        RevocationReason::AffiliationChanged => "affiliation_changed",
+        RevocationReason::Superseded => "superseded",
+        RevocationReason::CessationOfOperation => "cessation_of_operation",
+        RevocationReason::PrivilegeWithdrawn => "privilege_withdrawn",
+    }
+}
+
+fn parse_reason(name: &str, what: &str) -> Result<RevocationReason, StoreError> {
+    [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn,
+    ]
+    .into_iter()
+    .find(|reason| reason_name(*reason) == name)
+    .ok_or_else(|| StoreError::corrupt(format!("{what}: unknown revocation reason {name:?}")))
+}

@@ -1,0 +1,155 @@
+//! Connections: the `MultiConnection` enum over both dialects, the URL
+//! parsing that picks one, and the r2d2 manager that opens and checks them.
+//!
+//! The enum lives in a module of its own because diesel's derive adds
+//! `MultiBackend` and friends to the module that declares it.
+
+use std::path::{Path, PathBuf};
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{HandleError, ManageConnection, R2D2Connection};
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+
+use super::{sqlite_directory, Backend, StoreError};
+
+/// Settings applied to every SQLite connection as it is opened.
+///
+/// `busy_timeout` comes first so that switching to WAL waits for other
+/// connections instead of failing; `synchronous=FULL` makes every commit
+/// durable (a certificate a client received is never lost on power failure).
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; \
+     PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; \
+     PRAGMA foreign_keys = ON;";
+
+/// A connection to either back end.
+#[derive(diesel::MultiConnection)]
+pub(super) enum DbConnection {
+    /// An SQLite file.
+    Sqlite(SqliteConnection),
+    /// A PostgreSQL server.
+    Postgres(PgConnection),
+}
+
+/// Where connections go, decided once from the URL's scheme.
+pub(super) enum Target {
+    /// Path of the SQLite file.
+    Sqlite(PathBuf),
+    /// The PostgreSQL URL as given (never logged: it may hold a password).
+    Postgres(String),
+}
+
+impl Target {
+    /// Parses a database URL (see [`super::Store::open`]).
+    pub(super) fn parse(url: &str) -> Result<Target, StoreError> {
+        let Some((scheme, rest)) = url.split_once(':') else {
+            return Err(StoreError::UnsupportedUrl {
+                scheme: String::new(),
+            });
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => {
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                // `:memory:` would give every pooled connection its own
+                // database, and `file:` URIs would bypass the path checks.
+                if path.is_empty() || path.starts_with(':') || path.starts_with("file:") {
+                    return Err(StoreError::UnsupportedUrl {
+                        scheme: "sqlite (a file path is required)".to_owned(),
+                    });
+                }
+                let path = PathBuf::from(path);
+                let directory = sqlite_directory(&path);
+                if !directory.is_dir() {
+                    return Err(StoreError::SqliteDirectoryMissing { directory });
+                }
+                Ok(Target::Sqlite(path))
+            }
+            "postgres" | "postgresql" => Ok(Target::Postgres(url.to_owned())),
+            _ => Err(StoreError::UnsupportedUrl {
+                scheme: scheme.chars().take(32).collect(),
+            }),
+        }
+    }
+
+    pub(super) fn backend(&self) -> Backend {
+        match self {
+            Target::Sqlite(_) => Backend::Sqlite,
+            Target::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// The r2d2 manager. diesel's own `ConnectionManager` would call
+/// `MultiConnection::establish`, which tries SQLite first and so would
+/// create a file named after a PostgreSQL URL.
+pub(super) struct Manager {
+    target: Target,
+}
+
+impl Manager {
+    pub(super) fn new(target: Target) -> Self {
+        Self { target }
+    }
+}
+
+/// Why a connection could not be opened or set up.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnectError {
+    /// The driver refused to connect.
+    #[error("cannot connect to the database")]
+    Connect(#[source] diesel::ConnectionError),
+    /// The connection opened but its settings could not be applied.
+    #[error("cannot configure the database connection")]
+    Setup(#[source] diesel::result::Error),
+    /// A health check on a pooled connection failed.
+    #[error("database connection check failed")]
+    Check(#[source] diesel::result::Error),
+    /// The SQLite path is not valid UTF-8.
+    #[error("SQLite path is not valid UTF-8")]
+    PathEncoding,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<DbConnection, ConnectError> {
+        match &self.target {
+            Target::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(sqlite_path(path)?)
+                    .map_err(ConnectError::Connect)?;
+                conn.batch_execute(SQLITE_PRAGMAS)
+                    .map_err(ConnectError::Setup)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+            Target::Postgres(url) => PgConnection::establish(url)
+                .map(DbConnection::Postgres)
+                .map_err(ConnectError::Connect),
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), ConnectError> {
+        conn.ping().map_err(ConnectError::Check)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+fn sqlite_path(path: &Path) -> Result<&str, ConnectError> {
+    path.to_str().ok_or(ConnectError::PathEncoding)
+}
+
+/// Sends r2d2's background connection errors to `tracing`.
+#[derive(Debug)]
+pub(super) struct TracingErrorHandler;
+
+impl HandleError<ConnectError> for TracingErrorHandler {
+    fn handle_error(&self, error: ConnectError) {
+        let cause = std::error::Error::source(&error).map(ToString::to_string);
+        tracing::warn!(error = %error, error.cause = cause.as_deref(), "database connection failed");
+    }
+}

@@ -1,0 +1,106 @@
+//! Diesel table definitions, written by hand to match `migrations/sqlite` and
+//! `migrations/postgres` (the schema-parity test keeps the two in step).
+//!
+//! Only SQL types that diesel's `MultiConnection` backend supports on both
+//! dialects appear here: `BigInt`, `Integer`, `Text`, `Binary`, `Bool`.
+
+diesel::table! {
+    policies (name, version) {
+        name -> Text,
+        version -> BigInt,
+        spec_json -> Text,
+        enabled -> Bool,
+        created_at -> BigInt,
+        created_by -> Text,
+    }
+}
+
+diesel::table! {
+    bootstrap_tokens (id) {
+        id -> Text,
+        policy -> Text,
+        identity_json -> Text,
+        max_uses -> BigInt,
+        uses -> BigInt,
+        expires_at -> BigInt,
+        created_at -> BigInt,
+        created_by -> Text,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    certificates (serial) {
+        serial -> Text,
+        status -> Text,
+        policy -> Text,
+        policy_version -> BigInt,
+        identity_json -> Text,
+        key_type -> Text,
+        subject_key_sha256 -> Text,
+        not_before -> BigInt,
+        not_after -> BigInt,
+        tbs_der -> Binary,
+        certificate_der -> Nullable<Binary>,
+        token_id -> Nullable<Text>,
+        predecessor -> Nullable<Text>,
+        created_at -> BigInt,
+        issued_at -> Nullable<BigInt>,
+        failure -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    certificate_revocations (serial) {
+        serial -> Text,
+        revoked_at -> BigInt,
+        reason -> Text,
+        revoked_by -> Text,
+    }
+}
+
+diesel::joinable!(certificate_revocations -> certificates (serial));
+
+diesel::table! {
+    ca_state (id) {
+        id -> Integer,
+        root_der -> Binary,
+        issuing_der -> Nullable<Binary>,
+        root_key_label -> Nullable<Text>,
+        issuing_key_label -> Text,
+        issuing_key_type -> Text,
+        pending_csr_der -> Nullable<Binary>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    audit_events (seq) {
+        seq -> BigInt,
+        at -> BigInt,
+        kind -> Text,
+        actor -> Text,
+        subject -> Text,
+        data_json -> Text,
+        prev_hash -> Text,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
+    audit_head (id) {
+        id -> Integer,
+        seq -> BigInt,
+        hash -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    policies,
+    bootstrap_tokens,
+    certificates,
+    certificate_revocations,
+    ca_state,
+    audit_events,
+    audit_head,
+);

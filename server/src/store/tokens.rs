@@ -1,0 +1,250 @@
+//! Bootstrap token queries. A token's uses are consumed by a conditional
+//! `UPDATE … SET uses = uses + 1 WHERE uses < max_uses AND revoked_at IS NULL
+//! AND expires_at > now` that must hit exactly one row (see
+//! [`consume_use`]), in the same transaction that records the certificate.
+//! The JWT itself is never stored or audited: only its `jti` (the id).
+
+use certmint::wire::{Identity, Page, TokenInfo};
+use diesel::prelude::*;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::connection::DbConnection;
+use super::models::TokenRow;
+use super::schema::bootstrap_tokens;
+use super::{
+    audit, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
+    is_unique_violation, optional_from_unix, page_of, page_size, to_json, unix, Store, StoreError,
+};
+use crate::audit::{NewAuditEvent, TOKEN_MINTED, TOKEN_REVOKED};
+
+/// A bootstrap token to record when it is minted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewToken {
+    /// Token id, also the JWT's `jti`.
+    pub id: String,
+    /// Policy the token enrolls under.
+    pub policy: String,
+    /// Names (or narrower patterns) the holder may request.
+    pub identity: Identity,
+    /// Enrollments allowed (at least 1).
+    pub max_uses: u32,
+    /// When the token stops working.
+    pub expires_at: OffsetDateTime,
+}
+
+impl Store {
+    /// Records a minted token (audit `token.minted`, without the JWT).
+    pub fn insert_token(
+        &self,
+        token: &NewToken,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<TokenInfo, StoreError> {
+        let row = TokenRow {
+            id: token.id.clone(),
+            policy: token.policy.clone(),
+            identity_json: to_json(&token.identity)?,
+            max_uses: i64::from(token.max_uses),
+            uses: 0,
+            expires_at: unix(token.expires_at),
+            created_at: unix(now),
+            created_by: actor.to_owned(),
+            revoked_at: None,
+        };
+        self.write(|conn| {
+            match diesel::insert_into(bootstrap_tokens::table)
+                .values(&row)
+                .execute(conn)
+            {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::TokenAlreadyExists {
+                        id: token.id.clone(),
+                    })
+                }
+                other => other.map_err(StoreError::query)?,
+            };
+            let data = json!({
+                "policy": token.policy,
+                "identity": token.identity,
+                "max_uses": token.max_uses,
+                "expires_at_unix": row.expires_at,
+            });
+            audit::append(
+                conn,
+                &NewAuditEvent::new(TOKEN_MINTED, actor, &token.id, data),
+                now,
+            )?;
+            token_from_row(row.clone())
+        })
+    }
+
+    /// A token by id.
+    pub fn token(&self, id: &str) -> Result<Option<TokenInfo>, StoreError> {
+        self.read(|conn| token_row(conn, id))?
+            .map(token_from_row)
+            .transpose()
+    }
+
+    /// Tokens, newest first (ties broken by id, descending).
+    pub fn list_tokens(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<TokenInfo>, StoreError> {
+        let after = cursor
+            .map(|cursor| {
+                let [created_at, id] = decode_cursor::<2>(cursor)?;
+                Ok::<_, StoreError>((cursor_int(&created_at)?, id))
+            })
+            .transpose()?;
+        let size = page_size(limit);
+        let rows = self.read(|conn| {
+            let mut query = bootstrap_tokens::table
+                .order((
+                    bootstrap_tokens::created_at.desc(),
+                    bootstrap_tokens::id.desc(),
+                ))
+                .limit(size as i64 + 1)
+                .select(TokenRow::as_select())
+                .into_boxed();
+            if let Some((created_at, id)) = &after {
+                query = query.filter(
+                    bootstrap_tokens::created_at
+                        .lt(*created_at)
+                        .or(bootstrap_tokens::created_at
+                            .eq(*created_at)
+                            .and(bootstrap_tokens::id.lt(id))),
+                );
+            }
+            query.load(conn).map_err(StoreError::query)
+        })?;
+        page_of(
+            rows,
+            size,
+            |row| encode_cursor(&[&row.created_at.to_string(), &row.id]),
+            token_from_row,
+        )
+    }
+
+    /// Revokes a token (audit `token.revoked`). Revoking a revoked token
+    /// returns it unchanged and writes nothing.
+    pub fn revoke_token(
+        &self,
+        id: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<TokenInfo, StoreError> {
+        self.write(|conn| {
+            let revoked = diesel::update(
+                bootstrap_tokens::table
+                    .filter(bootstrap_tokens::id.eq(id))
+                    .filter(bootstrap_tokens::revoked_at.is_null()),
+            )
+            .set(bootstrap_tokens::revoked_at.eq(unix(now)))
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            let row = token_row(conn, id)?
+                .ok_or_else(|| StoreError::TokenNotFound { id: id.to_owned() })?;
+            if revoked == 1 {
+                let data = json!({ "policy": row.policy, "uses": row.uses });
+                audit::append(
+                    conn,
+                    &NewAuditEvent::new(TOKEN_REVOKED, actor, id, data),
+                    now,
+                )?;
+            }
+            token_from_row(row)
+        })
+    }
+}
+
+/// Consumes one use of token `id` inside the caller's write transaction, or
+/// says precisely why it cannot: not found, revoked, expired, used up.
+pub(super) fn consume_use(
+    conn: &mut DbConnection,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let now_unix = unix(now);
+    let consumed = diesel::update(
+        bootstrap_tokens::table
+            .filter(bootstrap_tokens::id.eq(id))
+            .filter(bootstrap_tokens::uses.lt(bootstrap_tokens::max_uses))
+            .filter(bootstrap_tokens::revoked_at.is_null())
+            .filter(bootstrap_tokens::expires_at.gt(now_unix)),
+    )
+    .set(bootstrap_tokens::uses.eq(bootstrap_tokens::uses + 1))
+    .execute(conn)
+    .map_err(StoreError::query)?;
+    if consumed == 1 {
+        return Ok(());
+    }
+    let Some(row) = token_row(conn, id)? else {
+        return Err(StoreError::TokenNotFound { id: id.to_owned() });
+    };
+    let what = format!("token {id:?}");
+    if let Some(revoked_at) = row.revoked_at {
+        return Err(StoreError::TokenRevoked {
+            id: row.id,
+            revoked_at: from_unix(revoked_at, &what)?,
+        });
+    }
+    if row.expires_at <= now_unix {
+        return Err(StoreError::TokenExpired {
+            id: row.id,
+            expires_at: from_unix(row.expires_at, &what)?,
+            now,
+        });
+    }
+    if row.uses >= row.max_uses {
+        return Err(StoreError::TokenUsedUp {
+            max_uses: u32::try_from(row.max_uses)
+                .map_err(|_| StoreError::corrupt(format!("{what}: max_uses out of range")))?,
+            id: row.id,
+        });
+    }
+    // The conditional update missed a row that now passes every check:
+    // only possible if `consumed` were miscounted.
+    Err(StoreError::corrupt(format!("{what}: use not consumed")))
+}
+
+/// Gives back one use of token `id` (its certificate was never signed).
+pub(super) fn refund_use(conn: &mut DbConnection, id: &str) -> Result<bool, StoreError> {
+    diesel::update(
+        bootstrap_tokens::table
+            .filter(bootstrap_tokens::id.eq(id))
+            .filter(bootstrap_tokens::uses.gt(0)),
+    )
+    .set(bootstrap_tokens::uses.eq(bootstrap_tokens::uses - 1))
+    .execute(conn)
+    .map(|refunded| refunded == 1)
+    .map_err(StoreError::query)
+}
+
+fn token_row(conn: &mut DbConnection, id: &str) -> Result<Option<TokenRow>, StoreError> {
+    bootstrap_tokens::table
+        .filter(bootstrap_tokens::id.eq(id))
+        .select(TokenRow::as_select())
+        .first(conn)
+        .optional()
+        .map_err(StoreError::query)
+}
+
+fn token_from_row(row: TokenRow) -> Result<TokenInfo, StoreError> {
+    let what = format!("token {:?}", row.id);
+    let count = |value: i64, field: &str| {
+        u32::try_from(value)
+            .map_err(|_| StoreError::corrupt(format!("{what}: {field} out of range")))
+    };
+    Ok(TokenInfo {
+        identity: identity_from_json(&row.identity_json, &what)?,
+        max_uses: count(row.max_uses, "max_uses")?,
+        uses: count(row.uses, "uses")?,
+        expires_at: from_unix(row.expires_at, &what)?,
+        created_at: from_unix(row.created_at, &what)?,
+        revoked_at: optional_from_unix(row.revoked_at, &what)?,
+        id: row.id,
+        policy: row.policy,
+    })
+}

@@ -1,0 +1,427 @@
+//! Bootstrap and admin tokens: JWTs signed by the server's Ed25519 token key.
+//!
+//! Verification follows one fixed order (see `docs/ISSUANCE.md`):
+//! 1. [`UnverifiedHeader`] reads `alg` and `kid` without trusting them;
+//! 2. the key is chosen by `kid` (today: the server's own key);
+//! 3. `jsonwebtoken` verifies with exactly the one algorithm registered for
+//!    that key, requiring `exp`, `aud`, `iss` and `jti`;
+//! 4. times are checked against the injected [`Clock`], with one leeway
+//!    constant, and an `iat` in the future is refused.
+//!
+//! Invariants: this module never consumes a token (uses are counted in the
+//! store, in the same transaction that records the certificate) and never
+//! logs a token. Bootstrap and admin tokens carry different audiences and a
+//! `kind` claim, so one can never be replayed as the other.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use certmint::wire::Identity;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::KeyPair as _;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Allowed clock difference between the minting and the verifying host.
+pub const LEEWAY_SECONDS: i64 = 30;
+
+/// The only algorithm certmint's own tokens use.
+const TOKEN_ALGORITHM: Algorithm = Algorithm::EdDSA;
+const TOKEN_ALGORITHM_NAME: &str = "EdDSA";
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not three base64url segments with a JSON header and claims.
+    #[error("token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    /// `alg` is not the one registered for the key (includes `none`, HS*, RS*).
+    #[error("token algorithm {alg:?} is not allowed (expected {TOKEN_ALGORITHM_NAME})")]
+    AlgorithmNotAllowed {
+        /// The `alg` header as sent.
+        alg: String,
+    },
+    /// The `kid` names no key this server knows.
+    #[error("token key id is unknown to this server")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// `aud` does not name this operation on this server.
+    #[error("token audience does not match {expected}")]
+    WrongAudience {
+        /// The audience this endpoint accepts.
+        expected: String,
+    },
+    /// `iss` is not this server.
+    #[error("token issuer is not this server")]
+    WrongIssuer,
+    /// The token is of the wrong kind for this endpoint.
+    #[error("a {found} token cannot be used here (expected {expected})")]
+    WrongKind {
+        /// The kind this endpoint needs.
+        expected: &'static str,
+        /// The kind the token claims.
+        found: String,
+    },
+    /// `exp` has passed.
+    #[error("token expired at {expired_at} (server time {now})")]
+    Expired {
+        /// The token's `exp`.
+        expired_at: OffsetDateTime,
+        /// Server time at the check.
+        now: OffsetDateTime,
+    },
+    /// `iat` or `nbf` lies in the future.
+    #[error("token is not valid before {valid_from} (server time {now}); check clocks")]
+    NotYetValid {
+        /// The token's `iat`/`nbf`.
+        valid_from: OffsetDateTime,
+        /// Server time at the check.
+        now: OffsetDateTime,
+    },
+}
+
+/// Admin API roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Full read and write access to the admin API.
+    Admin,
+    /// Read-only access to inventory, policies, tokens and audit.
+    Auditor,
+}
+
+/// Claims of a bootstrap token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapClaims {
+    /// Issuer: the server's public URL.
+    pub iss: String,
+    /// Audience: `<public_url>/v1/enroll`.
+    pub aud: String,
+    /// Token id; the store counts its uses.
+    pub jti: String,
+    /// Subject: the token id again (who enrolls is the identity below).
+    pub sub: String,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expiry (unix seconds).
+    pub exp: i64,
+    /// Always `bootstrap`.
+    pub kind: String,
+    /// Policy the holder enrolls under.
+    pub policy: String,
+    /// Names (or patterns) the holder may request.
+    pub identity: Identity,
+}
+
+/// Claims of an admin token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminClaims {
+    /// Issuer: the server's public URL.
+    pub iss: String,
+    /// Audience: `<public_url>/v1/admin`.
+    pub aud: String,
+    /// Unique id, for audit trails.
+    pub jti: String,
+    /// Who holds it (free text chosen at minting, e.g. a person's name).
+    pub sub: String,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expiry (unix seconds).
+    pub exp: i64,
+    /// Always `admin`.
+    pub kind: String,
+    /// What the holder may do.
+    pub role: Role,
+}
+
+const KIND_BOOTSTRAP: &str = "bootstrap";
+const KIND_ADMIN: &str = "admin";
+
+/// The header fields read before any verification. The name is a warning:
+/// nothing in here may be trusted except to choose a key.
+#[derive(Debug, Deserialize)]
+pub struct UnverifiedHeader {
+    /// Algorithm as claimed by the sender.
+    pub alg: String,
+    /// Key id as claimed by the sender.
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+impl UnverifiedHeader {
+    /// Decodes the first JWT segment.
+    pub fn parse(token: &str) -> Result<Self, TokenError> {
+        let mut segments = token.split('.');
+        let header = segments
+            .next()
+            .ok_or_else(|| TokenError::Malformed("empty token".into()))?;
+        if segments.count() != 2 {
+            return Err(TokenError::Malformed(
+                "a JWT has exactly three segments".into(),
+            ));
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| TokenError::Malformed("header is not base64url".into()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|_| TokenError::Malformed("header is not a JSON object with alg".into()))
+    }
+}
+
+/// Errors loading or creating the token signing key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenKeyError {
+    /// The key file could not be read or written.
+    #[error("token signing key {path}: {source}")]
+    Io {
+        /// Key file path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file does not hold a PKCS#8 Ed25519 key.
+    #[error("token signing key {path} is not a PKCS#8 Ed25519 PEM key")]
+    Invalid {
+        /// Key file path.
+        path: String,
+    },
+}
+
+/// The server's token key: signs and verifies bootstrap and admin tokens.
+pub struct TokenAuthority {
+    encoding_key: EncodingKey,
+    decoding_key: DecodingKey,
+    key_id: String,
+    issuer: String,
+}
+
+impl std::fmt::Debug for TokenAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuthority")
+            .field("key_id", &self.key_id)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a new PKCS#8 Ed25519 key file, mode 0600. Never overwrites.
+pub fn create_signing_key_file(path: &Path) -> Result<(), TokenKeyError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let io = |source| TokenKeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| {
+        io(std::io::Error::other(
+            "system random number generator failed",
+        ))
+    })?;
+    let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8.as_ref())
+        .map_err(|_| io(std::io::Error::other("PEM encoding failed")))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(pem.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(())
+}
+
+impl TokenAuthority {
+    /// Loads the signing key; `issuer` is the server's public URL.
+    pub fn load(path: &Path, issuer: &str) -> Result<Self, TokenKeyError> {
+        let invalid = || TokenKeyError::Invalid {
+            path: path.display().to_string(),
+        };
+        let pem = std::fs::read_to_string(path).map_err(|source| TokenKeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (label, pkcs8) = der::pem::decode_vec(pem.as_bytes()).map_err(|_| invalid())?;
+        if label != "PRIVATE KEY" {
+            return Err(invalid());
+        }
+        let key_pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
+            .map_err(|_| invalid())?;
+        let public_key = key_pair.public_key().as_ref().to_vec();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &public_key);
+        Ok(Self {
+            encoding_key: EncodingKey::from_ed_der(&pkcs8),
+            decoding_key: DecodingKey::from_ed_der(&public_key),
+            key_id: hex::encode(&digest.as_ref()[..12]),
+            issuer: issuer.to_owned(),
+        })
+    }
+
+    /// The `kid` of this server's key.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Signs bootstrap claims; `jti`, times and identity come from the caller.
+    pub fn mint_bootstrap(
+        &self,
+        id: &str,
+        policy: &str,
+        identity: &Identity,
+        audience: &str,
+        issued_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<String, TokenError> {
+        let claims = BootstrapClaims {
+            iss: self.issuer.clone(),
+            aud: audience.to_owned(),
+            jti: id.to_owned(),
+            sub: id.to_owned(),
+            iat: issued_at.unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+            kind: KIND_BOOTSTRAP.into(),
+            policy: policy.to_owned(),
+            identity: identity.clone(),
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs admin claims.
+    pub fn mint_admin(
+        &self,
+        id: &str,
+        role: Role,
+        subject: &str,
+        audience: &str,
+        issued_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<String, TokenError> {
+        let claims = AdminClaims {
+            iss: self.issuer.clone(),
+            aud: audience.to_owned(),
+            jti: id.to_owned(),
+            sub: subject.to_owned(),
+            iat: issued_at.unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+            kind: KIND_ADMIN.into(),
+            role,
+        };
+        self.sign(&claims)
+    }
+
+    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
+        let mut header = Header::new(TOKEN_ALGORITHM);
+        header.kid = Some(self.key_id.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding_key)
+            .map_err(|error| TokenError::Malformed(format!("signing failed: {error}")))
+    }
+
+    /// Verifies a bootstrap token for `audience` at `now`.
+    pub fn verify_bootstrap(
+        &self,
+        token: &str,
+        audience: &str,
+        now: OffsetDateTime,
+    ) -> Result<BootstrapClaims, TokenError> {
+        let claims: BootstrapClaims = self.verify(token, audience)?;
+        check_kind(KIND_BOOTSTRAP, &claims.kind)?;
+        check_times(claims.iat, claims.exp, now)?;
+        Ok(claims)
+    }
+
+    /// Verifies an admin token for `audience` at `now`.
+    pub fn verify_admin(
+        &self,
+        token: &str,
+        audience: &str,
+        now: OffsetDateTime,
+    ) -> Result<AdminClaims, TokenError> {
+        let claims: AdminClaims = self.verify(token, audience)?;
+        check_kind(KIND_ADMIN, &claims.kind)?;
+        check_times(claims.iat, claims.exp, now)?;
+        Ok(claims)
+    }
+
+    fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<T, TokenError> {
+        let header = UnverifiedHeader::parse(token)?;
+        if header.alg != TOKEN_ALGORITHM_NAME {
+            return Err(TokenError::AlgorithmNotAllowed { alg: header.alg });
+        }
+        if header.kid.as_deref() != Some(self.key_id.as_str()) {
+            return Err(TokenError::UnknownKey);
+        }
+        let mut validation = Validation::new(TOKEN_ALGORITHM);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        // Time checks run against the injected clock in `check_times`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let data =
+            jsonwebtoken::decode::<T>(token, &self.decoding_key, &validation).map_err(|error| {
+                use jsonwebtoken::errors::ErrorKind;
+                match error.kind() {
+                    ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    ErrorKind::InvalidAudience => TokenError::WrongAudience {
+                        expected: audience.to_owned(),
+                    },
+                    ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        TokenError::AlgorithmNotAllowed {
+                            alg: "unknown".into(),
+                        }
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        TokenError::Malformed(format!("missing claim {claim}"))
+                    }
+                    _ => TokenError::Malformed("claims do not decode".into()),
+                }
+            })?;
+        Ok(data.claims)
+    }
+}
+
+fn check_kind(expected: &'static str, found: &str) -> Result<(), TokenError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(TokenError::WrongKind {
+            expected,
+            found: found.to_owned(),
+        })
+    }
+}
+
+fn check_times(issued_at: i64, expires_at: i64, now: OffsetDateTime) -> Result<(), TokenError> {
+    let at = |unix: i64| {
+        OffsetDateTime::from_unix_timestamp(unix)
+            .map_err(|_| TokenError::Malformed("time claim out of range".into()))
+    };
+    let now_unix = now.unix_timestamp();
+    if issued_at > now_unix + LEEWAY_SECONDS {
+        return Err(TokenError::NotYetValid {
+            valid_from: at(issued_at)?,
+            now,
+        });
+    }
+    if expires_at + LEEWAY_SECONDS <= now_unix {
+        return Err(TokenError::Expired {
+            expired_at: at(expires_at)?,
+            now,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
