@@ -228,3 +228,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod documentation_tests {
+    use super::*;
+
+    /// docs/ERRORS.md is the operator's copy of the table; it must not drift.
+    #[test]
+    fn ok_every_code_is_documented_with_its_status() {
+        let doc = include_str!("../../../docs/ERRORS.md");
+        for code in ProblemCode::ALL {
+            let (status, _) = status_and_title(code);
+            let row = format!("| `{}` | {} |", code, status.as_u16());
+            assert!(doc.contains(&row), "docs/ERRORS.md lacks the row {row}");
+        }
+    }
+}

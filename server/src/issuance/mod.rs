@@ -477,7 +477,8 @@ pub fn renew_after(
     };
     let offset = lifetime * (settings.renew_fraction + settings.renew_jitter * random);
     let offset = offset.clamp(0.0, lifetime * 0.95);
-    not_before + time::Duration::seconds_f64(offset)
+    let at = not_before + time::Duration::seconds_f64(offset);
+    at.replace_nanosecond(0).unwrap_or(at)
 }
 
 /// `notAfter` of a certificate.
@@ -500,4 +501,50 @@ pub fn pem(label: &str, der: &[u8]) -> Result<String, ServiceError> {
 pub fn parse_certificate(der: &[u8]) -> Result<Certificate, ServiceError> {
     Certificate::from_der(der)
         .map_err(|error| ServiceError::Profile(profile::ProfileError::Encoding(error.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn settings(jitter: f64) -> IssuerSettings {
+        IssuerSettings {
+            enroll_audience: "https://ca.test/v1/enroll".into(),
+            backdate_seconds: 60,
+            renew_fraction: 2.0 / 3.0,
+            renew_jitter: jitter,
+        }
+    }
+
+    #[test]
+    fn ok_renew_after_is_two_thirds_without_jitter() {
+        let start = datetime!(2026-11-25 00:00 UTC);
+        let end = start + time::Duration::hours(24);
+        assert_eq!(
+            renew_after(start, end, &settings(0.0)),
+            start + time::Duration::hours(16)
+        );
+    }
+
+    #[test]
+    fn ok_renew_after_jitter_stays_in_bounds_and_whole_seconds() {
+        let start = datetime!(2026-11-25 00:00 UTC);
+        let end = start + time::Duration::hours(24);
+        for _ in 0..200 {
+            let at = renew_after(start, end, &settings(0.1));
+            assert!(at >= start + time::Duration::minutes(13 * 60 + 36));
+            assert!(at <= start + time::Duration::minutes(18 * 60 + 24));
+            assert_eq!(at.nanosecond(), 0);
+        }
+    }
+
+    #[test]
+    fn ok_random_serial_is_positive_and_sixteen_bytes() {
+        for _ in 0..200 {
+            let serial = random_serial().unwrap();
+            assert!(serial[0] >= 1 && serial[0] <= 0x7f);
+        }
+    }
 }
