@@ -37,6 +37,27 @@ pub struct TokenSettings {
     pub max_ttl_seconds: u64,
 }
 
+/// Proof that the caller may write: only the API's authentication (after
+/// checking the `admin` role) and server-side commands can make one, so a
+/// read-only caller cannot reach a write method even by mistake.
+#[derive(Debug, Clone)]
+pub struct WriteAccess {
+    actor: String,
+}
+
+impl WriteAccess {
+    /// Grants write access to `actor` (e.g. `admin:alice`). Call only after
+    /// the role check.
+    pub(crate) fn granted_to(actor: String) -> Self {
+        Self { actor }
+    }
+
+    /// Who writes, as recorded in audit events.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+}
+
 /// The admin service.
 pub struct Admin {
     store: Store,
@@ -66,19 +87,23 @@ impl Admin {
     }
 
     /// Creates version 1 of a policy.
-    pub fn create_policy(&self, spec: &PolicySpec, actor: &str) -> Result<Policy, ServiceError> {
+    pub fn create_policy(
+        &self,
+        access: &WriteAccess,
+        spec: &PolicySpec,
+    ) -> Result<Policy, ServiceError> {
         validate_policy_name(&spec.name)
             .map_err(|reason| ServiceError::invalid(ProblemCode::PolicyInvalid, reason))?;
         CompiledPolicy::compile(spec, 1)?;
-        Ok(self.store.create_policy(spec, actor, self.now())?)
+        Ok(self.store.create_policy(spec, access.actor(), self.now())?)
     }
 
     /// Writes the next version of a policy.
     pub fn replace_policy(
         &self,
+        access: &WriteAccess,
         name: &str,
         spec: &PolicySpec,
-        actor: &str,
     ) -> Result<Policy, ServiceError> {
         if spec.name != name {
             return Err(ServiceError::invalid(
@@ -90,12 +115,16 @@ impl Admin {
             ));
         }
         CompiledPolicy::compile(spec, 0)?;
-        Ok(self.store.replace_policy(spec, actor, self.now())?)
+        Ok(self
+            .store
+            .replace_policy(spec, access.actor(), self.now())?)
     }
 
     /// Writes a disabled version of a policy.
-    pub fn disable_policy(&self, name: &str, actor: &str) -> Result<Policy, ServiceError> {
-        Ok(self.store.disable_policy(name, actor, self.now())?)
+    pub fn disable_policy(&self, access: &WriteAccess, name: &str) -> Result<Policy, ServiceError> {
+        Ok(self
+            .store
+            .disable_policy(name, access.actor(), self.now())?)
     }
 
     /// The current version of a policy.
@@ -120,8 +149,8 @@ impl Admin {
     /// Mints a bootstrap token bound to a policy and an identity.
     pub fn mint_token(
         &self,
+        access: &WriteAccess,
         request: &MintTokenRequest,
-        actor: &str,
     ) -> Result<MintedToken, ServiceError> {
         let stored = self.policy(&request.policy)?;
         let policy = CompiledPolicy::compile(&stored.spec, stored.version)?;
@@ -181,7 +210,7 @@ impl Admin {
                 max_uses,
                 expires_at,
             },
-            actor,
+            access.actor(),
             now,
         )?;
         Ok(MintedToken {
@@ -208,8 +237,8 @@ impl Admin {
     }
 
     /// Revokes a token: no further enrollment with it.
-    pub fn revoke_token(&self, id: &str, actor: &str) -> Result<TokenInfo, ServiceError> {
-        match self.store.revoke_token(id, actor, self.now()) {
+    pub fn revoke_token(&self, access: &WriteAccess, id: &str) -> Result<TokenInfo, ServiceError> {
+        match self.store.revoke_token(id, access.actor(), self.now()) {
             Err(StoreError::TokenNotFound { .. }) => Err(token_not_found(id)),
             other => Ok(other?),
         }
@@ -250,14 +279,14 @@ impl Admin {
     /// Revokes a certificate with an RFC 5280 reason.
     pub fn revoke_certificate(
         &self,
+        access: &WriteAccess,
         serial: &str,
         reason: RevocationReason,
-        actor: &str,
     ) -> Result<CertificateInfo, ServiceError> {
         Ok(self.store.revoke_certificate(
             &serial.to_ascii_lowercase(),
             reason,
-            actor,
+            access.actor(),
             self.now(),
         )?)
     }

@@ -324,7 +324,6 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         .with_cert_resolver(resolver);
     tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-    let root_pem = crate::issuance::pem("CERTIFICATE", &loaded.root_der)?;
     let directory = Directory {
         api_version: API_VERSION.into(),
         endpoints: [
@@ -358,7 +357,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         tokens: token_authority,
         admin_audience: config.admin_audience(),
         directory,
-        root_pem,
+        clock,
         max_body_bytes: config.server.max_body_bytes,
         openapi_json: openapi.to_string(),
     });

@@ -43,8 +43,8 @@ pub struct AppState {
     pub admin_audience: String,
     /// The directory document.
     pub directory: certmint::wire::Directory,
-    /// Root certificate, PEM.
-    pub root_pem: String,
+    /// Time source for admin token checks.
+    pub clock: Arc<dyn crate::clock::Clock>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// The OpenAPI document as JSON.

@@ -117,11 +117,6 @@ impl Issuer {
         Self { parts }
     }
 
-    /// The store (for admin services sharing it).
-    pub fn store(&self) -> &Store {
-        &self.parts.store
-    }
-
     /// The issuing CA.
     pub fn ca(&self) -> &IssuingCa {
         &self.parts.ca

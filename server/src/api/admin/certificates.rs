@@ -96,10 +96,10 @@ async fn revoke(
     serial: web::Path<String>,
     body: web::Json<RevokeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    let access = caller.require_admin()?;
     let admin = state.admin.clone();
     let certificate = blocking(&id, move || {
-        admin.revoke_certificate(&serial, body.reason, &caller.actor())
+        admin.revoke_certificate(&access, &serial, body.reason)
     })
     .await?;
     Ok(HttpResponse::Ok().json(certificate))

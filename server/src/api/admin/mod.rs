@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::{AppState, RequestId};
+use crate::admin::WriteAccess;
 use crate::tokens::Role;
 
 /// Registers every admin route.
@@ -42,10 +43,11 @@ impl Caller {
         format!("admin:{}", self.subject)
     }
 
-    /// Refuses callers without the admin role.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    /// Refuses callers without the admin role; the returned capability is
+    /// what the admin service's write methods require.
+    pub fn require_admin(&self) -> Result<WriteAccess, ApiError> {
         match self.role {
-            Role::Admin => Ok(()),
+            Role::Admin => Ok(WriteAccess::granted_to(self.actor())),
             Role::Auditor => Err(ApiError::new(
                 ProblemCode::AuthForbidden,
                 "the auditor role is read-only",
@@ -96,7 +98,7 @@ fn authenticate(
                 "Authorization must use the Bearer scheme",
             )
         })?;
-    let now = time::OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let claims = state
         .tokens
         .verify_admin(token, &state.admin_audience, now)

@@ -45,9 +45,9 @@ async fn create(
     id: RequestId,
     body: web::Json<PolicySpec>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    let access = caller.require_admin()?;
     let admin = state.admin.clone();
-    let policy = blocking(&id, move || admin.create_policy(&body, &caller.actor())).await?;
+    let policy = blocking(&id, move || admin.create_policy(&access, &body)).await?;
     Ok(HttpResponse::Created().json(policy))
 }
 
@@ -71,12 +71,9 @@ async fn replace(
     name: web::Path<String>,
     body: web::Json<PolicySpec>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    let access = caller.require_admin()?;
     let admin = state.admin.clone();
-    let policy = blocking(&id, move || {
-        admin.replace_policy(&name, &body, &caller.actor())
-    })
-    .await?;
+    let policy = blocking(&id, move || admin.replace_policy(&access, &name, &body)).await?;
     Ok(HttpResponse::Ok().json(policy))
 }
 
@@ -87,9 +84,9 @@ async fn disable(
     id: RequestId,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    let access = caller.require_admin()?;
     let admin = state.admin.clone();
-    let policy = blocking(&id, move || admin.disable_policy(&name, &caller.actor())).await?;
+    let policy = blocking(&id, move || admin.disable_policy(&access, &name)).await?;
     Ok(HttpResponse::Ok().json(policy))
 }
 

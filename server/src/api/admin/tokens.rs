@@ -24,9 +24,9 @@ async fn mint(
     id: RequestId,
     body: web::Json<MintTokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    let access = caller.require_admin()?;
     let admin = state.admin.clone();
-    let minted = blocking(&id, move || admin.mint_token(&body, &caller.actor())).await?;
+    let minted = blocking(&id, move || admin.mint_token(&access, &body)).await?;
     Ok(HttpResponse::Created().json(minted))
 }
 
@@ -64,8 +64,8 @@ async fn revoke(
     id: RequestId,
     token_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    let access = caller.require_admin()?;
     let admin = state.admin.clone();
-    let token = blocking(&id, move || admin.revoke_token(&token_id, &caller.actor())).await?;
+    let token = blocking(&id, move || admin.revoke_token(&access, &token_id)).await?;
     Ok(HttpResponse::Ok().json(token))
 }
