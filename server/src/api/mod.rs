@@ -211,3 +211,66 @@ where
         Ok(response)
     }
 }
+
+#[cfg(test)]
+mod contract_tests {
+    //! The route half of the OpenAPI contract: every route registered in
+    //! this module's files is in `openapi/openapi.yaml` and vice versa. (The
+    //! body half runs against a live server in `tests/tests/openapi.rs`.)
+    //! Routes are registered only with `.route("<path>", web::<method>()…)`,
+    //! which is what this scan reads.
+
+    use std::collections::BTreeSet;
+
+    const SOURCES: [&str; 7] = [
+        include_str!("public.rs"),
+        include_str!("enroll.rs"),
+        include_str!("admin/mod.rs"),
+        include_str!("admin/policies.rs"),
+        include_str!("admin/tokens.rs"),
+        include_str!("admin/certificates.rs"),
+        include_str!("admin/audit.rs"),
+    ];
+
+    fn registered_routes() -> BTreeSet<(String, String)> {
+        let mut routes = BTreeSet::new();
+        for source in SOURCES {
+            for call in source.split(".route(").skip(1) {
+                let path = call.split('"').nth(1).unwrap_or_default().to_owned();
+                let method = call
+                    .split("web::")
+                    .nth(1)
+                    .and_then(|rest| rest.split("()").next())
+                    .unwrap_or_default()
+                    .to_owned();
+                routes.insert((method, path));
+            }
+        }
+        routes
+    }
+
+    fn documented_routes() -> BTreeSet<(String, String)> {
+        let spec: serde_json::Value =
+            serde_norway::from_str(include_str!("../../../openapi/openapi.yaml")).unwrap();
+        let mut routes = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for method in ["get", "put", "post", "delete", "patch"] {
+                if item.get(method).is_some() {
+                    routes.insert((method.to_owned(), path.clone()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn ok_every_route_is_documented_and_every_documented_route_exists() {
+        let registered = registered_routes();
+        let documented = documented_routes();
+        assert!(registered.len() >= 20, "route scan found too little: {registered:?}");
+        let undocumented: Vec<_> = registered.difference(&documented).collect();
+        let missing: Vec<_> = documented.difference(&registered).collect();
+        assert!(undocumented.is_empty(), "routes missing from openapi.yaml: {undocumented:?}");
+        assert!(missing.is_empty(), "documented but not served: {missing:?}");
+    }
+}
