@@ -1,1 +1,1686 @@
+//! End-to-end harness for certmint: runs the real `certmint-server` binary
+//! against SoftHSM2 and SQLite or PostgreSQL, and talks to it over real TLS.
+//!
+//! Design overview:
+//!
+//! ```text
+//!   test body ──► TestServer helpers ──HTTPS (rustls, trusts root.pem only)──► certmint-server serve
+//!                     │                                                           │
+//!                     ├─ make_csr (rcgen; openssl for RSA)                        ├─ SoftHSM2 token (own dir)
+//!                     ├─ forge_* (hostile JWTs)                                   └─ SQLite file / PostgreSQL db
+//!                     └─ verify_* (rustls-webpki and `openssl verify`)
+//! ```
+//!
+//! Every server gets its own temporary directory, SoftHSM2 token directory
+//! and `softhsm2.conf`, PINs, free port and database. The SoftHSM2 and PIN
+//! environment is passed to the *child* processes only; this process never
+//! calls `set_var`.
+//!
+//! Lifetime: `serve` runs under a small `sh` supervisor whose stdin is a pipe
+//! held by this process. When the pipe closes (the [`TestServer`] is dropped,
+//! or the test process exits for any reason, even SIGKILL) the supervisor
+//! stops the server, drops the PostgreSQL database and removes the directory.
+//! That is what lets a test binary share one server per back end in a
+//! `static` (which Rust never drops) without leaking processes or databases.
+//! Set `CERTMINT_E2E_KEEP=1` to keep the directory for inspection.
+//!
+//! Invariants checked for every test run through [`backend_tests!`]: no
+//! response is ever a 500; every error is `application/problem+json` with a
+//! `code`; every certificate a client received is in the inventory as
+//! issued (or revoked) when the test ends.
+//!
+//! Environment:
+//! - `CERTMINT_SERVER_BIN`: the server binary (default: `target/debug/certmint-server`
+//!   found by walking up from the test executable).
+//! - `CERTMINT_TEST_PKCS11_MODULE`: SoftHSM2 module (default `/usr/lib/softhsm/libsofthsm2.so`).
+//! - `CERTMINT_REQUIRE_SOFTHSM=1`: a missing SoftHSM2 fails instead of skipping.
+//! - `CERTMINT_TEST_POSTGRES_URL`: where to create per-server databases
+//!   (default `postgres://postgres@127.0.0.1:5432/test`).
+//! - `CERTMINT_REQUIRE_POSTGRES=1`: an unreachable PostgreSQL fails instead of skipping.
 
+use std::fmt::Write as _;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use certmint::wire::{AuditEvent, CertificateInfo, CertificateStatus, MintedToken, Page};
+use der::{Decode as _, Encode as _};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+/// Default SoftHSM2 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Default PostgreSQL URL (its database is only used to create and drop others).
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// How long a server may take to answer `/healthz` after `serve` starts.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-request timeout of the HTTP client.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// OID of id-kp-clientAuth (1.3.6.1.5.5.7.3.2), DER content bytes.
+pub const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+/// OID of id-kp-serverAuth (1.3.6.1.5.5.7.3.1), DER content bytes.
+pub const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+
+/// Which database the server under test uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh SQLite file in the server's directory.
+    Sqlite,
+    /// A fresh PostgreSQL database `certmint_e2e_<random>`.
+    Postgres,
+}
+
+/// Whom a request authenticates as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth<'a> {
+    /// No `Authorization` header.
+    None,
+    /// An `admin` role admin token.
+    Admin,
+    /// An `auditor` role admin token.
+    Auditor,
+    /// `Authorization: Bearer <this>`, whatever it is.
+    Bearer(&'a str),
+}
+
+/// A response, with the body kept both as text and (when it parses) JSON.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type` header, empty when absent.
+    pub content_type: String,
+    /// Body as text.
+    pub text: String,
+    /// Body as JSON, `Null` when it is not JSON.
+    pub body: Value,
+    /// What was sent, for failure messages.
+    pub request: String,
+}
+
+impl Response {
+    /// The problem `code`, or `""` when the body has none.
+    pub fn code(&self) -> &str {
+        self.body.get("code").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// Asserts an RFC 9457 problem with this status and code (never the message).
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "{}\n  expected {status} {code}, got {} {}",
+            self.request,
+            self.status,
+            self.text
+        );
+        assert!(
+            self.content_type.starts_with("application/problem+json"),
+            "{}: problem without application/problem+json: {:?}",
+            self.request,
+            self.content_type
+        );
+        assert_eq!(
+            self.body.get("status").and_then(Value::as_u64),
+            Some(u64::from(status)),
+            "{}: problem `status` member disagrees with the HTTP status: {}",
+            self.request,
+            self.text
+        );
+    }
+
+    /// Asserts the status, printing the body when it differs.
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "{}\n  expected {status}, got {} {}",
+            self.request, self.status, self.text
+        );
+        self
+    }
+
+    /// The codes of the `refusals` member, in order.
+    pub fn refusal_codes(&self) -> Vec<String> {
+        self.body
+            .get("refusals")
+            .and_then(Value::as_array)
+            .map(|refusals| {
+                refusals
+                    .iter()
+                    .filter_map(|refusal| refusal.get("code").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Deserialises the body.
+    #[track_caller]
+    pub fn json<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_value(self.body.clone()).unwrap_or_else(|error| {
+            panic!(
+                "{}: body does not decode as {}: {error}\n{}",
+                self.request,
+                std::any::type_name::<T>(),
+                self.text
+            )
+        })
+    }
+}
+
+/// Stops the server when dropped (see the module docs).
+struct Supervisor {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Closing the pipe is the stop signal; the supervisor then stops the
+        // server, drops the database and removes the directory.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// One running `certmint-server serve`, with everything it needs.
+pub struct TestServer {
+    backend: Backend,
+    dir: PathBuf,
+    config_path: PathBuf,
+    base_url: String,
+    root_pem: String,
+    root_fingerprint: String,
+    admin_token: String,
+    auditor_token: String,
+    hsm_pin: String,
+    module: PathBuf,
+    softhsm_conf: PathBuf,
+    log_path: PathBuf,
+    server_pid: u32,
+    database_name: Option<String>,
+    client: reqwest::blocking::Client,
+    /// Serials handed to clients and not yet checked against the inventory.
+    received: Mutex<Vec<String>>,
+    /// Dropped last (fields drop in declaration order): stopping the server
+    /// removes `dir`, so nothing may need it afterwards.
+    _supervisor: Supervisor,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("backend", &self.backend)
+            .field("dir", &self.dir)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a server could not be started for a back end that is not mandatory.
+#[derive(Debug, Clone)]
+pub struct Skip(pub String);
+
+impl TestServer {
+    /// Starts a fresh server on `backend`; `None` (after printing why) when a
+    /// non-mandatory dependency (SoftHSM2, PostgreSQL) is missing. Panics,
+    /// with the server's output, on any other failure.
+    pub fn start(backend: Backend) -> Option<TestServer> {
+        match Self::try_start(backend) {
+            Ok(server) => Some(server),
+            Err(Skip(reason)) => {
+                eprintln!("note: skipping {backend:?} end-to-end test: {reason}");
+                None
+            }
+        }
+    }
+
+    /// The server this test binary shares for `backend`, started on first use.
+    pub fn shared(backend: Backend) -> Option<&'static TestServer> {
+        static SQLITE: OnceLock<Result<TestServer, Skip>> = OnceLock::new();
+        static POSTGRES: OnceLock<Result<TestServer, Skip>> = OnceLock::new();
+        let cell = match backend {
+            Backend::Sqlite => &SQLITE,
+            Backend::Postgres => &POSTGRES,
+        };
+        match cell.get_or_init(|| Self::try_start(backend)) {
+            Ok(server) => Some(server),
+            Err(Skip(reason)) => {
+                eprintln!("note: skipping {backend:?} end-to-end test: {reason}");
+                None
+            }
+        }
+    }
+
+    fn try_start(backend: Backend) -> Result<TestServer, Skip> {
+        install_crypto_provider();
+        let binary = server_binary();
+        let module = std::env::var_os("CERTMINT_TEST_PKCS11_MODULE")
+            .map_or_else(|| PathBuf::from(SOFTHSM_MODULE), PathBuf::from);
+        if !module.exists() {
+            let reason = format!(
+                "SoftHSM2 module {} not found (apt-get install softhsm2)",
+                module.display()
+            );
+            if env_flag("CERTMINT_REQUIRE_SOFTHSM") {
+                panic!("{reason}, and CERTMINT_REQUIRE_SOFTHSM=1");
+            }
+            return Err(Skip(reason));
+        }
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(create_postgres_database()?),
+        };
+
+        let dir = tempfile::Builder::new()
+            .prefix("certmint-e2e-")
+            .tempdir()
+            .expect("create a temporary directory")
+            .keep();
+        let token_dir = dir.join("softhsm-tokens");
+        std::fs::create_dir(&token_dir).expect("create the token directory");
+        let softhsm_conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &softhsm_conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                token_dir.display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        let config_path = dir.join("certmint.toml");
+        let log_path = dir.join("server.log");
+        let port = free_port();
+        let hsm_pin = random_hex(8);
+        let so_pin = random_hex(8);
+        let token_label = format!("e2e-{}", random_hex(4));
+        let database_url = match &database {
+            None => format!("sqlite://{}", dir.join("certmint.db").display()),
+            Some(database) => database.url.clone(),
+        };
+
+        let child_env = ChildEnv {
+            softhsm_conf: softhsm_conf.clone(),
+            hsm_pin: hsm_pin.clone(),
+        };
+        let init = child_env
+            .command(&binary)
+            .env("CERTMINT_HSM_SO_PIN", &so_pin)
+            .arg("init")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--name", "localhost", "--name", "127.0.0.1"])
+            .args(["--database-url", &database_url])
+            .arg("--pkcs11-module")
+            .arg(&module)
+            .args(["--token-label", &token_label])
+            .args(["--ca-name", "certmint e2e"])
+            .args(["--key-type", "ec-p256", "--init-token"])
+            .output()
+            .expect("run certmint-server init");
+        let init_output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&init.stdout),
+            String::from_utf8_lossy(&init.stderr)
+        );
+        std::fs::write(dir.join("init.log"), &init_output).expect("write init.log");
+        if !init.status.success() {
+            drop_postgres_database(database.as_ref());
+            panic!(
+                "certmint-server init failed ({}) in {}:\n{init_output}",
+                init.status,
+                dir.display()
+            );
+        }
+        let root_fingerprint = parse_root_fingerprint(&init_output).unwrap_or_else(|| {
+            panic!("init printed no `root fingerprint: sha256:<hex>` line:\n{init_output}")
+        });
+        let root_pem = std::fs::read_to_string(dir.join("root.pem"))
+            .unwrap_or_else(|error| panic!("init wrote no root.pem ({error}):\n{init_output}"));
+
+        let supervisor = spawn_supervisor(
+            &binary,
+            &child_env,
+            &config_path,
+            &log_path,
+            &dir,
+            database.as_ref(),
+        );
+        let pid_file = dir.join("server.pid");
+        let client = https_client(&root_pem);
+        let base_url = format!("https://localhost:{port}");
+        let server_pid = wait_for_pid_file(&pid_file, &log_path);
+        wait_for_health(&client, &base_url, server_pid, &log_path);
+
+        let admin_token = mint_admin_token(&binary, &child_env, &config_path, "admin");
+        let auditor_token = mint_admin_token(&binary, &child_env, &config_path, "auditor");
+        Ok(TestServer {
+            backend,
+            dir,
+            config_path,
+            base_url,
+            root_pem,
+            root_fingerprint,
+            admin_token,
+            auditor_token,
+            hsm_pin,
+            module,
+            softhsm_conf,
+            log_path,
+            server_pid,
+            database_name: database.as_ref().map(|database| database.name.clone()),
+            client,
+            received: Mutex::new(Vec::new()),
+            _supervisor: supervisor,
+        })
+    }
+
+    /// The back end this server runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The server's directory (config, root.pem, token key, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `https://localhost:<port>`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `root.pem` as written by `init`.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// `sha256:<hex>` as printed by `init`.
+    pub fn root_fingerprint(&self) -> &str {
+        &self.root_fingerprint
+    }
+
+    /// An admin-role admin JWT.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// An auditor-role admin JWT.
+    pub fn auditor_token(&self) -> &str {
+        &self.auditor_token
+    }
+
+    /// Process id of `certmint-server serve`.
+    pub fn server_pid(&self) -> u32 {
+        self.server_pid
+    }
+
+    /// The PostgreSQL database this server uses (`None` on SQLite).
+    pub fn database_name(&self) -> Option<&str> {
+        self.database_name.as_deref()
+    }
+
+    /// The server's log so far, from byte `offset`.
+    pub fn log_since(&self, offset: u64) -> String {
+        read_from(&self.log_path, offset)
+    }
+
+    /// Current length of the server's log.
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log_path).map_or(0, |meta| meta.len())
+    }
+
+    /// A name unique to this run: `<prefix>-<6 hex>`, valid as a policy name.
+    pub fn unique(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", random_hex(3))
+    }
+
+    // ---- HTTP -------------------------------------------------------------
+
+    /// Sends a request. Panics on transport errors, on any 500, and on an
+    /// error status without a problem document.
+    #[track_caller]
+    pub fn request(
+        &self,
+        auth: Auth<'_>,
+        method: &str,
+        path: &str,
+        body: Option<RequestBody>,
+    ) -> Response {
+        let response = self.request_unchecked(auth, method, path, body);
+        assert_well_formed(&response);
+        response
+    }
+
+    /// Sends a request and returns whatever came back; panics only on
+    /// transport errors. For probes that collect every offender first.
+    #[track_caller]
+    pub fn request_unchecked(
+        &self,
+        auth: Auth<'_>,
+        method: &str,
+        path: &str,
+        body: Option<RequestBody>,
+    ) -> Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid HTTP method");
+        let mut builder = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base_url));
+        match auth {
+            Auth::None => {}
+            Auth::Admin => builder = builder.bearer_auth(&self.admin_token),
+            Auth::Auditor => builder = builder.bearer_auth(&self.auditor_token),
+            Auth::Bearer(credential) => builder = builder.bearer_auth(credential),
+        }
+        let who = match auth {
+            Auth::None => "anonymous",
+            Auth::Admin => "admin",
+            Auth::Auditor => "auditor",
+            Auth::Bearer(_) => "custom bearer",
+        };
+        let mut description = format!("{method} {path} ({who})");
+        match body {
+            None => {}
+            Some(RequestBody::Json(value)) => {
+                let text = value.to_string();
+                if text.len() <= 2048 {
+                    let _ = write!(description, " {text}");
+                } else {
+                    let _ = write!(description, " <{} bytes of JSON>", text.len());
+                }
+                builder = builder
+                    .header("content-type", "application/json")
+                    .body(text);
+            }
+            Some(RequestBody::Raw {
+                content_type,
+                bytes,
+            }) => {
+                let _ = write!(description, " <{} bytes of {content_type}>", bytes.len());
+                builder = builder.header("content-type", content_type).body(bytes);
+            }
+            Some(RequestBody::Chunked {
+                content_type,
+                bytes,
+            }) => {
+                let _ = write!(
+                    description,
+                    " <{} bytes of {content_type}, chunked>",
+                    bytes.len()
+                );
+                // A reader of unknown length goes out with chunked encoding.
+                let reader = reqwest::blocking::Body::new(std::io::Cursor::new(bytes));
+                builder = builder.header("content-type", content_type).body(reader);
+            }
+        }
+        let response = builder
+            .send()
+            .unwrap_or_else(|error| panic!("{description}: transport error: {error:?}"));
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let text = response
+            .text()
+            .unwrap_or_else(|error| panic!("{description}: reading the body: {error}"));
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Response {
+            status,
+            content_type,
+            text,
+            body,
+            request: description,
+        }
+    }
+
+    /// `GET` without credentials.
+    #[track_caller]
+    pub fn get(&self, path: &str) -> Response {
+        self.request(Auth::None, "GET", path, None)
+    }
+
+    /// `POST` JSON without credentials.
+    #[track_caller]
+    pub fn post(&self, path: &str, body: &Value) -> Response {
+        self.request(
+            Auth::None,
+            "POST",
+            path,
+            Some(RequestBody::Json(body.clone())),
+        )
+    }
+
+    /// `GET` as admin.
+    #[track_caller]
+    pub fn admin_get(&self, path: &str) -> Response {
+        self.request(Auth::Admin, "GET", path, None)
+    }
+
+    /// `POST` JSON as admin.
+    #[track_caller]
+    pub fn admin_post(&self, path: &str, body: &Value) -> Response {
+        self.request(
+            Auth::Admin,
+            "POST",
+            path,
+            Some(RequestBody::Json(body.clone())),
+        )
+    }
+
+    /// `PUT` JSON as admin.
+    #[track_caller]
+    pub fn admin_put(&self, path: &str, body: &Value) -> Response {
+        self.request(
+            Auth::Admin,
+            "PUT",
+            path,
+            Some(RequestBody::Json(body.clone())),
+        )
+    }
+
+    /// `DELETE` as admin.
+    #[track_caller]
+    pub fn admin_delete(&self, path: &str) -> Response {
+        self.request(Auth::Admin, "DELETE", path, None)
+    }
+
+    /// Creates a policy; asserts 201 and returns the stored policy.
+    #[track_caller]
+    pub fn create_policy(&self, spec: &Value) -> Value {
+        let response = self.admin_post("/v1/admin/policies", spec);
+        response.assert_status(201);
+        response.body
+    }
+
+    /// Mints a bootstrap token; asserts 201.
+    #[track_caller]
+    pub fn mint_token(&self, policy: &str, identity: &Value, max_uses: u32) -> MintedToken {
+        let response = self.admin_post(
+            "/v1/admin/tokens",
+            &json!({"policy": policy, "identity": identity, "max_uses": max_uses}),
+        );
+        response.assert_status(201);
+        response.json()
+    }
+
+    /// `POST /v1/enroll {csr, token}`.
+    #[track_caller]
+    pub fn enroll(&self, csr_pem: &str, token: &str) -> Response {
+        self.enroll_with(&json!({"csr": csr_pem, "token": token}))
+    }
+
+    /// `POST /v1/enroll` with any body; a 201's serial is remembered for
+    /// [`TestServer::check_invariants`].
+    #[track_caller]
+    pub fn enroll_with(&self, body: &Value) -> Response {
+        let response = self.post("/v1/enroll", body);
+        if response.status == 201 {
+            let serial = response
+                .body
+                .get("serial")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("201 without a serial: {}", response.text));
+            self.received
+                .lock()
+                .expect("received serials lock")
+                .push(serial.to_owned());
+        }
+        response
+    }
+
+    /// `GET /v1/admin/certificates/{serial}` as admin; asserts 200.
+    #[track_caller]
+    pub fn certificate(&self, serial: &str) -> CertificateInfo {
+        let response = self.admin_get(&format!("/v1/admin/certificates/{serial}"));
+        response.assert_status(200);
+        response.json()
+    }
+
+    /// Every inventory entry matching `query` (e.g. `policy=x&status=issued`),
+    /// following `next` cursors.
+    #[track_caller]
+    pub fn certificates(&self, query: &str) -> Vec<CertificateInfo> {
+        self.collect_pages(&format!("/v1/admin/certificates?{query}"))
+    }
+
+    /// Every audit event, oldest first, following `next` cursors.
+    #[track_caller]
+    pub fn audit_events(&self) -> Vec<AuditEvent> {
+        self.collect_pages("/v1/admin/audit?")
+    }
+
+    #[track_caller]
+    fn collect_pages<T: DeserializeOwned>(&self, path_and_query: &str) -> Vec<T> {
+        let separator = if path_and_query.ends_with('?') {
+            ""
+        } else {
+            "&"
+        };
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..1000 {
+            let mut path = format!("{path_and_query}{separator}limit=500");
+            if let Some(cursor) = &cursor {
+                let _ = write!(path, "&cursor={}", url_encode(cursor));
+            }
+            let response = self.admin_get(&path);
+            response.assert_status(200);
+            let page: Page<T> = response.json();
+            items.extend(page.items);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return items,
+            }
+        }
+        panic!("{path_and_query}: more than 1000 pages; is the cursor stuck?");
+    }
+
+    /// Checks every certificate a client received so far: it is in the
+    /// inventory, issued (or revoked by the test), with the same serial.
+    #[track_caller]
+    pub fn check_invariants(&self) {
+        let serials: Vec<String> =
+            std::mem::take(&mut *self.received.lock().expect("received serials lock"));
+        for serial in serials {
+            let info = self.certificate(&serial);
+            assert_eq!(info.serial, serial, "inventory answered for another serial");
+            assert!(
+                matches!(
+                    info.status,
+                    CertificateStatus::Issued | CertificateStatus::Revoked
+                ),
+                "certificate {serial} was handed to a client but is {:?} in the inventory",
+                info.status
+            );
+        }
+    }
+
+    // ---- server-host operations --------------------------------------------
+
+    /// Runs `certmint-server init` again with the same arguments and returns
+    /// its combined output (panics when it fails).
+    #[track_caller]
+    pub fn run_init_again(&self) -> String {
+        let output = self
+            .child_env()
+            .command(&server_binary())
+            .arg("init")
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run certmint-server init");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "second init failed ({}):\n{text}",
+            output.status
+        );
+        text
+    }
+
+    /// `pkcs11-tool --list-objects --type privkey` on this server's token.
+    #[track_caller]
+    pub fn list_private_keys(&self) -> String {
+        let output = self
+            .child_env()
+            .command(Path::new("pkcs11-tool"))
+            .arg("--module")
+            .arg(&self.module)
+            .args(["--login", "--pin", &self.hsm_pin])
+            .args(["--list-objects", "--type", "privkey"])
+            .output()
+            .expect("run pkcs11-tool (apt-get install opensc)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "pkcs11-tool failed:\n{text}");
+        text
+    }
+
+    /// Mints an admin JWT with `certmint-server admin-token`.
+    #[track_caller]
+    pub fn admin_token_for(&self, role: &str) -> String {
+        mint_admin_token(&server_binary(), &self.child_env(), &self.config_path, role)
+    }
+
+    /// Re-signs `token` with the server's own token key (it lives on the
+    /// server host, which the test owns) after `edit` changed its claims.
+    /// The header is kept byte for byte.
+    #[track_caller]
+    pub fn resign_with_server_key(&self, token: &str, edit: impl FnOnce(&mut Value)) -> String {
+        let pem = std::fs::read_to_string(self.dir.join("token-signing-key.pem"))
+            .expect("read token-signing-key.pem");
+        let (label, pkcs8) = der::pem::decode_vec(pem.as_bytes()).expect("token key is PEM");
+        assert_eq!(label, "PRIVATE KEY");
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
+            .expect("token key is PKCS#8 Ed25519");
+        let (header, mut claims) = jwt_segments(token);
+        edit(&mut claims);
+        let signing_input = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+        let signature = key.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64url(signature.as_ref()))
+    }
+
+    fn child_env(&self) -> ChildEnv {
+        ChildEnv {
+            softhsm_conf: self.softhsm_conf.clone(),
+            hsm_pin: self.hsm_pin.clone(),
+        }
+    }
+}
+
+/// The harness's check on every response: never a 500, and every error is a
+/// problem document with a `code`.
+#[track_caller]
+pub fn assert_well_formed(response: &Response) {
+    assert_ne!(
+        response.status, 500,
+        "{}: the server answered 500: {}",
+        response.request, response.text
+    );
+    if response.status >= 400 {
+        assert!(
+            response
+                .content_type
+                .starts_with("application/problem+json")
+                && !response.code().is_empty(),
+            "{}: error {} is not a problem document with a code: {:?} {}",
+            response.request,
+            response.status,
+            response.content_type,
+            response.text
+        );
+    }
+}
+
+/// A request body.
+#[derive(Clone, Debug)]
+pub enum RequestBody {
+    /// Serialised JSON.
+    Json(Value),
+    /// Raw bytes with a content type.
+    Raw {
+        /// `Content-Type`.
+        content_type: String,
+        /// Body.
+        bytes: Vec<u8>,
+    },
+    /// Raw bytes sent with `Transfer-Encoding: chunked` (no `Content-Length`).
+    Chunked {
+        /// `Content-Type`.
+        content_type: String,
+        /// Body.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Runs `body` against the shared server of `backend` (or skips), printing
+/// the server's log lines from the test's run when it fails, then checks
+/// [`TestServer::check_invariants`]. Used by [`backend_tests!`].
+pub fn run_test(backend: Backend, name: &str, body: impl FnOnce(&TestServer)) {
+    let Some(server) = TestServer::shared(backend) else {
+        return;
+    };
+    let offset = server.log_len();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        body(server);
+        server.check_invariants();
+    }));
+    if let Err(panic) = outcome {
+        eprintln!(
+            "---- {name} ({backend:?}) failed; server log since the test started ({}):\n{}\n---- end of server log",
+            server.log_path.display(),
+            server.log_since(offset)
+        );
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Instantiates each test body once per back end, rustls-style: `fn x` becomes
+/// `sqlite::x` and `postgres::x`, both running the same body against that
+/// back end's shared server.
+///
+/// ```ignore
+/// backend_tests! {
+///     fn ok_something(server: &TestServer) { ... }
+/// }
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($(#[$meta:meta])* fn $name:ident($server:ident: &TestServer) $body:block)*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    $crate::run_test(
+                        $crate::Backend::Sqlite,
+                        stringify!($name),
+                        |$server: &$crate::TestServer| $body,
+                    );
+                }
+            )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    $crate::run_test(
+                        $crate::Backend::Postgres,
+                        stringify!($name),
+                        |$server: &$crate::TestServer| $body,
+                    );
+                }
+            )*
+        }
+    };
+}
+
+// ---- policies, identities ---------------------------------------------------
+
+/// A policy JSON with sensible defaults: ec-p256 only, 24h/72h, client_auth.
+pub fn policy_json(name: &str, dns: &[&str], ip: &[&str], uri: &[&str]) -> Value {
+    json!({
+        "name": name,
+        "description": "end-to-end test policy",
+        "allowed": {"dns": dns, "ip": ip, "uri": uri},
+        "key_types": ["ec-p256"],
+        "ttl": {"default": "24h", "max": "72h"},
+        "extended_key_usage": ["client_auth"],
+        "renewal": {"allowed": true, "max_chain_age": "90d"},
+        "allow_wildcard_certificates": false,
+        "enabled": true
+    })
+}
+
+/// An identity JSON.
+pub fn identity(dns: &[&str], ip: &[&str], uri: &[&str]) -> Value {
+    json!({"dns": dns, "ip": ip, "uri": uri})
+}
+
+// ---- CSRs -------------------------------------------------------------------
+
+/// Makes a CSR for `key_type` (`ec-p256`, `ec-p384`, `ed25519`, `rsa-<bits>`)
+/// naming exactly the given SANs; returns `(csr_pem, key_pem)`.
+pub fn make_csr(key_type: &str, dns: &[&str], ip: &[&str], uri: &[&str]) -> (String, String) {
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans(dns, ip, uri);
+    make_csr_from(key_type, params)
+}
+
+/// The SAN list for rcgen; panics on names rcgen cannot encode.
+pub fn sans(dns: &[&str], ip: &[&str], uri: &[&str]) -> Vec<rcgen::SanType> {
+    let mut names = Vec::new();
+    for name in dns {
+        let ia5 = rcgen::string::Ia5String::try_from(*name)
+            .unwrap_or_else(|error| panic!("rcgen cannot encode dNSName {name:?}: {error}"));
+        names.push(rcgen::SanType::DnsName(ia5));
+    }
+    for address in ip {
+        names.push(rcgen::SanType::IpAddress(
+            address.parse().expect("a valid IP address"),
+        ));
+    }
+    for name in uri {
+        let ia5 = rcgen::string::Ia5String::try_from(*name)
+            .unwrap_or_else(|error| panic!("rcgen cannot encode URI {name:?}: {error}"));
+        names.push(rcgen::SanType::URI(ia5));
+    }
+    names
+}
+
+/// Makes a CSR from explicit rcgen parameters (SANs, `is_ca`, …).
+/// RSA keys come from `openssl req`, which then honours only the SANs.
+pub fn make_csr_from(key_type: &str, params: rcgen::CertificateParams) -> (String, String) {
+    let algorithm = match key_type {
+        "ec-p256" => &rcgen::PKCS_ECDSA_P256_SHA256,
+        "ec-p384" => &rcgen::PKCS_ECDSA_P384_SHA384,
+        "ed25519" => &rcgen::PKCS_ED25519,
+        other => {
+            let bits = other
+                .strip_prefix("rsa-")
+                .and_then(|bits| bits.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("unknown key type {other:?}"));
+            return openssl_rsa_csr(bits, &params.subject_alt_names);
+        }
+    };
+    let key = rcgen::KeyPair::generate_for(algorithm).expect("generate a key");
+    let csr = params
+        .serialize_request(&key)
+        .expect("serialise the CSR")
+        .pem()
+        .expect("PEM-encode the CSR");
+    (csr, key.serialize_pem())
+}
+
+/// `openssl req -new -newkey rsa:<bits>` with the given SANs.
+pub fn openssl_rsa_csr(bits: u32, names: &[rcgen::SanType]) -> (String, String) {
+    let san: Vec<String> = names
+        .iter()
+        .map(|name| match name {
+            rcgen::SanType::DnsName(dns) => format!("DNS:{}", dns.as_str()),
+            rcgen::SanType::IpAddress(ip) => format!("IP:{ip}"),
+            rcgen::SanType::URI(uri) => format!("URI:{}", uri.as_str()),
+            other => panic!("openssl_rsa_csr cannot express {other:?}"),
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let key_path = dir.path().join("key.pem");
+    let csr_path = dir.path().join("csr.pem");
+    let mut command = Command::new("openssl");
+    command
+        .args(["req", "-new", "-newkey", &format!("rsa:{bits}"), "-nodes"])
+        .arg("-keyout")
+        .arg(&key_path)
+        .arg("-out")
+        .arg(&csr_path)
+        .args(["-subj", "/CN=certmint-e2e"]);
+    if !san.is_empty() {
+        command.args(["-addext", &format!("subjectAltName={}", san.join(","))]);
+    }
+    let output = command.output().expect("run openssl req");
+    assert!(
+        output.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        std::fs::read_to_string(&csr_path).expect("read the CSR"),
+        std::fs::read_to_string(&key_path).expect("read the key"),
+    )
+}
+
+/// The DER inside a PEM block.
+#[track_caller]
+pub fn pem_to_der(pem: &str) -> Vec<u8> {
+    der::pem::decode_vec(pem.as_bytes())
+        .unwrap_or_else(|error| panic!("not PEM ({error}): {pem}"))
+        .1
+}
+
+/// PEM-encodes `der` with `label`.
+pub fn der_to_pem(label: &str, der: &[u8]) -> String {
+    der::pem::encode_string(label, der::pem::LineEnding::LF, der).expect("PEM-encode")
+}
+
+// ---- tokens -----------------------------------------------------------------
+
+/// Base64url without padding.
+pub fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The header segment (as sent) and the decoded claims of a JWT.
+#[track_caller]
+pub fn jwt_segments(token: &str) -> (String, Value) {
+    let mut parts = token.split('.');
+    let header = parts.next().expect("JWT header").to_owned();
+    let claims = parts.next().expect("JWT claims");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .expect("claims are base64url");
+    (
+        header,
+        serde_json::from_slice(&claims).expect("claims are JSON"),
+    )
+}
+
+/// The decoded JWT header.
+#[track_caller]
+pub fn jwt_header(token: &str) -> Value {
+    let (header, _) = jwt_segments(token);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("header is base64url");
+    serde_json::from_slice(&bytes).expect("header is JSON")
+}
+
+/// The claims of `token` under a new header `alg: none` and no signature.
+pub fn forge_alg_none(token: &str) -> String {
+    let (_, claims) = jwt_segments(token);
+    format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    )
+}
+
+/// The claims of `token` signed HS256 with `secret` (the `kid` kept).
+pub fn forge_hs256(token: &str, secret: &[u8]) -> String {
+    let (_, claims) = jwt_segments(token);
+    let mut header = jwt_header(token);
+    header["alg"] = json!("HS256");
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, signing_input.as_bytes());
+    format!("{signing_input}.{}", b64url(tag.as_ref()))
+}
+
+/// The claims of `token` signed EdDSA by a fresh key nobody registered;
+/// `kid` replaces the header's key id (`None` keeps the server's).
+pub fn forge_foreign_ed25519(token: &str, kid: Option<&str>) -> String {
+    let (_, claims) = jwt_segments(token);
+    let mut header = jwt_header(token);
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("generate a key");
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("load the key");
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let signature = key.sign(signing_input.as_bytes());
+    format!("{signing_input}.{}", b64url(signature.as_ref()))
+}
+
+// ---- certificate checks -----------------------------------------------------
+
+/// Every certificate in a PEM chain, as DER, in order.
+#[track_caller]
+pub fn pem_chain(pem: &str) -> Vec<Vec<u8>> {
+    x509_cert::Certificate::load_pem_chain(pem.as_bytes())
+        .unwrap_or_else(|error| panic!("not a PEM certificate chain ({error}): {pem}"))
+        .iter()
+        .map(|certificate| certificate.to_der().expect("re-encode a certificate"))
+        .collect()
+}
+
+/// Parses one DER certificate.
+#[track_caller]
+pub fn parse_certificate(der: &[u8]) -> x509_cert::Certificate {
+    x509_cert::Certificate::from_der(der).expect("a DER X.509 certificate")
+}
+
+/// Verifies `leaf` up to `root` through `intermediates` with rustls-webpki,
+/// now, requiring the EKU `eku` (DER content bytes of the OID).
+#[track_caller]
+pub fn verify_with_webpki(
+    leaf: &[u8],
+    intermediates: &[Vec<u8>],
+    root: &[u8],
+    eku: &'static [u8],
+) -> Result<(), webpki::Error> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+
+    let root = CertificateDer::from(root.to_vec());
+    let anchor = webpki::anchor_from_trusted_cert(&root)?.to_owned();
+    let leaf = CertificateDer::from(leaf.to_vec());
+    let end_entity = webpki::EndEntityCert::try_from(&leaf)?;
+    let intermediates: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    end_entity
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::required_if_present(eku),
+            None,
+            None,
+        )
+        .map(|_| ())
+}
+
+/// `openssl verify -CAfile root.pem -untrusted issuing.pem [-purpose p] leaf.pem`;
+/// returns `Err(output)` when OpenSSL refuses.
+pub fn verify_with_openssl(
+    leaf_pem: &str,
+    intermediates_pem: &str,
+    root_pem: &str,
+    purpose: Option<&str>,
+) -> Result<(), String> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write a PEM file");
+        path
+    };
+    let root = write("root.pem", root_pem);
+    let untrusted = write("issuing.pem", intermediates_pem);
+    let leaf = write("leaf.pem", leaf_pem);
+    let mut command = Command::new("openssl");
+    command
+        .arg("verify")
+        .args(["-x509_strict", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&untrusted);
+    if let Some(purpose) = purpose {
+        command.args(["-purpose", purpose]);
+    }
+    let output = command.arg(&leaf).output().expect("run openssl verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() && text.contains(": OK") {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+/// Runs a real TLS 1.2/1.3 handshake in memory with client authentication:
+/// the server presents `server_chain` (leaf first) for `server_name`, the
+/// client presents `client_chain`; both sides trust only `root`. Then one
+/// application message crosses. Keys are PKCS#8 PEM.
+pub fn mtls_handshake(
+    root: &[u8],
+    server_name: &str,
+    server_chain: &[Vec<u8>],
+    server_key_pem: &str,
+    client_chain: &[Vec<u8>],
+    client_key_pem: &str,
+) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root.to_vec()))
+        .map_err(|error| format!("root: {error}"))?;
+    let roots = Arc::new(roots);
+    let chain = |ders: &[Vec<u8>]| -> Vec<CertificateDer<'static>> {
+        ders.iter()
+            .map(|der| CertificateDer::from(der.clone()))
+            .collect()
+    };
+    let key = |pem: &str| -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_to_der(pem)))
+    };
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|error| format!("client verifier: {error}"))?;
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain(server_chain), key(server_key_pem))
+        .map_err(|error| format!("server certificate: {error}"))?;
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain(client_chain), key(client_key_pem))
+        .map_err(|error| format!("client certificate: {error}"))?;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|error| error.to_string())?;
+    let mut client = rustls::ClientConnection::new(Arc::new(client_config), name)
+        .map_err(|error| error.to_string())?;
+    let mut server = rustls::ServerConnection::new(Arc::new(server_config))
+        .map_err(|error| error.to_string())?;
+    client
+        .writer()
+        .write_all(b"ping")
+        .map_err(|error| error.to_string())?;
+    let mut received = Vec::new();
+    for _ in 0..32 {
+        let mut wire = Vec::new();
+        client
+            .write_tls(&mut wire)
+            .map_err(|error| error.to_string())?;
+        server
+            .read_tls(&mut wire.as_slice())
+            .map_err(|error| error.to_string())?;
+        server
+            .process_new_packets()
+            .map_err(|error| format!("server side: {error}"))?;
+        let mut wire = Vec::new();
+        server
+            .write_tls(&mut wire)
+            .map_err(|error| error.to_string())?;
+        client
+            .read_tls(&mut wire.as_slice())
+            .map_err(|error| error.to_string())?;
+        client
+            .process_new_packets()
+            .map_err(|error| format!("client side: {error}"))?;
+        let mut buffer = [0u8; 16];
+        match server.reader().read(&mut buffer) {
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error.to_string()),
+        }
+        if !client.is_handshaking() && !server.is_handshaking() && received == b"ping" {
+            return match server.peer_certificates() {
+                Some(presented)
+                    if presented.first().map(|c| c.as_ref())
+                        == client_chain.first().map(Vec::as_slice) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("server saw client certificates {other:?}")),
+            };
+        }
+    }
+    Err("handshake did not complete".to_owned())
+}
+
+// ---- process plumbing -------------------------------------------------------
+
+/// The environment every child gets: its own SoftHSM2 config and the PIN.
+struct ChildEnv {
+    softhsm_conf: PathBuf,
+    hsm_pin: String,
+}
+
+impl ChildEnv {
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .env("CERTMINT_HSM_PIN", &self.hsm_pin)
+            .env_remove("CERTMINT_HSM_SO_PIN")
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+/// The `certmint-server` binary: `$CERTMINT_SERVER_BIN`, else the one beside
+/// this test executable's target directory.
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CERTMINT_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("certmint-server"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "certmint-server binary not found above {}: run `cargo build --workspace --bins` first",
+                exe.display()
+            )
+        })
+}
+
+fn spawn_supervisor(
+    binary: &Path,
+    env: &ChildEnv,
+    config: &Path,
+    log: &Path,
+    dir: &Path,
+    database: Option<&PostgresDatabase>,
+) -> Supervisor {
+    // The supervisor: start serve, block until our stdin closes, then clean
+    // up. The 10 s KILL bounds a graceful shutdown that hangs.
+    const SCRIPT: &str = r#"
+"$CERTMINT_BIN" serve --config "$CERTMINT_CONFIG" >>"$CERTMINT_LOG" 2>&1 </dev/null &
+server=$!
+echo "$server" >"$CERTMINT_DIR/server.pid.tmp" && mv "$CERTMINT_DIR/server.pid.tmp" "$CERTMINT_DIR/server.pid"
+cat >/dev/null
+kill -TERM "$server" 2>/dev/null
+( sleep 10; kill -KILL "$server" 2>/dev/null ) &
+killer=$!
+wait "$server"
+kill "$killer" 2>/dev/null
+if [ -n "$CERTMINT_DROP_DB" ]; then
+  psql "$CERTMINT_PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$CERTMINT_DROP_DB\" WITH (FORCE)" >/dev/null 2>&1
+fi
+if [ "$CERTMINT_KEEP" != 1 ]; then
+  rm -rf "$CERTMINT_DIR"
+fi
+"#;
+    let mut command = env.command(Path::new("sh"));
+    command
+        .args(["-c", SCRIPT])
+        .env("CERTMINT_BIN", binary)
+        .env("CERTMINT_CONFIG", config)
+        .env("CERTMINT_LOG", log)
+        .env("CERTMINT_DIR", dir)
+        .env(
+            "CERTMINT_KEEP",
+            if env_flag("CERTMINT_E2E_KEEP") {
+                "1"
+            } else {
+                "0"
+            },
+        )
+        .env(
+            "CERTMINT_DROP_DB",
+            database.map_or("", |database| database.name.as_str()),
+        )
+        .env(
+            "CERTMINT_PG_ADMIN_URL",
+            database.map_or("", |database| database.admin_url.as_str()),
+        )
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().expect("spawn the server supervisor (sh)");
+    let stdin = child.stdin.take();
+    Supervisor { child, stdin }
+}
+
+fn wait_for_pid_file(pid_file: &Path, log: &Path) -> u32 {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(pid_file) {
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "the supervisor never started certmint-server serve:\n{}",
+        read_from(log, 0)
+    );
+}
+
+fn wait_for_health(client: &reqwest::blocking::Client, base_url: &str, pid: u32, log: &Path) {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        if !process_alive(pid) {
+            panic!(
+                "certmint-server serve exited during start-up:\n{}",
+                read_from(log, 0)
+            );
+        }
+        match client
+            .get(format!("{base_url}/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+        {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) => last_error = format!("status {}", response.status()),
+            Err(error) => last_error = format!("{error:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "GET /healthz did not succeed within {STARTUP_TIMEOUT:?} (last: {last_error}):\n{}",
+        read_from(log, 0)
+    );
+}
+
+/// True while `pid` runs (a zombie counts as exited).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+    }
+}
+
+fn mint_admin_token(binary: &Path, env: &ChildEnv, config: &Path, role: &str) -> String {
+    let output = env
+        .command(binary)
+        .arg("admin-token")
+        .arg("--config")
+        .arg(config)
+        .args([
+            "--role",
+            role,
+            "--subject",
+            &format!("e2e-{role}"),
+            "--ttl",
+            "12h",
+        ])
+        .output()
+        .expect("run certmint-server admin-token");
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        output.status.success() && stdout.split('.').count() == 3,
+        "admin-token --role {role} failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Finds `root fingerprint: sha256:<64 hex>` in `init`'s output.
+pub fn parse_root_fingerprint(output: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("root fingerprint: ")?;
+        let hex = value.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| value.to_owned())
+    })
+}
+
+fn https_client(root_pem: &str) -> reqwest::blocking::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem_chain(root_pem) {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der))
+            .expect("root.pem is a usable trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("build the HTTPS client")
+}
+
+/// reqwest may look for a process-wide provider; install ring's once.
+fn install_crypto_provider() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // An error means another provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// `n` random bytes as lower-case hex.
+pub fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system random");
+    hex::encode(bytes)
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true"))
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return format!("<no log at {}>", path.display());
+    };
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return format!("<unreadable log at {}>", path.display());
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn url_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+// ---- PostgreSQL -------------------------------------------------------------
+
+struct PostgresDatabase {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+fn create_postgres_database() -> Result<PostgresDatabase, Skip> {
+    let admin_url = std::env::var("CERTMINT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    let unreachable = |reason: String| {
+        if env_flag("CERTMINT_REQUIRE_POSTGRES") {
+            panic!("PostgreSQL at {admin_url} is required (CERTMINT_REQUIRE_POSTGRES=1): {reason}");
+        }
+        Skip(format!("PostgreSQL at {admin_url} unreachable: {reason}"))
+    };
+    let name = format!("certmint_e2e_{}", random_hex(6));
+    let output = Command::new("psql")
+        .arg(&admin_url)
+        .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("CREATE DATABASE \"{name}\""))
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| unreachable(format!("cannot run psql: {error}")))?;
+    if !output.status.success() {
+        return Err(unreachable(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    let url = replace_database(&admin_url, &name);
+    Ok(PostgresDatabase {
+        name,
+        url,
+        admin_url,
+    })
+}
+
+fn drop_postgres_database(database: Option<&PostgresDatabase>) {
+    if let Some(database) = database {
+        let _ = Command::new("psql")
+            .arg(&database.admin_url)
+            .arg("-qc")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                database.name
+            ))
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// `postgres://user@host:port/old?x` with the database replaced by `name`.
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |index| index + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |index| authority_start + index);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        let _ = write!(out, "?{query}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness keeps its promise: dropping a server stops the process,
+    /// removes its directory and drops its database.
+    #[test]
+    fn ok_dropping_a_test_server_cleans_up() {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let Some(server) = TestServer::start(backend) else {
+                continue;
+            };
+            server.get("/healthz").assert_status(200);
+            let pid = server.server_pid();
+            let dir = server.dir().to_path_buf();
+            let database = server.database_name().map(str::to_owned);
+            assert!(process_alive(pid));
+            drop(server);
+            assert!(!process_alive(pid), "{backend:?}: server {pid} still runs");
+            if !env_flag("CERTMINT_E2E_KEEP") {
+                assert!(!dir.exists(), "{backend:?}: {} left behind", dir.display());
+            }
+            if let Some(name) = database {
+                let admin_url = std::env::var("CERTMINT_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+                let output = Command::new("psql")
+                    .arg(&admin_url)
+                    .arg("-Atc")
+                    .arg(format!(
+                        "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+                    ))
+                    .output()
+                    .expect("run psql");
+                assert_eq!(
+                    String::from_utf8_lossy(&output.stdout).trim(),
+                    "0",
+                    "database {name} left behind"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ok_replace_database() {
+        assert_eq!(
+            replace_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h/test?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(replace_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+
+    #[test]
+    fn ok_parse_root_fingerprint() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            parse_root_fingerprint(&format!("x\nroot fingerprint: sha256:{hex}\n")),
+            Some(format!("sha256:{hex}"))
+        );
+        assert_eq!(parse_root_fingerprint("root fingerprint: sha256:zz"), None);
+    }
+}

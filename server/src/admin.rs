@@ -105,6 +105,7 @@ impl Admin {
         name: &str,
         spec: &PolicySpec,
     ) -> Result<Policy, ServiceError> {
+        let name = existing_policy_name(name)?;
         if spec.name != name {
             return Err(ServiceError::invalid(
                 ProblemCode::PolicyInvalid,
@@ -122,6 +123,7 @@ impl Admin {
 
     /// Writes a disabled version of a policy.
     pub fn disable_policy(&self, access: &WriteAccess, name: &str) -> Result<Policy, ServiceError> {
+        let name = existing_policy_name(name)?;
         Ok(self
             .store
             .disable_policy(name, access.actor(), self.now())?)
@@ -129,6 +131,7 @@ impl Admin {
 
     /// The current version of a policy.
     pub fn policy(&self, name: &str) -> Result<Policy, ServiceError> {
+        let name = existing_policy_name(name)?;
         Ok(self
             .store
             .current_policy(name)?
@@ -224,6 +227,7 @@ impl Admin {
 
     /// One token.
     pub fn token(&self, id: &str) -> Result<TokenInfo, ServiceError> {
+        let id = existing_token_id(id)?;
         self.store.token(id)?.ok_or_else(|| token_not_found(id))
     }
 
@@ -238,6 +242,7 @@ impl Admin {
 
     /// Revokes a token: no further enrollment with it.
     pub fn revoke_token(&self, access: &WriteAccess, id: &str) -> Result<TokenInfo, ServiceError> {
+        let id = existing_token_id(id)?;
         match self.store.revoke_token(id, access.actor(), self.now()) {
             Err(StoreError::TokenNotFound { .. }) => Err(token_not_found(id)),
             other => Ok(other?),
@@ -246,9 +251,10 @@ impl Admin {
 
     /// One certificate, with its PEM.
     pub fn certificate(&self, serial: &str) -> Result<CertificateInfo, ServiceError> {
+        let serial = existing_serial(serial)?;
         Ok(self
             .store
-            .certificate(&serial.to_ascii_lowercase())?
+            .certificate(&serial)?
             .ok_or_else(|| StoreError::CertificateNotFound {
                 serial: serial.to_owned(),
             })?)
@@ -263,6 +269,14 @@ impl Admin {
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<CertificateInfo>, ServiceError> {
+        if let Some(name) = &policy {
+            validate_policy_name(name).map_err(|reason| {
+                ServiceError::invalid(
+                    ProblemCode::RequestInvalidParameter,
+                    format!("policy filter {name:?}: {reason}"),
+                )
+            })?;
+        }
         let expiring_before = expiring_within_seconds.map(|seconds| {
             self.now() + time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 2))
         });
@@ -283,12 +297,10 @@ impl Admin {
         serial: &str,
         reason: RevocationReason,
     ) -> Result<CertificateInfo, ServiceError> {
-        Ok(self.store.revoke_certificate(
-            &serial.to_ascii_lowercase(),
-            reason,
-            access.actor(),
-            self.now(),
-        )?)
+        let serial = existing_serial(serial)?;
+        Ok(self
+            .store
+            .revoke_certificate(&serial, reason, access.actor(), self.now())?)
     }
 
     /// Audit events, oldest first.
@@ -299,6 +311,39 @@ impl Admin {
     ) -> Result<Page<AuditEvent>, ServiceError> {
         Ok(self.store.list_audit(cursor, clamp(limit))?)
     }
+}
+
+/// A policy name from a path, query or body. Names that fail the naming
+/// rule cannot exist, so they are reported as not found before they reach
+/// the database (PostgreSQL, for one, refuses NUL bytes in text).
+pub fn existing_policy_name(name: &str) -> Result<&str, ServiceError> {
+    validate_policy_name(name).map_err(|reason| {
+        ServiceError::invalid(
+            ProblemCode::PolicyNotFound,
+            format!("no policy {name:?}: {reason}"),
+        )
+    })?;
+    Ok(name)
+}
+
+/// A serial from a path: lower-case hex of at most 20 bytes.
+fn existing_serial(serial: &str) -> Result<String, ServiceError> {
+    let lower = serial.to_ascii_lowercase();
+    if lower.is_empty() || lower.len() > 40 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ServiceError::invalid(
+            ProblemCode::CertificateNotFound,
+            format!("no certificate with serial {serial:?}: serials are hex, at most 40 digits"),
+        ));
+    }
+    Ok(lower)
+}
+
+/// A bootstrap token id from a path: 32 lower-case hex digits.
+fn existing_token_id(id: &str) -> Result<&str, ServiceError> {
+    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(token_not_found(id));
+    }
+    Ok(id)
 }
 
 /// On admin routes a missing token is a 404 `token.not_found`; at

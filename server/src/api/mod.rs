@@ -267,10 +267,16 @@ mod contract_tests {
     fn ok_every_route_is_documented_and_every_documented_route_exists() {
         let registered = registered_routes();
         let documented = documented_routes();
-        assert!(registered.len() >= 20, "route scan found too little: {registered:?}");
+        assert!(
+            registered.len() >= 20,
+            "route scan found too little: {registered:?}"
+        );
         let undocumented: Vec<_> = registered.difference(&documented).collect();
         let missing: Vec<_> = documented.difference(&registered).collect();
-        assert!(undocumented.is_empty(), "routes missing from openapi.yaml: {undocumented:?}");
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from openapi.yaml: {undocumented:?}"
+        );
         assert!(missing.is_empty(), "documented but not served: {missing:?}");
     }
 }

@@ -73,6 +73,8 @@ pub(super) fn key_pair_templates(
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
     ];
@@ -96,7 +98,10 @@ pub(super) fn key_pair_templates(
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        // A CA key signs and does nothing else: no decryption, no key
+        // unwrapping (SoftHSM2 defaults CKA_UNWRAP to true), no derivation.
         Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
         Attribute::Derive(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),

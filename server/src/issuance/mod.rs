@@ -196,6 +196,7 @@ impl Issuer {
     }
 
     fn load_policy(&self, name: &str) -> Result<CompiledPolicy, ServiceError> {
+        let name = crate::admin::existing_policy_name(name)?;
         let stored =
             self.parts
                 .store

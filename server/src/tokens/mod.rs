@@ -329,8 +329,7 @@ impl TokenAuthority {
         audience: &str,
         now: OffsetDateTime,
     ) -> Result<BootstrapClaims, TokenError> {
-        let claims: BootstrapClaims = self.verify(token, audience)?;
-        check_kind(KIND_BOOTSTRAP, &claims.kind)?;
+        let claims: BootstrapClaims = self.verify(token, audience, KIND_BOOTSTRAP)?;
         check_times(claims.iat, claims.exp, now)?;
         Ok(claims)
     }
@@ -342,8 +341,7 @@ impl TokenAuthority {
         audience: &str,
         now: OffsetDateTime,
     ) -> Result<AdminClaims, TokenError> {
-        let claims: AdminClaims = self.verify(token, audience)?;
-        check_kind(KIND_ADMIN, &claims.kind)?;
+        let claims: AdminClaims = self.verify(token, audience, KIND_ADMIN)?;
         check_times(claims.iat, claims.exp, now)?;
         Ok(claims)
     }
@@ -352,6 +350,7 @@ impl TokenAuthority {
         &self,
         token: &str,
         audience: &str,
+        expected_kind: &'static str,
     ) -> Result<T, TokenError> {
         let header = UnverifiedHeader::parse(token)?;
         if header.alg != TOKEN_ALGORITHM_NAME {
@@ -367,38 +366,39 @@ impl TokenAuthority {
         // Time checks run against the injected clock in `check_times`.
         validation.validate_exp = false;
         validation.validate_nbf = false;
+        // Decode to a JSON value first: jsonwebtoken deserialises the claims
+        // type before it checks `aud`, so an admin token sent to the enroll
+        // endpoint would otherwise look malformed instead of misaddressed.
         let data =
-            jsonwebtoken::decode::<T>(token, &self.decoding_key, &validation).map_err(|error| {
-                use jsonwebtoken::errors::ErrorKind;
-                match error.kind() {
-                    ErrorKind::InvalidSignature => TokenError::BadSignature,
-                    ErrorKind::InvalidAudience => TokenError::WrongAudience {
-                        expected: audience.to_owned(),
-                    },
-                    ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                        TokenError::AlgorithmNotAllowed {
-                            alg: "unknown".into(),
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding_key, &validation)
+                .map_err(|error| {
+                    use jsonwebtoken::errors::ErrorKind;
+                    match error.kind() {
+                        ErrorKind::InvalidSignature => TokenError::BadSignature,
+                        ErrorKind::InvalidAudience => TokenError::WrongAudience {
+                            expected: audience.to_owned(),
+                        },
+                        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                            TokenError::AlgorithmNotAllowed {
+                                alg: "unknown".into(),
+                            }
                         }
+                        ErrorKind::MissingRequiredClaim(claim) => {
+                            TokenError::Malformed(format!("missing claim {claim}"))
+                        }
+                        _ => TokenError::Malformed("claims do not decode".into()),
                     }
-                    ErrorKind::MissingRequiredClaim(claim) => {
-                        TokenError::Malformed(format!("missing claim {claim}"))
-                    }
-                    _ => TokenError::Malformed("claims do not decode".into()),
-                }
-            })?;
-        Ok(data.claims)
-    }
-}
-
-fn check_kind(expected: &'static str, found: &str) -> Result<(), TokenError> {
-    if found == expected {
-        Ok(())
-    } else {
-        Err(TokenError::WrongKind {
-            expected,
-            found: found.to_owned(),
-        })
+                })?;
+        let found = data.claims.get("kind").and_then(serde_json::Value::as_str);
+        if found != Some(expected_kind) {
+            return Err(TokenError::WrongKind {
+                expected: expected_kind,
+                found: found.unwrap_or("unspecified").to_owned(),
+            });
+        }
+        serde_json::from_value(data.claims)
+            .map_err(|_| TokenError::Malformed("claims do not decode".into()))
     }
 }
 

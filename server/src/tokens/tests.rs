@@ -130,10 +130,15 @@ fn fail_admin_token_used_as_bootstrap_and_back() {
     assert!(authority.verify_bootstrap(&admin, ADMIN, NOW).is_err());
     let boot = bootstrap(&authority, ENROLL, 10);
     assert!(authority.verify_admin(&boot, ADMIN, NOW).is_err());
-    // Right audience, wrong kind of token: its claims are not admin claims.
-    assert!(authority
-        .verify_admin(&bootstrap(&authority, ADMIN, 10), ADMIN, NOW)
-        .is_err());
+    // Right audience, wrong kind of token.
+    assert!(matches!(
+        authority.verify_admin(&bootstrap(&authority, ADMIN, 10), ADMIN, NOW),
+        Err(TokenError::WrongKind { .. })
+    ));
+    assert!(matches!(
+        authority.verify_bootstrap(&admin, ENROLL, NOW),
+        Err(TokenError::WrongAudience { .. })
+    ));
 }
 
 #[test]

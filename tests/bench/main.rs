@@ -1,0 +1,614 @@
+//! `certmint-bench`: enrollment throughput and latency of a running
+//! certmint server, beside the token's raw `C_Sign` rate for the same key
+//! and (optionally) cfssl's plain `/api/v1/cfssl/sign` on the same machine.
+//!
+//! Not a test: it prints numbers. `tests/bench/run.sh` sets everything up
+//! from a clean state; `docs/BENCHMARK.md` records how and what was measured.
+//!
+//! Phases, run one after the other so they never compete for the CPU:
+//! 1. raw `C_Sign` on the issuing key (if `--pkcs11-module` is given);
+//! 2. N enrollments over HTTPS at concurrency C (one keep-alive connection
+//!    per worker, as a fleet of agents would hold), with the server's CPU
+//!    time and its own stage timings from `/metrics`;
+//! 3. N cfssl signs at the same concurrency (if `--cfssl-url` is given).
+//!
+//! All CSRs (distinct keys and names) are generated before any timing.
+
+mod csign;
+mod load;
+mod metrics;
+mod procstat;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use certmint::wire::{CertificateBundle, EnrollRequest, MintedToken};
+use clap::{Parser, Subcommand};
+use reqwest::blocking::Client;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::procstat::CpuClock;
+use crate::stats::PhaseResult;
+
+/// Error type of this program: every failure ends it with a message.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest `max_uses` the server accepts for one bootstrap token.
+const MAX_TOKEN_USES: usize = 10_000;
+
+#[derive(Parser)]
+#[command(
+    name = "certmint-bench",
+    about = "Benchmark certmint enrollment against the token's raw C_Sign rate and cfssl"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll N certificates at concurrency C and report throughput and latency.
+    Enroll(EnrollArgs),
+}
+
+#[derive(clap::Args)]
+struct EnrollArgs {
+    /// certmint base URL, e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    server: String,
+    /// The CA root certificate (PEM) the server's TLS chain ends in.
+    #[arg(long)]
+    root: PathBuf,
+    /// File holding an admin JWT (`certmint-server admin-token`).
+    #[arg(long)]
+    admin_token_file: PathBuf,
+    /// Timed enrollments.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Concurrent workers (each with its own keep-alive connection).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Untimed warm-up requests per worker, before the clock starts.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// PID of the certmint server, to report its CPU time per enrollment.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// PKCS#11 module, to measure the raw C_Sign rate of the issuing key.
+    /// The user PIN comes from $CERTMINT_HSM_PIN; SoftHSM2 also needs
+    /// $SOFTHSM2_CONF, as for the server.
+    #[arg(long)]
+    pkcs11_module: Option<PathBuf>,
+    /// Token label.
+    #[arg(long, default_value = "certmint")]
+    token_label: String,
+    /// Label of the issuing private key.
+    #[arg(long, default_value = "certmint-issuing")]
+    key_label: String,
+    /// Timed raw signatures.
+    #[arg(long, default_value_t = 4000)]
+    sign_count: usize,
+    /// Signing threads (one session each); default: --concurrency.
+    #[arg(long)]
+    sign_threads: Option<usize>,
+    /// cfssl base URL (`cfssl serve`), e.g. http://127.0.0.1:8888.
+    #[arg(long)]
+    cfssl_url: Option<String>,
+    /// PID of `cfssl serve`, to report its CPU time per signature.
+    #[arg(long)]
+    cfssl_pid: Option<u32>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One HTTP phase in the report.
+#[derive(Debug, Clone, Serialize)]
+struct HttpReport {
+    #[serde(flatten)]
+    result: PhaseResult,
+    failures: usize,
+    /// Server CPU (user + system) per successful request, milliseconds.
+    server_cpu_ms_per_request: Option<f64>,
+    /// Server CPU time over wall time: cores kept busy.
+    server_cores_busy: Option<f64>,
+    /// This program's CPU per request (TLS, JSON): it shares the machine.
+    client_cpu_ms_per_request: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    unix_time: u64,
+    requests: usize,
+    concurrency: usize,
+    warmup_per_worker: usize,
+    connections: &'static str,
+    certmint: HttpReport,
+    certmint_stages: Vec<metrics::Stage>,
+    raw_c_sign: Option<csign::SignResult>,
+    cfssl: Option<HttpReport>,
+    certmint_over_cfssl: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Enroll(args) => enroll(&args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("certmint-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every phase; `Ok(false)` when some request failed.
+fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
+    // reqwest is built with `rustls-tls-manual-roots-no-provider`: clients
+    // built without a preconfigured TLS config (the cfssl one) need a
+    // process-wide provider. An error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.requests == 0 || args.concurrency == 0 {
+        return Err("--requests and --concurrency must be at least 1".into());
+    }
+    let base = args.server.trim_end_matches('/').to_owned();
+    let admin_token = std::fs::read_to_string(&args.admin_token_file)
+        .map_err(|e| format!("{}: {e}", args.admin_token_file.display()))?
+        .trim()
+        .to_owned();
+    let tls = Arc::new(tls_config(&args.root)?);
+    let certmint_client = {
+        let tls = tls.clone();
+        move || -> Result<Client, BoxError> {
+            Ok(Client::builder()
+                .use_preconfigured_tls((*tls).clone())
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(120))
+                .build()?)
+        }
+    };
+    let admin = certmint_client()?;
+    let cpu = CpuClock::new();
+
+    // Setup: policy, tokens, CSRs. Nothing here is timed.
+    let warm_count = args.warmup * args.concurrency;
+    let policy = create_policy(&admin, &base, &admin_token)?;
+    let warm_tokens = mint_tokens(&admin, &base, &admin_token, &policy, warm_count)?;
+    let tokens = mint_tokens(&admin, &base, &admin_token, &policy, args.requests)?;
+    eprintln!(
+        "generating {} P-256 keys and CSRs…",
+        args.requests + warm_count
+    );
+    let warm_csrs = make_csrs("warm", warm_count)?;
+    let csrs = make_csrs("w", args.requests)?;
+    let warm_bodies = enroll_bodies(&warm_csrs, &warm_tokens)?;
+    let bodies = enroll_bodies(&csrs, &tokens)?;
+
+    // Phase 1: the token's raw signing rate.
+    let raw_c_sign = match &args.pkcs11_module {
+        None => None,
+        Some(module) => {
+            let pin = std::env::var("CERTMINT_HSM_PIN")
+                .map_err(|_| "--pkcs11-module needs the user PIN in $CERTMINT_HSM_PIN")?;
+            eprintln!("measuring raw C_Sign…");
+            Some(csign::measure(&csign::SignSettings {
+                module,
+                token_label: &args.token_label,
+                key_label: &args.key_label,
+                pin,
+                signatures: args.sign_count,
+                threads: args.sign_threads.unwrap_or(args.concurrency),
+            })?)
+        }
+    };
+
+    // Phase 2: certmint enrollments.
+    eprintln!(
+        "certmint: {} enrollments at concurrency {}…",
+        args.requests, args.concurrency
+    );
+    let metrics_before = metrics::scrape(&admin, &base)?;
+    let url = format!("{base}/v1/enroll");
+    let (certmint, outcome) = run_phase(
+        &cpu,
+        args.server_pid,
+        &load::Phase {
+            url: &url,
+            client: &certmint_client,
+            bodies: &bodies,
+            warmup: &warm_bodies,
+            concurrency: args.concurrency,
+            check: check_enrollment,
+            on_start: &|| Ok(()),
+        },
+    )?;
+    let metrics_after = metrics::scrape(&admin, &base)?;
+    let mut serials = outcome.ids;
+    serials.sort_unstable();
+    serials.dedup();
+    if serials.len() != certmint.result.completed {
+        return Err(format!(
+            "{} enrollments returned only {} distinct serials",
+            certmint.result.completed,
+            serials.len()
+        )
+        .into());
+    }
+    let certmint_stages = metrics::stages(
+        &metrics_before,
+        &metrics_after,
+        certmint.result.completed + warm_count,
+    );
+    report_failures("certmint", outcome.failures, &outcome.failure_samples);
+    let mut all_ok = outcome.failures == 0;
+
+    // Phase 3: cfssl.
+    let cfssl = match &args.cfssl_url {
+        None => None,
+        Some(cfssl_url) => {
+            eprintln!(
+                "cfssl: {} signs at concurrency {}…",
+                args.requests, args.concurrency
+            );
+            let url = format!("{}/api/v1/cfssl/sign", cfssl_url.trim_end_matches('/'));
+            let cfssl_client = || -> Result<Client, BoxError> {
+                Ok(Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .timeout(Duration::from_secs(120))
+                    .build()?)
+            };
+            let (report, outcome) = run_phase(
+                &cpu,
+                args.cfssl_pid,
+                &load::Phase {
+                    url: &url,
+                    client: &cfssl_client,
+                    bodies: &cfssl_bodies(&csrs),
+                    warmup: &cfssl_bodies(&warm_csrs),
+                    concurrency: args.concurrency,
+                    check: check_cfssl,
+                    on_start: &|| Ok(()),
+                },
+            )?;
+            report_failures("cfssl", outcome.failures, &outcome.failure_samples);
+            all_ok &= outcome.failures == 0;
+            Some(report)
+        }
+    };
+
+    let certmint_over_cfssl = cfssl
+        .as_ref()
+        .filter(|cfssl| cfssl.result.per_second > 0.0)
+        .map(|cfssl| certmint.result.per_second / cfssl.result.per_second);
+    let report = Report {
+        unix_time: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        requests: args.requests,
+        concurrency: args.concurrency,
+        warmup_per_worker: args.warmup,
+        connections: "one keep-alive connection per worker, reused for every request (TLS handshake only in warm-up)",
+        certmint,
+        certmint_stages,
+        raw_c_sign,
+        cfssl,
+        certmint_over_cfssl,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(all_ok)
+}
+
+/// Runs one HTTP phase with CPU accounting around the timed part.
+fn run_phase(
+    cpu: &CpuClock,
+    server_pid: Option<u32>,
+    phase: &load::Phase<'_>,
+) -> Result<(HttpReport, load::Outcome), BoxError> {
+    let server_pid = server_pid.map(|pid| pid.to_string());
+    let before = std::sync::Mutex::new(None);
+    let on_start = || -> Result<(), BoxError> {
+        let server = server_pid
+            .as_deref()
+            .map(|pid| cpu.cpu_time(pid))
+            .transpose()?;
+        let client = cpu.cpu_time("self")?;
+        *before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((server, client));
+        (phase.on_start)()
+    };
+    let outcome = load::run(&load::Phase {
+        on_start: &on_start,
+        ..*phase
+    })?;
+    let (server_before, client_before) = before
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .ok_or("the phase never started")?;
+    let client_after = cpu.cpu_time("self")?;
+    let server_used = match (&server_pid, server_before) {
+        (Some(pid), Some(before)) => Some(cpu.cpu_time(pid)?.saturating_sub(before)),
+        _ => None,
+    };
+    let result = outcome.result.clone();
+    let per_request = |used: Duration| used.as_secs_f64() * 1000.0 / result.completed.max(1) as f64;
+    Ok((
+        HttpReport {
+            failures: outcome.failures,
+            server_cpu_ms_per_request: server_used.map(per_request),
+            server_cores_busy: server_used
+                .map(|used| used.as_secs_f64() / result.elapsed_seconds.max(1e-9)),
+            client_cpu_ms_per_request: per_request(client_after.saturating_sub(client_before)),
+            result,
+        },
+        outcome,
+    ))
+}
+
+fn report_failures(what: &str, failures: usize, samples: &[String]) {
+    if failures > 0 {
+        eprintln!("{what}: {failures} request(s) failed, e.g.:");
+        for sample in samples {
+            eprintln!("  {sample}");
+        }
+    }
+}
+
+/// rustls client config trusting only `root` (HTTP/1.1, ring provider).
+fn tls_config(root: &std::path::Path) -> Result<rustls::ClientConfig, BoxError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(root).map_err(|e| format!("{}: {e}", root.display()))?
+    {
+        roots.add(cert.map_err(|e| format!("{}: {e}", root.display()))?)?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate", root.display()).into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn admin_post(
+    client: &Client,
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> Result<String, BoxError> {
+    let response = client.post(url).bearer_auth(token).json(body).send()?;
+    let status = response.status();
+    let text = response.text()?;
+    if status.as_u16() != 201 {
+        return Err(format!("POST {url}: HTTP {status}: {text}").into());
+    }
+    Ok(text)
+}
+
+/// A fresh policy allowing `*.bench.internal`, P-256, 24h.
+fn create_policy(client: &Client, base: &str, token: &str) -> Result<String, BoxError> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let name = format!("bench-{stamp}-{}", std::process::id());
+    admin_post(
+        client,
+        &format!("{base}/v1/admin/policies"),
+        token,
+        &json!({
+            "name": name,
+            "description": "certmint-bench",
+            "allowed": {"dns": ["*.bench.internal"]},
+            "key_types": ["ec-p256"],
+            "ttl": {"default": "24h", "max": "24h"},
+            "extended_key_usage": ["client_auth"],
+        }),
+    )?;
+    Ok(name)
+}
+
+/// Multi-use bootstrap tokens covering `uses` enrollments (each token at
+/// most [`MAX_TOKEN_USES`]); every use is the same atomic conditional
+/// update a single-use token gets.
+fn mint_tokens(
+    client: &Client,
+    base: &str,
+    admin_token: &str,
+    policy: &str,
+    uses: usize,
+) -> Result<Vec<String>, BoxError> {
+    let mut tokens = Vec::new();
+    let mut left = uses;
+    while left > 0 {
+        let max_uses = left.min(MAX_TOKEN_USES);
+        let text = admin_post(
+            client,
+            &format!("{base}/v1/admin/tokens"),
+            admin_token,
+            &json!({
+                "policy": policy,
+                "identity": {"dns": ["*.bench.internal"]},
+                "ttl": "1h",
+                "max_uses": max_uses,
+            }),
+        )?;
+        let minted: MintedToken = serde_json::from_str(&text)?;
+        tokens.push(minted.token);
+        left -= max_uses;
+    }
+    Ok(tokens)
+}
+
+/// `count` PEM CSRs for `<prefix><i>.bench.internal`, each with its own key.
+fn make_csrs(prefix: &str, count: usize) -> Result<Vec<String>, BoxError> {
+    (0..count)
+        .map(|i| -> Result<String, BoxError> {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let params =
+                rcgen::CertificateParams::new(vec![format!("{prefix}{i}.bench.internal")])?;
+            Ok(params.serialize_request(&key)?.pem()?)
+        })
+        .collect()
+}
+
+/// Enrollment bodies; CSR `i` uses token `i / MAX_TOKEN_USES`.
+fn enroll_bodies(csrs: &[String], tokens: &[String]) -> Result<Vec<Vec<u8>>, BoxError> {
+    csrs.iter()
+        .enumerate()
+        .map(|(i, csr)| -> Result<Vec<u8>, BoxError> {
+            let token = tokens
+                .get(i / MAX_TOKEN_USES)
+                .ok_or("fewer tokens than enrollments")?;
+            Ok(serde_json::to_vec(&EnrollRequest {
+                csr: csr.clone(),
+                token: token.clone(),
+                ttl: None,
+            })?)
+        })
+        .collect()
+}
+
+fn cfssl_bodies(csrs: &[String]) -> Vec<Vec<u8>> {
+    csrs.iter()
+        .map(|csr| {
+            json!({ "certificate_request": csr })
+                .to_string()
+                .into_bytes()
+        })
+        .collect()
+}
+
+fn check_enrollment(status: u16, body: &[u8]) -> Result<Option<String>, String> {
+    if status != 201 {
+        return Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        ));
+    }
+    let bundle: CertificateBundle =
+        serde_json::from_slice(body).map_err(|e| format!("bad 201 body: {e}"))?;
+    if !bundle
+        .certificate_pem
+        .starts_with("-----BEGIN CERTIFICATE-----")
+    {
+        return Err("201 without a PEM certificate".into());
+    }
+    Ok(Some(bundle.serial))
+}
+
+#[derive(serde::Deserialize)]
+struct CfsslResponse {
+    success: bool,
+    #[serde(default)]
+    result: Option<CfsslResult>,
+}
+
+#[derive(serde::Deserialize)]
+struct CfsslResult {
+    certificate: String,
+}
+
+fn check_cfssl(status: u16, body: &[u8]) -> Result<Option<String>, String> {
+    let snippet = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    if status != 200 {
+        return Err(format!("HTTP {status}: {}", snippet()));
+    }
+    let response: CfsslResponse =
+        serde_json::from_slice(body).map_err(|e| format!("bad cfssl body: {e}"))?;
+    match response.result {
+        Some(result)
+            if response.success && result.certificate.starts_with("-----BEGIN CERTIFICATE") =>
+        {
+            Ok(None)
+        }
+        _ => Err(format!("cfssl did not sign: {}", snippet())),
+    }
+}
+
+fn print_table(report: &Report) {
+    let opt = |value: Option<f64>, digits: usize| {
+        value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    };
+    println!(
+        "certmint-bench: {} requests, concurrency {}, {} warm-up request(s) per worker",
+        report.requests, report.concurrency, report.warmup_per_worker
+    );
+    println!("connections: {}", report.connections);
+    println!();
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>12} {:>11} {:>11}",
+        "", "req/s", "p50 ms", "p99 ms", "max ms", "srv CPU ms", "srv cores", "cli CPU ms"
+    );
+    let row = |name: &str, r: &HttpReport| {
+        println!(
+            "{:<28} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>11} {:>11.3}",
+            name,
+            r.result.per_second,
+            r.result.p50_ms,
+            r.result.p99_ms,
+            r.result.max_ms,
+            opt(r.server_cpu_ms_per_request, 3),
+            opt(r.server_cores_busy, 2),
+            r.client_cpu_ms_per_request
+        );
+    };
+    row("certmint POST /v1/enroll", &report.certmint);
+    if let Some(cfssl) = &report.cfssl {
+        row("cfssl /api/v1/cfssl/sign", cfssl);
+    }
+    if let Some(sign) = &report.raw_c_sign {
+        println!(
+            "{:<28} {:>9.1} {:>9.2} {:>9.2} {:>9.2}   ({} sessions)",
+            "raw C_Sign (issuing key)",
+            sign.result.per_second,
+            sign.result.p50_ms,
+            sign.result.p99_ms,
+            sign.result.max_ms,
+            sign.threads
+        );
+    }
+    println!();
+    if let Some(ratio) = report.certmint_over_cfssl {
+        println!("certmint / cfssl throughput: {ratio:.2}");
+    }
+    if let Some(sign) = &report.raw_c_sign {
+        if sign.result.per_second > 0.0 {
+            println!(
+                "certmint / raw C_Sign throughput: {:.2}",
+                report.certmint.result.per_second / sign.result.per_second
+            );
+        }
+    }
+    if !report.certmint_stages.is_empty() {
+        println!();
+        println!("certmint server stages (from /metrics, warm-up included):");
+        println!(
+            "  {:<64} {:>8} {:>9} {:>13}",
+            "stage", "count", "mean ms", "ms/enrollment"
+        );
+        for stage in &report.certmint_stages {
+            println!(
+                "  {:<64} {:>8} {:>9.3} {:>13.3}",
+                stage.stage, stage.count, stage.mean_ms, stage.per_enrollment_ms
+            );
+        }
+    }
+}

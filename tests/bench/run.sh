@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Runs the certmint enrollment benchmark from a clean state on this machine:
+# release build, a fresh SoftHSM2 token and SQLite database, a certmint
+# server, a cfssl server with a software P-256 CA, then certmint-bench at
+# each requested concurrency. Everything is local; nothing reaches the
+# internet. Both servers and the temporary directory are removed on exit.
+#
+# Environment (all optional):
+#   CERTMINT_BENCH_REQUESTS     timed requests per run            (2000)
+#   CERTMINT_BENCH_CONCURRENCY  space-separated concurrencies     ("8")
+#   CERTMINT_BENCH_WARMUP       warm-up requests per worker       (5)
+#   CERTMINT_BENCH_PORT         certmint HTTPS port               (18443)
+#   CFSSL_BENCH_PORT            cfssl HTTP port                   (18888)
+#   CERTMINT_BENCH_JSON=1       print JSON reports instead of tables
+#   CERTMINT_BENCH_KEEP=1       keep the temporary directory (logs, db)
+#   CERTMINT_BENCH_NO_BUILD=1   skip `cargo build` (binaries must exist)
+#   CERTMINT_BENCH_DB_POOL_SIZE set [database] pool_size        (server default: 16)
+#   CERTMINT_BENCH_WORKERS      set [server] workers            (server default: 0 = one per CPU)
+#   CERTMINT_LOG                server log filter               (server default: info)
+#   SOFTHSM2_MODULE             PKCS#11 module (/usr/lib/softhsm/libsofthsm2.so)
+#   CFSSL                       cfssl binary (cfssl on $PATH)
+set -euo pipefail
+
+REQUESTS=${CERTMINT_BENCH_REQUESTS:-2000}
+CONCURRENCY=${CERTMINT_BENCH_CONCURRENCY:-8}
+WARMUP=${CERTMINT_BENCH_WARMUP:-5}
+PORT=${CERTMINT_BENCH_PORT:-18443}
+CFSSL_PORT=${CFSSL_BENCH_PORT:-18888}
+MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+CFSSL=${CFSSL:-cfssl}
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+SERVER_BIN=$TARGET/release/certmint-server
+BENCH_BIN=$TARGET/release/certmint-bench
+
+for tool in "$CFSSL" cfssljson curl; do
+    command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
+done
+[ -e "$MODULE" ] || { echo "run.sh: PKCS#11 module $MODULE not found" >&2; exit 1; }
+for port in "$PORT" "$CFSSL_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "run.sh: port $port is in use; set CERTMINT_BENCH_PORT / CFSSL_BENCH_PORT" >&2
+        exit 1
+    fi
+done
+
+if [ "${CERTMINT_BENCH_NO_BUILD:-0}" != 1 ]; then
+    (cd "$ROOT" && cargo build --release -p certmint-server -p certmint-e2e --bins)
+fi
+
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/certmint-bench.XXXXXX")
+SERVER_PID=
+CFSSL_PID=
+cleanup() {
+    local pid
+    for pid in "$SERVER_PID" "$CFSSL_PID"; do
+        if [ -n "$pid" ]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    if [ "${CERTMINT_BENCH_KEEP:-0}" = 1 ]; then
+        echo "run.sh: kept $DIR" >&2
+    else
+        rm -rf "$DIR"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- SoftHSM2 token and certmint CA -----------------------------------------
+mkdir -p "$DIR/tokens"
+cat >"$DIR/softhsm2.conf" <<EOF
+directories.tokendir = $DIR/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+EOF
+export SOFTHSM2_CONF=$DIR/softhsm2.conf
+# Throwaway PINs for a throwaway token.
+export CERTMINT_HSM_PIN=bench-user-pin
+export CERTMINT_HSM_SO_PIN=bench-so-pin
+
+echo "== certmint init ($DIR)" >&2
+"$SERVER_BIN" init --config "$DIR/certmint.toml" --init-token \
+    --listen "127.0.0.1:$PORT" --database-url "sqlite://$DIR/certmint.db" \
+    --pkcs11-module "$MODULE" >"$DIR/init.log"
+# Optional tuning, for experiments (the defaults are what `init` writes).
+if [ -n "${CERTMINT_BENCH_DB_POOL_SIZE:-}" ]; then
+    sed -i "s/^# pool_size = 16\$/pool_size = $CERTMINT_BENCH_DB_POOL_SIZE/" "$DIR/certmint.toml"
+    grep -q "^pool_size = " "$DIR/certmint.toml"
+fi
+if [ -n "${CERTMINT_BENCH_WORKERS:-}" ]; then
+    sed -i "s/^# workers = 0 .*/workers = $CERTMINT_BENCH_WORKERS/" "$DIR/certmint.toml"
+    grep -q "^workers = " "$DIR/certmint.toml"
+fi
+"$SERVER_BIN" serve --config "$DIR/certmint.toml" >"$DIR/server.log" 2>&1 &
+SERVER_PID=$!
+"$SERVER_BIN" admin-token --config "$DIR/certmint.toml" >"$DIR/admin.jwt"
+
+# --- cfssl with a software P-256 CA, no database, no policy ------------------
+mkdir -p "$DIR/cfssl"
+cat >"$DIR/cfssl/ca-csr.json" <<'EOF'
+{"CN": "cfssl bench CA", "key": {"algo": "ecdsa", "size": 256}, "names": [{"O": "certmint-bench"}]}
+EOF
+cat >"$DIR/cfssl/config.json" <<'EOF'
+{"signing": {"default": {"expiry": "24h", "usages": ["digital signature", "client auth"]}}}
+EOF
+(cd "$DIR/cfssl" && "$CFSSL" genkey -initca ca-csr.json 2>/dev/null | cfssljson -bare ca)
+"$CFSSL" serve -address 127.0.0.1 -port "$CFSSL_PORT" \
+    -ca "$DIR/cfssl/ca.pem" -ca-key "$DIR/cfssl/ca-key.pem" \
+    -config "$DIR/cfssl/config.json" >"$DIR/cfssl.log" 2>&1 &
+CFSSL_PID=$!
+
+# --- wait for both --------------------------------------------------------
+for _ in $(seq 1 300); do
+    if curl -fsS --cacert "$DIR/root.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 &&
+        curl -fsS "http://127.0.0.1:$CFSSL_PORT/api/v1/cfssl/scaninfo" >/dev/null 2>&1; then
+        break
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$DIR/server.log" >&2; exit 1; }
+    kill -0 "$CFSSL_PID" 2>/dev/null || { cat "$DIR/cfssl.log" >&2; exit 1; }
+    sleep 0.1
+done
+curl -fsS --cacert "$DIR/root.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null
+curl -fsS "http://127.0.0.1:$CFSSL_PORT/api/v1/cfssl/scaninfo" >/dev/null
+
+echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) CPU(s): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" >&2
+JSON=()
+[ "${CERTMINT_BENCH_JSON:-0}" = 1 ] && JSON=(--json)
+status=0
+for c in $CONCURRENCY; do
+    echo "== certmint-bench enroll --requests $REQUESTS --concurrency $c (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    "$BENCH_BIN" enroll \
+        --server "https://127.0.0.1:$PORT" --root "$DIR/root.pem" \
+        --admin-token-file "$DIR/admin.jwt" --server-pid "$SERVER_PID" \
+        --requests "$REQUESTS" --concurrency "$c" --warmup "$WARMUP" \
+        --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
+        --cfssl-url "http://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
+        "${JSON[@]}" || status=$?
+    echo >&2
+done
+exit "$status"
