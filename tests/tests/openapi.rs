@@ -74,7 +74,7 @@ fn checked(
     }
     EXERCISED
         .lock()
-        .unwrap()
+        .expect("the exercised-operations set is never poisoned")
         .insert((method.to_ascii_lowercase(), template.to_owned()));
     response
 }
