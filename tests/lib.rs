@@ -11,6 +11,13 @@
 //!                     └─ verify_* (rustls-webpki and `openssl verify`)
 //! ```
 //!
+//! [`TestServer::start`] and [`TestServer::shared`] run `init` with an
+//! ec-p256 CA and text logs; [`TestServer::builder`] takes [`ServerOptions`]
+//! (CA key type, JSON logs, external-root mode). In external-root mode the
+//! test plays the offline root with `openssl` ([`OfflineRoot`]) and installs
+//! the chain with `ca import-chain`; [`ServerBuilder::init_external_root`]
+//! stops at the pending CA ([`PendingCa`]) for tests of that state.
+//!
 //! Every server gets its own temporary directory, SoftHSM2 token directory
 //! and `softhsm2.conf`, PINs, free port and database. The SoftHSM2 and PIN
 //! environment is passed to the *child* processes only; this process never
@@ -192,11 +199,14 @@ impl Drop for Supervisor {
 /// One running `certmint-server serve`, with everything it needs.
 pub struct TestServer {
     backend: Backend,
+    options: ServerOptions,
     dir: PathBuf,
     config_path: PathBuf,
     base_url: String,
     root_pem: String,
     root_fingerprint: String,
+    /// The test's offline root, PEM, in external-root mode.
+    offline_root_pem: Option<String>,
     admin_token: String,
     auditor_token: String,
     hsm_pin: String,
@@ -208,6 +218,8 @@ pub struct TestServer {
     client: reqwest::blocking::Client,
     /// Serials handed to clients and not yet checked against the inventory.
     received: Mutex<Vec<String>>,
+    /// Every bootstrap JWT minted through [`TestServer::mint_token`].
+    minted: Mutex<Vec<String>>,
     /// Dropped last (fields drop in declaration order): stopping the server
     /// removes `dir`, so nothing may need it afterwards.
     _supervisor: Supervisor,
@@ -259,132 +271,115 @@ impl TestServer {
     }
 
     fn try_start(backend: Backend) -> Result<TestServer, Skip> {
-        install_crypto_provider();
-        let binary = server_binary();
-        let module = std::env::var_os("CERTMINT_TEST_PKCS11_MODULE")
-            .map_or_else(|| PathBuf::from(SOFTHSM_MODULE), PathBuf::from);
-        if !module.exists() {
-            let reason = format!(
-                "SoftHSM2 module {} not found (apt-get install softhsm2)",
-                module.display()
-            );
-            if env_flag("CERTMINT_REQUIRE_SOFTHSM") {
-                panic!("{reason}, and CERTMINT_REQUIRE_SOFTHSM=1");
-            }
-            return Err(Skip(reason));
-        }
-        let database = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(create_postgres_database()?),
-        };
+        Self::builder(backend).try_start()
+    }
 
-        let dir = tempfile::Builder::new()
-            .prefix("certmint-e2e-")
-            .tempdir()
-            .expect("create a temporary directory")
-            .keep();
-        let token_dir = dir.join("softhsm-tokens");
-        std::fs::create_dir(&token_dir).expect("create the token directory");
-        let softhsm_conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                token_dir.display()
-            ),
-        )
-        .expect("write softhsm2.conf");
-        let config_path = dir.join("certmint.toml");
-        let log_path = dir.join("server.log");
-        let port = free_port();
-        let hsm_pin = random_hex(8);
-        let so_pin = random_hex(8);
-        let token_label = format!("e2e-{}", random_hex(4));
-        let database_url = match &database {
-            None => format!("sqlite://{}", dir.join("certmint.db").display()),
-            Some(database) => database.url.clone(),
-        };
-
-        let child_env = ChildEnv {
-            softhsm_conf: softhsm_conf.clone(),
-            hsm_pin: hsm_pin.clone(),
-        };
-        let init = child_env
-            .command(&binary)
-            .env("CERTMINT_HSM_SO_PIN", &so_pin)
-            .arg("init")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--name", "localhost", "--name", "127.0.0.1"])
-            .args(["--database-url", &database_url])
-            .arg("--pkcs11-module")
-            .arg(&module)
-            .args(["--token-label", &token_label])
-            .args(["--ca-name", "certmint e2e"])
-            .args(["--key-type", "ec-p256", "--init-token"])
-            .output()
-            .expect("run certmint-server init");
-        let init_output = format!(
-            "{}{}",
-            String::from_utf8_lossy(&init.stdout),
-            String::from_utf8_lossy(&init.stderr)
-        );
-        std::fs::write(dir.join("init.log"), &init_output).expect("write init.log");
-        if !init.status.success() {
-            drop_postgres_database(database.as_ref());
-            panic!(
-                "certmint-server init failed ({}) in {}:\n{init_output}",
-                init.status,
-                dir.display()
-            );
-        }
-        let root_fingerprint = parse_root_fingerprint(&init_output).unwrap_or_else(|| {
-            panic!("init printed no `root fingerprint: sha256:<hex>` line:\n{init_output}")
-        });
-        let root_pem = std::fs::read_to_string(dir.join("root.pem"))
-            .unwrap_or_else(|error| panic!("init wrote no root.pem ({error}):\n{init_output}"));
-
-        let supervisor = spawn_supervisor(
-            &binary,
-            &child_env,
-            &config_path,
-            &log_path,
-            &dir,
-            database.as_ref(),
-        );
-        let pid_file = dir.join("server.pid");
-        let client = https_client(&root_pem);
-        let base_url = format!("https://localhost:{port}");
-        let server_pid = wait_for_pid_file(&pid_file, &log_path);
-        wait_for_health(&client, &base_url, server_pid, &log_path);
-
-        let admin_token = mint_admin_token(&binary, &child_env, &config_path, "admin");
-        let auditor_token = mint_admin_token(&binary, &child_env, &config_path, "auditor");
-        Ok(TestServer {
+    /// A server with options other than the defaults:
+    ///
+    /// ```ignore
+    /// TestServer::builder(Backend::Sqlite)
+    ///     .key_type("ec-p384")
+    ///     .log_format_json()
+    ///     .external_root(true)
+    ///     .start()
+    /// ```
+    pub fn builder(backend: Backend) -> ServerBuilder {
+        ServerBuilder {
             backend,
-            dir,
-            config_path,
+            options: ServerOptions::default(),
+        }
+    }
+
+    /// `serve` and the admin tokens, once the CA is complete and `root.pem`
+    /// sits beside the config.
+    fn launch(
+        mut prepared: Prepared,
+        root_fingerprint: String,
+        offline_root_pem: Option<String>,
+    ) -> TestServer {
+        let root_pem = std::fs::read_to_string(prepared.dir.join("root.pem"))
+            .unwrap_or_else(|error| panic!("no root.pem beside the config ({error})"));
+        let child_env = prepared.child_env();
+        let supervisor = spawn_supervisor(
+            &prepared.binary,
+            &child_env,
+            &prepared.config_path,
+            &prepared.log_path,
+            &prepared.dir,
+            prepared.database.as_ref(),
+            if prepared.options.log_format_json {
+                "json"
+            } else {
+                "text"
+            },
+        );
+        // From here on the supervisor owns the directory and the database.
+        prepared.clean_up = false;
+        let pid_file = prepared.dir.join("server.pid");
+        let client = https_client(&root_pem);
+        let base_url = format!("https://localhost:{}", prepared.port);
+        let server_pid = wait_for_pid_file(&pid_file, &prepared.log_path);
+        wait_for_health(&client, &base_url, server_pid, &prepared.log_path);
+
+        let admin_token =
+            mint_admin_token(&prepared.binary, &child_env, &prepared.config_path, "admin");
+        let auditor_token = mint_admin_token(
+            &prepared.binary,
+            &child_env,
+            &prepared.config_path,
+            "auditor",
+        );
+        TestServer {
+            backend: prepared.backend,
+            options: prepared.options.clone(),
+            dir: prepared.dir.clone(),
+            config_path: prepared.config_path.clone(),
             base_url,
             root_pem,
             root_fingerprint,
+            offline_root_pem,
             admin_token,
             auditor_token,
-            hsm_pin,
-            module,
-            softhsm_conf,
-            log_path,
+            hsm_pin: prepared.hsm_pin.clone(),
+            module: prepared.module.clone(),
+            softhsm_conf: prepared.softhsm_conf.clone(),
+            log_path: prepared.log_path.clone(),
             server_pid,
-            database_name: database.as_ref().map(|database| database.name.clone()),
+            database_name: prepared
+                .database
+                .as_ref()
+                .map(|database| database.name.clone()),
             client,
             received: Mutex::new(Vec::new()),
+            minted: Mutex::new(Vec::new()),
             _supervisor: supervisor,
-        })
+        }
     }
 
     /// The back end this server runs on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The options this server was started with.
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// The offline root the test signed the issuing CA with (external-root
+    /// mode only), PEM.
+    pub fn offline_root_pem(&self) -> Option<&str> {
+        self.offline_root_pem.as_deref()
+    }
+
+    /// The HSM user PIN (to check it never leaks into logs or responses).
+    pub fn hsm_pin(&self) -> &str {
+        &self.hsm_pin
+    }
+
+    /// Every bootstrap JWT minted so far through [`TestServer::mint_token`].
+    pub fn minted_tokens(&self) -> Vec<String> {
+        self.minted.lock().expect("minted tokens lock").clone()
     }
 
     /// The server's directory (config, root.pem, token key, logs).
@@ -610,7 +605,12 @@ impl TestServer {
             &json!({"policy": policy, "identity": identity, "max_uses": max_uses}),
         );
         response.assert_status(201);
-        response.json()
+        let minted: MintedToken = response.json();
+        self.minted
+            .lock()
+            .expect("minted tokens lock")
+            .push(minted.token.clone());
+        minted
     }
 
     /// `POST /v1/enroll {csr, token}`.
@@ -735,22 +735,7 @@ impl TestServer {
     /// `pkcs11-tool --list-objects --type privkey` on this server's token.
     #[track_caller]
     pub fn list_private_keys(&self) -> String {
-        let output = self
-            .child_env()
-            .command(Path::new("pkcs11-tool"))
-            .arg("--module")
-            .arg(&self.module)
-            .args(["--login", "--pin", &self.hsm_pin])
-            .args(["--list-objects", "--type", "privkey"])
-            .output()
-            .expect("run pkcs11-tool (apt-get install opensc)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(output.status.success(), "pkcs11-tool failed:\n{text}");
-        text
+        list_private_keys(&self.child_env(), &self.module, &self.hsm_pin)
     }
 
     /// Mints an admin JWT with `certmint-server admin-token`.
@@ -783,6 +768,589 @@ impl TestServer {
             hsm_pin: self.hsm_pin.clone(),
         }
     }
+}
+
+// ---- server set-up ------------------------------------------------------------
+
+/// How [`ServerBuilder`] sets a server up. The default is what
+/// [`TestServer::start`] does: an ec-p256 CA created by `init`, text logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// `init --key-type`: `ec-p256`, `ec-p384`, `rsa-3072`, `rsa-4096` or `ed25519`.
+    pub key_type: String,
+    /// `serve --log-format json` instead of text.
+    pub log_format_json: bool,
+    /// `init --external-root-csr`, with the test acting as the offline root
+    /// and installing the chain with `ca import-chain`.
+    pub external_root: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            key_type: "ec-p256".to_owned(),
+            log_format_json: false,
+            external_root: false,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The CA key type.
+    pub fn key_type(mut self, key_type: &str) -> Self {
+        key_type.clone_into(&mut self.key_type);
+        self
+    }
+
+    /// JSON log lines.
+    pub fn log_format_json(mut self) -> Self {
+        self.log_format_json = true;
+        self
+    }
+
+    /// External-root mode (or not).
+    pub fn external_root(mut self, external_root: bool) -> Self {
+        self.external_root = external_root;
+        self
+    }
+}
+
+/// Builds a [`TestServer`] with [`ServerOptions`]; see [`TestServer::builder`].
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    backend: Backend,
+    options: ServerOptions,
+}
+
+impl ServerBuilder {
+    /// The CA key type (default `ec-p256`).
+    pub fn key_type(mut self, key_type: &str) -> Self {
+        self.options = self.options.key_type(key_type);
+        self
+    }
+
+    /// `serve --log-format json`.
+    pub fn log_format_json(mut self) -> Self {
+        self.options = self.options.log_format_json();
+        self
+    }
+
+    /// External-root mode: `init --external-root-csr`, an offline root made
+    /// with `openssl` signs the CSR, `ca import-chain` installs the chain.
+    pub fn external_root(mut self, external_root: bool) -> Self {
+        self.options = self.options.external_root(external_root);
+        self
+    }
+
+    /// All options at once.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Starts the server; `None` (after printing why) when a non-mandatory
+    /// dependency is missing. Panics, with the output, on any other failure.
+    pub fn start(self) -> Option<TestServer> {
+        let backend = self.backend;
+        match self.try_start() {
+            Ok(server) => Some(server),
+            Err(Skip(reason)) => {
+                eprintln!("note: skipping {backend:?} end-to-end test: {reason}");
+                None
+            }
+        }
+    }
+
+    /// [`ServerBuilder::start`], returning why it skipped.
+    pub fn try_start(self) -> Result<TestServer, Skip> {
+        if self.options.external_root {
+            return Ok(self.try_init_external_root()?.complete());
+        }
+        let prepared = Prepared::new(self.backend, self.options)?;
+        let init = prepared.init(None);
+        assert!(
+            init.success(),
+            "certmint-server init failed in {}:\n{}",
+            prepared.dir.display(),
+            init.text
+        );
+        let root_fingerprint = parse_root_fingerprint(&init.text).unwrap_or_else(|| {
+            panic!(
+                "init printed no `root fingerprint: sha256:<hex>` line:\n{}",
+                init.text
+            )
+        });
+        Ok(TestServer::launch(prepared, root_fingerprint, None))
+    }
+
+    /// External-root mode up to the pending CA: runs `init
+    /// --external-root-csr` and stops there, so the test can play the
+    /// offline root (or fail to). `None` when skipped.
+    pub fn init_external_root(self) -> Option<PendingCa> {
+        let backend = self.backend;
+        match self.try_init_external_root() {
+            Ok(pending) => Some(pending),
+            Err(Skip(reason)) => {
+                eprintln!("note: skipping {backend:?} end-to-end test: {reason}");
+                None
+            }
+        }
+    }
+
+    fn try_init_external_root(self) -> Result<PendingCa, Skip> {
+        let prepared = Prepared::new(self.backend, self.options.external_root(true))?;
+        let csr_path = prepared.dir.join("issuing.csr");
+        let init = prepared.init(Some(&csr_path));
+        assert!(
+            init.success(),
+            "certmint-server init --external-root-csr failed in {}:\n{}",
+            prepared.dir.display(),
+            init.text
+        );
+        let csr_pem = std::fs::read_to_string(&csr_path).unwrap_or_else(|error| {
+            panic!(
+                "init --external-root-csr wrote no {} ({error}):\n{}",
+                csr_path.display(),
+                init.text
+            )
+        });
+        Ok(PendingCa {
+            prepared,
+            init_output: init.text,
+            csr_pem,
+        })
+    }
+}
+
+/// Everything a server needs before `serve`: directory, token, database.
+/// Dropping it (before [`TestServer::launch`] hands both to the supervisor)
+/// removes the directory and drops the database.
+struct Prepared {
+    backend: Backend,
+    options: ServerOptions,
+    binary: PathBuf,
+    module: PathBuf,
+    database: Option<PostgresDatabase>,
+    dir: PathBuf,
+    softhsm_conf: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    port: u16,
+    hsm_pin: String,
+    so_pin: String,
+    /// False once the supervisor owns the directory and the database.
+    clean_up: bool,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.clean_up {
+            drop_postgres_database(self.database.as_ref());
+            if !env_flag("CERTMINT_E2E_KEEP") {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+    }
+}
+
+impl Prepared {
+    fn new(backend: Backend, options: ServerOptions) -> Result<Prepared, Skip> {
+        install_crypto_provider();
+        let binary = server_binary();
+        let module = std::env::var_os("CERTMINT_TEST_PKCS11_MODULE")
+            .map_or_else(|| PathBuf::from(SOFTHSM_MODULE), PathBuf::from);
+        if !module.exists() {
+            let reason = format!(
+                "SoftHSM2 module {} not found (apt-get install softhsm2)",
+                module.display()
+            );
+            if env_flag("CERTMINT_REQUIRE_SOFTHSM") {
+                panic!("{reason}, and CERTMINT_REQUIRE_SOFTHSM=1");
+            }
+            return Err(Skip(reason));
+        }
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(create_postgres_database()?),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("certmint-e2e-")
+            .tempdir()
+            .expect("create a temporary directory")
+            .keep();
+        // From here on, dropping `prepared` cleans up.
+        let prepared = Prepared {
+            backend,
+            options,
+            binary,
+            module,
+            database,
+            softhsm_conf: dir.join("softhsm2.conf"),
+            config_path: dir.join("certmint.toml"),
+            log_path: dir.join("server.log"),
+            dir,
+            port: free_port(),
+            hsm_pin: random_hex(8),
+            so_pin: random_hex(8),
+            clean_up: true,
+        };
+        let token_dir = prepared.dir.join("softhsm-tokens");
+        std::fs::create_dir(&token_dir).expect("create the token directory");
+        std::fs::write(
+            &prepared.softhsm_conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                token_dir.display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        Ok(prepared)
+    }
+
+    fn child_env(&self) -> ChildEnv {
+        ChildEnv {
+            softhsm_conf: self.softhsm_conf.clone(),
+            hsm_pin: self.hsm_pin.clone(),
+        }
+    }
+
+    /// The first `init` (it also initialises the token); `external_csr`
+    /// selects external-root mode. Output is also kept in `init.log`.
+    fn init(&self, external_csr: Option<&Path>) -> CommandOutput {
+        let token_label = format!("e2e-{}", random_hex(4));
+        let database_url = match &self.database {
+            None => format!("sqlite://{}", self.dir.join("certmint.db").display()),
+            Some(database) => database.url.clone(),
+        };
+        let mut command = self.child_env().command(&self.binary);
+        command
+            .env("CERTMINT_HSM_SO_PIN", &self.so_pin)
+            .arg("init")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--name", "localhost", "--name", "127.0.0.1"])
+            .args(["--database-url", &database_url])
+            .arg("--pkcs11-module")
+            .arg(&self.module)
+            .args(["--token-label", &token_label])
+            .args(["--ca-name", "certmint e2e"])
+            .args(["--key-type", &self.options.key_type, "--init-token"]);
+        if let Some(csr) = external_csr {
+            command.arg("--external-root-csr").arg(csr);
+        }
+        let output = CommandOutput::of(&mut command, "certmint-server init");
+        std::fs::write(self.dir.join("init.log"), &output.text).expect("write init.log");
+        output
+    }
+}
+
+/// A finished command: exit status (`None` when it had to be killed) and
+/// its stdout followed by its stderr.
+#[derive(Debug)]
+pub struct CommandOutput {
+    /// How it exited; `None` when it was still running at its deadline.
+    pub status: Option<std::process::ExitStatus>,
+    /// stdout, then stderr.
+    pub text: String,
+}
+
+impl CommandOutput {
+    fn of(command: &mut Command, what: &str) -> CommandOutput {
+        let output = command
+            .output()
+            .unwrap_or_else(|error| panic!("run {what}: {error}"));
+        CommandOutput {
+            status: Some(output.status),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
+    }
+
+    /// Exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|status| status.success())
+    }
+
+    /// Exited (within its deadline) with a non-zero status.
+    pub fn failed(&self) -> bool {
+        self.status.is_some_and(|status| !status.success())
+    }
+}
+
+/// An external-root CA after `init --external-root-csr`: the issuing key is
+/// on the token, its CSR awaits an offline root. Dropping it removes the
+/// directory and the database.
+pub struct PendingCa {
+    prepared: Prepared,
+    init_output: String,
+    csr_pem: String,
+}
+
+impl std::fmt::Debug for PendingCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCa")
+            .field("backend", &self.prepared.backend)
+            .field("dir", &self.prepared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingCa {
+    /// The back end.
+    pub fn backend(&self) -> Backend {
+        self.prepared.backend
+    }
+
+    /// The server directory (config beside it).
+    pub fn dir(&self) -> &Path {
+        &self.prepared.dir
+    }
+
+    /// What the first `init` printed.
+    pub fn init_output(&self) -> &str {
+        &self.init_output
+    }
+
+    /// The issuing CA's CSR written by the first `init`.
+    pub fn csr_pem(&self) -> &str {
+        &self.csr_pem
+    }
+
+    /// Runs `init --config … --external-root-csr <new file>` again; returns
+    /// its output and the CSR it wrote (`None` when it wrote none).
+    pub fn init_again(&self) -> (CommandOutput, Option<String>) {
+        let csr_path = self.dir().join(format!("issuing-{}.csr", random_hex(3)));
+        let output = CommandOutput::of(
+            self.prepared
+                .child_env()
+                .command(&self.prepared.binary)
+                .arg("init")
+                .arg("--config")
+                .arg(&self.prepared.config_path)
+                .arg("--external-root-csr")
+                .arg(&csr_path),
+            "certmint-server init",
+        );
+        (output, std::fs::read_to_string(&csr_path).ok())
+    }
+
+    /// `certmint-server ca import-chain --config … --chain <chain_pem in a file>`.
+    pub fn import_chain(&self, chain_pem: &str) -> CommandOutput {
+        let chain_path = self.dir().join(format!("chain-{}.pem", random_hex(3)));
+        std::fs::write(&chain_path, chain_pem).expect("write the chain file");
+        CommandOutput::of(
+            self.prepared
+                .child_env()
+                .command(&self.prepared.binary)
+                .args(["ca", "import-chain", "--config"])
+                .arg(&self.prepared.config_path)
+                .arg("--chain")
+                .arg(&chain_path),
+            "certmint-server ca import-chain",
+        )
+    }
+
+    /// Runs `certmint-server serve` directly, expecting it to refuse: waits
+    /// up to 30 s for it to exit; if it is still running then, kills it and
+    /// returns `status: None`.
+    pub fn try_serve(&self) -> CommandOutput {
+        let log_path = self.dir().join(format!("serve-{}.log", random_hex(3)));
+        let log = std::fs::File::create(&log_path).expect("create the serve log");
+        let mut child = self
+            .prepared
+            .child_env()
+            .command(&self.prepared.binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.prepared.config_path)
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn certmint-server serve");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for serve") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        CommandOutput {
+            status,
+            text: read_from(&log_path, 0),
+        }
+    }
+
+    /// `pkcs11-tool --list-objects --type privkey` on this CA's token.
+    pub fn list_private_keys(&self) -> String {
+        list_private_keys(
+            &self.prepared.child_env(),
+            &self.prepared.module,
+            &self.prepared.hsm_pin,
+        )
+    }
+
+    /// Plays a fresh offline root: signs the CSR, imports the chain (asserts
+    /// success) and starts `serve`.
+    pub fn complete(self) -> TestServer {
+        let root = OfflineRoot::new();
+        self.complete_with(&root)
+    }
+
+    /// [`PendingCa::complete`] with a given offline root.
+    pub fn complete_with(self, root: &OfflineRoot) -> TestServer {
+        let chain = root.chain_for(&self.csr_pem);
+        let import = self.import_chain(&chain);
+        assert!(
+            import.success(),
+            "ca import-chain failed in {}:\n{}",
+            self.dir().display(),
+            import.text
+        );
+        // `chain installed; root fingerprint: sha256:<hex>`
+        let root_fingerprint = import
+            .text
+            .lines()
+            .find_map(|line| {
+                let at = line.find("root fingerprint: ")?;
+                parse_root_fingerprint(&line[at..])
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "import-chain printed no `root fingerprint: sha256:<hex>`:\n{}",
+                    import.text
+                )
+            });
+        TestServer::launch(
+            self.prepared,
+            root_fingerprint,
+            Some(root.certificate_pem().to_owned()),
+        )
+    }
+}
+
+/// An offline root CA played by `openssl` in a temporary directory: a
+/// self-signed P-256 certificate, CA:TRUE, keyCertSign and cRLSign.
+#[derive(Debug)]
+pub struct OfflineRoot {
+    dir: tempfile::TempDir,
+    certificate_pem: String,
+}
+
+impl Default for OfflineRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OfflineRoot {
+    /// Creates the root (`openssl req -x509`).
+    pub fn new() -> OfflineRoot {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let output = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-subj", "/CN=Offline Root", "-days", "3650"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(dir.path().join("root.key"))
+            .arg("-out")
+            .arg(dir.path().join("root.pem"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl req -x509");
+        assert!(
+            output.status.success(),
+            "openssl req -x509 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let certificate_pem =
+            std::fs::read_to_string(dir.path().join("root.pem")).expect("read the offline root");
+        OfflineRoot {
+            dir,
+            certificate_pem,
+        }
+    }
+
+    /// The root certificate, PEM.
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
+    }
+
+    /// Signs `csr_pem` as an issuing CA (`openssl x509 -req`: CA:TRUE,
+    /// pathlen 0, keyCertSign, cRLSign, digitalSignature, SKI, AKI);
+    /// returns the certificate, PEM.
+    pub fn sign_issuing_csr(&self, csr_pem: &str) -> String {
+        let name = random_hex(4);
+        let csr = self.dir.path().join(format!("{name}.csr"));
+        let extensions = self.dir.path().join(format!("{name}.ext"));
+        let certificate = self.dir.path().join(format!("{name}.pem"));
+        std::fs::write(&csr, csr_pem).expect("write the CSR");
+        std::fs::write(
+            &extensions,
+            "basicConstraints=critical,CA:TRUE,pathlen:0\n\
+             keyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid\n",
+        )
+        .expect("write the extensions file");
+        let output = Command::new("openssl")
+            .args(["x509", "-req", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(self.dir.path().join("root.pem"))
+            .arg("-CAkey")
+            .arg(self.dir.path().join("root.key"))
+            .arg("-CAserial")
+            .arg(self.dir.path().join("root.srl"))
+            .args(["-CAcreateserial", "-days", "365", "-extfile"])
+            .arg(&extensions)
+            .arg("-out")
+            .arg(&certificate)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl x509 -req");
+        assert!(
+            output.status.success(),
+            "openssl x509 -req failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(&certificate).expect("read the issuing certificate")
+    }
+
+    /// `chain.pem` for `ca import-chain`: the signed issuing certificate
+    /// first, this root last.
+    pub fn chain_for(&self, csr_pem: &str) -> String {
+        format!("{}{}", self.sign_issuing_csr(csr_pem), self.certificate_pem)
+    }
+}
+
+/// `pkcs11-tool --list-objects --type privkey` on a token.
+fn list_private_keys(env: &ChildEnv, module: &Path, pin: &str) -> String {
+    let output = env
+        .command(Path::new("pkcs11-tool"))
+        .arg("--module")
+        .arg(module)
+        .args(["--login", "--pin", pin])
+        .args(["--list-objects", "--type", "privkey"])
+        .output()
+        .expect("run pkcs11-tool (apt-get install opensc)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "pkcs11-tool failed:\n{text}");
+    text
 }
 
 /// The harness's check on every response: never a 500, and every error is a
@@ -834,9 +1402,33 @@ pub enum RequestBody {
 /// the server's log lines from the test's run when it fails, then checks
 /// [`TestServer::check_invariants`]. Used by [`backend_tests!`].
 pub fn run_test(backend: Backend, name: &str, body: impl FnOnce(&TestServer)) {
-    let Some(server) = TestServer::shared(backend) else {
+    run_test_on(TestServer::shared(backend), name, body);
+}
+
+/// The server a test binary shares for `backend`, started with `options`
+/// on first use and kept in `cell`; `None` (after printing why) when a
+/// non-mandatory dependency is missing. Used by [`backend_tests!`]'s
+/// `options = …;` form.
+pub fn shared_with_options(
+    cell: &'static OnceLock<Result<TestServer, Skip>>,
+    backend: Backend,
+    options: impl FnOnce() -> ServerOptions,
+) -> Option<&'static TestServer> {
+    match cell.get_or_init(|| TestServer::builder(backend).options(options()).try_start()) {
+        Ok(server) => Some(server),
+        Err(Skip(reason)) => {
+            eprintln!("note: skipping {backend:?} end-to-end test: {reason}");
+            None
+        }
+    }
+}
+
+/// [`run_test`] on a given server (`None`: skipped).
+pub fn run_test_on(server: Option<&TestServer>, name: &str, body: impl FnOnce(&TestServer)) {
+    let Some(server) = server else {
         return;
     };
+    let backend = server.backend;
     let offset = server.log_len();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         body(server);
@@ -853,33 +1445,78 @@ pub fn run_test(backend: Backend, name: &str, body: impl FnOnce(&TestServer)) {
 }
 
 /// Instantiates each test body once per back end, rustls-style: `fn x` becomes
-/// `sqlite::x` and `postgres::x`, both running the same body against that
-/// back end's shared server.
+/// `sqlite::x` and `postgres::x`, both running the same body on that back end.
+///
+/// Three forms, one per invocation (each defines `mod sqlite` and `mod postgres`):
 ///
 /// ```ignore
+/// // The binary's shared default server of each back end.
 /// backend_tests! {
 ///     fn ok_something(server: &TestServer) { ... }
+/// }
+/// // A server shared by this invocation's tests, started with options.
+/// backend_tests! {
+///     options = ServerOptions::default().log_format_json();
+///     fn ok_something(server: &TestServer) { ... }
+/// }
+/// // The body starts its own servers (e.g. with `TestServer::builder(backend)`).
+/// backend_tests! {
+///     fn ok_something(backend: Backend) { ... }
 /// }
 /// ```
 #[macro_export]
 macro_rules! backend_tests {
-    ($($(#[$meta:meta])* fn $name:ident($server:ident: &TestServer) $body:block)*) => {
-        mod sqlite {
+    (options = $options:expr; $($(#[$meta:meta])* fn $name:ident($server:ident: &TestServer) $body:block)*) => {
+        $crate::backend_tests!(@shared_with_options sqlite, Sqlite, $options, $($(#[$meta])* fn $name($server) $body)*);
+        $crate::backend_tests!(@shared_with_options postgres, Postgres, $options, $($(#[$meta])* fn $name($server) $body)*);
+    };
+    (@shared_with_options $module:ident, $backend:ident, $options:expr, $($(#[$meta:meta])* fn $name:ident($server:ident) $body:block)*) => {
+        mod $module {
             #[allow(unused_imports)]
             use super::*;
+
+            fn shared_server() -> Option<&'static $crate::TestServer> {
+                static SERVER: std::sync::OnceLock<Result<$crate::TestServer, $crate::Skip>> =
+                    std::sync::OnceLock::new();
+                $crate::shared_with_options(&SERVER, $crate::Backend::$backend, || $options)
+            }
             $(
                 $(#[$meta])*
                 #[test]
                 fn $name() {
-                    $crate::run_test(
-                        $crate::Backend::Sqlite,
+                    $crate::run_test_on(
+                        shared_server(),
                         stringify!($name),
                         |$server: &$crate::TestServer| $body,
                     );
                 }
             )*
         }
-        mod postgres {
+    };
+    ($($(#[$meta:meta])* fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $crate::backend_tests!(@own_server sqlite, Sqlite, $($(#[$meta])* fn $name($backend) $body)*);
+        $crate::backend_tests!(@own_server postgres, Postgres, $($(#[$meta])* fn $name($backend) $body)*);
+    };
+    (@own_server $module:ident, $variant:ident, $($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block)*) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    let $backend: $crate::Backend = $crate::Backend::$variant;
+                    $body
+                }
+            )*
+        }
+    };
+    ($($(#[$meta:meta])* fn $name:ident($server:ident: &TestServer) $body:block)*) => {
+        $crate::backend_tests!(@shared sqlite, Sqlite, $($(#[$meta])* fn $name($server) $body)*);
+        $crate::backend_tests!(@shared postgres, Postgres, $($(#[$meta])* fn $name($server) $body)*);
+    };
+    (@shared $module:ident, $variant:ident, $($(#[$meta:meta])* fn $name:ident($server:ident) $body:block)*) => {
+        mod $module {
             #[allow(unused_imports)]
             use super::*;
             $(
@@ -887,7 +1524,7 @@ macro_rules! backend_tests {
                 #[test]
                 fn $name() {
                     $crate::run_test(
-                        $crate::Backend::Postgres,
+                        $crate::Backend::$variant,
                         stringify!($name),
                         |$server: &$crate::TestServer| $body,
                     );
@@ -1337,11 +1974,12 @@ fn spawn_supervisor(
     log: &Path,
     dir: &Path,
     database: Option<&PostgresDatabase>,
+    log_format: &str,
 ) -> Supervisor {
     // The supervisor: start serve, block until our stdin closes, then clean
     // up. The 10 s KILL bounds a graceful shutdown that hangs.
     const SCRIPT: &str = r#"
-"$CERTMINT_BIN" serve --config "$CERTMINT_CONFIG" >>"$CERTMINT_LOG" 2>&1 </dev/null &
+"$CERTMINT_BIN" serve --config "$CERTMINT_CONFIG" --log-format "$CERTMINT_E2E_LOG_FORMAT" >>"$CERTMINT_E2E_LOG_FILE" 2>&1 </dev/null &
 server=$!
 echo "$server" >"$CERTMINT_DIR/server.pid.tmp" && mv "$CERTMINT_DIR/server.pid.tmp" "$CERTMINT_DIR/server.pid"
 cat >/dev/null
@@ -1362,7 +2000,9 @@ fi
         .args(["-c", SCRIPT])
         .env("CERTMINT_BIN", binary)
         .env("CERTMINT_CONFIG", config)
-        .env("CERTMINT_LOG", log)
+        // Not CERTMINT_LOG: serve reads that as its log filter.
+        .env("CERTMINT_E2E_LOG_FILE", log)
+        .env("CERTMINT_E2E_LOG_FORMAT", log_format)
         .env("CERTMINT_DIR", dir)
         .env(
             "CERTMINT_KEEP",

@@ -195,7 +195,14 @@ impl Admin {
             ));
         }
         let now = self.now();
-        let expires_at = now + time::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2));
+        // ttl is at most max_ttl (checked above), so this cannot overflow
+        // for any configuration that loads; refuse rather than panic anyway.
+        let expires_at = i64::try_from(ttl)
+            .ok()
+            .and_then(|seconds| now.checked_add(time::Duration::seconds(seconds)))
+            .ok_or_else(|| {
+                ServiceError::invalid(ProblemCode::RequestMalformed, "token ttl is out of range")
+            })?;
         let id = crate::random::hex_id()?;
         let jwt = self.tokens.mint_bootstrap(
             &id,
@@ -277,9 +284,20 @@ impl Admin {
                 )
             })?;
         }
-        let expiring_before = expiring_within_seconds.map(|seconds| {
-            self.now() + time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 2))
-        });
+        let expiring_before = match expiring_within_seconds {
+            None => None,
+            Some(seconds) => Some(
+                i64::try_from(seconds)
+                    .ok()
+                    .and_then(|seconds| self.now().checked_add(time::Duration::seconds(seconds)))
+                    .ok_or_else(|| {
+                        ServiceError::invalid(
+                            ProblemCode::RequestInvalidParameter,
+                            "expiring_within reaches past the end of the calendar",
+                        )
+                    })?,
+            ),
+        };
         let filter = CertificateFilter {
             policy,
             status,

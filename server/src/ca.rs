@@ -87,7 +87,7 @@ pub fn initialize(
             issuer_public_key_info: root_spki.clone(),
             path_length: 1,
             not_before: now - time::Duration::minutes(5),
-            not_after: now + time::Duration::seconds(options.root_validity_seconds),
+            not_after: after(now, options.root_validity_seconds)?,
         },
         root_key.as_ref(),
     )?;
@@ -100,12 +100,12 @@ pub fn initialize(
             issuer_public_key_info: root_spki,
             path_length: 0,
             not_before: now - time::Duration::minutes(5),
-            not_after: now
-                + time::Duration::seconds(
-                    options
-                        .issuing_validity_seconds
-                        .min(options.root_validity_seconds),
-                ),
+            not_after: after(
+                now,
+                options
+                    .issuing_validity_seconds
+                    .min(options.root_validity_seconds),
+            )?,
         },
         root_key.as_ref(),
     )?;
@@ -186,22 +186,21 @@ pub fn import_chain(
     now: OffsetDateTime,
 ) -> Result<String, ServiceError> {
     let state = store.ca_state()?.ok_or_else(|| {
-        ServiceError::PostSigningCheck("no pending CA: run `init --external-root` first".into())
+        ServiceError::Setup("no pending CA: run `init --external-root` first".into())
     })?;
-    let chain = Certificate::load_pem_chain(chain_pem.as_bytes()).map_err(|error| {
-        ServiceError::PostSigningCheck(format!("chain does not parse: {error}"))
-    })?;
+    let chain = Certificate::load_pem_chain(chain_pem.as_bytes())
+        .map_err(|error| ServiceError::Setup(format!("chain does not parse: {error}")))?;
     let (issuing, root) = match (chain.first(), chain.last()) {
         (Some(first), Some(last)) if chain.len() >= 2 => (first, last),
         _ => {
-            return Err(ServiceError::PostSigningCheck(
+            return Err(ServiceError::Setup(
                 "the chain needs the issuing certificate and its root".into(),
             ))
         }
     };
     let signer = hsm.signer(&state.issuing_key_label)?;
     if issuing.tbs_certificate().subject_public_key_info() != &spki_of(signer.as_ref())? {
-        return Err(ServiceError::PostSigningCheck(
+        return Err(ServiceError::Setup(
             "the first certificate does not carry this CA's issuing key".into(),
         ));
     }
@@ -220,7 +219,7 @@ fn verify_issued_by(child: &Certificate, parent: &Certificate) -> Result<(), Ser
     let signature = child
         .signature()
         .as_bytes()
-        .ok_or_else(|| ServiceError::PostSigningCheck("signature bits".into()))?;
+        .ok_or_else(|| ServiceError::Setup("signature bits".into()))?;
     algorithms::verify_signature(
         parent.tbs_certificate().subject_public_key_info(),
         child.signature_algorithm(),
@@ -228,7 +227,7 @@ fn verify_issued_by(child: &Certificate, parent: &Certificate) -> Result<(), Ser
         signature,
     )
     .map_err(|error| {
-        ServiceError::PostSigningCheck(format!(
+        ServiceError::Setup(format!(
             "{} is not signed by {}: {error}",
             child.tbs_certificate().subject(),
             parent.tbs_certificate().subject()
@@ -248,7 +247,7 @@ pub struct LoadedCa {
 
 /// Loads the CA from the store and the token.
 pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
-    let not_ready = |what: &str| ServiceError::PostSigningCheck(what.to_owned());
+    let not_ready = |what: &str| ServiceError::Setup(what.to_owned());
     let state = store
         .ca_state()?
         .ok_or_else(|| not_ready("no CA in the database: run `certmint-server init`"))?;
@@ -287,6 +286,12 @@ pub fn fingerprint(der: &[u8]) -> String {
         "sha256:{}",
         hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
     )
+}
+
+/// `now + seconds`, refusing lifetimes past the end of the calendar.
+fn after(now: OffsetDateTime, seconds: i64) -> Result<OffsetDateTime, ServiceError> {
+    now.checked_add(time::Duration::seconds(seconds))
+        .ok_or_else(|| ServiceError::Setup(format!("CA lifetime of {seconds}s is out of range")))
 }
 
 fn sign_ca(template: &CaTemplate, signer: &dyn CaSigner) -> Result<Vec<u8>, ServiceError> {

@@ -58,33 +58,53 @@ pub enum LogFormat {
     Json,
 }
 
-/// Arguments of `init`.
-#[derive(Debug, Clone)]
+/// Arguments of `init` (the CLI's flags, also usable from code).
+#[derive(Debug, Clone, clap::Args)]
 pub struct InitArgs {
-    /// Config path.
+    /// Config file to write (if absent) or read.
+    #[arg(long, default_value = "certmint.toml")]
     pub config: PathBuf,
-    /// `server.listen`.
+    /// Listen address for the config.
+    #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
-    /// `server.public_url`.
+    /// Public URL (default https://<first name>:<port>).
+    #[arg(long)]
     pub public_url: Option<String>,
-    /// `server.names`.
+    /// Server TLS names (repeatable).
+    #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
     pub names: Vec<String>,
-    /// `database.url`.
+    /// Database URL.
+    #[arg(long, default_value = "sqlite://certmint.db")]
     pub database_url: String,
-    /// `hsm.module`.
+    /// PKCS#11 module path.
+    #[arg(
+        long = "pkcs11-module",
+        default_value = "/usr/lib/softhsm/libsofthsm2.so"
+    )]
     pub pkcs11_module: PathBuf,
-    /// `hsm.token_label`.
+    /// Token label.
+    #[arg(long, default_value = "certmint")]
     pub token_label: String,
-    /// `hsm.pin_file`.
+    /// File holding the user PIN (else $CERTMINT_HSM_PIN).
+    #[arg(long)]
     pub pin_file: Option<PathBuf>,
-    /// `ca.name`.
+    /// CA name (subjects: "<name> Root CA", "<name> Issuing CA").
+    #[arg(long, default_value = "certmint")]
     pub ca_name: String,
-    /// `ca.key_type`.
+    /// CA key type: ec-p256, ec-p384, rsa-3072, rsa-4096 or ed25519.
+    #[arg(long, default_value = "ec-p256", value_parser = parse_key_type)]
     pub key_type: KeyType,
-    /// Initialise the token first.
+    /// Initialise an empty token slot first (SO PIN from $CERTMINT_HSM_SO_PIN).
+    #[arg(long)]
     pub init_token: bool,
-    /// External-root mode: where to write the CSR.
+    /// Create only the issuing key and write its CSR here, for an external root.
+    #[arg(long)]
     pub external_root_csr: Option<PathBuf>,
+}
+
+fn parse_key_type(text: &str) -> Result<KeyType, String> {
+    KeyType::parse(text)
+        .ok_or_else(|| "expected ec-p256, ec-p384, rsa-3072, rsa-4096 or ed25519".to_owned())
 }
 
 /// `certmint-server init`.
@@ -246,7 +266,8 @@ pub fn admin_token(
         subject,
         &config.admin_audience(),
         now,
-        now + time::Duration::seconds(seconds(ttl)),
+        now.checked_add(time::Duration::seconds(seconds(ttl)))
+            .ok_or_else(|| CommandError(format!("--ttl {ttl} is out of range")))?,
     )?;
     println!("{token}");
     Ok(())
@@ -260,6 +281,21 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    // A panic (a bug: requests are answered with 500 `internal`) is logged
+    // like everything else, so JSON logs stay one JSON object per line.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|location| format!("{}:{}", location.file(), location.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic.location = %location, panic.message = %message, "panic");
+    }));
 }
 
 /// `certmint-server serve`.

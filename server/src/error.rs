@@ -54,6 +54,11 @@ pub enum ServiceError {
     /// No randomness.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// The CA, its chain or the server's own configuration cannot be used
+    /// (no CA yet, an expired issuing certificate, a chain that does not
+    /// verify, a lifetime out of range). Operator-facing; a 500 on the API.
+    #[error("{0}")]
+    Setup(String),
     /// A signed certificate failed its post-signing checks (a bug or a
     /// misbehaving token); nothing was returned to the client.
     #[error("post-signing check failed: {0}")]

@@ -166,5 +166,5 @@ fn pem_to_der(text: &str) -> Result<Vec<u8>, ServiceError> {
 }
 
 fn internal(what: &str) -> ServiceError {
-    ServiceError::PostSigningCheck(format!("server certificate: {what}"))
+    ServiceError::Setup(format!("server certificate: {what}"))
 }

@@ -601,12 +601,12 @@ fn print_table(report: &Report) {
         println!();
         println!("certmint server stages (from /metrics, warm-up included):");
         println!(
-            "  {:<64} {:>8} {:>9} {:>13}",
+            "  {:<78} {:>6} {:>8} {:>13}",
             "stage", "count", "mean ms", "ms/enrollment"
         );
         for stage in &report.certmint_stages {
             println!(
-                "  {:<64} {:>8} {:>9.3} {:>13.3}",
+                "  {:<78} {:>6} {:>8.3} {:>13.3}",
                 stage.stage, stage.count, stage.mean_ms, stage.per_enrollment_ms
             );
         }

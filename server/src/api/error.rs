@@ -174,6 +174,7 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
         ServiceError::Hsm(_)
         | ServiceError::Profile(_)
         | ServiceError::Entropy(_)
+        | ServiceError::Setup(_)
         | ServiceError::PostSigningCheck(_) => C::Internal,
     };
     (code, detail)

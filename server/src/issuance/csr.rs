@@ -81,15 +81,11 @@ impl VerifiedCsr {
         names: RequestedNames,
     ) -> Result<VerifiedCsr, CsrError> {
         let key_type = algorithms::key_type(&subject_public_key_info)?;
-        let spki_der = subject_public_key_info
-            .to_der()
-            .map_err(|error| CsrError::Malformed(format!("public key encoding: {error}")))?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &spki_der);
         Ok(VerifiedCsr {
+            subject_key_sha256: spki_sha256(&subject_public_key_info)?,
             subject_public_key_info,
             key_type,
             names,
-            subject_key_sha256: hex::encode(digest),
         })
     }
 }
@@ -118,16 +114,24 @@ pub fn verify(text: &str) -> Result<VerifiedCsr, CsrError> {
     if names.dns.is_empty() && names.ip.is_empty() && names.uri.is_empty() {
         return Err(CsrError::NoNames);
     }
-    let spki_der = subject_public_key_info
-        .to_der()
-        .map_err(|error| CsrError::Malformed(format!("public key re-encoding: {error}")))?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &spki_der);
     Ok(VerifiedCsr {
+        subject_key_sha256: spki_sha256(&subject_public_key_info)?,
         subject_public_key_info,
         key_type,
         names,
-        subject_key_sha256: hex::encode(digest),
     })
+}
+
+/// SHA-256 of the DER SubjectPublicKeyInfo, hex: the key's fingerprint in
+/// the inventory.
+fn spki_sha256(subject_public_key_info: &SubjectPublicKeyInfoOwned) -> Result<String, CsrError> {
+    let der = subject_public_key_info
+        .to_der()
+        .map_err(|error| CsrError::Malformed(format!("public key re-encoding: {error}")))?;
+    Ok(hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &der,
+    )))
 }
 
 fn decode(text: &str) -> Result<CertReq, CsrError> {

@@ -146,7 +146,7 @@ impl Issuer {
             Decision::Allow { ttl_seconds } => ttl_seconds,
             Decision::Deny(refusals) => return Err(ServiceError::denied(refusals)),
         };
-        let prepared = self.prepare(csr, &policy, ttl_seconds, Some(claims.jti), now)?;
+        let prepared = self.prepare(csr, &policy, ttl_seconds, Some(claims.registered.jti), now)?;
         self.sign(prepared)
     }
 
@@ -218,14 +218,18 @@ impl Issuer {
         now: OffsetDateTime,
     ) -> Result<PreparedCertificate, ServiceError> {
         let issuer_not_after = certificate_not_after(&self.parts.ca.certificate)?;
-        let not_before = now - time::Duration::seconds(self.parts.settings.backdate_seconds);
+        let not_before = now
+            .checked_sub(time::Duration::seconds(
+                self.parts.settings.backdate_seconds,
+            ))
+            .ok_or_else(|| ServiceError::Setup("issuance.backdate is out of range".into()))?;
         let ttl = i64::try_from(ttl_seconds).unwrap_or(i64::MAX);
         let wanted_not_after = now
             .checked_add(time::Duration::seconds(ttl))
             .unwrap_or(issuer_not_after);
         let not_after = wanted_not_after.min(issuer_not_after);
         if not_after <= now {
-            return Err(ServiceError::PostSigningCheck(
+            return Err(ServiceError::Setup(
                 "the issuing certificate has expired; rotate the CA".into(),
             ));
         }

@@ -146,6 +146,7 @@ pub fn prepare_leaf(
 ) -> Result<UnsignedCertificate, ProfileError> {
     let subject = leaf_subject(&template.names)?;
     let profile = LeafProfile {
+        authority_key_identifier: issuer_key_identifier(issuer)?,
         issuer: issuer.tbs_certificate().subject().clone(),
         subject_is_empty: subject.is_empty(),
         subject,
@@ -220,6 +221,8 @@ fn leaf_subject(names: &LeafNames) -> Result<Name, ProfileError> {
 }
 
 struct LeafProfile {
+    /// The issuing certificate's own subjectKeyIdentifier.
+    authority_key_identifier: OctetString,
     issuer: Name,
     subject: Name,
     subject_is_empty: bool,
@@ -238,7 +241,7 @@ impl BuilderProfile for LeafProfile {
     fn build_extensions(
         &self,
         subject_key: SubjectPublicKeyInfoRef<'_>,
-        issuer_key: SubjectPublicKeyInfoRef<'_>,
+        _issuer_key: SubjectPublicKeyInfoRef<'_>,
         tbs: &TbsCertificate,
     ) -> x509_cert::builder::Result<Vec<Extension>> {
         let subject = tbs.subject();
@@ -273,8 +276,29 @@ impl BuilderProfile for LeafProfile {
         san.critical = self.subject_is_empty;
         extensions.push(san);
         extensions.push(subject_key_identifier(subject_key)?.to_extension(subject, &extensions)?);
-        extensions.push(authority_key_identifier(issuer_key)?.to_extension(subject, &extensions)?);
+        let authority = AuthorityKeyIdentifier {
+            key_identifier: Some(self.authority_key_identifier.clone()),
+            authority_cert_issuer: None,
+            authority_cert_serial_number: None,
+        };
+        extensions.push(authority.to_extension(subject, &extensions)?);
         Ok(extensions)
+    }
+}
+
+/// The key identifier a child of `issuer` must name in its AKI: the
+/// issuer's own subjectKeyIdentifier when it has one (an externally signed
+/// issuing certificate may use any method to derive it, RFC 5280 §4.2.1.2),
+/// else ours, derived from its key.
+fn issuer_key_identifier(issuer: &Certificate) -> Result<OctetString, ProfileError> {
+    use der::referenced::OwnedToRef as _;
+    let tbs = issuer.tbs_certificate();
+    match tbs
+        .get_extension::<SubjectKeyIdentifier>()
+        .map_err(encoding)?
+    {
+        Some((_, identifier)) => Ok(identifier.0),
+        None => key_identifier(tbs.subject_public_key_info().owned_to_ref()).map_err(encoding),
     }
 }
 

@@ -27,7 +27,7 @@ use super::connection::DbConnection;
 use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
 use super::schema::{certificate_revocations, certificates};
 use super::{
-    audit, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
+    audit, cursor_hex, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
     is_unique_violation, optional_from_unix, page_of, page_size, sha256_hex, to_json, tokens, unix,
     Store, StoreError,
 };
@@ -241,7 +241,7 @@ impl Store {
         let after = cursor
             .map(|cursor| {
                 let [created_at, serial] = decode_cursor::<2>(cursor)?;
-                Ok::<_, StoreError>((cursor_int(&created_at)?, serial))
+                Ok::<_, StoreError>((cursor_int(&created_at)?, cursor_hex(serial)?))
             })
             .transpose()?;
         let size = page_size(limit);

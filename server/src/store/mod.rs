@@ -601,10 +601,25 @@ fn decode_cursor<const N: usize>(cursor: &str) -> Result<[String; N], StoreError
     let parts: Vec<String> = pieces
         .map(|piece| {
             let bytes = hex::decode(piece).map_err(|_| StoreError::BadCursor)?;
+            // Every key a cursor carries (names, serials, ids, times) is
+            // printable ASCII; anything else is forged, and PostgreSQL would
+            // refuse a NUL in a text comparison.
+            if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_graphic) {
+                return Err(StoreError::BadCursor);
+            }
             String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)
         })
         .collect::<Result<_, _>>()?;
     parts.try_into().map_err(|_| StoreError::BadCursor)
+}
+
+/// Checks a serial part of a cursor (serials are lower-case hex).
+fn cursor_hex(part: String) -> Result<String, StoreError> {
+    if part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(part)
+    } else {
+        Err(StoreError::BadCursor)
+    }
 }
 
 /// Parses the integer part of a cursor.

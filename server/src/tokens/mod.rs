@@ -93,23 +93,33 @@ pub enum Role {
     Auditor,
 }
 
-/// Claims of a bootstrap token.
+/// The registered claims every certmint token carries (RFC 7519 §4.1),
+/// plus `kind`, which keeps bootstrap and admin tokens apart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BootstrapClaims {
+pub struct RegisteredClaims {
     /// Issuer: the server's public URL.
     pub iss: String,
-    /// Audience: `<public_url>/v1/enroll`.
+    /// Audience: `<public_url>/v1/enroll` or `<public_url>/v1/admin`.
     pub aud: String,
-    /// Token id; the store counts its uses.
+    /// Unique id: a bootstrap token's id (the store counts its uses), or an
+    /// admin token's id for audit trails.
     pub jti: String,
-    /// Subject: the token id again (who enrolls is the identity below).
+    /// Subject: the bootstrap token id again, or who holds an admin token.
     pub sub: String,
     /// Issued at (unix seconds).
     pub iat: i64,
     /// Expiry (unix seconds).
     pub exp: i64,
-    /// Always `bootstrap`.
+    /// `bootstrap` or `admin`.
     pub kind: String,
+}
+
+/// Claims of a bootstrap token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapClaims {
+    /// Registered claims; `sub` and `jti` are the token id.
+    #[serde(flatten)]
+    pub registered: RegisteredClaims,
     /// Policy the holder enrolls under.
     pub policy: String,
     /// Names (or patterns) the holder may request.
@@ -119,20 +129,9 @@ pub struct BootstrapClaims {
 /// Claims of an admin token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminClaims {
-    /// Issuer: the server's public URL.
-    pub iss: String,
-    /// Audience: `<public_url>/v1/admin`.
-    pub aud: String,
-    /// Unique id, for audit trails.
-    pub jti: String,
-    /// Who holds it (free text chosen at minting, e.g. a person's name).
-    pub sub: String,
-    /// Issued at (unix seconds).
-    pub iat: i64,
-    /// Expiry (unix seconds).
-    pub exp: i64,
-    /// Always `admin`.
-    pub kind: String,
+    /// Registered claims; `sub` names the holder.
+    #[serde(flatten)]
+    pub registered: RegisteredClaims,
     /// What the holder may do.
     pub role: Role,
 }
@@ -279,13 +278,7 @@ impl TokenAuthority {
         expires_at: OffsetDateTime,
     ) -> Result<String, TokenError> {
         let claims = BootstrapClaims {
-            iss: self.issuer.clone(),
-            aud: audience.to_owned(),
-            jti: id.to_owned(),
-            sub: id.to_owned(),
-            iat: issued_at.unix_timestamp(),
-            exp: expires_at.unix_timestamp(),
-            kind: KIND_BOOTSTRAP.into(),
+            registered: self.registered(id, id, audience, KIND_BOOTSTRAP, issued_at, expires_at),
             policy: policy.to_owned(),
             identity: identity.clone(),
         };
@@ -303,16 +296,30 @@ impl TokenAuthority {
         expires_at: OffsetDateTime,
     ) -> Result<String, TokenError> {
         let claims = AdminClaims {
+            registered: self.registered(id, subject, audience, KIND_ADMIN, issued_at, expires_at),
+            role,
+        };
+        self.sign(&claims)
+    }
+
+    fn registered(
+        &self,
+        id: &str,
+        subject: &str,
+        audience: &str,
+        kind: &str,
+        issued_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> RegisteredClaims {
+        RegisteredClaims {
             iss: self.issuer.clone(),
             aud: audience.to_owned(),
             jti: id.to_owned(),
             sub: subject.to_owned(),
             iat: issued_at.unix_timestamp(),
             exp: expires_at.unix_timestamp(),
-            kind: KIND_ADMIN.into(),
-            role,
-        };
-        self.sign(&claims)
+            kind: kind.to_owned(),
+        }
     }
 
     fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
@@ -330,7 +337,7 @@ impl TokenAuthority {
         now: OffsetDateTime,
     ) -> Result<BootstrapClaims, TokenError> {
         let claims: BootstrapClaims = self.verify(token, audience, KIND_BOOTSTRAP)?;
-        check_times(claims.iat, claims.exp, now)?;
+        check_times(claims.registered.iat, claims.registered.exp, now)?;
         Ok(claims)
     }
 
@@ -342,7 +349,7 @@ impl TokenAuthority {
         now: OffsetDateTime,
     ) -> Result<AdminClaims, TokenError> {
         let claims: AdminClaims = self.verify(token, audience, KIND_ADMIN)?;
-        check_times(claims.iat, claims.exp, now)?;
+        check_times(claims.registered.iat, claims.registered.exp, now)?;
         Ok(claims)
     }
 

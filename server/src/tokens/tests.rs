@@ -54,7 +54,7 @@ fn ok_bootstrap_round_trip() {
     let claims = authority
         .verify_bootstrap(&bootstrap(&authority, ENROLL, 10), ENROLL, NOW)
         .unwrap();
-    assert_eq!(claims.jti, "tok1");
+    assert_eq!(claims.registered.jti, "tok1");
     assert_eq!(claims.policy, "payments");
     assert_eq!(claims.identity, identity());
 }

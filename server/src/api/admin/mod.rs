@@ -109,7 +109,7 @@ fn authenticate(
             )
         })?;
     Ok(Caller {
-        subject: claims.sub,
+        subject: claims.registered.sub,
         role: claims.role,
         request_id,
     })
