@@ -783,6 +783,9 @@ pub struct ServerOptions {
     /// `init --external-root-csr`, with the test acting as the offline root
     /// and installing the chain with `ca import-chain`.
     pub external_root: bool,
+    /// `[server] tls_certificate_ttl`, written into the config after `init`
+    /// (short values make the server renew its own certificate during a test).
+    pub tls_certificate_ttl: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -791,6 +794,7 @@ impl Default for ServerOptions {
             key_type: "ec-p256".to_owned(),
             log_format_json: false,
             external_root: false,
+            tls_certificate_ttl: None,
         }
     }
 }
@@ -799,6 +803,12 @@ impl ServerOptions {
     /// The CA key type.
     pub fn key_type(mut self, key_type: &str) -> Self {
         key_type.clone_into(&mut self.key_type);
+        self
+    }
+
+    /// Lifetime of the server's own HTTPS certificate, e.g. `"12s"`.
+    pub fn tls_certificate_ttl(mut self, ttl: &str) -> Self {
+        self.tls_certificate_ttl = Some(ttl.to_owned());
         self
     }
 
@@ -1041,6 +1051,15 @@ impl Prepared {
         }
         let output = CommandOutput::of(&mut command, "certmint-server init");
         std::fs::write(self.dir.join("init.log"), &output.text).expect("write init.log");
+        if let Some(ttl) = &self.options.tls_certificate_ttl {
+            let config = std::fs::read_to_string(&self.config_path).expect("read config");
+            let edited = config.replacen(
+                "[server]\n",
+                &format!("[server]\ntls_certificate_ttl = \"{ttl}\"\n"),
+                1,
+            );
+            std::fs::write(&self.config_path, edited).expect("write config");
+        }
         output
     }
 }

@@ -80,6 +80,8 @@ fn main() -> ExitCode {
             command: CaCommand::ImportChain { config, chain },
         } => commands::import_chain(&config, &chain),
     };
+    // Every command is done with the token by now.
+    certmint_server::hsm::finalize_all_modules();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

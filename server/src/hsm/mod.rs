@@ -93,6 +93,14 @@ const _: fn() = || {
     shared_across_threads::<Hsm>();
 };
 
+/// Finalizes every PKCS#11 module the process loaded (`C_Finalize`). Call it
+/// once, right before the process exits, after all work is done, so the
+/// token library can release its sessions and state in order (PKCS#11
+/// §5.4) rather than in whatever order exit-time destructors run.
+pub fn finalize_all_modules() {
+    session_pool::finalize_all();
+}
+
 /// The protection attributes of a private key, as the token reports them.
 ///
 /// A CA key must show `sensitive && !extractable`; `always_sensitive` and

@@ -43,6 +43,19 @@ const SESSION_WAIT: Duration = Duration::from_secs(30);
 /// use is never safe.
 static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
 
+/// Calls `C_Finalize` on every module this process loaded. For the very end
+/// of a process only: every handle, pool and signer stops working.
+pub(super) fn finalize_all() {
+    let Some(registry) = MODULES.get() else {
+        return;
+    };
+    for module in lock(registry).values() {
+        if let Err(error) = module.pkcs11.clone().finalize() {
+            tracing::debug!(error = %error, "hsm: C_Finalize at exit failed");
+        }
+    }
+}
+
 /// A loaded and initialized PKCS#11 module.
 pub(super) struct Module {
     pkcs11: Pkcs11,

@@ -362,7 +362,11 @@ impl Issuer {
             chain_pem: self.parts.ca.chain_pem.clone(),
             not_before,
             not_after,
-            renew_after: renew_after(not_before, not_after, &self.parts.settings),
+            renew_after: renew_after(
+                not_before + time::Duration::seconds(self.parts.settings.backdate_seconds),
+                not_after,
+                &self.parts.settings,
+            ),
             policy,
             policy_version,
         })
@@ -461,14 +465,17 @@ pub fn random_serial() -> Result<[u8; 16], ServiceError> {
     Ok(serial)
 }
 
-/// `renew_after`: `not_before + fraction × lifetime ± jitter × lifetime`,
-/// kept strictly inside the validity window.
+/// `renew_after`: `issued_at + fraction × lifetime ± jitter × lifetime`,
+/// where the lifetime runs from issuance to `not_after`, kept strictly
+/// inside that window. It deliberately ignores the backdating of
+/// `notBefore`: with short lifetimes the backdate would otherwise pull the
+/// hint into the past and make holders renew at once, again and again.
 pub fn renew_after(
-    not_before: OffsetDateTime,
+    issued_at: OffsetDateTime,
     not_after: OffsetDateTime,
     settings: &IssuerSettings,
 ) -> OffsetDateTime {
-    let lifetime = (not_after - not_before).as_seconds_f64();
+    let lifetime = (not_after - issued_at).as_seconds_f64().max(0.0);
     let mut unit = [0u8; 8];
     let random = if crate::random::fill(&mut unit).is_ok() {
         (u64::from_le_bytes(unit) as f64 / u64::MAX as f64) * 2.0 - 1.0
@@ -477,7 +484,7 @@ pub fn renew_after(
     };
     let offset = lifetime * (settings.renew_fraction + settings.renew_jitter * random);
     let offset = offset.clamp(0.0, lifetime * 0.95);
-    let at = not_before + time::Duration::seconds_f64(offset);
+    let at = issued_at + time::Duration::seconds_f64(offset);
     at.replace_nanosecond(0).unwrap_or(at)
 }
 
@@ -526,6 +533,15 @@ mod tests {
             renew_after(start, end, &settings(0.0)),
             start + time::Duration::hours(16)
         );
+    }
+
+    #[test]
+    fn ok_renew_after_ignores_the_backdate_of_short_lifetimes() {
+        // 12 s lifetime, 60 s backdate: renewal is due 8 s after issuance,
+        // not 12 s before it.
+        let issued = datetime!(2026-11-25 00:00 UTC);
+        let at = renew_after(issued, issued + time::Duration::seconds(12), &settings(0.0));
+        assert_eq!(at, issued + time::Duration::seconds(8));
     }
 
     #[test]

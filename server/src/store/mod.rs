@@ -309,7 +309,12 @@ impl Store {
         };
         let pool = Pool::builder()
             .max_size(pool_size.max(1))
-            .min_idle(Some(1))
+            // No idle floor: r2d2 replenishes an idle floor from a background
+            // thread, and a libpq connect still running there when a
+            // short-lived command exits races OpenSSL's exit-time cleanup
+            // (seen: SIGSEGV in SSL_CTX_new after `init` printed its results).
+            // Connections are opened on demand and kept until idle_timeout.
+            .min_idle(Some(0))
             .connection_timeout(POOL_TIMEOUT)
             .error_handler(Box::new(connection::TracingErrorHandler))
             .build(manager)

@@ -1,0 +1,85 @@
+//! The server's own HTTPS certificate: issued from its CA, recorded like
+//! any other certificate, and replaced in-process before it expires.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use certmint_e2e::{Backend, ServerOptions, TestServer};
+
+/// Serial (lower-case hex) and notAfter of the certificate the server
+/// presents in a fresh TLS handshake, read with OpenSSL.
+fn presented_certificate(server: &TestServer) -> (String, String) {
+    let address = server
+        .base_url()
+        .trim_start_matches("https://")
+        .replace("localhost", "127.0.0.1");
+    let script = format!(
+        "openssl s_client -connect {address} -servername localhost </dev/null 2>/dev/null \
+         | openssl x509 -noout -serial -enddate"
+    );
+    let output = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("openssl printed no {name}: {text}"))
+            .trim()
+            .to_owned()
+    };
+    (field("serial=").to_ascii_lowercase(), field("notAfter="))
+}
+
+#[test]
+fn ok_server_certificate_is_renewed_in_process_and_recorded() {
+    let Some(server) = TestServer::builder(Backend::Sqlite)
+        .options(ServerOptions::default().tls_certificate_ttl("12s"))
+        .start()
+    else {
+        return;
+    };
+    let (first_serial, first_not_after) = presented_certificate(&server);
+    let first_seen = Instant::now();
+
+    // Renewal is due at about two thirds of 12 s; wait up to 30 s for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (renewed_serial, renewed_not_after) = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let (serial, not_after) = presented_certificate(&server);
+        if serial != first_serial {
+            break (serial, not_after);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still presents {first_serial} (notAfter {first_not_after}) after 30 s"
+        );
+    };
+    assert_ne!(renewed_not_after, first_not_after);
+    // Due at ~8 s after issuance (two thirds of the lifetime from issuance,
+    // not from the backdated notBefore), so not within the first seconds.
+    assert!(
+        first_seen.elapsed() >= Duration::from_secs(3),
+        "renewed after only {:?}: renew_after ignores the lifetime",
+        first_seen.elapsed()
+    );
+
+    // Requests keep working over new connections, and both certificates are
+    // in the inventory under the server's built-in profile.
+    server.get("/healthz").assert_status(200);
+    let recorded = server.certificates("policy=certmint-server-tls");
+    assert!(
+        recorded.len() <= 3,
+        "{} server certificates in ~10 s: the server renews too eagerly",
+        recorded.len()
+    );
+    for serial in [&first_serial, &renewed_serial] {
+        assert!(
+            recorded
+                .iter()
+                .any(|certificate| &certificate.serial == serial),
+            "server certificate {serial} is not in the inventory"
+        );
+    }
+}
