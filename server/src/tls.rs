@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use certmint::wire::{AllowedNames, PolicySpec, RenewalRules, TtlBounds};
-use der::asn1::{BitString, ObjectIdentifier};
+use const_oid::db::rfc5912;
+use der::asn1::BitString;
 use der::{Any, Decode as _};
 use ring::signature::KeyPair as _;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -136,12 +137,11 @@ fn server_policy(ttl_seconds: u64) -> Result<CompiledPolicy, ServiceError> {
 }
 
 fn p256_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned, ServiceError> {
-    let id_ec_public_key = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-    let secp256r1 = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-    let parameters = Any::encode_from(&secp256r1).map_err(|_| internal("curve encoding"))?;
+    let parameters =
+        Any::encode_from(&rfc5912::SECP_256_R_1).map_err(|_| internal("curve encoding"))?;
     Ok(SubjectPublicKeyInfoOwned {
         algorithm: AlgorithmIdentifierOwned {
-            oid: id_ec_public_key,
+            oid: rfc5912::ID_EC_PUBLIC_KEY,
             parameters: Some(parameters),
         },
         subject_public_key: BitString::from_bytes(point).map_err(|_| internal("point encoding"))?,

@@ -52,8 +52,8 @@ use std::sync::Arc;
 
 use certmint::wire::KeyType;
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use cryptoki::session::UserType;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
 use secrecy::SecretString;
 
 pub use error::{FaultKind, HsmError, Pkcs11Failure};
@@ -92,6 +92,18 @@ const _: fn() = || {
     fn shared_across_threads<T: Send + Sync>() {}
     shared_across_threads::<Hsm>();
 };
+
+/// Reads the public key object `handle` (labelled `label`) from the token.
+fn read_public_key(
+    session: &Session,
+    handle: ObjectHandle,
+    label: &str,
+) -> Result<PublicKey, HsmError> {
+    let attributes = session
+        .get_attributes(handle, &PUBLIC_KEY_ATTRIBUTES)
+        .during("C_GetAttributeValue")?;
+    PublicKey::from_attributes(label, &attributes)
+}
 
 /// Finalizes every PKCS#11 module the process loaded (`C_Finalize`). Call it
 /// once, right before the process exits, after all work is done, so the
@@ -220,10 +232,7 @@ impl Hsm {
                         Some(FaultKind::Unsupported) => HsmError::UnsupportedKeyType { key_type },
                         _ => error,
                     })?;
-                let attributes = session
-                    .get_attributes(public, &PUBLIC_KEY_ATTRIBUTES)
-                    .during("C_GetAttributeValue")?;
-                let public_key = PublicKey::from_attributes(label, &attributes)?;
+                let public_key = read_public_key(session, public, label)?;
                 Ok((key_id, public_key, (generation, private)))
             })?;
         drop(serialized);
@@ -275,10 +284,7 @@ impl Hsm {
                         label: label.to_owned(),
                     }
                 })?;
-                let attributes = session
-                    .get_attributes(public, &PUBLIC_KEY_ATTRIBUTES)
-                    .during("C_GetAttributeValue")?;
-                let public_key = PublicKey::from_attributes(label, &attributes)?;
+                let public_key = read_public_key(session, public, label)?;
                 Ok((key_id, public_key, (generation, private)))
             })?;
         Ok(Arc::new(TokenSigner::new(
