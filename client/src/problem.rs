@@ -124,6 +124,23 @@ problem_codes! {
     /// The certificate was never issued (its signing is pending or failed).
     CertificateNotIssued => "certificate.not_issued",
 
+    /// The certificate presented for renewal or self-revocation is revoked.
+    CertificateRevoked => "certificate.revoked",
+    /// The certificate presented for renewal has expired: enroll again.
+    CertificateExpired => "certificate.expired",
+
+    /// `/v1/renew` and `/v1/revoke` need a client certificate (mutual TLS).
+    MtlsCertificateRequired => "mtls.certificate_required",
+    /// The client certificate was not issued by this CA, or is not in its inventory.
+    MtlsCertificateUnknown => "mtls.certificate_unknown",
+
+    /// The policy does not allow renewal.
+    RenewalNotAllowed => "renewal.not_allowed",
+    /// The renewal chain is older than the policy's `max_chain_age`: enroll again.
+    RenewalChainTooOld => "renewal.chain_too_old",
+    /// The CSR's names differ from the names of the certificate being renewed.
+    RenewalIdentityMismatch => "renewal.identity_mismatch",
+
     /// No bootstrap token with that id.
     TokenNotFound => "token.not_found",
 

@@ -74,6 +74,18 @@ pub struct EnrollRequest {
     pub ttl: Option<Duration>,
 }
 
+/// `POST /v1/renew` body. The caller authenticates with the certificate it
+/// holds (mutual TLS); the new certificate keeps that certificate's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// PKCS#10 CSR, PEM, for a fresh key; its SANs must equal the names of
+    /// the certificate presented in the TLS handshake.
+    pub csr: String,
+    /// Requested lifetime; the policy default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+}
+
 /// `201` body of `POST /v1/enroll` and `POST /v1/renew`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateBundle {
@@ -388,6 +400,9 @@ pub struct CertificateInfo {
     /// Bootstrap token used, for enrollments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// Serial of the certificate this one renewed, for renewals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor: Option<String>,
     /// When recorded.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,

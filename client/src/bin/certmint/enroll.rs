@@ -1,0 +1,12 @@
+//! `certmint enroll` (being written).
+
+use crate::exit::Exit;
+
+/// `certmint enroll` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs the command.
+pub async fn run(_args: Args) -> Exit {
+    Exit::Failure
+}

@@ -1,0 +1,91 @@
+//! `certmint`: the workload agent and the admin CLI.
+//!
+//! Subcommands, one module each:
+//! - `enroll` ([`enroll`]): one-shot first enrollment with a bootstrap token;
+//! - `agent` ([`agent`]): enroll if needed, then renew over mutual TLS forever;
+//! - `status` ([`status`]): are the files on disk usable for mutual TLS?
+//! - `admin` ([`admin`]): policies, tokens, certificates and audit.
+//!
+//! Every subcommand returns an [`exit::Exit`]: one table of exit codes.
+
+mod admin;
+mod agent;
+mod enroll;
+mod exit;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use exit::Exit;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "certmint",
+    version,
+    about = "certmint workload agent and admin CLI"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll once with a bootstrap token and write key, certificate and CA files.
+    Enroll(enroll::Args),
+    /// Keep a certificate in place: enroll if needed, renew over mTLS before expiry.
+    Agent(agent::Args),
+    /// Say whether the files on disk are usable for mutual TLS, layer by layer.
+    Status(status::Args),
+    /// Administer policies, bootstrap tokens, certificates and the audit log.
+    Admin(admin::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // reqwest looks for a process-wide rustls provider; install ring's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("certmint: cannot start the async runtime: {error}");
+            return Exit::Failure.code();
+        }
+    };
+    let exit = runtime.block_on(async move {
+        match cli.command {
+            Command::Enroll(args) => enroll::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Admin(args) => admin::run(args).await,
+        }
+    });
+    exit.code()
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CERTMINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

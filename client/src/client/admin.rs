@@ -1,0 +1,2 @@
+//! Admin API calls (`/v1/admin/...`), made with a bearer admin JWT
+//! ([`super::Client::with_bearer`]).
