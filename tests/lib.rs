@@ -52,6 +52,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod cli;
+pub mod workload;
+
 use base64::Engine as _;
 use certmint::wire::{AuditEvent, CertificateInfo, CertificateStatus, MintedToken, Page};
 use der::{Decode as _, Encode as _};
@@ -1981,6 +1984,25 @@ pub fn server_binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "certmint-server binary not found above {}: run `cargo build --workspace --bins` first",
+                exe.display()
+            )
+        })
+}
+
+/// The `certmint` agent/admin binary: `$CERTMINT_BIN`, else the one beside
+/// this test executable's target directory.
+pub fn certmint_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CERTMINT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("certmint"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "certmint binary not found above {}: run `cargo build --workspace --bins` first",
                 exe.display()
             )
         })

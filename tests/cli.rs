@@ -1,0 +1,1 @@
+//! Helpers for driving the `certmint` CLI (`admin`, `status`) in tests.
