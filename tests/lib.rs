@@ -95,7 +95,26 @@ pub enum Auth<'a> {
     Auditor,
     /// `Authorization: Bearer <this>`, whatever it is.
     Bearer(&'a str),
+    /// No `Authorization` header; the TLS handshake presents this holder's
+    /// client certificate ([`TestServer::holder`]).
+    Holder(&'a Holder),
 }
+
+/// A TLS client with a client certificate (mutual TLS).
+#[derive(Clone, Debug)]
+pub struct Holder {
+    client: reqwest::blocking::Client,
+    description: String,
+}
+
+/// Holders compare by the certificate they present (for `Auth`'s derives).
+impl PartialEq for Holder {
+    fn eq(&self, other: &Self) -> bool {
+        self.description == other.description
+    }
+}
+
+impl Eq for Holder {}
 
 /// A response, with the body kept both as text and (when it parses) JSON.
 #[derive(Clone, Debug)]
@@ -190,6 +209,15 @@ struct Supervisor {
     stdin: Option<ChildStdin>,
 }
 
+impl Supervisor {
+    fn send(&mut self, command: &str) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("the supervisor pipe is open");
+        writeln!(stdin, "{command}").expect("write to the supervisor");
+        stdin.flush().expect("flush the supervisor pipe");
+    }
+}
+
 impl Drop for Supervisor {
     fn drop(&mut self) {
         // Closing the pipe is the stop signal; the supervisor then stops the
@@ -216,7 +244,7 @@ pub struct TestServer {
     module: PathBuf,
     softhsm_conf: PathBuf,
     log_path: PathBuf,
-    server_pid: u32,
+    server_pid: Mutex<u32>,
     database_name: Option<String>,
     client: reqwest::blocking::Client,
     /// Serials handed to clients and not yet checked against the inventory.
@@ -225,7 +253,7 @@ pub struct TestServer {
     minted: Mutex<Vec<String>>,
     /// Dropped last (fields drop in declaration order): stopping the server
     /// removes `dir`, so nothing may need it afterwards.
-    _supervisor: Supervisor,
+    supervisor: Mutex<Supervisor>,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -347,7 +375,7 @@ impl TestServer {
             module: prepared.module.clone(),
             softhsm_conf: prepared.softhsm_conf.clone(),
             log_path: prepared.log_path.clone(),
-            server_pid,
+            server_pid: Mutex::new(server_pid),
             database_name: prepared
                 .database
                 .as_ref()
@@ -355,7 +383,7 @@ impl TestServer {
             client,
             received: Mutex::new(Vec::new()),
             minted: Mutex::new(Vec::new()),
-            _supervisor: supervisor,
+            supervisor: Mutex::new(supervisor),
         }
     }
 
@@ -417,7 +445,50 @@ impl TestServer {
 
     /// Process id of `certmint-server serve`.
     pub fn server_pid(&self) -> u32 {
-        self.server_pid
+        *self.server_pid.lock().expect("server pid lock")
+    }
+
+    /// Stops `certmint-server serve` (SIGTERM) and waits until it is gone;
+    /// the database, token and directory stay. Use [`TestServer::start_serving`]
+    /// to bring it back on the same port.
+    pub fn stop_serving(&self) {
+        let stopped = self.dir.join("server.stopped");
+        self.supervisor
+            .lock()
+            .expect("supervisor lock")
+            .send("stop");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !stopped.exists() {
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `serve` again after [`TestServer::stop_serving`] and waits for
+    /// `/healthz`.
+    pub fn start_serving(&self) {
+        self.supervisor
+            .lock()
+            .expect("supervisor lock")
+            .send("start");
+        let pid_file = self.dir.join("server.pid");
+        let pid = wait_for_pid_file(&pid_file, &self.log_path);
+        wait_for_health(&self.client, &self.base_url, pid, &self.log_path);
+        *self.server_pid.lock().expect("server pid lock") = pid;
+    }
+
+    /// A client that presents `certificate_pem` (leaf, then intermediates)
+    /// and `key_pem` in every handshake: for `/v1/renew` and `/v1/revoke`.
+    pub fn holder(&self, certificate_pem: &str, key_pem: &str) -> Holder {
+        Holder {
+            client: mtls_client(&self.root_pem, certificate_pem, key_pem),
+            description: pem_chain(certificate_pem)
+                .first()
+                .map(|der| {
+                    hex::encode(&ring::digest::digest(&ring::digest::SHA256, der).as_ref()[..8])
+                })
+                .unwrap_or_default(),
+        }
     }
 
     /// The PostgreSQL database this server uses (`None` on SQLite).
@@ -468,20 +539,24 @@ impl TestServer {
         body: Option<RequestBody>,
     ) -> Response {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid HTTP method");
-        let mut builder = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base_url));
+        let client = match auth {
+            Auth::Holder(holder) => &holder.client,
+            _ => &self.client,
+        };
+        let mut builder = client.request(method.clone(), format!("{}{path}", self.base_url));
         match auth {
             Auth::None => {}
             Auth::Admin => builder = builder.bearer_auth(&self.admin_token),
             Auth::Auditor => builder = builder.bearer_auth(&self.auditor_token),
             Auth::Bearer(credential) => builder = builder.bearer_auth(credential),
+            Auth::Holder(_) => {}
         }
         let who = match auth {
             Auth::None => "anonymous",
             Auth::Admin => "admin",
             Auth::Auditor => "auditor",
             Auth::Bearer(_) => "custom bearer",
+            Auth::Holder(holder) => &format!("holder of {}…", holder.description),
         };
         let mut description = format!("{method} {path} ({who})");
         match body {
@@ -2019,22 +2094,34 @@ fn spawn_supervisor(
 ) -> Supervisor {
     // The supervisor: start serve, block until our stdin closes, then clean
     // up. The 10 s KILL bounds a graceful shutdown that hangs.
+    // Lines on stdin control it: `stop` stops serve (TERM, then KILL after
+    // 10 s), `start` starts it again with the same config and port.
     const SCRIPT: &str = r#"
-"$CERTMINT_BIN" serve --config "$CERTMINT_CONFIG" --log-format "$CERTMINT_E2E_LOG_FORMAT" >>"$CERTMINT_E2E_LOG_FILE" 2>&1 </dev/null &
-server=$!
-echo "$server" >"$CERTMINT_DIR/server.pid.tmp" && mv "$CERTMINT_DIR/server.pid.tmp" "$CERTMINT_DIR/server.pid"
-cat >/dev/null
-kill -TERM "$server" 2>/dev/null
-( sleep 10; kill -KILL "$server" 2>/dev/null ) &
-killer=$!
-wait "$server"
-kill "$killer" 2>/dev/null
-if [ -n "$CERTMINT_DROP_DB" ]; then
-  psql "$CERTMINT_PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$CERTMINT_DROP_DB\" WITH (FORCE)" >/dev/null 2>&1
-fi
-if [ "$CERTMINT_KEEP" != 1 ]; then
-  rm -rf "$CERTMINT_DIR"
-fi
+server=
+start() {
+  "$CERTMINT_BIN" serve --config "$CERTMINT_CONFIG" --log-format "$CERTMINT_E2E_LOG_FORMAT" >>"$CERTMINT_E2E_LOG_FILE" 2>&1 </dev/null &
+  server=$!
+  echo "$server" >"$CERTMINT_DIR/server.pid.tmp" && mv "$CERTMINT_DIR/server.pid.tmp" "$CERTMINT_DIR/server.pid"
+}
+stop() {
+  [ -n "$server" ] || return 0
+  kill -TERM "$server" 2>/dev/null
+  ( sleep 10; kill -KILL "$server" 2>/dev/null ) &
+  killer=$!
+  wait "$server"
+  kill "$killer" 2>/dev/null
+  server=
+  rm -f "$CERTMINT_DIR/server.pid"
+  echo stopped >"$CERTMINT_DIR/server.stopped"
+}
+start
+while read -r command; do
+  case "$command" in
+    stop) stop ;;
+    start) rm -f "$CERTMINT_DIR/server.stopped"; start ;;
+  esac
+done
+stop
 "#;
     let mut command = env.command(Path::new("sh"));
     command
@@ -2177,6 +2264,36 @@ fn https_client(root_pem: &str) -> reqwest::blocking::Client {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("build the HTTPS client")
+}
+
+/// Like [`https_client`], presenting a client certificate.
+fn mtls_client(root_pem: &str, certificate_pem: &str, key_pem: &str) -> reqwest::blocking::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem_chain(root_pem) {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der))
+            .expect("root.pem is a usable trust anchor");
+    }
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> = pem_chain(certificate_pem)
+        .into_iter()
+        .map(rustls_pki_types::CertificateDer::from)
+        .collect();
+    use rustls_pki_types::pem::PemObject as _;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .expect("a PEM PKCS#8, SEC1 or PKCS#1 key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("a usable client certificate and key");
+    install_crypto_provider();
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("build the mTLS client")
 }
 
 /// reqwest may look for a process-wide provider; install ring's once.

@@ -318,6 +318,8 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         .tbs_certificate()
         .subject()
         .to_string();
+    let issuing_der = der::Encode::to_der(&loaded.issuing.certificate)
+        .map_err(|error| CommandError(format!("issuing certificate encoding: {error}")))?;
     let issuer = Arc::new(Issuer::new(IssuerParts {
         store: store.clone(),
         ca: loaded.issuing,
@@ -352,18 +354,14 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         server_ttl,
         first.renew_after,
     );
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls_config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| CommandError(format!("TLS configuration: {error}")))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls_config = tls::server_config(resolver, &loaded.root_der, &issuing_der)?;
 
     let directory = Directory {
         api_version: API_VERSION.into(),
         endpoints: [
             ("enroll", "/v1/enroll"),
+            ("renew", "/v1/renew"),
+            ("revoke", "/v1/revoke"),
             ("ca_chain", "/v1/ca/chain.pem"),
             ("admin_policies", "/v1/admin/policies"),
             ("admin_tokens", "/v1/admin/tokens"),
@@ -405,7 +403,8 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
             actix_web::App::new()
                 .wrap_fn(api::observe)
                 .configure(api::configure(state.clone()))
-        });
+        })
+        .on_connect(api::capture_client_certificate);
         if workers > 0 {
             server = server.workers(workers);
         }

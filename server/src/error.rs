@@ -7,6 +7,7 @@ use certmint::ProblemCode;
 
 use crate::hsm::HsmError;
 use crate::issuance::csr::CsrError;
+use crate::issuance::holder::HolderError;
 use crate::issuance::profile::ProfileError;
 use crate::policy::PolicyError;
 use crate::random::EntropyError;
@@ -26,6 +27,9 @@ pub enum ServiceError {
     /// A policy document was refused.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A certificate holder's mTLS request was refused (renew, self-revoke).
+    #[error(transparent)]
+    Holder(#[from] HolderError),
     /// The policy (or token identity) refused the request, name by name.
     #[error("{}", summarize(refusals))]
     Denied {

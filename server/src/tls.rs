@@ -1,9 +1,16 @@
-//! The server's own HTTPS identity: a certificate it issues to itself from
-//! its CA through the normal recorded pipeline, held in a rustls resolver
-//! and replaced in-process before it expires.
+//! The server's TLS: its own HTTPS identity, and how it checks the client
+//! certificates holders present for renewal.
 //!
-//! Invariant: the TLS private key is generated in memory at start and at
-//! every renewal and never written to disk; it is not a CA key.
+//! - The server certificate is one it issues to itself from its CA through
+//!   the normal recorded pipeline, held in a rustls resolver and replaced
+//!   in-process before it expires. Its private key is generated in memory at
+//!   start and at every renewal and never written to disk; it is not a CA key.
+//! - Client certificates are optional (enrollment needs none). When one is
+//!   presented it must chain to this CA's root and its key must sign the
+//!   handshake; an *expired* one is let through ([`HolderCertificateVerifier`])
+//!   so that `/v1/renew` can answer `certificate.expired` instead of a bare
+//!   handshake failure. The inventory, not the handshake, decides what a
+//!   presented certificate may do (`crate::issuance::holder`).
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -13,9 +20,12 @@ use const_oid::db::rfc5912;
 use der::asn1::BitString;
 use der::{Any, Decode as _};
 use ring::signature::KeyPair as _;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use time::OffsetDateTime;
 
@@ -52,6 +62,108 @@ impl ServerCertificate {
         if let Ok(mut guard) = self.current.write() {
             *guard = Arc::new(key);
         }
+    }
+}
+
+/// The server's rustls configuration: TLS 1.2/1.3, HTTP/1.1, the
+/// self-issued certificate from `resolver`, optional client certificates
+/// chaining to `root_der`.
+pub fn server_config(
+    resolver: Arc<ServerCertificate>,
+    root_der: &[u8],
+    issuing_der: &[u8],
+) -> Result<rustls::ServerConfig, ServiceError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root_der.to_vec()))
+        .map_err(|error| {
+            ServiceError::Setup(format!("the CA root is not a usable trust anchor: {error}"))
+        })?;
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|error| ServiceError::Setup(format!("client certificate verifier: {error}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ServiceError::Setup(format!("TLS configuration: {error}")))?
+        .with_client_cert_verifier(Arc::new(HolderCertificateVerifier {
+            inner,
+            issuing: CertificateDer::from(issuing_der.to_vec()),
+        }))
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// webpki's client verifier, except that a certificate which is valid in
+/// every respect but its expiry passes: its chain and signatures are checked
+/// as of its own `notAfter`. The holder layer then refuses it with
+/// `certificate.expired`, which tells an agent to enroll again rather than
+/// leaving it to guess at a handshake alert.
+#[derive(Debug)]
+pub struct HolderCertificateVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    /// Added to the client's intermediates, so that a client presenting
+    /// only its leaf still verifies.
+    issuing: CertificateDer<'static>,
+}
+
+impl ClientCertVerifier for HolderCertificateVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut chain: Vec<CertificateDer<'_>> = intermediates.to_vec();
+        if !chain
+            .iter()
+            .any(|der| der.as_ref() == self.issuing.as_ref())
+        {
+            chain.push(self.issuing.clone());
+        }
+        match self.inner.verify_client_cert(end_entity, &chain, now) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {
+                not_after,
+                ..
+            })) => self.inner.verify_client_cert(end_entity, &chain, not_after),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

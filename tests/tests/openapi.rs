@@ -167,7 +167,7 @@ backend_tests! {
         checked(server, Auth::Admin, "GET", "/v1/admin/tokens/{id}", &format!("/v1/admin/tokens/{}", "0".repeat(32)), None)
             .assert_problem(404, "token.not_found");
 
-        let (csr, _key) = make_csr("ec-p256", &["api.contract.internal"], &[], &[]);
+        let (csr, key) = make_csr("ec-p256", &["api.contract.internal"], &[], &[]);
         let enrolled = checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": token})));
         enrolled.assert_status(201);
         let serial = enrolled.body["serial"].as_str().unwrap().to_owned();
@@ -178,6 +178,29 @@ backend_tests! {
             .assert_problem(400, "csr.malformed");
         checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": "a.b.c"})))
             .assert_problem(401, "token.malformed");
+
+        // Renewal and self-revocation over mutual TLS.
+        let bundle: certmint::wire::CertificateBundle = enrolled.json();
+        let holder = server.holder(&format!("{}{}", bundle.certificate_pem, bundle.chain_pem), &key);
+        let (fresh, fresh_key) = make_csr("ec-p256", &["api.contract.internal"], &[], &[]);
+        let renewed = checked(server, Auth::Holder(&holder), "POST", "/v1/renew", "/v1/renew", Some(json!({"csr": fresh})));
+        renewed.assert_status(201);
+        checked(server, Auth::None, "POST", "/v1/renew", "/v1/renew", Some(json!({"csr": fresh})))
+            .assert_problem(401, "mtls.certificate_required");
+        checked(server, Auth::Holder(&holder), "POST", "/v1/renew", "/v1/renew", Some(json!({"csr": outside})))
+            .assert_problem(403, "renewal.identity_mismatch");
+        checked(server, Auth::Holder(&holder), "POST", "/v1/renew", "/v1/renew", Some(json!({"csr": "garbage"})))
+            .assert_problem(400, "csr.malformed");
+        let renewed: certmint::wire::CertificateBundle = renewed.json();
+        let renewed_holder = server.holder(&format!("{}{}", renewed.certificate_pem, renewed.chain_pem), &fresh_key);
+        checked(server, Auth::Holder(&renewed_holder), "POST", "/v1/revoke", "/v1/revoke", Some(json!({"reason": "superseded"})))
+            .assert_status(200);
+        checked(server, Auth::Holder(&renewed_holder), "POST", "/v1/revoke", "/v1/revoke", Some(json!({})))
+            .assert_problem(409, "certificate.already_revoked");
+        checked(server, Auth::Holder(&renewed_holder), "POST", "/v1/renew", "/v1/renew", Some(json!({"csr": fresh})))
+            .assert_problem(403, "certificate.revoked");
+        checked(server, Auth::None, "POST", "/v1/revoke", "/v1/revoke", Some(json!({})))
+            .assert_problem(401, "mtls.certificate_required");
 
         // Dry run.
         let evaluate = format!("/v1/admin/policies/{policy}/evaluate");

@@ -65,6 +65,13 @@ pub fn status_and_title(code: &ProblemCode) -> (StatusCode, &'static str) {
         C::CertificateAlreadyRevoked => (StatusCode::CONFLICT, "Certificate already revoked"),
         C::CertificateNotIssued => (StatusCode::CONFLICT, "Certificate not issued"),
         C::TokenNotFound => (StatusCode::NOT_FOUND, "Token not found"),
+        C::CertificateRevoked => (StatusCode::FORBIDDEN, "Certificate revoked"),
+        C::CertificateExpired => (StatusCode::FORBIDDEN, "Certificate expired"),
+        C::MtlsCertificateRequired => (StatusCode::UNAUTHORIZED, "Client certificate required"),
+        C::MtlsCertificateUnknown => (StatusCode::UNAUTHORIZED, "Client certificate unknown"),
+        C::RenewalNotAllowed => (StatusCode::FORBIDDEN, "Renewal not allowed"),
+        C::RenewalChainTooOld => (StatusCode::FORBIDDEN, "Renewal chain too old"),
+        C::RenewalIdentityMismatch => (StatusCode::FORBIDDEN, "Names differ from the certificate"),
         C::HsmUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "HSM unavailable"),
         C::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
         // A code added to the SDK without a row here lands in this arm; the
@@ -153,6 +160,7 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
             TokenError::NotYetValid { .. } => C::TokenNotYetValid,
         },
         ServiceError::Policy(PolicyError::Invalid(_)) => C::PolicyInvalid,
+        ServiceError::Holder(holder) => holder.code(),
         ServiceError::Denied { code, .. } => code.clone(),
         ServiceError::Invalid { code, .. } => code.clone(),
         ServiceError::Store(store) => match store {

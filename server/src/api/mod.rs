@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod enroll;
 pub mod error;
+pub mod holder;
 pub mod public;
 
 use std::sync::Arc;
@@ -69,6 +70,42 @@ impl FromRequest for RequestId {
     }
 }
 
+/// The DER of the client certificate presented in the TLS handshake, stored
+/// per connection by [`capture_client_certificate`].
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub Option<Arc<Vec<u8>>>);
+
+/// `HttpServer::on_connect` hook: remembers the verified client certificate
+/// (if any) of each TLS connection for the handlers of its requests.
+pub fn capture_client_certificate(
+    connection: &dyn std::any::Any,
+    data: &mut actix_web::dev::Extensions,
+) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    if let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() {
+        let (_, session) = stream.get_ref();
+        let leaf = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|der| Arc::new(der.as_ref().to_vec()));
+        data.insert(ClientCertificate(leaf));
+    }
+}
+
+impl FromRequest for ClientCertificate {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let certificate = request
+            .conn_data::<ClientCertificate>()
+            .cloned()
+            .unwrap_or(ClientCertificate(None));
+        std::future::ready(Ok(certificate))
+    }
+}
+
 /// Runs a blocking service call on actix's thread pool and maps its error.
 pub async fn blocking<T, F>(request_id: &RequestId, call: F) -> Result<T, ApiError>
 where
@@ -106,6 +143,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .configure(public::routes)
             .configure(enroll::routes)
+            .configure(holder::routes)
             .configure(admin::routes)
             .default_service(web::to(not_found));
     }
@@ -222,19 +260,30 @@ mod contract_tests {
 
     use std::collections::BTreeSet;
 
-    const SOURCES: [&str; 7] = [
-        include_str!("public.rs"),
-        include_str!("enroll.rs"),
-        include_str!("admin/mod.rs"),
-        include_str!("admin/policies.rs"),
-        include_str!("admin/tokens.rs"),
-        include_str!("admin/certificates.rs"),
-        include_str!("admin/audit.rs"),
-    ];
+    /// Every `.rs` file under `src/api`, read at test time, so that a new
+    /// handler file cannot slip past the scan.
+    fn sources() -> Vec<String> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|ext| ext == "rs") {
+                    out.push(std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api"),
+            &mut out,
+        );
+        out
+    }
 
     fn registered_routes() -> BTreeSet<(String, String)> {
         let mut routes = BTreeSet::new();
-        for source in SOURCES {
+        for source in sources() {
             for call in source.split(".route(").skip(1) {
                 let path = call.split('"').nth(1).unwrap_or_default().to_owned();
                 let method = call
@@ -243,7 +292,10 @@ mod contract_tests {
                     .and_then(|rest| rest.split("()").next())
                     .unwrap_or_default()
                     .to_owned();
-                routes.insert((method, path));
+                // This scanner's own source and docs mention `.route(` too.
+                if path.starts_with('/') && method.chars().all(|c| c.is_ascii_lowercase()) {
+                    routes.insert((method, path));
+                }
             }
         }
         routes

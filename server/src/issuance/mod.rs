@@ -26,6 +26,7 @@
 
 pub mod algorithms;
 pub mod csr;
+pub mod holder;
 pub mod profile;
 
 use std::sync::Arc;
@@ -91,6 +92,37 @@ pub struct IssuerParts {
     pub metrics: Arc<Metrics>,
 }
 
+/// Where a certificate comes from: the token that enrolled it, or the
+/// certificate it renews, and when its renewal chain began.
+#[derive(Clone, Debug)]
+struct Lineage {
+    token_id: Option<String>,
+    predecessor: Option<String>,
+    chain_started_at: OffsetDateTime,
+    /// Renewal chains end at `chain_started_at + max_chain_age`.
+    latest_not_after: Option<OffsetDateTime>,
+}
+
+impl Lineage {
+    /// A first enrollment (or the server's own certificate) at `now`.
+    fn first(token_id: Option<String>, now: OffsetDateTime) -> Self {
+        Self {
+            token_id,
+            predecessor: None,
+            chain_started_at: now,
+            latest_not_after: None,
+        }
+    }
+
+    fn actor(&self) -> String {
+        match (&self.token_id, &self.predecessor) {
+            (Some(id), _) => format!("token:{id}"),
+            (None, Some(serial)) => format!("certificate:{serial}"),
+            (None, None) => "system".to_owned(),
+        }
+    }
+}
+
 /// The issuance service.
 pub struct Issuer {
     parts: IssuerParts,
@@ -146,7 +178,8 @@ impl Issuer {
             Decision::Allow { ttl_seconds } => ttl_seconds,
             Decision::Deny(refusals) => return Err(ServiceError::denied(refusals)),
         };
-        let prepared = self.prepare(csr, &policy, ttl_seconds, Some(claims.registered.jti), now)?;
+        let lineage = Lineage::first(Some(claims.registered.jti), now);
+        let prepared = self.prepare(csr, &policy, ttl_seconds, lineage, now)?;
         self.sign(prepared)
     }
 
@@ -159,7 +192,8 @@ impl Issuer {
         ttl_seconds: u64,
     ) -> Result<CertificateBundle, ServiceError> {
         let now = self.parts.clock.now();
-        let prepared = self.prepare(request, policy, ttl_seconds, None, now)?;
+        let prepared =
+            self.prepare(request, policy, ttl_seconds, Lineage::first(None, now), now)?;
         self.sign(prepared)
     }
 
@@ -214,9 +248,10 @@ impl Issuer {
         request: VerifiedCsr,
         policy: &CompiledPolicy,
         ttl_seconds: u64,
-        token_id: Option<String>,
+        lineage: Lineage,
         now: OffsetDateTime,
     ) -> Result<PreparedCertificate, ServiceError> {
+        let token_id = lineage.token_id.clone();
         let issuer_not_after = certificate_not_after(&self.parts.ca.certificate)?;
         let not_before = now
             .checked_sub(time::Duration::seconds(
@@ -227,7 +262,9 @@ impl Issuer {
         let wanted_not_after = now
             .checked_add(time::Duration::seconds(ttl))
             .unwrap_or(issuer_not_after);
-        let not_after = wanted_not_after.min(issuer_not_after);
+        let not_after = wanted_not_after
+            .min(issuer_not_after)
+            .min(lineage.latest_not_after.unwrap_or(issuer_not_after));
         if not_after <= now {
             return Err(ServiceError::Setup(
                 "the issuing certificate has expired; rotate the CA".into(),
@@ -262,12 +299,10 @@ impl Issuer {
                 not_after,
                 tbs_der: unsigned.tbs_der().to_vec(),
                 token_id: token_id.clone(),
-                predecessor: None,
+                predecessor: lineage.predecessor.clone(),
+                chain_started_at: lineage.chain_started_at,
             };
-            let actor = match &token_id {
-                Some(id) => format!("token:{id}"),
-                None => "system".to_owned(),
-            };
+            let actor = lineage.actor();
             let started = std::time::Instant::now();
             let reserved =
                 self.parts
@@ -427,7 +462,7 @@ impl Issuer {
 
 /// Verified names as they go into the certificate: DNS lower-cased, exact
 /// duplicates dropped, order kept.
-fn leaf_names(request: &VerifiedCsr) -> LeafNames {
+pub(crate) fn leaf_names(request: &VerifiedCsr) -> LeafNames {
     let mut names = LeafNames::default();
     for dns in &request.names.dns {
         let lower = dns.to_ascii_lowercase();
@@ -448,7 +483,7 @@ fn leaf_names(request: &VerifiedCsr) -> LeafNames {
     names
 }
 
-fn identity_of(names: &LeafNames) -> Identity {
+pub(crate) fn identity_of(names: &LeafNames) -> Identity {
     Identity {
         dns: names.dns.clone(),
         ip: names.ip.iter().map(ToString::to_string).collect(),

@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use super::connection::DbConnection;
 use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
-use super::schema::{certificate_revocations, certificates};
+use super::schema::{certificate_revocations, certificates, renewal_chains};
 use super::{
     audit, cursor_hex, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
     is_unique_violation, optional_from_unix, page_of, page_size, sha256_hex, to_json, tokens, unix,
@@ -63,6 +63,20 @@ pub struct NewCertificate {
     pub token_id: Option<String>,
     /// Serial of the certificate this one renews.
     pub predecessor: Option<String>,
+    /// When the chain of renewals this certificate belongs to began: the
+    /// first enrollment's time (equal to now for an enrollment).
+    pub chain_started_at: OffsetDateTime,
+}
+
+/// A certificate as stored, for checks against a presented certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// The inventory view (status, names, policy, dates, revocation).
+    pub info: CertificateInfo,
+    /// The signed DER, once issued.
+    pub certificate_der: Option<Vec<u8>>,
+    /// When its renewal chain began (first enrollment).
+    pub chain_started_at: OffsetDateTime,
 }
 
 /// Inventory filters; all present filters must hold.
@@ -127,6 +141,13 @@ impl Store {
                 }
                 other => other.map_err(StoreError::query)?,
             };
+            diesel::insert_into(renewal_chains::table)
+                .values((
+                    renewal_chains::serial.eq(&cert.serial),
+                    renewal_chains::chain_started_at.eq(unix(cert.chain_started_at)),
+                ))
+                .execute(conn)
+                .map_err(StoreError::query)?;
             let data = json!({
                 "policy": cert.policy,
                 "policy_version": cert.policy_version,
@@ -229,6 +250,43 @@ impl Store {
         self.read(|conn| full_row(conn, serial))?
             .map(|(row, revocation)| info_with_pem(row, revocation))
             .transpose()
+    }
+
+    /// The stored record of a certificate, with its DER and renewal
+    /// lineage: what mTLS renewal and self-revocation check a presented
+    /// certificate against.
+    pub fn certificate_record(
+        &self,
+        serial: &str,
+    ) -> Result<Option<CertificateRecord>, StoreError> {
+        let found = self.read(|conn| {
+            let Some(full) = full_row(conn, serial)? else {
+                return Ok(None);
+            };
+            let started: Option<i64> = renewal_chains::table
+                .filter(renewal_chains::serial.eq(serial))
+                .select(renewal_chains::chain_started_at)
+                .first(conn)
+                .optional()
+                .map_err(StoreError::query)?;
+            Ok(Some((full, started)))
+        })?;
+        let Some(((row, revocation), started)) = found else {
+            return Ok(None);
+        };
+        let what = format!("certificate {serial}");
+        let chain_started_at = from_unix(
+            started.ok_or_else(|| StoreError::corrupt(format!("{what}: no renewal chain row")))?,
+            &what,
+        )?;
+        let certificate_der = row.certificate_der.clone();
+        let mut info = info_with_pem(row, revocation)?;
+        info.certificate_pem = None;
+        Ok(Some(CertificateRecord {
+            info,
+            certificate_der,
+            chain_started_at,
+        }))
     }
 
     /// The inventory, newest first (ties broken by serial), without PEM.
@@ -423,6 +481,7 @@ fn info_with_pem(
         not_before: row.not_before,
         not_after: row.not_after,
         token_id: row.token_id,
+        predecessor: row.predecessor,
         created_at: row.created_at,
     };
     let mut info = info_from_summary(summary, revocation)?;
@@ -452,6 +511,7 @@ fn info_from_summary(
         policy_version: row.policy_version,
         key_type: row.key_type,
         token_id: row.token_id,
+        predecessor: row.predecessor,
     })
 }
 

@@ -72,7 +72,7 @@ use time::OffsetDateTime;
 use self::connection::{DbConnection, Manager, Target};
 
 pub use self::ca::CaState;
-pub use self::certificates::{CertificateFilter, NewCertificate};
+pub use self::certificates::{CertificateFilter, CertificateRecord, NewCertificate};
 pub use self::tokens::NewToken;
 
 /// SQLite migrations, embedded at build time (path relative to the server

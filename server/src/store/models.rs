@@ -70,6 +70,7 @@ pub(super) struct CertificateSummaryRow {
     pub not_before: i64,
     pub not_after: i64,
     pub token_id: Option<String>,
+    pub predecessor: Option<String>,
     pub created_at: i64,
 }
 

@@ -62,6 +62,15 @@ diesel::table! {
 diesel::joinable!(certificate_revocations -> certificates (serial));
 
 diesel::table! {
+    renewal_chains (serial) {
+        serial -> Text,
+        chain_started_at -> BigInt,
+    }
+}
+
+diesel::joinable!(renewal_chains -> certificates (serial));
+
+diesel::table! {
     ca_state (id) {
         id -> Integer,
         root_der -> Binary,
@@ -100,6 +109,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     bootstrap_tokens,
     certificates,
     certificate_revocations,
+    renewal_chains,
     ca_state,
     audit_events,
     audit_head,

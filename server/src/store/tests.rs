@@ -202,6 +202,7 @@ backend_tests!(
     abandon_refunds_the_token,
     fail_complete_issuance_twice,
     certificate_read_has_pem_once_issued,
+    renewal_record_keeps_lineage,
     policy_versions_create_replace_disable,
     concurrent_replaces_produce_distinct_versions,
     list_policies_pages_with_cursor,
@@ -271,6 +272,7 @@ fn new_cert(serial: &str, policy: &str, token_id: Option<&str>) -> NewCertificat
         tbs_der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
         token_id: token_id.map(str::to_owned),
         predecessor: None,
+        chain_started_at: NOW,
     }
 }
 
@@ -582,6 +584,54 @@ fn fail_complete_issuance_twice(db: &TestDb) {
     let expected = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &fake_der("x"))
         .expect("pem");
     assert_eq!(pem, expected);
+}
+
+fn renewal_record_keeps_lineage(db: &TestDb) {
+    let store = &db.store;
+    let first = new_cert(&serial(6), "payments", None);
+    issue(store, &first);
+    let later = NOW + Duration::hours(1);
+    let renewed = NewCertificate {
+        predecessor: Some(first.serial.clone()),
+        chain_started_at: first.chain_started_at,
+        ..new_cert(&serial(7), "payments", None)
+    };
+    store
+        .begin_issuance(
+            &renewed,
+            None,
+            &format!("certificate:{}", first.serial),
+            later,
+        )
+        .expect("begin renewal");
+    store
+        .complete_issuance(&renewed.serial, &fake_der("7"), later)
+        .expect("complete renewal");
+    let record = store
+        .certificate_record(&renewed.serial)
+        .expect("read")
+        .expect("exists");
+    assert_eq!(record.chain_started_at, NOW);
+    assert_eq!(
+        record.info.predecessor.as_deref(),
+        Some(first.serial.as_str())
+    );
+    assert_eq!(
+        record.certificate_der.as_deref(),
+        Some(fake_der("7").as_slice())
+    );
+    assert_eq!(
+        record.info.certificate_pem, None,
+        "the record carries DER, not PEM"
+    );
+    let listed = store
+        .list_certificates(&CertificateFilter::default(), None, 10)
+        .expect("list");
+    assert!(listed
+        .items
+        .iter()
+        .any(|info| info.serial == renewed.serial && info.predecessor.is_some()));
+    assert_eq!(store.certificate_record(&serial(405)).expect("read"), None);
 }
 
 fn certificate_read_has_pem_once_issued(db: &TestDb) {

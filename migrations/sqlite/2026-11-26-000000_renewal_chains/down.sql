@@ -1,0 +1,2 @@
+DROP INDEX certificates_predecessor_idx;
+DROP TABLE renewal_chains;

@@ -1,0 +1,328 @@
+//! What a certificate holder may do with the certificate it presents over
+//! mutual TLS: renew it (`POST /v1/renew`) or revoke it (`POST /v1/revoke`).
+//!
+//! Invariants:
+//! - The TLS layer has proven possession of the key and that the chain
+//!   leads to this CA's root (see `crate::tls::HolderCertificateVerifier`;
+//!   it lets expired certificates through so that they get a precise code
+//!   here). The authority is the inventory: a presented certificate counts
+//!   only if a record with its serial holds exactly the same DER.
+//! - Renewal keeps the identity: the CSR must ask for exactly the names of
+//!   the presented certificate, and the current policy version must still
+//!   allow them, allow renewal, and allow the chain's age. The new
+//!   certificate never outlives `chain_started_at + max_chain_age`.
+//! - Renewal goes through the same recorded pipeline as enrollment
+//!   ([`Issuer::prepare`] then [`Issuer::sign`]), with the predecessor and
+//!   chain start recorded and no token consumed.
+
+use std::collections::BTreeSet;
+
+use certmint::wire::{
+    CertificateBundle, CertificateInfo, CertificateStatus, Identity, RenewRequest, RevocationReason,
+};
+use certmint::ProblemCode;
+use der::Decode as _;
+use time::OffsetDateTime;
+use x509_cert::certificate::Certificate;
+
+use super::{csr, identity_of, leaf_names, Issuer, Lineage};
+use crate::error::ServiceError;
+use crate::policy::{self, Decision, IssuanceRequest};
+use crate::store::CertificateRecord;
+
+/// Why a holder's request was refused before any policy check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HolderError {
+    /// No client certificate in the TLS handshake.
+    #[error("this endpoint needs mutual TLS: present the certificate to renew or revoke")]
+    CertificateRequired,
+    /// The certificate is not one this CA issued (unknown serial or other bytes).
+    #[error("the client certificate is not in this CA's inventory")]
+    Unknown,
+    /// The certificate is revoked.
+    #[error("certificate {serial} is revoked ({reason}); it cannot renew")]
+    Revoked {
+        /// Serial.
+        serial: String,
+        /// Revocation reason name.
+        reason: String,
+    },
+    /// The certificate has expired.
+    #[error("certificate {serial} expired at {not_after}; enroll again with a bootstrap token")]
+    Expired {
+        /// Serial.
+        serial: String,
+        /// End of validity, RFC 3339.
+        not_after: String,
+    },
+    /// The policy forbids renewal.
+    #[error("policy {policy} version {version} does not allow renewal")]
+    RenewalNotAllowed {
+        /// Policy name.
+        policy: String,
+        /// Version checked.
+        version: i64,
+    },
+    /// The renewal chain is too old.
+    #[error("the renewal chain began at {started}; policy {policy} allows {max_age_seconds}s; enroll again")]
+    ChainTooOld {
+        /// Policy name.
+        policy: String,
+        /// First enrollment, RFC 3339.
+        started: String,
+        /// The policy's limit.
+        max_age_seconds: u64,
+    },
+    /// The CSR asks for other names than the certificate carries.
+    #[error("the CSR asks for {requested}, the certificate being renewed names {current}; renewal keeps the identity")]
+    IdentityMismatch {
+        /// Names in the CSR.
+        requested: String,
+        /// Names in the certificate.
+        current: String,
+    },
+}
+
+impl HolderError {
+    /// The stable problem code.
+    pub fn code(&self) -> ProblemCode {
+        match self {
+            HolderError::CertificateRequired => ProblemCode::MtlsCertificateRequired,
+            HolderError::Unknown => ProblemCode::MtlsCertificateUnknown,
+            HolderError::Revoked { .. } => ProblemCode::CertificateRevoked,
+            HolderError::Expired { .. } => ProblemCode::CertificateExpired,
+            HolderError::RenewalNotAllowed { .. } => ProblemCode::RenewalNotAllowed,
+            HolderError::ChainTooOld { .. } => ProblemCode::RenewalChainTooOld,
+            HolderError::IdentityMismatch { .. } => ProblemCode::RenewalIdentityMismatch,
+        }
+    }
+}
+
+impl Issuer {
+    /// `POST /v1/renew`: a new certificate for the holder of `presented`
+    /// (the DER of the TLS client certificate), for the CSR's fresh key.
+    pub fn renew(
+        &self,
+        presented: Option<&[u8]>,
+        request: &RenewRequest,
+    ) -> Result<CertificateBundle, ServiceError> {
+        let now = self.parts.clock.now();
+        let record = self.presented_record(presented)?;
+        let serial = record.info.serial.clone();
+        refuse_unless_current(&record, now)?;
+        let csr = csr::verify(&request.csr)?;
+        let requested = identity_of(&leaf_names(&csr));
+        if !same_names(&requested, &record.info.identity) {
+            return Err(HolderError::IdentityMismatch {
+                requested: describe(&requested),
+                current: describe(&record.info.identity),
+            }
+            .into());
+        }
+        let policy = self.load_policy(&record.info.policy)?;
+        let decision = policy::evaluate(
+            &policy,
+            &IssuanceRequest {
+                names: &csr.names,
+                key_type: csr.key_type,
+                ttl: request.ttl.map(|ttl| ttl.as_seconds()),
+                token_identity: None,
+            },
+        );
+        // A disabled policy is reported as such (policy.disabled) before
+        // the renewal rules, which only matter for an enabled policy.
+        let ttl_seconds = match decision {
+            Decision::Deny(refusals) if !policy.is_enabled() => {
+                return Err(ServiceError::denied(refusals))
+            }
+            decision => {
+                if !policy.renewal_allowed() {
+                    return Err(HolderError::RenewalNotAllowed {
+                        policy: policy.name().to_owned(),
+                        version: policy.version(),
+                    }
+                    .into());
+                }
+                match decision {
+                    Decision::Allow { ttl_seconds } => ttl_seconds,
+                    Decision::Deny(refusals) => return Err(ServiceError::denied(refusals)),
+                }
+            }
+        };
+        let latest_not_after = match policy.max_chain_age() {
+            Some(max_age_seconds) => {
+                let limit = record.chain_started_at
+                    + time::Duration::seconds(i64::try_from(max_age_seconds).unwrap_or(i64::MAX));
+                if now >= limit {
+                    return Err(HolderError::ChainTooOld {
+                        policy: policy.name().to_owned(),
+                        started: rfc3339(record.chain_started_at),
+                        max_age_seconds,
+                    }
+                    .into());
+                }
+                Some(limit)
+            }
+            None => None,
+        };
+        let lineage = Lineage {
+            token_id: None,
+            predecessor: Some(serial),
+            chain_started_at: record.chain_started_at,
+            latest_not_after,
+        };
+        let prepared = self.prepare(csr, &policy, ttl_seconds, lineage, now)?;
+        self.sign(prepared)
+    }
+
+    /// `POST /v1/revoke`: the holder revokes the certificate it presents.
+    pub fn revoke_presented(
+        &self,
+        presented: Option<&[u8]>,
+        reason: RevocationReason,
+    ) -> Result<CertificateInfo, ServiceError> {
+        let now = self.parts.clock.now();
+        let record = self.presented_record(presented)?;
+        let serial = record.info.serial;
+        let actor = format!("certificate:{serial}");
+        Ok(self
+            .parts
+            .store
+            .revoke_certificate(&serial, reason, &actor, now)?)
+    }
+
+    /// The inventory record of the presented certificate, which must hold
+    /// exactly the presented bytes.
+    fn presented_record(
+        &self,
+        presented: Option<&[u8]>,
+    ) -> Result<CertificateRecord, ServiceError> {
+        let der = presented.ok_or(HolderError::CertificateRequired)?;
+        let certificate = Certificate::from_der(der).map_err(|_| HolderError::Unknown)?;
+        let serial = hex::encode(certificate.tbs_certificate().serial_number().as_bytes());
+        let record = self
+            .parts
+            .store
+            .certificate_record(&serial)?
+            .ok_or(HolderError::Unknown)?;
+        if record.certificate_der.as_deref() != Some(der) {
+            return Err(HolderError::Unknown.into());
+        }
+        Ok(record)
+    }
+}
+
+/// Revoked and expired certificates cannot renew; each says so.
+fn refuse_unless_current(
+    record: &CertificateRecord,
+    now: OffsetDateTime,
+) -> Result<(), HolderError> {
+    let info = &record.info;
+    match info.status {
+        CertificateStatus::Revoked => Err(HolderError::Revoked {
+            serial: info.serial.clone(),
+            reason: info
+                .revocation_reason
+                .and_then(|reason| serde_json::to_value(reason).ok())
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unspecified".into()),
+        }),
+        CertificateStatus::Issued if now >= info.not_after => Err(HolderError::Expired {
+            serial: info.serial.clone(),
+            not_after: rfc3339(info.not_after),
+        }),
+        CertificateStatus::Issued => Ok(()),
+        // A record with DER is issued or revoked; anything else is not a
+        // certificate anyone holds.
+        CertificateStatus::Pending | CertificateStatus::Failed => Err(HolderError::Unknown),
+    }
+}
+
+/// Same names, ignoring order and duplicates (DNS is already lower-cased).
+fn same_names(a: &Identity, b: &Identity) -> bool {
+    fn set(names: &[String]) -> BTreeSet<&str> {
+        names.iter().map(String::as_str).collect()
+    }
+    set(&a.dns) == set(&b.dns) && set(&a.ip) == set(&b.ip) && set(&a.uri) == set(&b.uri)
+}
+
+fn describe(identity: &Identity) -> String {
+    let names: Vec<String> = identity
+        .dns
+        .iter()
+        .map(|name| format!("dns:{name}"))
+        .chain(identity.ip.iter().map(|ip| format!("ip:{ip}")))
+        .chain(identity.uri.iter().map(|uri| format!("uri:{uri}")))
+        .collect();
+    if names.is_empty() {
+        "no names".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(dns: &[&str], ip: &[&str]) -> Identity {
+        Identity {
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            ip: ip.iter().map(|s| s.to_string()).collect(),
+            uri: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ok_same_names_ignores_order() {
+        assert!(same_names(
+            &identity(&["a.test", "b.test"], &["10.0.0.1"]),
+            &identity(&["b.test", "a.test"], &["10.0.0.1"])
+        ));
+    }
+
+    #[test]
+    fn fail_same_names_on_added_or_dropped_name() {
+        let current = identity(&["a.test"], &[]);
+        assert!(!same_names(&identity(&["a.test", "b.test"], &[]), &current));
+        assert!(!same_names(&identity(&[], &[]), &current));
+        assert!(!same_names(&identity(&["a.test"], &["10.0.0.1"]), &current));
+    }
+
+    #[test]
+    fn ok_every_holder_error_has_its_own_code() {
+        let errors = [
+            HolderError::CertificateRequired,
+            HolderError::Unknown,
+            HolderError::Revoked {
+                serial: "01".into(),
+                reason: "x".into(),
+            },
+            HolderError::Expired {
+                serial: "01".into(),
+                not_after: "x".into(),
+            },
+            HolderError::RenewalNotAllowed {
+                policy: "p".into(),
+                version: 1,
+            },
+            HolderError::ChainTooOld {
+                policy: "p".into(),
+                started: "x".into(),
+                max_age_seconds: 1,
+            },
+            HolderError::IdentityMismatch {
+                requested: "a".into(),
+                current: "b".into(),
+            },
+        ];
+        let codes: BTreeSet<String> = errors.iter().map(|e| e.code().to_string()).collect();
+        assert_eq!(codes.len(), errors.len());
+    }
+}
