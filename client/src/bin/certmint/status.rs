@@ -1,12 +1,174 @@
-//! `certmint status` (being written).
+//! `certmint status`: are the key, certificate and CA files on disk usable
+//! for mutual TLS? Reads them (from the agent's output directory or from
+//! explicit paths), runs the layered check in [`inspect`], and prints one
+//! line per layer (`ok`, `warn`, `FAIL`, `skip`) or, with `--json`, the
+//! report as JSON.
+//!
+//! Exit: [`Exit::Ok`] when no layer fails, [`Exit::NotUsable`] when one
+//! does, [`Exit::Usage`] for bad arguments. Reads only; never writes or
+//! prints key material.
+
+#[path = "inspect.rs"]
+mod inspect;
+
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
 
 use crate::exit::Exit;
+use inspect::{FileInput, Inputs, MetaInput, Report, Role};
 
 /// `certmint status` options.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The agent's output directory (holds key.pem, cert.pem, ca.pem and
+    /// ..data/meta.json).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["key", "cert", "ca"])]
+    dir: Option<PathBuf>,
+    /// The private key (PEM), instead of --dir.
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "ca"])]
+    key: Option<PathBuf>,
+    /// The certificate chain: leaf, then intermediates (PEM), instead of --dir.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// The trust anchors (PEM), instead of --dir.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "cert"])]
+    ca: Option<PathBuf>,
+    /// The agent's meta.json (default with --dir: DIR/..data/meta.json).
+    #[arg(long, value_name = "FILE")]
+    meta: Option<PathBuf>,
+    /// Which side of mutual TLS the certificate must be able to play.
+    #[arg(long, value_enum, default_value_t = Role::Any)]
+    role: Role,
+    /// Print the report as JSON: {usable, layers: [{name, status, detail}]}.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Runs the command.
-pub async fn run(_args: Args) -> Exit {
-    Exit::Failure
+pub async fn run(args: Args) -> Exit {
+    let (key, cert, ca, default_meta) = match (&args.dir, &args.key, &args.cert, &args.ca) {
+        (Some(dir), None, None, None) => (
+            dir.join("key.pem"),
+            dir.join("cert.pem"),
+            dir.join("ca.pem"),
+            Some(dir.join("..data").join("meta.json")),
+        ),
+        (None, Some(key), Some(cert), Some(ca)) => (key.clone(), cert.clone(), ca.clone(), None),
+        _ => {
+            eprintln!("error: give --dir DIR, or all of --key FILE --cert FILE --ca FILE");
+            return Exit::Usage;
+        }
+    };
+    let meta = match (&args.meta, default_meta) {
+        // An explicitly named meta file must exist; the default may not.
+        (Some(path), _) => MetaInput::Present {
+            path: path.display().to_string(),
+            text: read(path),
+        },
+        (None, Some(path)) if path.exists() => MetaInput::Present {
+            path: path.display().to_string(),
+            text: read(&path),
+        },
+        (None, _) => MetaInput::Absent,
+    };
+    let inputs = Inputs {
+        key: file_input(&key),
+        certificate: file_input(&cert),
+        ca: file_input(&ca),
+        meta,
+    };
+    let report = inspect::inspect(&inputs, OffsetDateTime::now_utc(), args.role);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("error: cannot encode the report: {error}");
+                return Exit::Failure;
+            }
+        }
+    } else {
+        print!("{}", render(&report));
+    }
+    if report.usable {
+        Exit::Ok
+    } else {
+        Exit::NotUsable
+    }
+}
+
+/// The text report: one aligned line per layer, then the verdict.
+fn render(report: &Report) -> String {
+    let mut out = String::new();
+    for layer in &report.layers {
+        let line = format!(
+            "{:<4}  {:<7}  {}",
+            layer.status.label(),
+            layer.name,
+            layer.detail
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if report.usable {
+        out.push_str("usable for mutual TLS\n");
+    } else {
+        let failed: Vec<&str> = report
+            .layers
+            .iter()
+            .filter(|layer| layer.status == inspect::Status::Fail)
+            .map(|layer| layer.name)
+            .collect();
+        out.push_str(&format!(
+            "NOT usable for mutual TLS (failed: {})\n",
+            failed.join(", ")
+        ));
+    }
+    out
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|error| error.to_string())
+}
+
+fn file_input(path: &Path) -> FileInput {
+    // `metadata` follows symlinks: the mode that matters is the target's.
+    let mode = std::fs::metadata(path).ok().map(|metadata| {
+        use std::os::unix::fs::PermissionsExt as _;
+        metadata.permissions().mode()
+    });
+    FileInput {
+        path: path.display().to_string(),
+        text: read(path),
+        mode,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inspect::{Layer, Status};
+
+    #[test]
+    fn ok_render_aligns_layers_and_names_failures() {
+        let report = Report {
+            usable: false,
+            layers: vec![
+                Layer {
+                    name: "files",
+                    status: Status::Warn,
+                    detail: "mode 0644".into(),
+                },
+                Layer {
+                    name: "key",
+                    status: Status::Fail,
+                    detail: "mismatch".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            render(&report),
+            "warn  files    mode 0644\nFAIL  key      mismatch\nNOT usable for mutual TLS (failed: key)\n"
+        );
+    }
 }
