@@ -1,12 +1,410 @@
-//! `certmint agent` (being written).
+//! `certmint agent`: keeps a valid certificate in place for one workload.
+//!
+//! On start it inspects the files (key matches certificate, chains to the
+//! anchor, unexpired, names as configured). Valid: renewal is scheduled at
+//! the server's `renew_after` plus jitter, never past 90 % of the lifetime,
+//! and at once if that time has passed — so a restart never waits past
+//! expiry. Missing or unusable: it enrolls with the bootstrap token.
+//!
+//! While the server is unreachable (transport errors, 5xx) it retries with
+//! capped exponential backoff and jitter, forever in agent mode, and never
+//! sleeps past the certificate's `not_after`. Final refusals stop it with
+//! one log line and a documented exit code ([`Exit`]):
+//! `certificate.revoked` → 5 (never re-enrolls); `certificate.expired`,
+//! `renewal.chain_too_old`, `mtls.certificate_unknown` → one enrollment
+//! with the token if there is one, else 8 (expired) or the code's exit;
+//! `policy.*`/`renewal.*` → 6; `token.*` or no token → 4; trust → 7.
+//!
+//! `--once` ensures a valid certificate is in place (enroll if needed,
+//! renew if past `renew_after`), runs the hooks if the files changed and
+//! exits 0; transient failures are retried for `--retry-for`, then 3.
+//!
+//! Signals: SIGTERM/SIGINT stop it (files are replaced atomically and
+//! synchronously, so there is no "mid-write"); SIGHUP renews now.
 
+#[path = "agent_config.rs"]
+pub mod agent_config;
+
+use std::path::PathBuf;
+use std::time::Duration as StdDuration;
+
+use certmint::{Duration, ProblemCode};
+use time::OffsetDateTime;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::enroll::hooks::Hooks;
+use crate::enroll::output::{Meta, OutputDir};
+use crate::enroll::rfc3339;
+use crate::enroll::schedule::{self, Backoff};
+use crate::enroll::workload::{self, Installed, OnDisk, Session, Token, Workload, WorkloadError};
 use crate::exit::Exit;
+use agent_config::AgentConfig;
+
+/// The longest single sleep: the agent wakes up at least this often to
+/// look at the files and the clock again (suspend/resume, clock steps,
+/// files replaced by someone else).
+const MAX_SLEEP: StdDuration = StdDuration::from_secs(300);
 
 /// `certmint agent` options.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The agent configuration file.
+    #[arg(long, short = 'c', default_value = "/etc/certmint/agent.toml")]
+    config: PathBuf,
+    /// Ensure a valid certificate is in place, then exit 0 (for boot scripts).
+    #[arg(long)]
+    once: bool,
+    /// With --once: how long to keep retrying an unreachable server before exiting 3.
+    #[arg(long, default_value = "60s")]
+    retry_for: Duration,
+}
 
 /// Runs the command.
-pub async fn run(_args: Args) -> Exit {
-    Exit::Failure
+pub async fn run(args: Args) -> Exit {
+    let config = match AgentConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("configuration: {error}");
+            return Exit::Usage;
+        }
+    };
+    let output = match OutputDir::open_or_create(&config.output_dir) {
+        Ok(output) => output,
+        Err(error) => {
+            tracing::error!("output directory: {error}");
+            return Exit::Failure;
+        }
+    };
+    let signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!("cannot install signal handlers: {error}");
+            return Exit::Failure;
+        }
+    };
+    let mut agent = Agent {
+        workload: Workload {
+            server: config.server.clone(),
+            trust: config.trust.clone(),
+            key_type: config.key_type,
+            ttl: config.ttl,
+            names: config.names.clone(),
+            request_timeout: config.request_timeout,
+            output,
+        },
+        hooks: Hooks {
+            command: config.reload.command.clone(),
+            timeout: config.reload.timeout,
+            signal: config.reload.signal.clone(),
+        },
+        backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+        deadline: args
+            .once
+            .then(|| tokio::time::Instant::now() + args.retry_for.to_std()),
+        once: args.once,
+        jitter_for: None,
+        announced: None,
+        config,
+    };
+    let mut signals = signals;
+    let exit = agent.run(&mut signals).await;
+    if exit != Exit::Ok {
+        tracing::error!(exit.code = exit as u8, "certmint agent stopped");
+    }
+    exit
+}
+
+/// What to do next.
+enum Action {
+    Enroll(String),
+    Renew(Box<Installed>),
+}
+
+enum Wake {
+    Timer,
+    RenewNow,
+    Stop,
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+struct Agent {
+    config: AgentConfig,
+    workload: Workload,
+    hooks: Hooks,
+    backoff: Backoff,
+    /// `--once`: give up on transient failures after this instant.
+    deadline: Option<tokio::time::Instant>,
+    once: bool,
+    /// The jitter draw for the current serial: drawn once per certificate,
+    /// so waking up early to re-check never moves the renewal time.
+    jitter_for: Option<(String, f64)>,
+    /// Serial whose schedule was last logged (one line per certificate).
+    announced: Option<String>,
+}
+
+impl Agent {
+    async fn run(&mut self, signals: &mut Signals) -> Exit {
+        let mut session: Option<Session> = None;
+        // Set after a refusal that a fresh enrollment can cure; cleared
+        // after that one enrollment attempt.
+        let mut enroll_instead: Option<String> = None;
+        let mut reenrolled = false;
+        loop {
+            let current_session = match &session {
+                Some(session) => session.clone(),
+                None => match self.workload.connect().await {
+                    Ok(connected) => {
+                        session = Some(connected.clone());
+                        connected
+                    }
+                    Err(error) => match self.after_failure(error, None, signals).await {
+                        Some(exit) => return exit,
+                        None => continue,
+                    },
+                },
+            };
+            let now = OffsetDateTime::now_utc();
+            let action = match enroll_instead.take() {
+                Some(reason) => Action::Enroll(reason),
+                None => match self.workload.inspect(&current_session.anchors, now) {
+                    OnDisk::Missing => Action::Enroll("no certificate yet".into()),
+                    OnDisk::Unusable(reason) => {
+                        Action::Enroll(format!("the files on disk are unusable: {reason}"))
+                    }
+                    OnDisk::OtherNames(installed) => Action::Enroll(format!(
+                        "the certificate names {} but the configuration asks for {}",
+                        installed.meta.names.summary(),
+                        self.config.names.summary()
+                    )),
+                    OnDisk::Expired(installed) => {
+                        if self.token().is_none() {
+                            tracing::error!(
+                                cert.serial = %installed.meta.serial,
+                                cert.not_after = %rfc3339(installed.meta.not_after),
+                                "the certificate has expired and there is no token to enroll again"
+                            );
+                            return Exit::CertificateExpired;
+                        }
+                        Action::Enroll(format!(
+                            "the certificate expired at {}",
+                            rfc3339(installed.meta.not_after)
+                        ))
+                    }
+                    OnDisk::Valid(installed) => {
+                        match self.wait_for_renewal(&installed.meta, now, signals).await {
+                            Wake::Stop => return Exit::Ok,
+                            Wake::Timer if self.once => return Exit::Ok,
+                            Wake::Timer if !self.renewal_due(&installed.meta) => continue,
+                            Wake::Timer | Wake::RenewNow => Action::Renew(Box::new(installed)),
+                        }
+                    }
+                },
+            };
+            let not_after = match &action {
+                Action::Renew(installed) => Some(installed.meta.not_after),
+                Action::Enroll(_) => None,
+            };
+            let outcome = tokio::select! {
+                outcome = self.act(&current_session, action) => outcome,
+                _ = signals.term.recv() => return Exit::Ok,
+                _ = signals.int.recv() => return Exit::Ok,
+            };
+            match outcome {
+                Ok(meta) => {
+                    self.backoff.reset();
+                    self.hooks.run(&self.workload.output, &meta.serial).await;
+                    if self.once {
+                        return Exit::Ok;
+                    }
+                }
+                Err(error) => {
+                    let cure = matches!(
+                        error.code(),
+                        Some(
+                            ProblemCode::CertificateExpired
+                                | ProblemCode::RenewalChainTooOld
+                                | ProblemCode::MtlsCertificateUnknown
+                        )
+                    );
+                    if cure && not_after.is_some() && !reenrolled && self.token().is_some() {
+                        reenrolled = true;
+                        enroll_instead = Some(format!("renewal refused: {error}"));
+                        continue;
+                    }
+                    if let Some(exit) = self.after_failure(error, not_after, signals).await {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Enrolls or renews; logs the result on one line.
+    async fn act(&self, session: &Session, action: Action) -> Result<Meta, WorkloadError> {
+        match action {
+            Action::Enroll(reason) => {
+                let token = self.token().ok_or_else(|| {
+                    WorkloadError::NoToken(self.config.output_dir.display().to_string())
+                })?;
+                tracing::info!("enrolling: {reason}");
+                let meta = self.workload.enroll(session, &token).await?;
+                self.log_installed("enrolled", &meta);
+                Ok(meta)
+            }
+            Action::Renew(installed) => {
+                let meta = self.workload.renew(session, &installed).await?;
+                self.log_installed("renewed", &meta);
+                Ok(meta)
+            }
+        }
+    }
+
+    fn log_installed(&self, what: &str, meta: &Meta) {
+        let key = self
+            .workload
+            .output
+            .current()
+            .ok()
+            .flatten()
+            .and_then(|current| workload::key_fingerprint(&current.cert_pem))
+            .unwrap_or_default();
+        tracing::info!(
+            cert.serial = %meta.serial,
+            cert.not_after = %rfc3339(meta.not_after),
+            cert.renew_after = %rfc3339(meta.renew_after),
+            key.spki_sha256 = %key,
+            policy.name = %meta.policy,
+            policy.version = meta.policy_version,
+            "{what}"
+        );
+    }
+
+    /// A transient failure: wait with backoff (`None` to go on) or give up
+    /// in `--once` mode past the deadline. A final one: the exit.
+    async fn after_failure(
+        &mut self,
+        error: WorkloadError,
+        not_after: Option<OffsetDateTime>,
+        signals: &mut Signals,
+    ) -> Option<Exit> {
+        if !error.is_transient() {
+            let code = error.code().map(ToString::to_string).unwrap_or_default();
+            tracing::error!(problem.code = %code, "stopping: {error}");
+            return Some(error.exit());
+        }
+        let mut delay = self.backoff.next_delay(schedule::random_unit());
+        if let Some(not_after) = not_after {
+            delay = schedule::before_expiry(OffsetDateTime::now_utc(), not_after, delay);
+        }
+        if let Some(deadline) = self.deadline {
+            if tokio::time::Instant::now() + delay >= deadline {
+                tracing::error!("server still unreachable after the retry budget: {error}");
+                return Some(Exit::Unreachable);
+            }
+        }
+        tracing::warn!(
+            retry.attempt = self.backoff.failures(),
+            "server unreachable, retrying in {delay:.1?}: {error}"
+        );
+        match sleep(delay, signals).await {
+            Wake::Stop => Some(Exit::Ok),
+            Wake::Timer | Wake::RenewNow => None,
+        }
+    }
+
+    /// True once the (jittered) renewal time of `meta` has come; in
+    /// `--once` mode the server's own hint counts.
+    fn renewal_due(&mut self, meta: &Meta) -> bool {
+        OffsetDateTime::now_utc() >= self.renewal_time(meta)
+    }
+
+    fn renewal_time(&mut self, meta: &Meta) -> OffsetDateTime {
+        if self.once {
+            return meta.renew_after;
+        }
+        let unit = match &self.jitter_for {
+            Some((serial, unit)) if *serial == meta.serial => *unit,
+            _ => {
+                let unit = schedule::random_unit();
+                self.jitter_for = Some((meta.serial.clone(), unit));
+                unit
+            }
+        };
+        schedule::renewal_time(meta, self.config.jitter, unit)
+    }
+
+    /// Sleeps until the renewal time (at most [`MAX_SLEEP`] at a time);
+    /// in `--once` mode returns at once with `Timer` if nothing is due.
+    async fn wait_for_renewal(
+        &mut self,
+        meta: &Meta,
+        now: OffsetDateTime,
+        signals: &mut Signals,
+    ) -> Wake {
+        let at = self.renewal_time(meta);
+        if self.once {
+            return if now >= at {
+                Wake::RenewNow
+            } else {
+                Wake::Timer
+            };
+        }
+        if self.announced.as_deref() != Some(meta.serial.as_str()) {
+            self.announced = Some(meta.serial.clone());
+            tracing::info!(
+                cert.serial = %meta.serial,
+                cert.not_after = %rfc3339(meta.not_after),
+                "certificate valid; renewal at {}",
+                rfc3339(at)
+            );
+        }
+        let wait = schedule::wait_until(now, at);
+        if wait.is_zero() {
+            return Wake::RenewNow;
+        }
+        sleep(wait.min(MAX_SLEEP), signals).await
+    }
+
+    /// The bootstrap token: `token_file`, else `CERTMINT_TOKEN`. Read when
+    /// needed, so a token file may be removed once enrolled.
+    fn token(&self) -> Option<Token> {
+        if let Some(path) = &self.config.token_file {
+            match Token::from_file(path) {
+                Ok(Some(token)) => return Some(token),
+                Ok(None) => {}
+                Err(error) => tracing::debug!("{error}"),
+            }
+        }
+        std::env::var("CERTMINT_TOKEN")
+            .ok()
+            .and_then(|text| Token::new(&text))
+    }
+}
+
+/// Sleeps for `duration` unless a signal comes first.
+async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => Wake::Timer,
+        _ = signals.term.recv() => Wake::Stop,
+        _ = signals.int.recv() => Wake::Stop,
+        _ = signals.hup.recv() => {
+            tracing::info!("SIGHUP: renewing now");
+            Wake::RenewNow
+        }
+    }
 }

@@ -1,12 +1,198 @@
-//! `certmint enroll` (being written).
+//! `certmint enroll`: one-shot first enrollment, e.g. from a boot script.
+//!
+//! Makes a fresh key locally, enrolls with a bootstrap token, checks what
+//! the server returned against the trust anchors, installs key, chain, CA
+//! and metadata atomically into `--out`, runs the reload hooks and prints
+//! one summary line on stdout. `certmint agent` uses the same code
+//! ([`workload`]) for the same steps.
+//!
+//! The modules shared by `enroll` and `agent` are declared here because
+//! `main.rs` is not this command's file; they belong at the crate root.
+
+#[path = "hooks.rs"]
+pub mod hooks;
+#[path = "keys.rs"]
+pub mod keys;
+#[path = "output.rs"]
+pub mod output;
+#[path = "schedule.rs"]
+pub mod schedule;
+#[path = "workload.rs"]
+pub mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration as StdDuration;
+
+use certmint::Duration;
 
 use crate::exit::Exit;
+use hooks::{Hooks, ReloadSignal};
+use keys::{KeyType, Names};
+use output::{OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
+use schedule::Backoff;
+use workload::{Token, TrustSource, Workload, WorkloadError};
 
 /// `certmint enroll` options.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// certmint server URL (https://host:port).
+    #[arg(long, env = "CERTMINT_SERVER")]
+    server: String,
+    /// Trust the CA root with this SHA-256 fingerprint (sha256:<hex>), checked on first contact.
+    #[arg(
+        long,
+        required_unless_present = "ca_bundle",
+        conflicts_with = "ca_bundle"
+    )]
+    root_fingerprint: Option<String>,
+    /// Trust the CA certificates in this PEM file instead of pinning a fingerprint.
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
+    /// The bootstrap token. Prefer --token-file or CERTMINT_TOKEN: arguments are visible in ps.
+    #[arg(long, env = "CERTMINT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the bootstrap token from this file (wins over --token and CERTMINT_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// DNS name to request (repeatable).
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
+    /// IP address to request (repeatable).
+    #[arg(long = "ip", value_name = "ADDRESS")]
+    ip: Vec<String>,
+    /// URI to request, e.g. a SPIFFE ID (repeatable).
+    #[arg(long = "uri", value_name = "URI")]
+    uri: Vec<String>,
+    /// Key type: ec-p256, ec-p384 or ed25519.
+    #[arg(long, default_value = "ec-p256")]
+    key_type: KeyType,
+    /// Requested lifetime, e.g. 24h (the policy default when absent).
+    #[arg(long)]
+    ttl: Option<Duration>,
+    /// Output directory (created 0700 when missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Keep retrying an unreachable server (or 5xx answers) for this long.
+    #[arg(long, value_name = "DURATION")]
+    retry_for: Option<Duration>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "30s")]
+    timeout: Duration,
+    /// After writing, send this signal (HUP, USR1, …) to the pid in --reload-pid-file.
+    #[arg(long, requires = "reload_pid_file")]
+    reload_signal: Option<ReloadSignal>,
+    /// Pid file of the process to signal.
+    #[arg(long, requires = "reload_signal")]
+    reload_pid_file: Option<PathBuf>,
+    /// How long the reload command may run.
+    #[arg(long, default_value = "30s")]
+    reload_timeout: Duration,
+    /// Reload command and its arguments, after `--` (run without a shell).
+    #[arg(last = true, value_name = "COMMAND")]
+    reload_command: Vec<String>,
+}
 
 /// Runs the command.
-pub async fn run(_args: Args) -> Exit {
-    Exit::Failure
+pub async fn run(args: Args) -> Exit {
+    match enroll(args).await {
+        Ok(()) => Exit::Ok,
+        Err(error) => {
+            let code = error.code().map(ToString::to_string).unwrap_or_default();
+            tracing::error!(problem.code = %code, "enrollment failed: {error}");
+            error.exit()
+        }
+    }
+}
+
+async fn enroll(args: Args) -> Result<(), WorkloadError> {
+    let token = match (&args.token_file, &args.token) {
+        (Some(path), _) => Token::from_file(path)?,
+        (None, Some(text)) => Token::new(text),
+        (None, None) => None,
+    }
+    .ok_or_else(|| WorkloadError::NoToken(args.out.display().to_string()))?;
+    let trust = match (&args.root_fingerprint, &args.ca_bundle) {
+        (Some(fingerprint), _) => TrustSource::Fingerprint(
+            certmint::client::trust::parse_fingerprint(fingerprint).ok_or_else(|| {
+                WorkloadError::Usage(format!(
+                    "--root-fingerprint {fingerprint:?} is not sha256:<64 hex digits>"
+                ))
+            })?,
+        ),
+        (None, Some(bundle)) => TrustSource::Bundle(bundle.clone()),
+        (None, None) => {
+            return Err(WorkloadError::Usage(
+                "give --root-fingerprint or --ca-bundle".into(),
+            ))
+        }
+    };
+    let names = Names {
+        dns: args.dns,
+        ip: args.ip,
+        uri: args.uri,
+    };
+    names.to_sans()?;
+    let workload = Workload {
+        server: args.server,
+        trust,
+        key_type: args.key_type,
+        ttl: args.ttl,
+        names,
+        request_timeout: args.timeout.to_std(),
+        output: OutputDir::open_or_create(&args.out)?,
+    };
+    let hooks = Hooks {
+        command: (!args.reload_command.is_empty()).then_some(args.reload_command),
+        timeout: args.reload_timeout.to_std(),
+        signal: args.reload_signal.zip(args.reload_pid_file),
+    };
+    let deadline = args
+        .retry_for
+        .map(|budget| tokio::time::Instant::now() + budget.to_std());
+    let mut backoff = Backoff::new(StdDuration::from_secs(1), StdDuration::from_secs(30));
+    let meta = loop {
+        let attempt = async {
+            let session = workload.connect().await?;
+            workload.enroll(&session, &token).await
+        };
+        match attempt.await {
+            Ok(meta) => break meta,
+            Err(error) if error.is_transient() => {
+                let delay = backoff.next_delay(schedule::random_unit());
+                match deadline {
+                    Some(deadline) if tokio::time::Instant::now() + delay < deadline => {
+                        tracing::warn!("server unreachable, retrying in {delay:.1?}: {error}");
+                        tokio::time::sleep(delay).await;
+                    }
+                    _ => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    tracing::info!(
+        cert.serial = %meta.serial,
+        cert.not_after = %meta.not_after,
+        policy.name = %meta.policy,
+        "enrolled"
+    );
+    hooks.run(&workload.output, &meta.serial).await;
+    println!(
+        "enrolled serial={} not_after={} renew_after={} policy={} names={:?} cert={} key={} ca={}",
+        meta.serial,
+        rfc3339(meta.not_after),
+        rfc3339(meta.renew_after),
+        meta.policy,
+        meta.names.summary(),
+        workload.output.path(CERT_FILE).display(),
+        workload.output.path(KEY_FILE).display(),
+        workload.output.path(CA_FILE).display(),
+    );
+    Ok(())
+}
+
+/// RFC 3339 for summaries; falls back to the debug form if formatting fails.
+pub fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
 }

@@ -1,0 +1,454 @@
+//! `agent.toml`: what the agent keeps in place and how it reaches the CA.
+//!
+//! Invariants:
+//! - Unknown keys are refused (`deny_unknown_fields`), so a typo never
+//!   silently falls back to a default; every error names the file and,
+//!   where the parser knows it, the key and line.
+//! - Exactly one trust source: `root_fingerprint` or `ca_bundle`.
+//! - Relative paths are relative to the directory holding the file, so a
+//!   config works the same from any working directory.
+//! - The token itself is never part of the config (only where to read it),
+//!   and never appears in an error.
+
+use std::path::{Path, PathBuf};
+
+use certmint::Duration;
+use serde::Deserialize;
+
+use crate::enroll::keys::{KeyType, Names};
+pub use crate::enroll::workload::TrustSource;
+
+/// Default first retry delay after a failure.
+pub const DEFAULT_BACKOFF_INITIAL_S: u64 = 1;
+/// Default longest retry delay.
+pub const DEFAULT_BACKOFF_MAX_S: u64 = 300;
+/// Default jitter added to the server's `renew_after` (± fraction of lifetime).
+pub const DEFAULT_JITTER: f64 = 0.05;
+/// Default time a reload command may run.
+pub const DEFAULT_RELOAD_TIMEOUT_S: u64 = 30;
+
+/// Why the config cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a bad value (the message names it).
+    #[error("{}: {message}", .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the key and line.
+        message: String,
+    },
+    /// Keys that are fine alone but not together.
+    #[error("{}: {key}: {reason}", .path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key at fault.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: String,
+    #[serde(default)]
+    root_fingerprint: Option<String>,
+    #[serde(default)]
+    ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    output_dir: PathBuf,
+    #[serde(default)]
+    key_type: KeyType,
+    #[serde(default)]
+    ttl: Option<Duration>,
+    #[serde(default)]
+    request_timeout: Option<Duration>,
+    names: Names,
+    #[serde(default)]
+    renewal: RawRenewal,
+    #[serde(default)]
+    backoff: RawBackoff,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRenewal {
+    #[serde(default)]
+    jitter: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    #[serde(default)]
+    initial: Option<Duration>,
+    #[serde(default)]
+    max: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    pid_file: Option<PathBuf>,
+}
+
+/// What to do after new files are in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reload {
+    /// argv of a command run without a shell.
+    pub command: Option<Vec<String>>,
+    /// How long the command may run before it is killed.
+    pub timeout: std::time::Duration,
+    /// A signal to send to the pid in `pid_file`.
+    pub signal: Option<(crate::enroll::hooks::ReloadSignal, PathBuf)>,
+}
+
+/// The validated config.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// `https://host:port`.
+    pub server: String,
+    /// Trust source.
+    pub trust: TrustSource,
+    /// Where the bootstrap token is read from (absent once enrolled is fine).
+    pub token_file: Option<PathBuf>,
+    /// The workload's output directory.
+    pub output_dir: PathBuf,
+    /// Key type for every new key.
+    pub key_type: KeyType,
+    /// Requested lifetime (policy default when absent).
+    pub ttl: Option<Duration>,
+    /// Per-request timeout.
+    pub request_timeout: std::time::Duration,
+    /// The names to hold a certificate for.
+    pub names: Names,
+    /// ± fraction of the lifetime added to `renew_after`.
+    pub jitter: f64,
+    /// First retry delay.
+    pub backoff_initial: std::time::Duration,
+    /// Longest retry delay.
+    pub backoff_max: std::time::Duration,
+    /// Reload hooks.
+    pub reload: Reload,
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses `text` (named `path` in errors), resolving relative paths
+    /// against `base`.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        if !raw.server.trim().starts_with("https://") {
+            return Err(invalid(
+                "server",
+                format!("{:?} is not an https:// URL", raw.server),
+            ));
+        }
+        let trust = match (raw.root_fingerprint, raw.ca_bundle) {
+            (Some(fingerprint), None) => TrustSource::Fingerprint(
+                certmint::client::trust::parse_fingerprint(&fingerprint).ok_or_else(|| {
+                    invalid(
+                        "root_fingerprint",
+                        format!("{fingerprint:?} is not sha256:<64 hex digits>"),
+                    )
+                })?,
+            ),
+            (None, Some(bundle)) => TrustSource::Bundle(resolve(bundle)),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "root_fingerprint",
+                    "give root_fingerprint or ca_bundle, not both".into(),
+                ))
+            }
+            (None, None) => return Err(invalid(
+                "root_fingerprint",
+                "one of root_fingerprint or ca_bundle is required (no blind trust on first use)"
+                    .into(),
+            )),
+        };
+        raw.names
+            .to_sans()
+            .map_err(|error| invalid("names", error.to_string()))?;
+        let jitter = raw.renewal.jitter.unwrap_or(DEFAULT_JITTER);
+        if !(0.0..=0.5).contains(&jitter) {
+            return Err(invalid(
+                "renewal.jitter",
+                format!("{jitter} is not a fraction between 0 and 0.5"),
+            ));
+        }
+        let backoff_initial = raw.backoff.initial.map_or(
+            std::time::Duration::from_secs(DEFAULT_BACKOFF_INITIAL_S),
+            |d| d.to_std(),
+        );
+        let backoff_max = raw
+            .backoff
+            .max
+            .map_or(std::time::Duration::from_secs(DEFAULT_BACKOFF_MAX_S), |d| {
+                d.to_std()
+            });
+        if backoff_max < backoff_initial {
+            return Err(invalid(
+                "backoff.max",
+                "must not be shorter than backoff.initial".into(),
+            ));
+        }
+        let signal = match (raw.reload.signal, raw.reload.pid_file) {
+            (Some(name), Some(pid_file)) => Some((
+                name.parse()
+                    .map_err(|error: crate::enroll::hooks::HookError| {
+                        invalid("reload.signal", error.to_string())
+                    })?,
+                resolve(pid_file),
+            )),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "reload.pid_file",
+                    "reload.signal needs a pid_file".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "reload.signal",
+                    "reload.pid_file needs a signal".into(),
+                ))
+            }
+        };
+        if raw.reload.command.as_ref().is_some_and(Vec::is_empty) {
+            return Err(invalid(
+                "reload.command",
+                "an empty argv runs nothing".into(),
+            ));
+        }
+        Ok(Self {
+            server: raw.server.trim().to_owned(),
+            trust,
+            token_file: raw.token_file.map(resolve),
+            output_dir: resolve(raw.output_dir),
+            key_type: raw.key_type,
+            ttl: raw.ttl,
+            request_timeout: raw
+                .request_timeout
+                .map_or(certmint::client::DEFAULT_TIMEOUT, |d| d.to_std()),
+            names: raw.names,
+            jitter,
+            backoff_initial,
+            backoff_max,
+            reload: Reload {
+                command: raw.reload.command,
+                timeout: raw.reload.timeout.map_or(
+                    std::time::Duration::from_secs(DEFAULT_RELOAD_TIMEOUT_S),
+                    |d| d.to_std(),
+                ),
+                signal,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FINGERPRINT: &str =
+        "sha256:ab00000000000000000000000000000000000000000000000000000000000000";
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(
+            text,
+            Path::new("/etc/certmint/agent.toml"),
+            Path::new("/etc/certmint"),
+        )
+    }
+
+    fn minimal() -> String {
+        with_top("")
+    }
+
+    /// The minimal config with `top` added as top-level keys (before any
+    /// table, where TOML puts them).
+    fn with_top(top: &str) -> String {
+        format!(
+            "server = \"https://ca.internal:8443\"\nroot_fingerprint = \"{FINGERPRINT}\"\n\
+             output_dir = \"out\"\n{top}[names]\ndns = [\"api.internal\"]\n"
+        )
+    }
+
+    #[test]
+    fn ok_minimal_config_gets_defaults_and_resolved_paths() {
+        let config = parse(&minimal()).unwrap();
+        assert_eq!(config.trust, TrustSource::Fingerprint(FINGERPRINT.into()));
+        assert_eq!(config.output_dir, Path::new("/etc/certmint/out"));
+        assert_eq!(config.key_type, KeyType::EcP256);
+        assert_eq!(config.backoff_initial, std::time::Duration::from_secs(1));
+        assert_eq!(config.backoff_max, std::time::Duration::from_secs(300));
+        assert_eq!(config.jitter, DEFAULT_JITTER);
+        assert!(config.token_file.is_none());
+        assert_eq!(
+            config.reload,
+            Reload {
+                command: None,
+                timeout: std::time::Duration::from_secs(30),
+                signal: None,
+            }
+        );
+    }
+
+    #[test]
+    fn ok_full_config() {
+        let text = format!(
+            "{}token_file = \"/run/secrets/token\"\nkey_type = \"ed25519\"\nttl = \"12h\"\n\
+             [renewal]\njitter = 0.1\n[backoff]\ninitial = \"2s\"\nmax = \"1m\"\n\
+             [reload]\ncommand = [\"systemctl\", \"reload\", \"nginx\"]\ntimeout = \"10s\"\n\
+             signal = \"HUP\"\npid_file = \"/run/nginx.pid\"\n",
+            minimal().replace("[names]\ndns = [\"api.internal\"]\n", "")
+        ) + "[names]\ndns = [\"api.internal\"]\nip = [\"10.0.0.1\"]\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(config.key_type, KeyType::Ed25519);
+        assert_eq!(config.ttl.unwrap().as_seconds(), 43_200);
+        assert_eq!(config.backoff_max, std::time::Duration::from_secs(60));
+        assert_eq!(config.reload.command.as_deref().unwrap().len(), 3);
+        assert_eq!(
+            config.reload.signal.as_ref().unwrap().1,
+            Path::new("/run/nginx.pid")
+        );
+        assert_eq!(config.names.ip, ["10.0.0.1"]);
+    }
+
+    fn error_text(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn fail_unknown_keys_name_the_file_and_the_key() {
+        let text = minimal() + "[backoff]\ninital = \"1s\"\n";
+        let error = error_text(&text);
+        assert!(error.starts_with("/etc/certmint/agent.toml: "), "{error}");
+        assert!(error.contains("inital"), "{error}");
+        assert!(matches!(parse(&text), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn fail_bad_values() {
+        let cases = [
+            (
+                "rsa key",
+                with_top("key_type = \"rsa-2048\"\n"),
+                Some("key_type"),
+            ),
+            ("bad duration", with_top("ttl = \"1 hour\"\n"), Some("ttl")),
+            ("typo", with_top("outputdir = \"x\"\n"), Some("outputdir")),
+            (
+                "http",
+                minimal().replace("https://", "http://"),
+                Some("server"),
+            ),
+            (
+                "both trust sources",
+                with_top("ca_bundle = \"ca.pem\"\n"),
+                Some("root_fingerprint"),
+            ),
+            (
+                "no trust source",
+                minimal().replace(&format!("root_fingerprint = \"{FINGERPRINT}\"\n"), ""),
+                Some("root_fingerprint"),
+            ),
+            (
+                "short fingerprint",
+                minimal().replace(FINGERPRINT, "sha256:abcd"),
+                Some("root_fingerprint"),
+            ),
+            (
+                "no names",
+                minimal().replace("dns = [\"api.internal\"]\n", ""),
+                Some("names"),
+            ),
+            (
+                "jitter",
+                minimal() + "[renewal]\njitter = 0.9\n",
+                Some("renewal.jitter"),
+            ),
+            (
+                "backoff order",
+                minimal() + "[backoff]\ninitial = \"5m\"\nmax = \"1s\"\n",
+                Some("backoff.max"),
+            ),
+            (
+                "signal without pid file",
+                minimal() + "[reload]\nsignal = \"HUP\"\n",
+                Some("reload.pid_file"),
+            ),
+            (
+                "unknown signal",
+                minimal() + "[reload]\nsignal = \"BOGUS\"\npid_file = \"x.pid\"\n",
+                Some("reload.signal"),
+            ),
+            (
+                "empty argv",
+                minimal() + "[reload]\ncommand = []\n",
+                Some("reload.command"),
+            ),
+        ];
+        for (case, text, key) in cases {
+            match (parse(&text), key) {
+                (Err(ConfigError::Invalid { key: got, .. }), Some(key)) => {
+                    assert_eq!(got, key, "{case}")
+                }
+                (Err(ConfigError::Parse { message, .. }), Some(key)) => {
+                    assert!(message.contains(key), "{case}: {message}")
+                }
+                (other, _) => panic!("{case}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fail_missing_file_names_it() {
+        let error = AgentConfig::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }));
+        assert!(error.to_string().contains("/nonexistent/agent.toml"));
+    }
+}

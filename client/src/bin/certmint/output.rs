@@ -1,0 +1,550 @@
+//! The output directory: key, certificate chain, CA and metadata of one
+//! workload, replaced atomically as a set.
+//!
+//! Layout (kubelet `AtomicWriter` style):
+//!
+//! ```text
+//! <out>/                      0700, created by certmint when missing
+//!   ..<nanos>-<serial>/       one generation: key.pem (0600, PKCS#8),
+//!                             cert.pem (leaf then intermediates), ca.pem (root),
+//!                             meta.json (serial, dates, renew_after, policy)
+//!   ..data -> ..<nanos>-<serial>   switched by rename(2) of `..data.tmp`
+//!   key.pem  -> ..data/key.pem     stable paths, created once
+//!   cert.pem -> ..data/cert.pem
+//!   ca.pem   -> ..data/ca.pem
+//!   meta.json -> ..data/meta.json
+//! ```
+//!
+//! Invariants:
+//! - A generation directory is complete (every file written and fsynced,
+//!   the directory fsynced) before `..data` points at it, and it is never
+//!   modified afterwards. So a reader that resolves `..data` once and reads
+//!   both files from there always gets a matching key and certificate, and a
+//!   reader of the top-level names always gets complete files.
+//! - Switching `..data` is one `rename(2)` of a symlink, followed by an
+//!   fsync of the output directory: after a crash, `..data` names either
+//!   the old or the new generation, never something half-written.
+//! - The current and the previous generation are kept (a reader that
+//!   resolved `..data` just before the switch can still read its files);
+//!   older generations are removed.
+//! - Writes are synchronous (no `.await` inside), so cancelling the task
+//!   that called [`OutputDir::install`] cannot stop it half-way.
+//!
+//! One agent per output directory: two writers racing on `..data` would each
+//! stay consistent, but could prune each other's previous generation.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{symlink, DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::enroll::keys::{KeyType, Names};
+
+/// The symlink naming the current generation.
+pub const DATA_LINK: &str = "..data";
+const DATA_LINK_TMP: &str = "..data.tmp";
+/// The private key file name.
+pub const KEY_FILE: &str = "key.pem";
+/// The certificate chain file name (leaf, then intermediates).
+pub const CERT_FILE: &str = "cert.pem";
+/// The trust anchor file name (the root).
+pub const CA_FILE: &str = "ca.pem";
+/// The metadata file name.
+pub const META_FILE: &str = "meta.json";
+/// Names linked at the top level, in the order they are written.
+const FILES: [&str; 4] = [KEY_FILE, CERT_FILE, CA_FILE, META_FILE];
+
+/// Mode of the output directory and of generation directories.
+const DIR_MODE: u32 = 0o700;
+/// Mode of the private key.
+const KEY_MODE: u32 = 0o600;
+/// Mode of public files (certificates, metadata).
+const PUBLIC_MODE: u32 = 0o644;
+
+/// Why the output directory could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutputError {
+    /// A file system operation failed.
+    #[error("{action} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `meta.json` is not what certmint writes.
+    #[error("{}: not a certmint meta.json: {reason}", .path.display())]
+    BadMeta {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        reason: String,
+    },
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> OutputError + 'a {
+    move |source| OutputError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What certmint records beside each certificate (`meta.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Lower-case hex serial.
+    pub serial: String,
+    /// Start of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// The server's renewal hint.
+    #[serde(with = "time::serde::rfc3339")]
+    pub renew_after: OffsetDateTime,
+    /// Policy that allowed the certificate.
+    pub policy: String,
+    /// Version of that policy.
+    pub policy_version: i64,
+    /// Key type of `key.pem`.
+    pub key_type: KeyType,
+    /// The names certified.
+    pub names: Names,
+    /// When this host received the certificate (its own clock). With short
+    /// lifetimes `not_before` is backdated far more than the lifetime, so
+    /// schedules measure the lifetime from here.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+/// One complete set of files to install.
+pub struct Generation<'a> {
+    /// Private key, PKCS#8 PEM (secret).
+    pub key_pem: &'a str,
+    /// Leaf, then intermediates, PEM.
+    pub cert_pem: &'a str,
+    /// Trust anchor(s), PEM.
+    pub ca_pem: &'a str,
+    /// Metadata.
+    pub meta: &'a Meta,
+}
+
+/// The files of the current generation, all read from one resolved
+/// generation directory (so they belong together).
+#[derive(Clone)]
+pub struct Current {
+    /// The generation directory `..data` pointed to.
+    pub generation: PathBuf,
+    /// Private key PEM (secret).
+    pub key_pem: String,
+    /// Leaf then intermediates PEM.
+    pub cert_pem: String,
+    /// Metadata, when present and readable.
+    pub meta: Option<Meta>,
+}
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current")
+            .field("generation", &self.generation)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A workload's output directory.
+#[derive(Clone, Debug)]
+pub struct OutputDir {
+    root: PathBuf,
+}
+
+impl OutputDir {
+    /// Opens `root`, creating it (mode 0700, parents as needed) when missing.
+    /// An existing directory keeps its mode: the operator may have chosen
+    /// e.g. 0750 with a group on purpose.
+    pub fn open_or_create(root: &Path) -> Result<Self, OutputError> {
+        match fs::metadata(root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(OutputError::Io {
+                    action: "use as the output directory",
+                    path: root.to_path_buf(),
+                    source: io::Error::new(io::ErrorKind::AlreadyExists, "not a directory"),
+                })
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(root)
+                    .map_err(io_error("create the output directory", root))?;
+                // `mode` is filtered by the umask; set it exactly.
+                fs::set_permissions(root, fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(io_error("set the mode of", root))?;
+            }
+            Err(error) => return Err(io_error("inspect the output directory", root)(error)),
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Stable path of a top-level file (`key.pem`, `cert.pem`, …).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The current generation's files, or `None` when nothing was installed.
+    /// `..data` is resolved once, so the files returned belong together.
+    pub fn current(&self) -> Result<Option<Current>, OutputError> {
+        let link = self.root.join(DATA_LINK);
+        let target = match fs::read_link(&link) {
+            Ok(target) => target,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error("read the symlink", &link)(error)),
+        };
+        let generation = self.root.join(target);
+        let read = |name: &str| {
+            let path = generation.join(name);
+            fs::read_to_string(&path).map_err(io_error("read", &path))
+        };
+        let meta_path = generation.join(META_FILE);
+        let meta = match fs::read_to_string(&meta_path) {
+            Ok(text) => {
+                Some(
+                    serde_json::from_str(&text).map_err(|error| OutputError::BadMeta {
+                        path: meta_path.clone(),
+                        reason: error.to_string(),
+                    })?,
+                )
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io_error("read", &meta_path)(error)),
+        };
+        Ok(Some(Current {
+            key_pem: read(KEY_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            meta,
+            generation,
+        }))
+    }
+
+    /// The trust anchors last written (`ca.pem` of the current generation).
+    pub fn ca_pem(&self) -> Result<Option<String>, OutputError> {
+        let path = self.root.join(DATA_LINK).join(CA_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(io_error("read", &path)(error)),
+        }
+    }
+
+    /// Installs a complete generation and makes it current atomically;
+    /// returns its directory.
+    pub fn install(&self, generation: &Generation<'_>) -> Result<PathBuf, OutputError> {
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        let name = format!("..{nanos}-{}", sanitise(&generation.meta.serial));
+        let dir = self.root.join(&name);
+        DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&dir)
+            .map_err(io_error("create the generation directory", &dir))?;
+        let meta_json = serde_json::to_string_pretty(generation.meta).map_err(|error| {
+            OutputError::BadMeta {
+                path: dir.join(META_FILE),
+                reason: error.to_string(),
+            }
+        })?;
+        let contents = [
+            (KEY_FILE, generation.key_pem, KEY_MODE),
+            (CERT_FILE, generation.cert_pem, PUBLIC_MODE),
+            (CA_FILE, generation.ca_pem, PUBLIC_MODE),
+            (META_FILE, meta_json.as_str(), PUBLIC_MODE),
+        ];
+        for (file, text, mode) in contents {
+            write_synced(&dir.join(file), text.as_bytes(), mode)?;
+        }
+        sync_dir(&dir)?;
+
+        let previous = fs::read_link(self.root.join(DATA_LINK)).ok();
+        let tmp = self.root.join(DATA_LINK_TMP);
+        remove_if_present(&tmp)?;
+        symlink(&name, &tmp).map_err(io_error("create the symlink", &tmp))?;
+        let data = self.root.join(DATA_LINK);
+        fs::rename(&tmp, &data).map_err(io_error("switch", &data))?;
+        sync_dir(&self.root)?;
+
+        for file in FILES {
+            self.ensure_link(file)?;
+        }
+        sync_dir(&self.root)?;
+        self.prune(&name, previous.as_deref());
+        Ok(dir)
+    }
+
+    /// Makes `<root>/<file>` a symlink to `..data/<file>` unless it already is.
+    fn ensure_link(&self, file: &str) -> Result<(), OutputError> {
+        let path = self.root.join(file);
+        let wanted = Path::new(DATA_LINK).join(file);
+        if fs::read_link(&path).is_ok_and(|target| target == wanted) {
+            return Ok(());
+        }
+        // Replace whatever is there (an older plain file, a wrong link) in
+        // one rename, so the name never disappears for a reader.
+        let tmp = self.root.join(format!("..{file}.tmp"));
+        remove_if_present(&tmp)?;
+        symlink(&wanted, &tmp).map_err(io_error("create the symlink", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_error("replace", &path))
+    }
+
+    /// Removes generations other than `current` and `previous`. Failures are
+    /// logged, not returned: the new generation is already in place.
+    fn prune(&self, current: &str, previous: Option<&Path>) {
+        let previous = previous.and_then(Path::to_str);
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let is_generation = name.starts_with("..")
+                && name != DATA_LINK
+                && name != DATA_LINK_TMP
+                && !name.ends_with(".tmp");
+            if !is_generation || name == current || Some(name) == previous {
+                continue;
+            }
+            // Only real directories: never follow a symlink out of the tree.
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                if let Err(error) = fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), %error, "cannot remove an old generation");
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a serial usable as part of a file name.
+fn sanitise(serial: &str) -> String {
+    serial
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(40)
+        .collect()
+}
+
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), OutputError> {
+    // create_new + mode: the file never exists with a wider mode, not even
+    // for an instant (the key is 0600 from its first byte).
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_error("create", path))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_error("set the mode of", path))?;
+    file.write_all(bytes).map_err(io_error("write", path))?;
+    file.sync_all().map_err(io_error("fsync", path))
+}
+
+fn sync_dir(path: &Path) -> Result<(), OutputError> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error("fsync the directory", path))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), OutputError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error("remove", path)(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    fn meta(serial: &str) -> Meta {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        Meta {
+            serial: serial.into(),
+            not_before: now,
+            not_after: now + time::Duration::hours(1),
+            renew_after: now + time::Duration::minutes(40),
+            policy: "p".into(),
+            policy_version: 1,
+            key_type: KeyType::EcP256,
+            names: Names {
+                dns: vec!["a.test".into()],
+                ..Names::default()
+            },
+            received_at: now,
+        }
+    }
+
+    fn install(out: &OutputDir, serial: &str) -> PathBuf {
+        let meta = meta(serial);
+        out.install(&Generation {
+            key_pem: &format!("key {serial}"),
+            cert_pem: &format!("cert {serial}"),
+            ca_pem: "ca",
+            meta: &meta,
+        })
+        .unwrap()
+    }
+
+    fn generations(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .filter(|entry| entry.file_type().unwrap().is_dir())
+            .map(|entry| entry.file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn ok_creates_the_directory_0700_and_the_key_0600() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("a/b/out");
+        let out = OutputDir::open_or_create(&root).unwrap();
+        assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+        let generation = install(&out, "01");
+        assert_eq!(
+            fs::metadata(generation.join(KEY_FILE)).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(generation.join(CERT_FILE)).unwrap().mode() & 0o777,
+            0o644
+        );
+        // The stable names are links into ..data and read the new files.
+        for file in FILES {
+            assert_eq!(
+                fs::read_link(root.join(file)).unwrap(),
+                Path::new(DATA_LINK).join(file)
+            );
+        }
+        assert_eq!(fs::read_to_string(root.join(KEY_FILE)).unwrap(), "key 01");
+        let current = out.current().unwrap().unwrap();
+        assert_eq!(current.meta.unwrap().serial, "01");
+        assert_eq!(current.cert_pem, "cert 01");
+    }
+
+    #[test]
+    fn ok_keeps_only_the_current_and_the_previous_generation() {
+        let temp = tempfile::tempdir().unwrap();
+        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let first = install(&out, "01");
+        let second = install(&out, "02");
+        assert_eq!(generations(temp.path()).len(), 2);
+        let third = install(&out, "03");
+        let left = generations(temp.path());
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(!first.exists());
+        assert!(second.exists() && third.exists());
+        assert_eq!(
+            fs::read_to_string(temp.path().join(CERT_FILE)).unwrap(),
+            "cert 03"
+        );
+        assert!(!temp.path().join(DATA_LINK_TMP).exists());
+    }
+
+    #[test]
+    fn ok_replaces_plain_files_left_by_an_older_tool() {
+        let temp = tempfile::tempdir().unwrap();
+        fs::write(temp.path().join(CERT_FILE), "old").unwrap();
+        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        install(&out, "01");
+        assert_eq!(
+            fs::read_to_string(temp.path().join(CERT_FILE)).unwrap(),
+            "cert 01"
+        );
+    }
+
+    #[test]
+    fn ok_an_empty_directory_has_no_current_generation() {
+        let temp = tempfile::tempdir().unwrap();
+        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        assert!(out.current().unwrap().is_none());
+        assert!(out.ca_pem().unwrap().is_none());
+    }
+
+    #[test]
+    fn fail_a_file_where_the_directory_should_be() {
+        let temp = tempfile::tempdir().unwrap();
+        let file = temp.path().join("out");
+        fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            OutputDir::open_or_create(&file),
+            Err(OutputError::Io { .. })
+        ));
+    }
+
+    /// A reader resolving `..data` once per read never sees a key from one
+    /// generation with a certificate from another, while a writer installs
+    /// generation after generation.
+    #[test]
+    fn ok_concurrent_readers_always_see_matching_pairs() {
+        let temp = tempfile::tempdir().unwrap();
+        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        install(&out, "0");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let out = out.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Installs here are back to back, so a generation this
+                    // reader resolved may be pruned two installs later; that
+                    // is a NotFound (read again), never a mismatch.
+                    match out.current() {
+                        Ok(current) => {
+                            let current = current.unwrap();
+                            let key = current.key_pem.strip_prefix("key ").unwrap().to_owned();
+                            let cert = current.cert_pem.strip_prefix("cert ").unwrap();
+                            assert_eq!(key, cert);
+                            reads += 1;
+                        }
+                        Err(OutputError::Io { source, .. })
+                            if source.kind() == io::ErrorKind::NotFound => {}
+                        Err(error) => panic!("{error}"),
+                    }
+                    match fs::read_to_string(out.path(CERT_FILE)) {
+                        Ok(top) => assert!(top.starts_with("cert "), "{top:?}"),
+                        Err(error) => assert_eq!(error.kind(), io::ErrorKind::NotFound),
+                    }
+                }
+                reads
+            })
+        };
+        for serial in 1..200 {
+            install(&out, &serial.to_string());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    }
+}
