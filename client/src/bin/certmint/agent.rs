@@ -164,6 +164,10 @@ impl Agent {
         // after that one enrollment attempt.
         let mut enroll_instead: Option<String> = None;
         let mut reenrolled = false;
+        // A renewal asked for by SIGHUP stays due until it succeeds or is
+        // refused, so a transient failure retries it instead of going back
+        // to waiting for the schedule.
+        let mut renew_now = false;
         loop {
             let current_session = match &session {
                 Some(session) => session.clone(),
@@ -173,8 +177,13 @@ impl Agent {
                         connected
                     }
                     Err(error) => match self.after_failure(error, None, signals).await {
-                        Some(exit) => return exit,
-                        None => continue,
+                        Err(exit) => return exit,
+                        Ok(Wake::Stop) => return Exit::Ok,
+                        Ok(Wake::RenewNow) => {
+                            renew_now = true;
+                            continue;
+                        }
+                        Ok(Wake::Timer) => continue,
                     },
                 },
             };
@@ -205,12 +214,17 @@ impl Agent {
                             rfc3339(installed.meta.not_after)
                         ))
                     }
+                    OnDisk::Valid(installed) if renew_now => Action::Renew(Box::new(installed)),
                     OnDisk::Valid(installed) => {
                         match self.wait_for_renewal(&installed.meta, now, signals).await {
                             Wake::Stop => return Exit::Ok,
                             Wake::Timer if self.once => return Exit::Ok,
                             Wake::Timer if !self.renewal_due(&installed.meta) => continue,
-                            Wake::Timer | Wake::RenewNow => Action::Renew(Box::new(installed)),
+                            Wake::Timer => Action::Renew(Box::new(installed)),
+                            Wake::RenewNow => {
+                                renew_now = true;
+                                Action::Renew(Box::new(installed))
+                            }
                         }
                     }
                 },
@@ -226,6 +240,7 @@ impl Agent {
             };
             match outcome {
                 Ok(meta) => {
+                    renew_now = false;
                     self.backoff.reset();
                     self.hooks.run(&self.workload.output, &meta.serial).await;
                     if self.once {
@@ -246,8 +261,11 @@ impl Agent {
                         enroll_instead = Some(format!("renewal refused: {error}"));
                         continue;
                     }
-                    if let Some(exit) = self.after_failure(error, not_after, signals).await {
-                        return exit;
+                    match self.after_failure(error, not_after, signals).await {
+                        Err(exit) => return exit,
+                        Ok(Wake::Stop) => return Exit::Ok,
+                        Ok(Wake::RenewNow) => renew_now = true,
+                        Ok(Wake::Timer) => {}
                     }
                 }
             }
@@ -294,18 +312,18 @@ impl Agent {
         );
     }
 
-    /// A transient failure: wait with backoff (`None` to go on) or give up
-    /// in `--once` mode past the deadline. A final one: the exit.
+    /// A transient failure: wait with backoff and say what woke us, or give
+    /// up in `--once` mode past the deadline. A final one: `Err(exit)`.
     async fn after_failure(
         &mut self,
         error: WorkloadError,
         not_after: Option<OffsetDateTime>,
         signals: &mut Signals,
-    ) -> Option<Exit> {
+    ) -> Result<Wake, Exit> {
         if !error.is_transient() {
             let code = error.code().map(ToString::to_string).unwrap_or_default();
             tracing::error!(problem.code = %code, "stopping: {error}");
-            return Some(error.exit());
+            return Err(error.exit());
         }
         let mut delay = self.backoff.next_delay(schedule::random_unit());
         if let Some(not_after) = not_after {
@@ -314,17 +332,14 @@ impl Agent {
         if let Some(deadline) = self.deadline {
             if tokio::time::Instant::now() + delay >= deadline {
                 tracing::error!("server still unreachable after the retry budget: {error}");
-                return Some(Exit::Unreachable);
+                return Err(Exit::Unreachable);
             }
         }
         tracing::warn!(
             retry.attempt = self.backoff.failures(),
             "server unreachable, retrying in {delay:.1?}: {error}"
         );
-        match sleep(delay, signals).await {
-            Wake::Stop => Some(Exit::Ok),
-            Wake::Timer | Wake::RenewNow => None,
-        }
+        Ok(sleep(delay, signals).await)
     }
 
     /// True once the (jittered) renewal time of `meta` has come; in

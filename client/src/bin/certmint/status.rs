@@ -21,8 +21,8 @@ use inspect::{FileInput, Inputs, MetaInput, Report, Role};
 /// `certmint status` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The agent's output directory (holds key.pem, cert.pem, ca.pem and
-    /// ..data/meta.json).
+    /// The agent's output directory (key.pem, cert.pem, ca.pem and
+    /// meta.json, read from the generation `..data` points at).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["key", "cert", "ca"])]
     dir: Option<PathBuf>,
     /// The private key (PEM), instead of --dir.
@@ -48,12 +48,18 @@ pub struct Args {
 /// Runs the command.
 pub async fn run(args: Args) -> Exit {
     let (key, cert, ca, default_meta) = match (&args.dir, &args.key, &args.cert, &args.ca) {
-        (Some(dir), None, None, None) => (
-            dir.join("key.pem"),
-            dir.join("cert.pem"),
-            dir.join("ca.pem"),
-            Some(dir.join("..data").join("meta.json")),
-        ),
+        (Some(dir), None, None, None) => {
+            // The agent swaps `..data` atomically; resolving it once means
+            // the files read belong to one generation even mid-rotation.
+            // Plain files (no `..data`) are read where they are.
+            let base = std::fs::canonicalize(dir.join("..data")).unwrap_or_else(|_| dir.clone());
+            (
+                base.join("key.pem"),
+                base.join("cert.pem"),
+                base.join("ca.pem"),
+                Some(base.join("meta.json")),
+            )
+        }
         (None, Some(key), Some(cert), Some(ca)) => (key.clone(), cert.clone(), ca.clone(), None),
         _ => {
             eprintln!("error: give --dir DIR, or all of --key FILE --cert FILE --ca FILE");

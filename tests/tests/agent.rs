@@ -1,0 +1,377 @@
+//! The agent end to end, on SQLite and PostgreSQL, with the real binaries:
+//! workloads enroll through `certmint agent` with their own tokens, hold a
+//! real mutual-TLS connection to each other (rustls and OpenSSL), renew over
+//! mTLS with a fresh key each time while a reader polls the files, ride out
+//! a server outage, stop with the documented exit code once revoked, and
+//! refuse a CA whose root does not match the pinned fingerprint.
+//!
+//! Exit codes are those of `client/src/bin/certmint/exit.rs` (documented in
+//! `docs/AGENT.md`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use certmint_e2e::cli::admin;
+use certmint_e2e::workload::{
+    certmint, echo_client, openssl_s_client, openssl_s_server, read_generation, spki_fingerprint,
+    EchoServer, Workload,
+};
+use certmint_e2e::{backend_tests, identity, make_csr, policy_json, TestServer};
+use serde_json::{json, Value};
+
+const EXIT_OK: i32 = 0;
+const EXIT_TRUST_FAILURE: i32 = 7;
+const EXIT_CERTIFICATE_REVOKED: i32 = 5;
+
+/// A policy for `*.<name>.test` with both TLS EKUs and the given lifetime;
+/// returns its name (also the DNS label under `.test`).
+fn workload_policy(server: &TestServer, prefix: &str, ttl: &str) -> String {
+    let name = server.unique(prefix);
+    let mut spec = policy_json(&name, &[&format!("*.{name}.test")], &[], &[]);
+    spec["ttl"] = json!({ "default": ttl, "max": ttl });
+    spec["extended_key_usage"] = json!(["client_auth", "server_auth"]);
+    server.create_policy(&spec);
+    name
+}
+
+/// A workload with its own single-use token for `dns`.
+fn workload(server: &TestServer, policy: &str, dns: &str) -> Workload {
+    let token = server.mint_token(policy, &identity(&[dns], &[], &[]), 1);
+    Workload::new(server, &token.token, &[dns], "")
+}
+
+/// Runs `agent --once` and asserts it left a valid generation.
+fn enroll_once(workload: &Workload) -> String {
+    let run = workload.agent_once("30s");
+    assert_eq!(
+        run.code,
+        Some(EXIT_OK),
+        "agent --once failed:\n{}",
+        run.stderr
+    );
+    let generation = workload.current().unwrap_or_else(|error| panic!("{error}"));
+    generation.serial()
+}
+
+/// A CA that is not certmint's, and a client certificate it issued, written
+/// as `foreign-cert.pem` / `foreign-key.pem` in `dir`.
+fn foreign_identity(dir: &Path, dns: &str) -> (PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-signed CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let mut leaf_params = rcgen::CertificateParams::new(vec![dns.to_owned()]).expect("params");
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &issuer)
+        .expect("foreign leaf");
+    let cert = dir.join("foreign-cert.pem");
+    let key = dir.join("foreign-key.pem");
+    std::fs::write(&cert, format!("{}{}", leaf.pem(), ca_cert.pem())).expect("write");
+    std::fs::write(&key, leaf_key.serialize_pem()).expect("write");
+    (cert, key)
+}
+
+/// Polls the output directory the documented way (one resolution of
+/// `..data`) every few milliseconds; once a generation has appeared, every
+/// later read must be a complete, matching key and certificate.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<PollerState>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct PollerState {
+    reads: u64,
+    serials: Vec<String>,
+    fingerprints: BTreeSet<String>,
+    errors: Vec<String>,
+}
+
+impl Poller {
+    fn start(out: PathBuf) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(PollerState::default()));
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut appeared = false;
+                while !stop.load(Ordering::Relaxed) {
+                    let result = read_generation(&out);
+                    let mut state = seen.lock().expect("poller lock");
+                    match result {
+                        Ok(generation) => {
+                            appeared = true;
+                            state.reads += 1;
+                            let serial = generation.serial();
+                            if state.serials.last() != Some(&serial) {
+                                state.serials.push(serial);
+                                if let Ok(fingerprint) = spki_fingerprint(&generation.cert_pem) {
+                                    state.fingerprints.insert(fingerprint);
+                                }
+                            }
+                        }
+                        Err(error) if appeared => state.errors.push(error),
+                        Err(_) => {}
+                    }
+                    drop(state);
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        Poller {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Distinct serials seen so far, in order.
+    fn serials(&self) -> Vec<String> {
+        self.seen.lock().expect("poller lock").serials.clone()
+    }
+
+    fn finish(mut self) -> PollerState {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("poller thread");
+        }
+        std::mem::take(&mut *self.seen.lock().expect("poller lock"))
+    }
+}
+
+backend_tests! {
+    fn ok_two_workloads_enroll_through_the_agent_and_hold_mutual_tls(server: &TestServer) {
+        let policy = workload_policy(server, "mesh", "1h");
+        let (dns_a, dns_b) = (format!("a.{policy}.test"), format!("b.{policy}.test"));
+        let a = workload(server, &policy, &dns_a);
+        let b = workload(server, &policy, &dns_b);
+        let serial_a = enroll_once(&a);
+        let serial_b = enroll_once(&b);
+        assert_ne!(serial_a, serial_b);
+        assert_eq!(a.hook_serials(), vec![serial_a.clone()], "the reload hook ran once");
+
+        // rustls: A serves, B connects; then a foreign CA's client, no
+        // client certificate, and an expired certificate of this CA.
+        let scratch = tempfile::tempdir().unwrap();
+        let (foreign_cert, foreign_key) = foreign_identity(scratch.path(), &dns_b);
+        let expired = expired_identity(server, scratch.path());
+        let echo = EchoServer::start(&a.path("cert.pem"), &a.path("key.pem"), &a.path("ca.pem"), 4);
+
+        let answer = echo_client(echo.port, &dns_a, &b.path("ca.pem"), Some((&b.path("cert.pem"), &b.path("key.pem"))));
+        assert_eq!(answer.as_deref(), Ok("ping\n"));
+        let (peer_serial, line) = echo.next_result().expect("the server accepted B");
+        assert_eq!((peer_serial.as_str(), line.as_str()), (serial_b.as_str(), "ping\n"));
+
+        let refused = echo_client(echo.port, &dns_a, &b.path("ca.pem"), Some((&foreign_cert, &foreign_key)));
+        assert!(refused.is_err(), "a foreign CA's certificate was accepted");
+        let server_side = echo.next_result().expect_err("server accepted a foreign CA");
+        assert!(server_side.to_lowercase().contains("unknownissuer"), "{server_side}");
+
+        let refused = echo_client(echo.port, &dns_a, &b.path("ca.pem"), None);
+        assert!(refused.is_err(), "a client without a certificate was accepted");
+        let server_side = echo.next_result().expect_err("server accepted no certificate");
+        assert!(server_side.to_lowercase().contains("certificate"), "{server_side}");
+
+        let refused = echo_client(echo.port, &dns_a, &b.path("ca.pem"), Some((&expired.0, &expired.1)));
+        assert!(refused.is_err(), "an expired certificate was accepted");
+        let server_side = echo.next_result().expect_err("server accepted an expired certificate");
+        assert!(server_side.to_lowercase().contains("expired"), "{server_side}");
+
+        // OpenSSL on both ends, with the same files: B serves, A connects.
+        let s_server = openssl_s_server(&b.path("cert.pem"), &b.path("key.pem"), &b.path("ca.pem"));
+        let (ok, output) = openssl_s_client(s_server.port, &dns_b, &a.path("cert.pem"), &a.path("key.pem"), &a.path("ca.pem"));
+        let served = s_server.finish();
+        assert!(ok, "openssl s_client failed:\n{output}\nserver:\n{served}");
+        assert!(output.contains("gnip"), "s_server -rev did not answer:\n{output}");
+
+        let s_server = openssl_s_server(&b.path("cert.pem"), &b.path("key.pem"), &b.path("ca.pem"));
+        let (ok, output) = openssl_s_client(s_server.port, &dns_b, &foreign_cert, &foreign_key, &a.path("ca.pem"));
+        drop(s_server);
+        assert!(!ok && !output.contains("gnip"), "openssl s_server accepted a foreign CA:\n{output}");
+    }
+
+    fn ok_agent_renews_repeatedly_rotating_the_key_while_files_stay_consistent(server: &TestServer) {
+        let policy = workload_policy(server, "rotate", "6s");
+        let dns = format!("w.{policy}.test");
+        let workload = workload(server, &policy, &dns);
+        let poller = Poller::start(workload.out.clone());
+        let mut agent = workload.spawn_agent();
+        agent.wait_for("an enrollment and three renewals", Duration::from_secs(60), || {
+            poller.serials().len() >= 4
+        });
+        assert_eq!(agent.stop(), Some(EXIT_OK), "SIGTERM is a clean stop");
+        let state = poller.finish();
+        assert!(state.errors.is_empty(), "a reader saw a broken generation: {:?}", state.errors);
+        assert!(state.reads > 100, "the poller hardly ran ({} reads)", state.reads);
+        assert_eq!(state.fingerprints.len(), state.serials.len(), "every certificate has a new key");
+
+        // The server recorded each renewal with its predecessor.
+        for pair in state.serials.windows(2) {
+            let info = server.certificate(&pair[1]);
+            assert_eq!(info.predecessor.as_deref(), Some(pair[0].as_str()), "{info:?}");
+        }
+        // The hook ran for every generation, in order.
+        let hooked = workload.hook_serials();
+        assert!(hooked.starts_with(&state.serials[..4]), "hook saw {hooked:?}, poller {:?}", state.serials);
+        let log = agent.log();
+        assert!(log.matches("renewed").count() >= 3, "{log}");
+    }
+
+    fn fail_revoked_certificate_stops_the_agent_with_its_exit_code(server: &TestServer) {
+        let policy = workload_policy(server, "revoked", "1h");
+        let dns = format!("w.{policy}.test");
+        let workload = workload(server, &policy, &dns);
+        let mut agent = workload.spawn_agent();
+        agent.wait_for("the first certificate", Duration::from_secs(30), || workload.serial().is_some());
+        let serial = workload.serial().unwrap_or_default();
+
+        admin(server, &["certificates", "revoke", &serial, "--reason", "key_compromise"]).assert_exit(0);
+        // SIGHUP: renew now, instead of waiting 40 minutes.
+        agent.signal("HUP");
+        let code = agent.wait_exit(Duration::from_secs(30));
+        let log = agent.log();
+        assert_eq!(code, Some(EXIT_CERTIFICATE_REVOKED), "{log}");
+        assert!(log.contains("certificate.revoked"), "the reason is logged:\n{log}");
+        // It stops without touching the files: an operator decides what next.
+        assert_eq!(workload.serial().as_deref(), Some(serial.as_str()));
+    }
+
+    fn ok_agent_once_keeps_a_valid_certificate_and_renews_a_due_one_on_restart(server: &TestServer) {
+        let policy = workload_policy(server, "once", "6s");
+        let dns = format!("w.{policy}.test");
+        let workload = workload(server, &policy, &dns);
+        let first = enroll_once(&workload);
+        // The token is used up: a second run must not need it.
+        assert_eq!(enroll_once(&workload), first, "a valid certificate is kept");
+        // Past renew_after (two thirds of 6 s), a restart renews at once
+        // instead of waiting for a schedule it missed.
+        std::thread::sleep(Duration::from_millis(4500));
+        let second = enroll_once(&workload);
+        assert_ne!(second, first, "a due certificate is renewed on start");
+        assert_eq!(server.certificate(&second).predecessor.as_deref(), Some(first.as_str()));
+    }
+
+    fn fail_wrong_root_fingerprint_refuses_first_contact(server: &TestServer) {
+        let policy = workload_policy(server, "pin", "1h");
+        let dns = format!("w.{policy}.test");
+        let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, &token.token).unwrap();
+        let out = dir.path().join("out");
+        let wrong = format!("sha256:{}", "ab".repeat(32));
+        let run = certmint(
+            &[
+                "enroll", "--server", server.base_url(), "--root-fingerprint", &wrong,
+                "--token-file", &token_file.display().to_string(), "--dns", &dns,
+                "--out", &out.display().to_string(),
+            ],
+            &[],
+        );
+        assert_eq!(run.code, Some(EXIT_TRUST_FAILURE), "{}", run.stderr);
+        assert!(!run.stderr.contains(&token.token), "the token leaked into the log");
+        assert!(read_generation(&out).is_err(), "nothing may be written");
+        // The token was never sent: it still enrolls.
+        let (csr, _) = make_csr("ec-p256", &[&dns], &[], &[]);
+        server.enroll(&csr, &token.token).assert_status(201);
+
+        // The right fingerprint works, through `certmint enroll`.
+        let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+        std::fs::write(&token_file, &token.token).unwrap();
+        let run = certmint(
+            &[
+                "enroll", "--server", server.base_url(), "--root-fingerprint", server.root_fingerprint(),
+                "--token-file", &token_file.display().to_string(), "--dns", &dns,
+                "--out", &out.display().to_string(),
+            ],
+            &[],
+        );
+        assert_eq!(run.code, Some(EXIT_OK), "{}", run.stderr);
+        let generation = read_generation(&out).unwrap_or_else(|error| panic!("{error}"));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(generation.dir.join("key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is owner-only");
+    }
+}
+
+/// An expired certificate of this CA (policy lifetime 2 s), written to
+/// `dir`; returns (cert.pem with chain, key.pem).
+fn expired_identity(server: &TestServer, dir: &Path) -> (PathBuf, PathBuf) {
+    let policy = workload_policy(server, "expired", "2s");
+    let dns = format!("x.{policy}.test");
+    let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+    let (csr, key_pem) = make_csr("ec-p256", &[&dns], &[], &[]);
+    let response = server.enroll(&csr, &token.token);
+    response.assert_status(201);
+    let body: Value = response.body.clone();
+    let pem = format!(
+        "{}{}",
+        body["certificate_pem"].as_str().unwrap_or_default(),
+        body["chain_pem"].as_str().unwrap_or_default()
+    );
+    let not_after = body["not_after"].as_str().unwrap_or_default().to_owned();
+    let cert = dir.join("expired-cert.pem");
+    let key = dir.join("expired-key.pem");
+    std::fs::write(&cert, pem).expect("write");
+    std::fs::write(&key, key_pem).expect("write");
+    // Wait out the lifetime (and a margin for second-granular dates).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let expired =
+            time::OffsetDateTime::parse(&not_after, &time::format_description::well_known::Rfc3339)
+                .map(|at| time::OffsetDateTime::now_utc() > at + time::Duration::seconds(1))
+                .unwrap_or(true);
+        if expired {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (cert, key)
+}
+
+/// Own server per backend: stopping a shared one would disturb the rest.
+mod outage {
+    use super::*;
+
+    backend_tests! {
+        fn ok_agent_backs_off_while_the_server_is_down_and_renews_when_it_returns(backend: Backend) {
+            let Some(server) = TestServer::start(backend) else { return };
+            // renew_after comes at two thirds of 30 s: the outage starts right
+            // after enrollment and ends after the renewal was first due, well
+            // before expiry.
+            let policy = workload_policy(&server, "outage", "30s");
+            let dns = format!("w.{policy}.test");
+            let workload = workload(&server, &policy, &dns);
+            let poller = Poller::start(workload.out.clone());
+            let mut agent = workload.spawn_agent();
+            agent.wait_for("the first certificate", Duration::from_secs(30), || workload.serial().is_some());
+            let first = workload.serial().unwrap_or_default();
+
+            server.stop_serving();
+            agent.wait_for("two failed renewal attempts", Duration::from_secs(40), || {
+                agent_log(&workload).matches("server unreachable, retrying").count() >= 2
+            });
+            assert_eq!(workload.serial().as_deref(), Some(first.as_str()), "still the first certificate");
+            server.start_serving();
+            agent.wait_for("a renewal after the outage", Duration::from_secs(30), || {
+                workload.serial().is_some_and(|serial| serial != first)
+            });
+            assert_eq!(agent.stop(), Some(EXIT_OK));
+            let state = poller.finish();
+            assert!(state.errors.is_empty(), "a reader saw a broken generation: {:?}", state.errors);
+            server.check_invariants();
+        }
+    }
+}
+
+/// The agent's log so far (it writes stderr to `agent.log` beside its config).
+fn agent_log(workload: &Workload) -> String {
+    std::fs::read_to_string(workload.dir.path().join("agent.log")).unwrap_or_default()
+}
