@@ -4,7 +4,9 @@
 # openssl, printing every step. Re-running it reuses the same CA.
 #
 #   docs/quickstart.sh            # set up, start the server, enroll once
-#   docs/quickstart.sh stop       # stop the background server
+#   docs/quickstart.sh agent      # then: the certmint agent enrolls a workload
+#                                 # and renews it every ~20 s; watch it rotate
+#   docs/quickstart.sh stop       # stop the background server and agent
 #
 # Until hsm-sim lands (issue 5) the token is SoftHSM2: `apt-get install softhsm2`.
 set -euo pipefail
@@ -14,13 +16,18 @@ DEV="$PWD/.certmint-dev"
 PORT="${CERTMINT_PORT:-8443}"
 URL="https://localhost:$PORT"
 SERVER="$PWD/target/debug/certmint-server"
+CERTMINT="$PWD/target/debug/certmint"
 MODULE="${CERTMINT_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 
 if [ "${1:-}" = stop ]; then
-  [ -f "$DEV/server.pid" ] && kill "$(cat "$DEV/server.pid")" 2>/dev/null && echo "stopped"
-  rm -f "$DEV/server.pid"
+  for what in agent server; do
+    [ -f "$DEV/$what.pid" ] && kill "$(cat "$DEV/$what.pid")" 2>/dev/null && echo "stopped the $what"
+    rm -f "$DEV/$what.pid"
+  done
   exit 0
 fi
+MODE="${1:-enroll}"
+case "$MODE" in enroll | agent) ;; *) echo "usage: $0 [agent|stop]" >&2; exit 2 ;; esac
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 need() { command -v "$1" >/dev/null || { echo "quickstart needs '$1' ($2)" >&2; exit 1; }; }
@@ -29,8 +36,8 @@ need openssl "apt-get install openssl"
 need softhsm2-util "apt-get install softhsm2 — hsm-sim will replace it (issue 5)"
 [ -f "$MODULE" ] || { echo "PKCS#11 module $MODULE not found (set CERTMINT_PKCS11_MODULE)" >&2; exit 1; }
 
-step "build certmint-server"
-cargo build -q -p certmint-server
+step "build certmint-server and certmint"
+cargo build -q -p certmint-server -p certmint
 
 step "token directory, PINs and config in $DEV"
 mkdir -p "$DEV/tokens"
@@ -108,10 +115,95 @@ step "the same token a second time is refused (single use)"
 curl -sS --cacert "$DEV/root.pem" -H 'content-type: application/json' \
   -X POST "$URL/v1/enroll" -d "{\"csr\":\"$CSR_JSON\",\"token\":\"$TOKEN\"}"; echo
 
-cat <<MSG
+if [ "$MODE" = enroll ]; then
+  cat <<MSG
 
 certmint is running at $URL (pid $(cat "$DEV/server.pid")), files in $DEV.
   admin token:  $SERVER admin-token --config $DEV/certmint.toml
   inventory:    curl --cacert $DEV/root.pem -H "Authorization: Bearer \$ADMIN" $URL/v1/admin/certificates
+  the agent:    docs/quickstart.sh agent
   stop:         docs/quickstart.sh stop
+MSG
+  exit 0
+fi
+
+# ---- the agent: enroll at boot, renew over mTLS, rotate the key -------------
+# The certmint CLI reads these three from the environment.
+export CERTMINT_SERVER="$URL" CERTMINT_ADMIN_TOKEN="$ADMIN"
+CERTMINT_ROOT_FINGERPRINT="sha256:$(openssl x509 -in "$DEV/root.pem" -outform der | openssl dgst -sha256 -r | cut -d' ' -f1)"
+export CERTMINT_ROOT_FINGERPRINT
+echo "root fingerprint: $CERTMINT_ROOT_FINGERPRINT"
+
+step "policy 'demo-fast': 30 s certificates, so renewals come every ~20 s"
+cat > "$DEV/demo-fast.json" <<'JSON'
+{"name": "demo-fast", "description": "quickstart agent: very short-lived certificates",
+ "allowed": {"dns": ["*.demo.internal"]}, "key_types": ["ec-p256"],
+ "ttl": {"default": "30s", "max": "30s"}, "extended_key_usage": ["client_auth", "server_auth"],
+ "renewal": {"allowed": true, "max_chain_age": "1d"}}
+JSON
+"$CERTMINT" admin policies create --file "$DEV/demo-fast.json" 2>/dev/null ||
+  "$CERTMINT" admin policies replace demo-fast --file "$DEV/demo-fast.json"
+
+AGENT_DIR="$DEV/agent"
+if [ -f "$DEV/agent.pid" ] && kill -0 "$(cat "$DEV/agent.pid")" 2>/dev/null; then
+  step "agent already running (pid $(cat "$DEV/agent.pid"))"
+else
+  step "bootstrap token for worker.demo.internal, written 0600 to $AGENT_DIR/bootstrap.jwt"
+  mkdir -p "$AGENT_DIR"
+  rm -rf "$AGENT_DIR/out"
+  "$CERTMINT" admin tokens mint --policy demo-fast --dns worker.demo.internal --ttl 15m \
+    --out "$AGENT_DIR/bootstrap.jwt"
+
+  step "agent.toml (sample with every key: docs/agent/agent.toml)"
+  cat > "$AGENT_DIR/agent.toml" <<TOML
+server = "$URL"
+root_fingerprint = "$CERTMINT_ROOT_FINGERPRINT"
+token_file = "bootstrap.jwt"
+output_dir = "out"
+
+[names]
+dns = ["worker.demo.internal"]
+
+[reload]
+command = ["sh", "-c", "echo reload hook: new certificate \$CERTMINT_SERIAL"]
+TOML
+  cat "$AGENT_DIR/agent.toml"
+
+  step "certmint agent (log: $DEV/agent.log)"
+  nohup "$CERTMINT" agent --config "$AGENT_DIR/agent.toml" > "$DEV/agent.log" 2>&1 &
+  echo $! > "$DEV/agent.pid"
+fi
+
+step "watching: an enrollment, then renewals over mTLS with a new key each time (~45 s)"
+serial() { sed -n 's/.*"serial": *"\([0-9a-f]*\)".*/\1/p' "$AGENT_DIR/out/meta.json" 2>/dev/null || true; }
+seen=""
+for _ in $(seq 150); do
+  now="$(serial)"
+  if [ -n "$now" ] && [ "$now" != "${seen##* }" ]; then
+    seen="$seen $now"
+    key="$(openssl pkey -in "$AGENT_DIR/out/key.pem" -pubout -outform der 2>/dev/null | openssl dgst -sha256 -r | cut -c1-16)"
+    echo "$(date -u +%T) serial $now  key $key"
+  fi
+  [ "$(echo $seen | wc -w)" -ge 3 ] && break
+  kill -0 "$(cat "$DEV/agent.pid")" 2>/dev/null || { cat "$DEV/agent.log" >&2; exit 1; }
+  sleep 0.5
+done
+[ "$(echo $seen | wc -w)" -ge 3 ] || { echo "no renewals seen; agent log:" >&2; cat "$DEV/agent.log" >&2; exit 1; }
+
+step "certmint status: are the files usable for mTLS?"
+"$CERTMINT" status --dir "$AGENT_DIR/out"
+
+step "the agent's log"
+tail -n 8 "$DEV/agent.log"
+
+cat <<MSG
+
+The agent keeps renewing in the background (pid $(cat "$DEV/agent.pid")).
+  inventory:    $CERTMINT admin certificates list --policy demo-fast
+  revoke:       $CERTMINT admin certificates revoke \$(sed -n 's/.*"serial": *"\([0-9a-f]*\)".*/\1/p' $AGENT_DIR/out/meta.json)
+                (the agent's next renewal is refused; it exits with code 5)
+  renew now:    kill -HUP \$(cat $DEV/agent.pid)
+  stop:         docs/quickstart.sh stop
+  (CLI environment: export CERTMINT_SERVER=$URL CERTMINT_ROOT_FINGERPRINT=$CERTMINT_ROOT_FINGERPRINT
+                    CERTMINT_ADMIN_TOKEN=\$($SERVER admin-token --config $DEV/certmint.toml))
 MSG

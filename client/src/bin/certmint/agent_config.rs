@@ -304,6 +304,15 @@ mod tests {
         )
     }
 
+    #[test]
+    fn ok_the_sample_in_docs_parses() {
+        let sample = include_str!("../../../../docs/agent/agent.toml");
+        let config = parse(sample).expect("docs/agent/agent.toml is a valid config");
+        assert_eq!(config.key_type, KeyType::EcP256);
+        assert_eq!(config.backoff_max, std::time::Duration::from_secs(300));
+        assert!(config.reload.command.is_some());
+    }
+
     fn minimal() -> String {
         with_top("")
     }
