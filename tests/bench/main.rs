@@ -13,11 +13,16 @@
 //! 3. N cfssl signs at the same concurrency (if `--cfssl-url` is given).
 //!
 //! All CSRs (distinct keys and names) are generated before any timing.
+//!
+//! `renew` (module [`renew`]) measures renewal over mutual TLS beside the
+//! bare mutual-TLS handshake rate of the same server.
 
 mod csign;
 mod load;
 mod metrics;
+mod mtls;
 mod procstat;
+mod renew;
 mod stats;
 
 use std::path::PathBuf;
@@ -28,8 +33,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use certmint::wire::{CertificateBundle, EnrollRequest, MintedToken};
 use clap::{Parser, Subcommand};
 use reqwest::blocking::Client;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use serde_json::json;
 
@@ -45,7 +48,7 @@ const MAX_TOKEN_USES: usize = 10_000;
 #[derive(Parser)]
 #[command(
     name = "certmint-bench",
-    about = "Benchmark certmint enrollment against the token's raw C_Sign rate and cfssl"
+    about = "Benchmark certmint enrollment (against the token's raw C_Sign rate and cfssl) and renewal over mutual TLS (against the bare handshake rate)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,10 +59,14 @@ struct Cli {
 enum Command {
     /// Enroll N certificates at concurrency C and report throughput and latency.
     Enroll(EnrollArgs),
+    /// Renew N enrolled holders at concurrency C, each over a new mutual-TLS
+    /// connection, and measure N bare mutual-TLS handshakes beside it.
+    Renew(renew::RenewArgs),
 }
 
+/// What every subcommand needs: the server, an admin, the load shape.
 #[derive(clap::Args)]
-struct EnrollArgs {
+struct CommonArgs {
     /// certmint base URL, e.g. https://127.0.0.1:8443.
     #[arg(long)]
     server: String,
@@ -69,18 +76,48 @@ struct EnrollArgs {
     /// File holding an admin JWT (`certmint-server admin-token`).
     #[arg(long)]
     admin_token_file: PathBuf,
-    /// Timed enrollments.
+    /// Timed operations (enrollments; for `renew`: holders, renewals and
+    /// handshakes).
     #[arg(long, default_value_t = 2000)]
     requests: usize,
-    /// Concurrent workers (each with its own keep-alive connection).
+    /// Concurrent workers.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Untimed warm-up requests per worker, before the clock starts.
+    /// Untimed warm-up operations per worker, before the clock starts.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
-    /// PID of the certmint server, to report its CPU time per enrollment.
+    /// PID of the certmint server, to report its CPU time per operation.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CommonArgs {
+    fn validate(&self) -> Result<(), BoxError> {
+        if self.requests == 0 || self.concurrency == 0 {
+            return Err("--requests and --concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn base_url(&self) -> String {
+        self.server.trim_end_matches('/').to_owned()
+    }
+
+    fn admin_token(&self) -> Result<String, BoxError> {
+        Ok(std::fs::read_to_string(&self.admin_token_file)
+            .map_err(|e| format!("{}: {e}", self.admin_token_file.display()))?
+            .trim()
+            .to_owned())
+    }
+}
+
+#[derive(clap::Args)]
+struct EnrollArgs {
+    #[command(flatten)]
+    common: CommonArgs,
     /// PKCS#11 module, to measure the raw C_Sign rate of the issuing key.
     /// The user PIN comes from $CERTMINT_HSM_PIN; SoftHSM2 also needs
     /// $SOFTHSM2_CONF, as for the server.
@@ -104,9 +141,6 @@ struct EnrollArgs {
     /// PID of `cfssl serve`, to report its CPU time per signature.
     #[arg(long)]
     cfssl_pid: Option<u32>,
-    /// Print the report as JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 /// One HTTP phase in the report.
@@ -141,6 +175,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Enroll(args) => enroll(&args),
+        Command::Renew(args) => renew::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -158,15 +193,11 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
     // built without a preconfigured TLS config (the cfssl one) need a
     // process-wide provider. An error only means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if args.requests == 0 || args.concurrency == 0 {
-        return Err("--requests and --concurrency must be at least 1".into());
-    }
-    let base = args.server.trim_end_matches('/').to_owned();
-    let admin_token = std::fs::read_to_string(&args.admin_token_file)
-        .map_err(|e| format!("{}: {e}", args.admin_token_file.display()))?
-        .trim()
-        .to_owned();
-    let tls = Arc::new(tls_config(&args.root)?);
+    let common = &args.common;
+    common.validate()?;
+    let base = common.base_url();
+    let admin_token = common.admin_token()?;
+    let tls = Arc::new(tls_config(&common.root)?);
     let certmint_client = {
         let tls = tls.clone();
         move || -> Result<Client, BoxError> {
@@ -181,16 +212,16 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
     let cpu = CpuClock::new();
 
     // Setup: policy, tokens, CSRs. Nothing here is timed.
-    let warm_count = args.warmup * args.concurrency;
-    let policy = create_policy(&admin, &base, &admin_token)?;
+    let warm_count = common.warmup * common.concurrency;
+    let policy = create_policy(&admin, &base, &admin_token, false)?;
     let warm_tokens = mint_tokens(&admin, &base, &admin_token, &policy, warm_count)?;
-    let tokens = mint_tokens(&admin, &base, &admin_token, &policy, args.requests)?;
+    let tokens = mint_tokens(&admin, &base, &admin_token, &policy, common.requests)?;
     eprintln!(
         "generating {} P-256 keys and CSRs…",
-        args.requests + warm_count
+        common.requests + warm_count
     );
     let warm_csrs = make_csrs("warm", warm_count)?;
-    let csrs = make_csrs("w", args.requests)?;
+    let csrs = make_csrs("w", common.requests)?;
     let warm_bodies = enroll_bodies(&warm_csrs, &warm_tokens)?;
     let bodies = enroll_bodies(&csrs, &tokens)?;
 
@@ -207,7 +238,7 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
                 key_label: &args.key_label,
                 pin,
                 signatures: args.sign_count,
-                threads: args.sign_threads.unwrap_or(args.concurrency),
+                threads: args.sign_threads.unwrap_or(common.concurrency),
             })?)
         }
     };
@@ -215,19 +246,19 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
     // Phase 2: certmint enrollments.
     eprintln!(
         "certmint: {} enrollments at concurrency {}…",
-        args.requests, args.concurrency
+        common.requests, common.concurrency
     );
     let metrics_before = metrics::scrape(&admin, &base)?;
     let url = format!("{base}/v1/enroll");
     let (certmint, outcome) = run_phase(
         &cpu,
-        args.server_pid,
+        common.server_pid,
         &load::Phase {
             url: &url,
             client: &certmint_client,
             bodies: &bodies,
             warmup: &warm_bodies,
-            concurrency: args.concurrency,
+            concurrency: common.concurrency,
             check: check_enrollment,
             on_start: &|| Ok(()),
         },
@@ -258,7 +289,7 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         Some(cfssl_url) => {
             eprintln!(
                 "cfssl: {} signs at concurrency {}…",
-                args.requests, args.concurrency
+                common.requests, common.concurrency
             );
             let url = format!("{}/api/v1/cfssl/sign", cfssl_url.trim_end_matches('/'));
             let cfssl_client = || -> Result<Client, BoxError> {
@@ -275,7 +306,7 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
                     client: &cfssl_client,
                     bodies: &cfssl_bodies(&csrs),
                     warmup: &cfssl_bodies(&warm_csrs),
-                    concurrency: args.concurrency,
+                    concurrency: common.concurrency,
                     check: check_cfssl,
                     on_start: &|| Ok(()),
                 },
@@ -294,9 +325,9 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         unix_time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        requests: args.requests,
-        concurrency: args.concurrency,
-        warmup_per_worker: args.warmup,
+        requests: common.requests,
+        concurrency: common.concurrency,
+        warmup_per_worker: common.warmup,
         connections: "one keep-alive connection per worker, reused for every request (TLS handshake only in warm-up)",
         certmint,
         certmint_stages,
@@ -304,7 +335,7 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         cfssl,
         certmint_over_cfssl,
     };
-    if args.json {
+    if common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
@@ -318,6 +349,28 @@ fn run_phase(
     server_pid: Option<u32>,
     phase: &load::Phase<'_>,
 ) -> Result<(HttpReport, load::Outcome), BoxError> {
+    measure(cpu, server_pid, |on_start| {
+        load::run(&load::Phase {
+            on_start: &|| {
+                on_start()?;
+                (phase.on_start)()
+            },
+            ..*phase
+        })
+    })
+}
+
+/// The `on_start` hook [`measure`] hands to the phase it runs.
+type OnStart<'a> = &'a (dyn Fn() -> Result<(), BoxError> + Sync);
+
+/// Runs a phase through `drive`, which must call the hook it is given when
+/// its clock starts; reads the server's and this program's CPU time there
+/// and again after the phase, and reports both per successful operation.
+fn measure(
+    cpu: &CpuClock,
+    server_pid: Option<u32>,
+    drive: impl FnOnce(OnStart<'_>) -> Result<load::Outcome, BoxError>,
+) -> Result<(HttpReport, load::Outcome), BoxError> {
     let server_pid = server_pid.map(|pid| pid.to_string());
     let before = std::sync::Mutex::new(None);
     let on_start = || -> Result<(), BoxError> {
@@ -329,12 +382,9 @@ fn run_phase(
         *before
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((server, client));
-        (phase.on_start)()
+        Ok(())
     };
-    let outcome = load::run(&load::Phase {
-        on_start: &on_start,
-        ..*phase
-    })?;
+    let outcome = drive(&on_start)?;
     let (server_before, client_before) = before
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -370,19 +420,10 @@ fn report_failures(what: &str, failures: usize, samples: &[String]) {
 
 /// rustls client config trusting only `root` (HTTP/1.1, ring provider).
 fn tls_config(root: &std::path::Path) -> Result<rustls::ClientConfig, BoxError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(root).map_err(|e| format!("{}: {e}", root.display()))?
-    {
-        roots.add(cert.map_err(|e| format!("{}: {e}", root.display()))?)?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no certificate", root.display()).into());
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_root_certificates(mtls::roots(root)?)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
@@ -403,25 +444,30 @@ fn admin_post(
     Ok(text)
 }
 
-/// A fresh policy allowing `*.bench.internal`, P-256, 24h.
-fn create_policy(client: &Client, base: &str, token: &str) -> Result<String, BoxError> {
+/// A fresh policy allowing `*.bench.internal`, P-256, 24h; with
+/// `renewal`, holders may renew over mutual TLS (chains up to 90 days).
+fn create_policy(
+    client: &Client,
+    base: &str,
+    token: &str,
+    renewal: bool,
+) -> Result<String, BoxError> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let name = format!("bench-{stamp}-{}", std::process::id());
-    admin_post(
-        client,
-        &format!("{base}/v1/admin/policies"),
-        token,
-        &json!({
-            "name": name,
-            "description": "certmint-bench",
-            "allowed": {"dns": ["*.bench.internal"]},
-            "key_types": ["ec-p256"],
-            "ttl": {"default": "24h", "max": "24h"},
-            "extended_key_usage": ["client_auth"],
-        }),
-    )?;
+    let mut spec = json!({
+        "name": name,
+        "description": "certmint-bench",
+        "allowed": {"dns": ["*.bench.internal"]},
+        "key_types": ["ec-p256"],
+        "ttl": {"default": "24h", "max": "24h"},
+        "extended_key_usage": ["client_auth"],
+    });
+    if renewal {
+        spec["renewal"] = json!({"allowed": true, "max_chain_age": "90d"});
+    }
+    admin_post(client, &format!("{base}/v1/admin/policies"), token, &spec)?;
     Ok(name)
 }
 

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Runs the certmint enrollment benchmark from a clean state on this machine:
-# release build, a fresh SoftHSM2 token and SQLite database, a certmint
-# server, a cfssl server with a software P-256 CA, then certmint-bench at
-# each requested concurrency. Everything is local; nothing reaches the
-# internet. Both servers and the temporary directory are removed on exit.
+# Runs the certmint benchmark from a clean state on this machine: release
+# build, a fresh SoftHSM2 token and SQLite database (synchronous=FULL), a
+# certmint server, then certmint-bench at each requested concurrency.
+# Everything is local; nothing reaches the internet. The servers and the
+# temporary directory are removed on exit.
+#
+# Modes (CERTMINT_BENCH_MODE, or the first argument):
+#   enroll  (default) `certmint-bench enroll`: enrollment beside the raw
+#           C_Sign rate and a cfssl server with a software P-256 CA (needs
+#           cfssl and cfssljson)
+#   renew   `certmint-bench renew`: renewal over mutual TLS, one new
+#           connection per renewal, beside the bare mTLS handshake rate of
+#           the same server (no cfssl)
 #
 # Environment (all optional):
-#   CERTMINT_BENCH_REQUESTS     timed requests per run            (2000)
+#   CERTMINT_BENCH_MODE         enroll | renew                    (enroll)
+#   CERTMINT_BENCH_REQUESTS     timed requests (renew: holders)   (2000)
 #   CERTMINT_BENCH_CONCURRENCY  space-separated concurrencies     ("8")
 #   CERTMINT_BENCH_WARMUP       warm-up requests per worker       (5)
 #   CERTMINT_BENCH_PORT         certmint HTTPS port               (18443)
@@ -21,6 +30,11 @@
 #   CFSSL                       cfssl binary (cfssl on $PATH)
 set -euo pipefail
 
+MODE=${1:-${CERTMINT_BENCH_MODE:-enroll}}
+case "$MODE" in
+    enroll | renew) ;;
+    *) echo "run.sh: unknown mode '$MODE' (enroll or renew)" >&2; exit 2 ;;
+esac
 REQUESTS=${CERTMINT_BENCH_REQUESTS:-2000}
 CONCURRENCY=${CERTMINT_BENCH_CONCURRENCY:-8}
 WARMUP=${CERTMINT_BENCH_WARMUP:-5}
@@ -34,11 +48,17 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVER_BIN=$TARGET/release/certmint-server
 BENCH_BIN=$TARGET/release/certmint-bench
 
-for tool in "$CFSSL" cfssljson curl; do
+TOOLS=(curl)
+PORTS=("$PORT")
+if [ "$MODE" = enroll ]; then
+    TOOLS+=("$CFSSL" cfssljson)
+    PORTS+=("$CFSSL_PORT")
+fi
+for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
 done
 [ -e "$MODULE" ] || { echo "run.sh: PKCS#11 module $MODULE not found" >&2; exit 1; }
-for port in "$PORT" "$CFSSL_PORT"; do
+for port in "${PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "run.sh: port $port is in use; set CERTMINT_BENCH_PORT / CFSSL_BENCH_PORT" >&2
         exit 1
@@ -99,46 +119,61 @@ fi
 SERVER_PID=$!
 "$SERVER_BIN" admin-token --config "$DIR/certmint.toml" >"$DIR/admin.jwt"
 
-# --- cfssl with a software P-256 CA, no database, no policy ------------------
-mkdir -p "$DIR/cfssl"
-cat >"$DIR/cfssl/ca-csr.json" <<'EOF'
+# --- cfssl with a software P-256 CA, no database, no policy (enroll mode) ---
+if [ "$MODE" = enroll ]; then
+    mkdir -p "$DIR/cfssl"
+    cat >"$DIR/cfssl/ca-csr.json" <<'EOF'
 {"CN": "cfssl bench CA", "key": {"algo": "ecdsa", "size": 256}, "names": [{"O": "certmint-bench"}]}
 EOF
-cat >"$DIR/cfssl/config.json" <<'EOF'
+    cat >"$DIR/cfssl/config.json" <<'EOF'
 {"signing": {"default": {"expiry": "24h", "usages": ["digital signature", "client auth"]}}}
 EOF
-(cd "$DIR/cfssl" && "$CFSSL" genkey -initca ca-csr.json 2>/dev/null | cfssljson -bare ca)
-"$CFSSL" serve -address 127.0.0.1 -port "$CFSSL_PORT" \
-    -ca "$DIR/cfssl/ca.pem" -ca-key "$DIR/cfssl/ca-key.pem" \
-    -config "$DIR/cfssl/config.json" >"$DIR/cfssl.log" 2>&1 &
-CFSSL_PID=$!
+    (cd "$DIR/cfssl" && "$CFSSL" genkey -initca ca-csr.json 2>/dev/null | cfssljson -bare ca)
+    "$CFSSL" serve -address 127.0.0.1 -port "$CFSSL_PORT" \
+        -ca "$DIR/cfssl/ca.pem" -ca-key "$DIR/cfssl/ca-key.pem" \
+        -config "$DIR/cfssl/config.json" >"$DIR/cfssl.log" 2>&1 &
+    CFSSL_PID=$!
+fi
 
-# --- wait for both --------------------------------------------------------
-for _ in $(seq 1 300); do
-    if curl -fsS --cacert "$DIR/root.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 &&
-        curl -fsS "http://127.0.0.1:$CFSSL_PORT/api/v1/cfssl/scaninfo" >/dev/null 2>&1; then
-        break
+# --- wait for the server(s) ---------------------------------------------------
+ready() {
+    curl -fsS --cacert "$DIR/root.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 || return 1
+    if [ -n "$CFSSL_PID" ]; then
+        curl -fsS "http://127.0.0.1:$CFSSL_PORT/api/v1/cfssl/scaninfo" >/dev/null 2>&1 || return 1
     fi
+}
+for _ in $(seq 1 300); do
+    ready && break
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$DIR/server.log" >&2; exit 1; }
-    kill -0 "$CFSSL_PID" 2>/dev/null || { cat "$DIR/cfssl.log" >&2; exit 1; }
+    if [ -n "$CFSSL_PID" ]; then
+        kill -0 "$CFSSL_PID" 2>/dev/null || { cat "$DIR/cfssl.log" >&2; exit 1; }
+    fi
     sleep 0.1
 done
-curl -fsS --cacert "$DIR/root.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null
-curl -fsS "http://127.0.0.1:$CFSSL_PORT/api/v1/cfssl/scaninfo" >/dev/null
+ready || { echo "run.sh: the server(s) did not come up" >&2; exit 1; }
 
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) CPU(s): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" >&2
 JSON=()
 [ "${CERTMINT_BENCH_JSON:-0}" = 1 ] && JSON=(--json)
 status=0
 for c in $CONCURRENCY; do
-    echo "== certmint-bench enroll --requests $REQUESTS --concurrency $c (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    "$BENCH_BIN" enroll \
-        --server "https://127.0.0.1:$PORT" --root "$DIR/root.pem" \
-        --admin-token-file "$DIR/admin.jwt" --server-pid "$SERVER_PID" \
-        --requests "$REQUESTS" --concurrency "$c" --warmup "$WARMUP" \
-        --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
-        --cfssl-url "http://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
-        "${JSON[@]}" || status=$?
+    echo "== certmint-bench $MODE --requests $REQUESTS --concurrency $c (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    if [ "$MODE" = renew ]; then
+        "$BENCH_BIN" renew \
+            --server "https://127.0.0.1:$PORT" --root "$DIR/root.pem" \
+            --admin-token-file "$DIR/admin.jwt" --server-pid "$SERVER_PID" \
+            --requests "$REQUESTS" --concurrency "$c" --warmup "$WARMUP" \
+            "${JSON[@]}" || status=$?
+    else
+        "$BENCH_BIN" enroll \
+            --server "https://127.0.0.1:$PORT" --root "$DIR/root.pem" \
+            --admin-token-file "$DIR/admin.jwt" --server-pid "$SERVER_PID" \
+            --requests "$REQUESTS" --concurrency "$c" --warmup "$WARMUP" \
+            --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
+            --cfssl-url "http://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
+            "${JSON[@]}" || status=$?
+    fi
+    echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     echo >&2
 done
 exit "$status"
