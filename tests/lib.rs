@@ -123,6 +123,8 @@ pub struct Response {
     pub status: u16,
     /// `Content-Type` header, empty when absent.
     pub content_type: String,
+    /// `Retry-After` header, when present.
+    pub retry_after: Option<String>,
     /// Body as text.
     pub text: String,
     /// Body as JSON, `Null` when it is not JSON.
@@ -603,6 +605,11 @@ impl TestServer {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let text = response
             .text()
             .unwrap_or_else(|error| panic!("{description}: reading the body: {error}"));
@@ -610,6 +617,7 @@ impl TestServer {
         Response {
             status,
             content_type,
+            retry_after,
             text,
             body,
             request: description,
@@ -816,6 +824,23 @@ impl TestServer {
         list_private_keys(&self.child_env(), &self.module, &self.hsm_pin)
     }
 
+    /// The PKCS#11 token this server's CA lives in.
+    pub fn token(&self) -> Token {
+        self.options.token
+    }
+
+    /// Runs the `hsm-sim` CLI (`status`, `fault set …`, `fault remove-device`,
+    /// …) on this server's hsm-sim directory; the server's module sees the
+    /// change on its next PKCS#11 call. Panics if this server is not on
+    /// hsm-sim.
+    #[track_caller]
+    pub fn hsm_sim(&self, args: &[&str]) -> CommandOutput {
+        assert_eq!(self.options.token, Token::HsmSim, "not an hsm-sim server");
+        let mut command = self.child_env().command(&hsm_sim_binary());
+        command.args(args);
+        CommandOutput::of(&mut command, &format!("hsm-sim {}", args.join(" ")))
+    }
+
     /// Mints an admin JWT with `certmint-server admin-token`.
     #[track_caller]
     pub fn admin_token_for(&self, role: &str) -> String {
@@ -850,10 +875,35 @@ impl TestServer {
 
 // ---- server set-up ------------------------------------------------------------
 
+/// The PKCS#11 token a test server's CA lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// hsm-sim (`libhsm_sim.so` from this workspace): the zero-install
+    /// default, and the one whose faults tests can inject.
+    HsmSim,
+    /// SoftHSM2, the reference token (`apt-get install softhsm2`).
+    SoftHsm2,
+}
+
+impl Token {
+    /// `CERTMINT_TEST_TOKEN`: `hsm-sim` (default) or `softhsm2`. The README's
+    /// test command runs the end-to-end suites once with each.
+    pub fn from_env() -> Token {
+        match std::env::var("CERTMINT_TEST_TOKEN").as_deref() {
+            Ok("softhsm2") => Token::SoftHsm2,
+            Ok("hsm-sim") | Err(_) => Token::HsmSim,
+            Ok(other) => panic!("CERTMINT_TEST_TOKEN={other:?}: expected hsm-sim or softhsm2"),
+        }
+    }
+}
+
 /// How [`ServerBuilder`] sets a server up. The default is what
-/// [`TestServer::start`] does: an ec-p256 CA created by `init`, text logs.
+/// [`TestServer::start`] does: an ec-p256 CA created by `init` on the token
+/// `CERTMINT_TEST_TOKEN` names, text logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerOptions {
+    /// The PKCS#11 token.
+    pub token: Token,
     /// `init --key-type`: `ec-p256`, `ec-p384`, `rsa-3072`, `rsa-4096` or `ed25519`.
     pub key_type: String,
     /// `serve --log-format json` instead of text.
@@ -869,6 +919,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
+            token: Token::from_env(),
             key_type: "ec-p256".to_owned(),
             log_format_json: false,
             external_root: false,
@@ -878,6 +929,12 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
+    /// The PKCS#11 token.
+    pub fn token(mut self, token: Token) -> Self {
+        self.token = token;
+        self
+    }
+
     /// The CA key type.
     pub fn key_type(mut self, key_type: &str) -> Self {
         key_type.clone_into(&mut self.key_type);
@@ -911,6 +968,12 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// The PKCS#11 token (default: `CERTMINT_TEST_TOKEN`).
+    pub fn token(mut self, token: Token) -> Self {
+        self.options = self.options.token(token);
+        self
+    }
+
     /// The CA key type (default `ec-p256`).
     pub fn key_type(mut self, key_type: &str) -> Self {
         self.options = self.options.key_type(key_type);
@@ -1045,18 +1108,24 @@ impl Prepared {
     fn new(backend: Backend, options: ServerOptions) -> Result<Prepared, Skip> {
         install_crypto_provider();
         let binary = server_binary();
-        let module = std::env::var_os("CERTMINT_TEST_PKCS11_MODULE")
-            .map_or_else(|| PathBuf::from(SOFTHSM_MODULE), PathBuf::from);
-        if !module.exists() {
-            let reason = format!(
-                "SoftHSM2 module {} not found (apt-get install softhsm2)",
-                module.display()
-            );
-            if env_flag("CERTMINT_REQUIRE_SOFTHSM") {
-                panic!("{reason}, and CERTMINT_REQUIRE_SOFTHSM=1");
+        let module = match options.token {
+            Token::HsmSim => hsm_sim_module(),
+            Token::SoftHsm2 => {
+                let module = std::env::var_os("CERTMINT_TEST_PKCS11_MODULE")
+                    .map_or_else(|| PathBuf::from(SOFTHSM_MODULE), PathBuf::from);
+                if !module.exists() {
+                    let reason = format!(
+                        "SoftHSM2 module {} not found (apt-get install softhsm2)",
+                        module.display()
+                    );
+                    if env_flag("CERTMINT_REQUIRE_SOFTHSM") {
+                        panic!("{reason}, and CERTMINT_REQUIRE_SOFTHSM=1");
+                    }
+                    return Err(Skip(reason));
+                }
+                module
             }
-            return Err(Skip(reason));
-        }
+        };
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(create_postgres_database()?),
@@ -1084,6 +1153,8 @@ impl Prepared {
         };
         let token_dir = prepared.dir.join("softhsm-tokens");
         std::fs::create_dir(&token_dir).expect("create the token directory");
+        std::fs::create_dir(prepared.child_env().hsm_sim_dir())
+            .expect("create the hsm-sim directory");
         std::fs::write(
             &prepared.softhsm_conf,
             format!(
@@ -2034,10 +2105,18 @@ struct ChildEnv {
 }
 
 impl ChildEnv {
+    /// hsm-sim's state directory: `hsm-sim/` beside `softhsm2.conf`, in the
+    /// server's own temporary directory.
+    fn hsm_sim_dir(&self) -> PathBuf {
+        self.softhsm_conf.with_file_name("hsm-sim")
+    }
+
     fn command(&self, program: &Path) -> Command {
         let mut command = Command::new(program);
         command
             .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .env("HSM_SIM_DIR", self.hsm_sim_dir())
+            .env_remove("HSM_SIM_CONFIG")
             .env("CERTMINT_HSM_PIN", &self.hsm_pin)
             .env_remove("CERTMINT_HSM_SO_PIN")
             .stdin(Stdio::null());
@@ -2058,7 +2137,38 @@ pub fn server_binary() -> PathBuf {
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "certmint-server binary not found above {}: run `cargo build --workspace --bins` first",
+                "certmint-server binary not found above {}: run `cargo build --workspace` first",
+                exe.display()
+            )
+        })
+}
+
+/// hsm-sim's PKCS#11 module built with this workspace: `deps/` first (what
+/// `cargo test` refreshes), then the target directory (`cargo build`).
+pub fn hsm_sim_module() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("libhsm_sim.so"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libhsm_sim.so not found above {}: run `cargo build --workspace` first",
+                exe.display()
+            )
+        })
+}
+
+/// The `hsm-sim` control CLI beside this test executable's target directory.
+pub fn hsm_sim_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("hsm-sim"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "hsm-sim binary not found above {}: run `cargo build --workspace` first",
                 exe.display()
             )
         })
@@ -2077,7 +2187,7 @@ pub fn certmint_binary() -> PathBuf {
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "certmint binary not found above {}: run `cargo build --workspace --bins` first",
+                "certmint binary not found above {}: run `cargo build --workspace` first",
                 exe.display()
             )
         })
@@ -2122,6 +2232,12 @@ while read -r command; do
   esac
 done
 stop
+if [ -n "$CERTMINT_DROP_DB" ]; then
+  psql "$CERTMINT_PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$CERTMINT_DROP_DB\" WITH (FORCE)" >/dev/null 2>&1
+fi
+if [ "$CERTMINT_KEEP" != 1 ]; then
+  rm -rf "$CERTMINT_DIR"
+fi
 "#;
     let mut command = env.command(Path::new("sh"));
     command

@@ -76,12 +76,10 @@ pub struct InitArgs {
     /// Database URL.
     #[arg(long, default_value = "sqlite://certmint.db")]
     pub database_url: String,
-    /// PKCS#11 module path.
-    #[arg(
-        long = "pkcs11-module",
-        default_value = "/usr/lib/softhsm/libsofthsm2.so"
-    )]
-    pub pkcs11_module: PathBuf,
+    /// PKCS#11 module path (default: hsm-sim's libhsm_sim.so installed beside
+    /// this binary; e.g. /usr/lib/softhsm/libsofthsm2.so for SoftHSM2).
+    #[arg(long = "pkcs11-module")]
+    pub pkcs11_module: Option<PathBuf>,
     /// Token label.
     #[arg(long, default_value = "certmint")]
     pub token_label: String,
@@ -119,12 +117,16 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
             let host = args.names.first().map_or("localhost", String::as_str);
             format!("https://{host}:{}", args.listen.port())
         });
+        let module = match &args.pkcs11_module {
+            Some(module) => module.clone(),
+            None => bundled_simulator()?,
+        };
         let text = config::render_commented(&InitValues {
             listen: args.listen,
             public_url,
             names: args.names.clone(),
             database_url: args.database_url.clone(),
-            module: args.pkcs11_module.clone(),
+            module,
             token_label: args.token_label.clone(),
             pin_file: args.pin_file.clone(),
             ca_name: args.ca_name.clone(),
@@ -226,7 +228,55 @@ fn seconds(duration: certmint::Duration) -> i64 {
     i64::try_from(duration.as_seconds()).unwrap_or(i64::MAX / 4)
 }
 
+/// File name of hsm-sim's PKCS#11 module.
+const SIMULATOR_FILE: &str = "libhsm_sim.so";
+
+/// hsm-sim's module as installed beside `certmint-server` (the zero-install
+/// default token), as an absolute path for the config file.
+fn bundled_simulator() -> Result<PathBuf, CommandError> {
+    let exe = std::env::current_exe()?;
+    let exe_dir = exe.parent().unwrap_or(Path::new("."));
+    find_simulator(exe_dir).ok_or_else(|| {
+        CommandError(format!(
+            "no --pkcs11-module given, and hsm-sim's {SIMULATOR_FILE} is not installed beside {} \
+             (build it with `cargo build -p hsm-sim`, or pass --pkcs11-module, e.g. \
+             /usr/lib/softhsm/libsofthsm2.so)",
+            exe.display()
+        ))
+    })
+}
+
+/// Where hsm-sim's module is looked for, in order: beside the binary (a
+/// cargo target directory after `cargo build`, or a flat install), in
+/// `deps/` beside it (after `cargo test`), and in `../lib/certmint/`
+/// (an FHS install: `/usr/bin` + `/usr/lib/certmint`).
+fn find_simulator(exe_dir: &Path) -> Option<PathBuf> {
+    [
+        exe_dir.join(SIMULATOR_FILE),
+        exe_dir.join("deps").join(SIMULATOR_FILE),
+        exe_dir.join("../lib/certmint").join(SIMULATOR_FILE),
+    ]
+    .into_iter()
+    .find(|path| path.is_file())
+    .map(|path| std::fs::canonicalize(&path).unwrap_or(path))
+}
+
+/// True when `module` is hsm-sim (by file name), for the "not for
+/// production" warning.
+fn is_simulator(module: &Path) -> bool {
+    module
+        .file_name()
+        .is_some_and(|name| name == SIMULATOR_FILE)
+}
+
 fn open_hsm(config: &Config, pin: SecretString) -> Result<Hsm, CommandError> {
+    if is_simulator(&config.hsm.module) {
+        tracing::warn!(
+            hsm.module = %config.hsm.module.display(),
+            "hsm: using hsm-sim, a software HSM simulator: the CA keys are protected only by the PIN; \
+             use a real HSM in production"
+        );
+    }
     Ok(Hsm::open(&HsmConfig {
         module_path: config.hsm.module.clone(),
         token_label: config.hsm.token_label.clone(),
@@ -438,4 +488,36 @@ fn spawn_renewal(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_simulator_found_beside_the_binary_then_in_deps_then_lib() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(bin.join("deps")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("lib/certmint")).expect("mkdir");
+        assert_eq!(find_simulator(&bin), None);
+
+        let installed = dir.path().join("lib/certmint").join(SIMULATOR_FILE);
+        std::fs::write(&installed, b"").expect("write");
+        assert_eq!(find_simulator(&bin), std::fs::canonicalize(&installed).ok());
+
+        let in_deps = bin.join("deps").join(SIMULATOR_FILE);
+        std::fs::write(&in_deps, b"").expect("write");
+        assert_eq!(find_simulator(&bin), std::fs::canonicalize(&in_deps).ok());
+
+        let beside = bin.join(SIMULATOR_FILE);
+        std::fs::write(&beside, b"").expect("write");
+        assert_eq!(find_simulator(&bin), std::fs::canonicalize(&beside).ok());
+    }
+
+    #[test]
+    fn ok_simulator_recognised_by_file_name() {
+        assert!(is_simulator(Path::new("/opt/x/libhsm_sim.so")));
+        assert!(!is_simulator(Path::new("/usr/lib/softhsm/libsofthsm2.so")));
+    }
 }

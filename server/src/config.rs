@@ -401,7 +401,9 @@ url = {database_url}
 # pool_size = 16
 
 [hsm]
-# PKCS#11 module: SoftHSM2, hsm-sim or a vendor HSM.
+# PKCS#11 module: a vendor HSM, SoftHSM2 (/usr/lib/softhsm/libsofthsm2.so)
+# or hsm-sim (libhsm_sim.so, the zero-install default: a software simulator
+# that keeps its token in $HSM_SIM_DIR; for development and tests only).
 module = {module}
 token_label = {token_label}
 # The user PIN is read from this environment variable, else from pin_file.

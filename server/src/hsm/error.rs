@@ -128,6 +128,23 @@ pub enum HsmError {
         source: Pkcs11Failure,
     },
 
+    /// The token was there at start but is not present now (removed, or
+    /// its device restarted): a device fault, not a configuration error.
+    #[error("PKCS#11 token {label:?} is not present (device removed or restarting)")]
+    TokenAbsent {
+        /// The configured token label.
+        label: String,
+    },
+
+    /// The token is unreachable and the pool is waiting before its next
+    /// attempt to reopen a session (capped exponential backoff), so an
+    /// outage costs each request one cheap check, not a PKCS#11 round trip.
+    #[error("the HSM is unavailable; next reconnection attempt in {retry_in:?}")]
+    Reconnecting {
+        /// Time left until the next attempt.
+        retry_in: Duration,
+    },
+
     /// Every pooled session stayed busy for too long.
     #[error("no PKCS#11 session became free within {waited:?}")]
     SessionPoolTimeout {
@@ -155,6 +172,9 @@ impl HsmError {
         match self {
             HsmError::Device { kind, .. } => Some(*kind),
             HsmError::SessionPoolTimeout { .. } => Some(FaultKind::Transient),
+            HsmError::TokenAbsent { .. } | HsmError::Reconnecting { .. } => {
+                Some(FaultKind::DeviceGone)
+            }
             _ => None,
         }
     }

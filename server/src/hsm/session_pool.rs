@@ -38,6 +38,11 @@ use super::error::{login_error, DuringExt, HsmError, Pkcs11Failure};
 /// transient error (the API turns it into 503 + `Retry-After`).
 const SESSION_WAIT: Duration = Duration::from_secs(30);
 
+/// First wait after a failed attempt to reopen a session on a lost token.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
 /// Every module this process has loaded, by path. Entries live as long as
 /// the process: unloading a PKCS#11 library that other handles may still
 /// use is never safe.
@@ -180,6 +185,31 @@ struct PoolState {
     slot: Slot,
     /// The module generation `slot` and `idle` belong to.
     generation: u64,
+    /// Set while the token is unreachable: no attempt to reopen a session
+    /// before `retry_at`.
+    outage: Option<Outage>,
+}
+
+/// Capped exponential backoff between attempts to reach a lost token.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    failures: u32,
+    retry_at: Instant,
+}
+
+impl Outage {
+    /// The outage after one more failed attempt at `now`.
+    fn after_failure(previous: Option<Outage>, now: Instant) -> Outage {
+        let failures = previous.map_or(1, |outage| outage.failures.saturating_add(1));
+        let exponent = failures.saturating_sub(1).min(16);
+        let delay = RECONNECT_INITIAL
+            .saturating_mul(1 << exponent)
+            .min(RECONNECT_MAX);
+        Outage {
+            failures,
+            retry_at: now + delay,
+        }
+    }
 }
 
 struct PooledSession {
@@ -208,6 +238,7 @@ impl SessionPool {
                 open: 0,
                 slot,
                 generation,
+                outage: None,
             }),
             returned: Condvar::new(),
             #[cfg(test)]
@@ -286,7 +317,18 @@ impl SessionPool {
         let mut reinitialized = false;
         let mut state = self.lock_state();
         loop {
-            self.refresh_generation(&mut state)?;
+            if let Some(outage) = state.outage {
+                let now = Instant::now();
+                if now < outage.retry_at {
+                    return Err(HsmError::Reconnecting {
+                        retry_in: outage.retry_at - now,
+                    });
+                }
+            }
+            if let Err(error) = self.refresh_generation(&mut state) {
+                self.note_reconnect_failure(&mut state, &error);
+                return Err(error);
+            }
             if let Some(pooled) = state.idle.pop() {
                 drop(state);
                 match self.validate(&pooled.session) {
@@ -308,25 +350,37 @@ impl SessionPool {
                 drop(state);
                 match self.open_logged_in(slot) {
                     Ok(session) => {
+                        let mut relocked = self.lock_state();
+                        if let Some(outage) = relocked.outage.take() {
+                            tracing::info!(
+                                hsm.failed_attempts = outage.failures,
+                                "hsm: token reachable again"
+                            );
+                        }
+                        drop(relocked);
                         return Ok(Lease::new(
                             self,
                             PooledSession {
                                 session,
                                 generation,
                             },
-                        ))
+                        ));
                     }
                     Err(error) => {
                         let mut relocked = self.lock_state();
                         relocked.open -= 1;
                         self.returned.notify_one();
-                        drop(relocked);
                         if !error.is_session_fault() || reinitialized {
+                            self.note_reconnect_failure(&mut relocked, &error);
                             return Err(error);
                         }
+                        drop(relocked);
                         reinitialized = true;
                         tracing::warn!(error = %error, "hsm: cannot open a session, reinitializing the module");
-                        self.module.reinitialize(generation)?;
+                        if let Err(error) = self.module.reinitialize(generation) {
+                            self.note_reconnect_failure(&mut self.lock_state(), &error);
+                            return Err(error);
+                        }
                     }
                 }
                 state = self.lock_state();
@@ -346,14 +400,35 @@ impl SessionPool {
         }
     }
 
+    /// After a failed attempt to reach the token: a device fault starts
+    /// (or extends) the outage backoff; other errors leave it alone.
+    fn note_reconnect_failure(&self, state: &mut PoolState, error: &HsmError) {
+        if !error.is_session_fault() {
+            return;
+        }
+        let outage = Outage::after_failure(state.outage, Instant::now());
+        if state.outage.is_none() {
+            tracing::warn!(error = %error, "hsm: token unreachable; retrying with backoff");
+        }
+        state.outage = Some(outage);
+    }
+
     /// Forgets idle sessions of an older module generation and looks the
     /// token's slot up again (slot ids may change across reinitialization).
+    /// A token that was found at start and is missing now is a device
+    /// fault ([`HsmError::TokenAbsent`]), not a configuration error.
     fn refresh_generation(&self, state: &mut PoolState) -> Result<(), HsmError> {
         let current = self.module.generation();
         if current == state.generation {
             return Ok(());
         }
-        state.slot = self.module.find_slot(&self.token_label)?;
+        state.slot = self
+            .module
+            .find_slot(&self.token_label)
+            .map_err(|error| match error {
+                HsmError::TokenNotFound { label } => HsmError::TokenAbsent { label },
+                other => other,
+            })?;
         // Dropping a "no drop" session does not call C_CloseSession.
         state.open -= state.idle.len();
         state.idle.clear();
@@ -531,4 +606,39 @@ pub(super) fn trim_padding(label: &str) -> &str {
 /// leaves the state consistent before anything that could panic.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_reconnect_backoff_doubles_up_to_its_cap() {
+        let start = Instant::now();
+        let mut outage = None;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            let next = Outage::after_failure(outage, start);
+            delays.push(next.retry_at - start);
+            outage = Some(next);
+        }
+        assert_eq!(delays[0], RECONNECT_INITIAL);
+        assert_eq!(delays[1], RECONNECT_INITIAL * 2);
+        assert_eq!(delays[2], RECONNECT_INITIAL * 4);
+        assert!(delays.windows(2).all(|pair| pair[1] >= pair[0]));
+        assert_eq!(delays[9], RECONNECT_MAX);
+        assert_eq!(outage.map(|outage| outage.failures), Some(10));
+    }
+
+    #[test]
+    fn ok_reconnect_backoff_never_overflows() {
+        let start = Instant::now();
+        let outage = Outage {
+            failures: u32::MAX,
+            retry_at: start,
+        };
+        let next = Outage::after_failure(Some(outage), start);
+        assert_eq!(next.retry_at - start, RECONNECT_MAX);
+        assert_eq!(next.failures, u32::MAX);
+    }
 }

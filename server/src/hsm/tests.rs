@@ -1,14 +1,17 @@
-//! Tests of `hsm` against a real SoftHSM2 token.
+//! Tests of `hsm` against a real PKCS#11 token: hsm-sim (the workspace's
+//! own module, default) or SoftHSM2 (`CERTMINT_TEST_TOKEN=softhsm2`), loaded
+//! through cryptoki exactly as the server loads them.
 //!
-//! A PKCS#11 library has one global state per process and reads
-//! `SOFTHSM2_CONF` at `C_Initialize`, so this test binary uses one token
-//! directory, set up once by [`softhsm`], and each test uses its own key
-//! labels. Only [`finalized_module_is_reinitialized_transparently`] resets
+//! A PKCS#11 library has one global state per process and reads its
+//! configuration (`HSM_SIM_DIR`, `SOFTHSM2_CONF`) at `C_Initialize`, so this
+//! test binary uses one token directory, set up once by [`fixture`], and
+//! each test uses its own key labels. Only [`finalized_module_is_reinitialized_transparently`] resets
 //! the module for everyone; it takes [`MODULE_RESET`] for writing while
 //! every other token test holds it for reading.
 //!
 //! Set `CERTMINT_REQUIRE_SOFTHSM=1` to make a missing SoftHSM2 a failure
-//! instead of a skip.
+//! instead of a skip. hsm-sim is built with the workspace and always
+//! required.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock, RwLockWriteGuard};
@@ -36,15 +39,38 @@ struct Fixture {
     _token_dir: tempfile::TempDir,
 }
 
-/// The shared SoftHSM2 token, or `None` (after printing why) when SoftHSM2
-/// is missing and not required.
-fn softhsm() -> Option<&'static Fixture> {
+/// hsm-sim's module built with this workspace, found above this test
+/// executable: `deps/` first (what `cargo test` refreshes), then the target
+/// directory.
+fn hsm_sim_module() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("libhsm_sim.so"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libhsm_sim.so not found above {}: run `cargo build --workspace`",
+                exe.display()
+            )
+        })
+}
+
+/// The shared token (`CERTMINT_TEST_TOKEN`: `hsm-sim`, the default, or
+/// `softhsm2`), or `None` (after printing why) when SoftHSM2 is wanted but
+/// missing and not required.
+fn fixture() -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
-            let module_path = PathBuf::from(
-                std::env::var("SOFTHSM2_MODULE").unwrap_or_else(|_| SOFTHSM_MODULE.to_owned()),
-            );
+            let softhsm2 = std::env::var("CERTMINT_TEST_TOKEN").as_deref() == Ok("softhsm2");
+            let module_path = if softhsm2 {
+                PathBuf::from(
+                    std::env::var("SOFTHSM2_MODULE").unwrap_or_else(|_| SOFTHSM_MODULE.to_owned()),
+                )
+            } else {
+                hsm_sim_module()
+            };
             let required = std::env::var("CERTMINT_REQUIRE_SOFTHSM").as_deref() == Ok("1");
             if !module_path.exists() {
                 assert!(
@@ -71,14 +97,17 @@ fn softhsm() -> Option<&'static Fixture> {
             .expect("write softhsm2.conf");
             // Set once, before the module is first loaded, while every other
             // test thread that wants the module waits on this OnceLock.
+            // Each module reads only its own variable.
             std::env::set_var("SOFTHSM2_CONF", &config_path);
+            std::env::set_var("HSM_SIM_DIR", token_dir.path().join("hsm-sim"));
+            std::env::remove_var("HSM_SIM_CONFIG");
             init_token(
                 &module_path,
                 TOKEN_LABEL,
                 &SecretString::from(SO_PIN),
                 &SecretString::from(USER_PIN),
             )
-            .expect("init_token on a fresh SoftHSM2 directory");
+            .expect("init_token on a fresh token directory");
             Some(Fixture {
                 module_path,
                 _token_dir: token_dir,
@@ -90,7 +119,7 @@ fn softhsm() -> Option<&'static Fixture> {
 /// A logged-in handle with a pool of `pool_size` sessions, plus the read
 /// guard that keeps the module from being reset under the test.
 fn open_hsm(pool_size: usize) -> Option<(Hsm, RwLockWriteGuard<'static, ()>)> {
-    let fixture = softhsm()?;
+    let fixture = fixture()?;
     // Exclusive: SoftHSM2's file backend fails C_GenerateKeyPair with
     // CKR_GENERAL_ERROR when another thread uses the token at the same time
     // (SoftHSMv2 #573), so token tests take turns. Concurrency inside one
@@ -98,7 +127,7 @@ fn open_hsm(pool_size: usize) -> Option<(Hsm, RwLockWriteGuard<'static, ()>)> {
     let guard = MODULE_RESET
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let hsm = Hsm::open(&config(fixture, pool_size)).expect("open SoftHSM2 token");
+    let hsm = Hsm::open(&config(fixture, pool_size)).expect("open the test token");
     Some((hsm, guard))
 }
 
@@ -306,7 +335,7 @@ fn ok_sixteen_threads_sign_through_four_sessions() {
 
 #[test]
 fn finalized_module_is_reinitialized_transparently() {
-    let Some(fixture) = softhsm() else {
+    let Some(fixture) = fixture() else {
         return;
     };
     // Exclusive: finalizing the module closes every session in the process.
@@ -343,7 +372,7 @@ fn ok_ping_on_a_fresh_handle() {
 
 #[test]
 fn fail_init_token_twice_is_already_exists() {
-    let Some(fixture) = softhsm() else {
+    let Some(fixture) = fixture() else {
         return;
     };
     let _guard = MODULE_RESET
@@ -361,7 +390,7 @@ fn fail_init_token_twice_is_already_exists() {
 
 #[test]
 fn fail_open_unknown_token_is_token_not_found() {
-    let Some(fixture) = softhsm() else {
+    let Some(fixture) = fixture() else {
         return;
     };
     let _guard = MODULE_RESET

@@ -41,6 +41,7 @@ pub struct Args {
     /// Trust the CA root with this SHA-256 fingerprint (sha256:<hex>), checked on first contact.
     #[arg(
         long,
+        env = "CERTMINT_ROOT_FINGERPRINT",
         required_unless_present = "ca_bundle",
         conflicts_with = "ca_bundle"
     )]
