@@ -15,6 +15,10 @@
 #
 # Environment (all optional):
 #   CERTMINT_BENCH_MODE         enroll | renew                    (enroll)
+#   CERTMINT_BENCH_TOKEN        softhsm2 | hsm-sim                (softhsm2)
+#   CERTMINT_BENCH_HSM_LATENCY  hsm-sim latency per PKCS#11 call, e.g. 200ms
+#   CERTMINT_BENCH_SESSION_POOL_SIZE  the server's [hsm] session_pool_size (8)
+#   CERTMINT_BENCH_SIGN_COUNT   signatures in the raw C_Sign phase (4000)
 #   CERTMINT_BENCH_REQUESTS     timed requests (renew: holders)   (2000)
 #   CERTMINT_BENCH_CONCURRENCY  space-separated concurrencies     ("8")
 #   CERTMINT_BENCH_WARMUP       warm-up requests per worker       (5)
@@ -40,13 +44,22 @@ CONCURRENCY=${CERTMINT_BENCH_CONCURRENCY:-8}
 WARMUP=${CERTMINT_BENCH_WARMUP:-5}
 PORT=${CERTMINT_BENCH_PORT:-18443}
 CFSSL_PORT=${CFSSL_BENCH_PORT:-18888}
-MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 CFSSL=${CFSSL:-cfssl}
+TOKEN=${CERTMINT_BENCH_TOKEN:-softhsm2}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVER_BIN=$TARGET/release/certmint-server
 BENCH_BIN=$TARGET/release/certmint-bench
+case "$TOKEN" in
+    softhsm2) MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so} ;;
+    hsm-sim) MODULE=$TARGET/release/libhsm_sim.so ;;
+    *) echo "run.sh: CERTMINT_BENCH_TOKEN must be softhsm2 or hsm-sim" >&2; exit 2 ;;
+esac
+if [ -n "${CERTMINT_BENCH_HSM_LATENCY:-}" ] && [ "$TOKEN" != hsm-sim ]; then
+    echo "run.sh: CERTMINT_BENCH_HSM_LATENCY needs CERTMINT_BENCH_TOKEN=hsm-sim" >&2
+    exit 2
+fi
 
 TOOLS=(curl)
 PORTS=("$PORT")
@@ -57,7 +70,6 @@ fi
 for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
 done
-[ -e "$MODULE" ] || { echo "run.sh: PKCS#11 module $MODULE not found" >&2; exit 1; }
 for port in "${PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "run.sh: port $port is in use; set CERTMINT_BENCH_PORT / CFSSL_BENCH_PORT" >&2
@@ -66,8 +78,9 @@ for port in "${PORTS[@]}"; do
 done
 
 if [ "${CERTMINT_BENCH_NO_BUILD:-0}" != 1 ]; then
-    (cd "$ROOT" && cargo build --release -p certmint-server -p certmint-e2e --bins)
+    (cd "$ROOT" && cargo build --release -p certmint-server -p certmint-e2e -p hsm-sim)
 fi
+[ -e "$MODULE" ] || { echo "run.sh: PKCS#11 module $MODULE not found" >&2; exit 1; }
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/certmint-bench.XXXXXX")
 SERVER_PID=
@@ -98,6 +111,8 @@ log.level = ERROR
 slots.removable = false
 EOF
 export SOFTHSM2_CONF=$DIR/softhsm2.conf
+export HSM_SIM_DIR=$DIR/hsm-sim
+unset HSM_SIM_CONFIG
 # Throwaway PINs for a throwaway token.
 export CERTMINT_HSM_PIN=bench-user-pin
 export CERTMINT_HSM_SO_PIN=bench-so-pin
@@ -110,6 +125,15 @@ echo "== certmint init ($DIR)" >&2
 if [ -n "${CERTMINT_BENCH_DB_POOL_SIZE:-}" ]; then
     sed -i "s/^# pool_size = 16\$/pool_size = $CERTMINT_BENCH_DB_POOL_SIZE/" "$DIR/certmint.toml"
     grep -q "^pool_size = " "$DIR/certmint.toml"
+fi
+if [ -n "${CERTMINT_BENCH_SESSION_POOL_SIZE:-}" ]; then
+    sed -i "s/^# session_pool_size = 8\$/session_pool_size = $CERTMINT_BENCH_SESSION_POOL_SIZE/" "$DIR/certmint.toml"
+    grep -q "^session_pool_size = " "$DIR/certmint.toml"
+fi
+if [ -n "${CERTMINT_BENCH_HSM_LATENCY:-}" ]; then
+    # Every PKCS#11 call the server (and the raw C_Sign phase) makes waits
+    # this long, outside hsm-sim's lock, as on a slow network HSM.
+    "$TARGET/release/hsm-sim" fault set --latency "$CERTMINT_BENCH_HSM_LATENCY" >&2
 fi
 if [ -n "${CERTMINT_BENCH_WORKERS:-}" ]; then
     sed -i "s/^# workers = 0 .*/workers = $CERTMINT_BENCH_WORKERS/" "$DIR/certmint.toml"
@@ -170,6 +194,7 @@ for c in $CONCURRENCY; do
             --admin-token-file "$DIR/admin.jwt" --server-pid "$SERVER_PID" \
             --requests "$REQUESTS" --concurrency "$c" --warmup "$WARMUP" \
             --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
+            --sign-count "${CERTMINT_BENCH_SIGN_COUNT:-4000}" \
             --cfssl-url "http://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
             "${JSON[@]}" || status=$?
     fi
