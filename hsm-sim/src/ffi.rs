@@ -1105,9 +1105,25 @@ not_supported! {
     C_WrapKey(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, *mut CK_BYTE, *mut CK_ULONG);
     C_UnwrapKey(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, *mut CK_BYTE, CK_ULONG, *mut CK_ATTRIBUTE, CK_ULONG, *mut CK_OBJECT_HANDLE);
     C_DeriveKey(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, *mut CK_ATTRIBUTE, CK_ULONG, *mut CK_OBJECT_HANDLE);
-    C_GetFunctionStatus(CK_SESSION_HANDLE);
-    C_CancelFunction(CK_SESSION_HANDLE);
     C_WaitForSlotEvent(CK_FLAGS, *mut CK_SLOT_ID, *mut c_void);
+}
+
+/// Legacy parallel-function management (PKCS#11 v2.40 §5.16): every
+/// function here runs synchronously, so the standard answer is
+/// `CKR_FUNCTION_NOT_PARALLEL`.
+macro_rules! not_parallel {
+    ($($name:ident;)*) => {$(
+        #[doc = concat!("`", stringify!($name), "`: `CKR_FUNCTION_NOT_PARALLEL`.")]
+        #[no_mangle]
+        extern "C" fn $name(_: CK_SESSION_HANDLE) -> CK_RV {
+            dispatch(stringify!($name), |_| Err(Ckr::FUNCTION_NOT_PARALLEL))
+        }
+    )*};
+}
+
+not_parallel! {
+    C_GetFunctionStatus;
+    C_CancelFunction;
 }
 
 /// The function table `C_GetFunctionList` hands out.
