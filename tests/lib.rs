@@ -2127,67 +2127,38 @@ impl ChildEnv {
 /// The `certmint-server` binary: `$CERTMINT_SERVER_BIN`, else the one beside
 /// this test executable's target directory.
 pub fn server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CERTMINT_SERVER_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .skip(1)
-        .map(|dir| dir.join("certmint-server"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "certmint-server binary not found above {}: run `cargo build --workspace` first",
-                exe.display()
-            )
-        })
+    std::env::var_os("CERTMINT_SERVER_BIN")
+        .map_or_else(|| built_artifact("certmint-server"), PathBuf::from)
 }
 
 /// hsm-sim's PKCS#11 module built with this workspace: `deps/` first (what
 /// `cargo test` refreshes), then the target directory (`cargo build`).
 pub fn hsm_sim_module() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .skip(1)
-        .map(|dir| dir.join("libhsm_sim.so"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "libhsm_sim.so not found above {}: run `cargo build --workspace` first",
-                exe.display()
-            )
-        })
+    built_artifact("libhsm_sim.so")
 }
 
 /// The `hsm-sim` control CLI beside this test executable's target directory.
 pub fn hsm_sim_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .skip(1)
-        .map(|dir| dir.join("hsm-sim"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "hsm-sim binary not found above {}: run `cargo build --workspace` first",
-                exe.display()
-            )
-        })
+    built_artifact("hsm-sim")
 }
 
 /// The `certmint` agent/admin binary: `$CERTMINT_BIN`, else the one beside
 /// this test executable's target directory.
 pub fn certmint_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CERTMINT_BIN") {
-        return PathBuf::from(path);
-    }
+    std::env::var_os("CERTMINT_BIN").map_or_else(|| built_artifact("certmint"), PathBuf::from)
+}
+
+/// The file `name` in the nearest directory above this test executable
+/// (`target/<profile>/deps/`, then `target/<profile>/`, …) that holds it.
+fn built_artifact(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     exe.ancestors()
         .skip(1)
-        .map(|dir| dir.join("certmint"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "certmint binary not found above {}: run `cargo build --workspace` first",
+                "{name} not found above {}: run `cargo build --workspace` first",
                 exe.display()
             )
         })

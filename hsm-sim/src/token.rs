@@ -172,19 +172,57 @@ type NewObject = (
     Option<(Zeroizing<Vec<u8>>, Arc<PKey<Private>>)>,
 );
 
-struct SignOp {
+/// An active sign (`K` = private key) or verify (`K` = public key)
+/// operation: the scheme, the key, and the data passed to `C_*Update`.
+struct KeyedOp<K> {
     scheme: Scheme,
-    key: Arc<PKey<Private>>,
+    key: K,
     data: Zeroizing<Vec<u8>>,
+    /// Set by the first `C_*Update`: from then on only `C_*Final` may end it.
     multi_part: bool,
 }
 
-struct VerifyOp {
-    scheme: Scheme,
-    key: PKey<openssl::pkey::Public>,
-    data: Vec<u8>,
-    multi_part: bool,
+impl<K> KeyedOp<K> {
+    fn new(scheme: Scheme, key: K) -> Self {
+        Self {
+            scheme,
+            key,
+            data: Zeroizing::new(Vec::new()),
+            multi_part: false,
+        }
+    }
+
+    /// Takes the operation for a single-part call (`C_Sign`, `C_Verify`),
+    /// which ends it whatever the outcome.
+    fn take_single_part(slot: &mut Option<Self>) -> Result<Self> {
+        let op = slot.take().ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
+        if op.multi_part {
+            return Err(Ckr::OPERATION_ACTIVE);
+        }
+        Ok(op)
+    }
+
+    /// Takes the operation for `C_*Final`.
+    fn take_final(slot: &mut Option<Self>) -> Result<Self> {
+        slot.take().ok_or(Ckr::OPERATION_NOT_INITIALIZED)
+    }
+
+    /// `C_*Update`: appends `part`; a scheme that cannot hash incrementally
+    /// ends the operation with `CKR_FUNCTION_NOT_SUPPORTED`.
+    fn update(slot: &mut Option<Self>, part: &[u8]) -> Result<()> {
+        let op = slot.as_mut().ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
+        if !op.scheme.multi_part() {
+            *slot = None;
+            return Err(Ckr::FUNCTION_NOT_SUPPORTED);
+        }
+        op.multi_part = true;
+        op.data.extend_from_slice(part);
+        Ok(())
+    }
 }
+
+type SignOp = KeyedOp<Arc<PKey<Private>>>;
+type VerifyOp = KeyedOp<PKey<openssl::pkey::Public>>;
 
 struct DigestOp {
     digest: Digest,
@@ -1202,6 +1240,37 @@ impl Module {
 
     // ----- sign ----------------------------------------------------------------
 
+    /// The key object of a sign or verify initialisation: `handle` names
+    /// an object of `class` that allows `usage`, and `mechanism` fits its
+    /// key type. `slot_busy` says whether that operation is already active.
+    fn operation_key(
+        &mut self,
+        session: CK_SESSION_HANDLE,
+        slot_busy: bool,
+        handle: CK_OBJECT_HANDLE,
+        (class, usage): (CK_OBJECT_CLASS, CK_ATTRIBUTE_TYPE),
+        (mechanism, param): (CK_MECHANISM_TYPE, &Param),
+    ) -> Result<(ObjectKey, CK_KEY_TYPE, Scheme)> {
+        if slot_busy {
+            return Err(Ckr::OPERATION_ACTIVE);
+        }
+        let key = self
+            .resolve(session, handle)
+            .map_err(|_| Ckr::KEY_HANDLE_INVALID)?;
+        let object = self.object(&key)?;
+        if object.class() != Some(class) {
+            return Err(Ckr::KEY_TYPE_INCONSISTENT);
+        }
+        if !object.flag(usage) {
+            return Err(Ckr::KEY_FUNCTION_NOT_PERMITTED);
+        }
+        let key_type = object
+            .number(CKA_KEY_TYPE)
+            .ok_or(Ckr::KEY_TYPE_INCONSISTENT)?;
+        let scheme = Scheme::resolve(mechanism, param, key_type)?;
+        Ok((key, key_type, scheme))
+    }
+
     /// `C_SignInit`.
     pub fn sign_init(
         &mut self,
@@ -1210,30 +1279,16 @@ impl Module {
         param: &Param,
         handle: CK_OBJECT_HANDLE,
     ) -> Result<()> {
-        if self.session(session)?.sign.is_some() {
-            return Err(Ckr::OPERATION_ACTIVE);
-        }
-        let key = self
-            .resolve(session, handle)
-            .map_err(|_| Ckr::KEY_HANDLE_INVALID)?;
-        let object = self.object(&key)?;
-        if object.class() != Some(CKO_PRIVATE_KEY) {
-            return Err(Ckr::KEY_TYPE_INCONSISTENT);
-        }
-        if !object.flag(CKA_SIGN) {
-            return Err(Ckr::KEY_FUNCTION_NOT_PERMITTED);
-        }
-        let key_type = object
-            .number(CKA_KEY_TYPE)
-            .ok_or(Ckr::KEY_TYPE_INCONSISTENT)?;
-        let scheme = Scheme::resolve(mechanism, param, key_type)?;
+        let busy = self.session(session)?.sign.is_some();
+        let (key, _, scheme) = self.operation_key(
+            session,
+            busy,
+            handle,
+            (CKO_PRIVATE_KEY, CKA_SIGN),
+            (mechanism, param),
+        )?;
         let private = self.private_key(&key)?;
-        self.session_mut(session)?.sign = Some(SignOp {
-            scheme,
-            key: private,
-            data: Zeroizing::new(Vec::new()),
-            multi_part: false,
-        });
+        self.session_mut(session)?.sign = Some(KeyedOp::new(scheme, private));
         Ok(())
     }
 
@@ -1250,37 +1305,18 @@ impl Module {
 
     /// `C_Sign`: signs `data` and ends the operation, whatever the outcome.
     pub fn sign(&mut self, session: CK_SESSION_HANDLE, data: &[u8]) -> Result<Vec<u8>> {
-        let op = self
-            .session_mut(session)?
-            .sign
-            .take()
-            .ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
-        if op.multi_part {
-            return Err(Ckr::OPERATION_ACTIVE);
-        }
+        let op = SignOp::take_single_part(&mut self.session_mut(session)?.sign)?;
         mechanisms::sign(op.scheme, &op.key, data)
     }
 
     /// `C_SignUpdate`.
     pub fn sign_update(&mut self, session: CK_SESSION_HANDLE, part: &[u8]) -> Result<()> {
-        let slot = &mut self.session_mut(session)?.sign;
-        let op = slot.as_mut().ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
-        if !op.scheme.multi_part() {
-            *slot = None;
-            return Err(Ckr::FUNCTION_NOT_SUPPORTED);
-        }
-        op.multi_part = true;
-        op.data.extend_from_slice(part);
-        Ok(())
+        SignOp::update(&mut self.session_mut(session)?.sign, part)
     }
 
     /// `C_SignFinal`: signs everything passed to `C_SignUpdate`.
     pub fn sign_final(&mut self, session: CK_SESSION_HANDLE) -> Result<Vec<u8>> {
-        let op = self
-            .session_mut(session)?
-            .sign
-            .take()
-            .ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
+        let op = SignOp::take_final(&mut self.session_mut(session)?.sign)?;
         mechanisms::sign(op.scheme, &op.key, &op.data)
     }
 
@@ -1294,32 +1330,19 @@ impl Module {
         param: &Param,
         handle: CK_OBJECT_HANDLE,
     ) -> Result<()> {
-        if self.session(session)?.verify.is_some() {
-            return Err(Ckr::OPERATION_ACTIVE);
-        }
-        let key = self
-            .resolve(session, handle)
-            .map_err(|_| Ckr::KEY_HANDLE_INVALID)?;
+        let busy = self.session(session)?.verify.is_some();
+        let (key, key_type, scheme) = self.operation_key(
+            session,
+            busy,
+            handle,
+            (CKO_PUBLIC_KEY, CKA_VERIFY),
+            (mechanism, param),
+        )?;
         let object = self.object(&key)?;
-        if object.class() != Some(CKO_PUBLIC_KEY) {
-            return Err(Ckr::KEY_TYPE_INCONSISTENT);
-        }
-        if !object.flag(CKA_VERIFY) {
-            return Err(Ckr::KEY_FUNCTION_NOT_PERMITTED);
-        }
-        let key_type = object
-            .number(CKA_KEY_TYPE)
-            .ok_or(Ckr::KEY_TYPE_INCONSISTENT)?;
-        let scheme = Scheme::resolve(mechanism, param, key_type)?;
         let public = mechanisms::public_key(key_type, |attribute| {
             object.get(attribute).map(<[u8]>::to_vec)
         })?;
-        self.session_mut(session)?.verify = Some(VerifyOp {
-            scheme,
-            key: public,
-            data: Vec::new(),
-            multi_part: false,
-        });
+        self.session_mut(session)?.verify = Some(KeyedOp::new(scheme, public));
         Ok(())
     }
 
@@ -1330,37 +1353,18 @@ impl Module {
         data: &[u8],
         signature: &[u8],
     ) -> Result<()> {
-        let op = self
-            .session_mut(session)?
-            .verify
-            .take()
-            .ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
-        if op.multi_part {
-            return Err(Ckr::OPERATION_ACTIVE);
-        }
+        let op = VerifyOp::take_single_part(&mut self.session_mut(session)?.verify)?;
         mechanisms::verify(op.scheme, &op.key, data, signature)
     }
 
     /// `C_VerifyUpdate`.
     pub fn verify_update(&mut self, session: CK_SESSION_HANDLE, part: &[u8]) -> Result<()> {
-        let slot = &mut self.session_mut(session)?.verify;
-        let op = slot.as_mut().ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
-        if !op.scheme.multi_part() {
-            *slot = None;
-            return Err(Ckr::FUNCTION_NOT_SUPPORTED);
-        }
-        op.multi_part = true;
-        op.data.extend_from_slice(part);
-        Ok(())
+        VerifyOp::update(&mut self.session_mut(session)?.verify, part)
     }
 
     /// `C_VerifyFinal`.
     pub fn verify_final(&mut self, session: CK_SESSION_HANDLE, signature: &[u8]) -> Result<()> {
-        let op = self
-            .session_mut(session)?
-            .verify
-            .take()
-            .ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
+        let op = VerifyOp::take_final(&mut self.session_mut(session)?.verify)?;
         mechanisms::verify(op.scheme, &op.key, &op.data, signature)
     }
 
