@@ -8,8 +8,11 @@
 //! again if the login state was lost); a recently used one is lent as is,
 //! saving a round trip per signature on a network HSM. A session the token
 //! reports gone is thrown away and the operation is retried once on a
-//! fresh one. The pool's lock is held only to
-//! take or give back a session, never across a `C_*` call that does crypto.
+//! fresh one. While the token stays unreachable, attempts to reopen a
+//! session back off exponentially (100 ms to 5 s) and requests in between
+//! fail at once with [`HsmError::Reconnecting`] (503 at the API). The
+//! pool's lock is held only to take or give back a session, never across a
+//! `C_*` call that does crypto.
 //!
 //! Modules are loaded once per path per process ([`Module::load`]): a
 //! PKCS#11 library has one global state, so two `Hsm` handles on the same
