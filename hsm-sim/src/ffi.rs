@@ -32,7 +32,7 @@ use cryptoki_sys::*;
 use crate::config::Config;
 use crate::error::{Ckr, Result};
 use crate::faults::FaultWatch;
-use crate::mechanisms::{random_unit, Param};
+use crate::mechanisms::{is_pss, random_unit, Param};
 use crate::object::Template;
 use crate::token::{AttributeValue, Module};
 
@@ -268,12 +268,7 @@ unsafe fn mechanism(mechanism: *const CK_MECHANISM) -> Result<(CK_MECHANISM_TYPE
         return Ok((kind, Param::None));
     }
     let param = match kind {
-        CKM_RSA_PKCS_PSS
-        | CKM_SHA1_RSA_PKCS_PSS
-        | CKM_SHA224_RSA_PKCS_PSS
-        | CKM_SHA256_RSA_PKCS_PSS
-        | CKM_SHA384_RSA_PKCS_PSS
-        | CKM_SHA512_RSA_PKCS_PSS => {
+        kind if is_pss(kind) => {
             if len != std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() {
                 return Err(Ckr::MECHANISM_PARAM_INVALID);
             }

@@ -14,6 +14,7 @@
 //! This module knows nothing of sessions or objects: it maps mechanism
 //! numbers and parameters to operations and runs them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use cryptoki_sys::*;
@@ -308,12 +309,7 @@ impl Scheme {
                 },
                 CKK_RSA,
             ),
-            CKM_RSA_PKCS_PSS
-            | CKM_SHA1_RSA_PKCS_PSS
-            | CKM_SHA224_RSA_PKCS_PSS
-            | CKM_SHA256_RSA_PKCS_PSS
-            | CKM_SHA384_RSA_PKCS_PSS
-            | CKM_SHA512_RSA_PKCS_PSS => {
+            mechanism if is_pss(mechanism) => {
                 let Param::Pss {
                     hash,
                     mgf,
@@ -395,26 +391,48 @@ pub fn signature_len<T: openssl::pkey::HasPublic>(key: &PKey<T>) -> Result<usize
     }
 }
 
+/// True for the RSA-PSS mechanisms, which take `CK_RSA_PKCS_PSS_PARAMS`.
+pub fn is_pss(mechanism: CK_MECHANISM_TYPE) -> bool {
+    matches!(
+        mechanism,
+        CKM_RSA_PKCS_PSS
+            | CKM_SHA1_RSA_PKCS_PSS
+            | CKM_SHA224_RSA_PKCS_PSS
+            | CKM_SHA256_RSA_PKCS_PSS
+            | CKM_SHA384_RSA_PKCS_PSS
+            | CKM_SHA512_RSA_PKCS_PSS
+    )
+}
+
+/// What ECDSA signs or verifies: `data` itself (`CKM_ECDSA`, a digest the
+/// caller computed) or its hash (`CKM_ECDSA_SHA*`).
+fn ecdsa_input(prehash: Option<Digest>, data: &[u8]) -> Result<Cow<'_, [u8]>> {
+    Ok(match prehash {
+        Some(digest) => Cow::Owned(digest.hash(data)?),
+        None => Cow::Borrowed(data),
+    })
+}
+
+/// The PSS salt length as OpenSSL takes it.
+fn pss_salt(salt_len: usize) -> Result<RsaPssSaltlen> {
+    i32::try_from(salt_len)
+        .map(RsaPssSaltlen::custom)
+        .map_err(|_| Ckr::MECHANISM_PARAM_INVALID)
+}
+
 /// Signs `data` with `key`.
 pub fn sign(scheme: Scheme, key: &PKey<Private>, data: &[u8]) -> Result<Vec<u8>> {
     let failed = |_| Ckr::FUNCTION_FAILED;
     match scheme {
         Scheme::Ecdsa { prehash } => {
-            let hashed;
-            let input = match prehash {
-                Some(digest) => {
-                    hashed = digest.hash(data)?;
-                    hashed.as_slice()
-                }
-                None => data,
-            };
+            let input = ecdsa_input(prehash, data)?;
             if input.is_empty() {
                 return Err(Ckr::DATA_LEN_RANGE);
             }
             let ec = key.ec_key().map_err(|_| Ckr::KEY_TYPE_INCONSISTENT)?;
             let half = signature_len(key)? / 2;
             let half_i32 = i32::try_from(half).map_err(|_| Ckr::GENERAL_ERROR)?;
-            let signature = EcdsaSig::sign(input, &ec).map_err(failed)?;
+            let signature = EcdsaSig::sign(&input, &ec).map_err(failed)?;
             let mut out = signature.r().to_vec_padded(half_i32).map_err(failed)?;
             out.extend(signature.s().to_vec_padded(half_i32).map_err(failed)?);
             Ok(out)
@@ -443,9 +461,7 @@ pub fn sign(scheme: Scheme, key: &PKey<Private>, data: &[u8]) -> Result<Vec<u8>>
             mgf,
             salt_len,
         } => {
-            let salt = RsaPssSaltlen::custom(
-                i32::try_from(salt_len).map_err(|_| Ckr::MECHANISM_PARAM_INVALID)?,
-            );
+            let salt = pss_salt(salt_len)?;
             if salt_len + hash.output_len() + 2 > key.size() {
                 return Err(Ckr::MECHANISM_PARAM_INVALID);
             }
@@ -491,20 +507,13 @@ pub fn verify(scheme: Scheme, key: &PKey<Public>, data: &[u8], signature: &[u8])
     }
     let valid = match scheme {
         Scheme::Ecdsa { prehash } => {
-            let hashed;
-            let input = match prehash {
-                Some(digest) => {
-                    hashed = digest.hash(data)?;
-                    hashed.as_slice()
-                }
-                None => data,
-            };
+            let input = ecdsa_input(prehash, data)?;
             let ec = key.ec_key().map_err(|_| Ckr::KEY_TYPE_INCONSISTENT)?;
             let (r, s) = signature.split_at(expected_len / 2);
             let r = BigNum::from_slice(r).map_err(failed)?;
             let s = BigNum::from_slice(s).map_err(failed)?;
             let signature = EcdsaSig::from_private_components(r, s).map_err(failed)?;
-            signature.verify(input, &ec).unwrap_or(false)
+            signature.verify(&input, &ec).unwrap_or(false)
         }
         Scheme::RsaPkcs { prehash: None } => {
             let mut context = PkeyCtx::new(key).map_err(failed)?;
@@ -525,9 +534,7 @@ pub fn verify(scheme: Scheme, key: &PKey<Public>, data: &[u8], signature: &[u8])
             mgf,
             salt_len,
         } => {
-            let salt = RsaPssSaltlen::custom(
-                i32::try_from(salt_len).map_err(|_| Ckr::MECHANISM_PARAM_INVALID)?,
-            );
+            let salt = pss_salt(salt_len)?;
             if prehash {
                 let mut verifier = Verifier::new(hash.message_digest(), key).map_err(failed)?;
                 verifier
