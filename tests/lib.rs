@@ -705,6 +705,28 @@ impl TestServer {
         self.enroll_with(&json!({"csr": csr_pem, "token": token}))
     }
 
+    /// Enrolls every `(csr, token)` at once, each from its own thread,
+    /// released together by a barrier so the requests really overlap.
+    pub fn enroll_in_parallel(&self, requests: &[(String, String)]) -> Vec<Response> {
+        let barrier = std::sync::Barrier::new(requests.len());
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = requests
+                .iter()
+                .map(|(csr, token)| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        self.enroll(csr, token)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("enrollment thread panicked"))
+                .collect()
+        })
+    }
+
     /// `POST /v1/enroll` with any body; a 201's serial is remembered for
     /// [`TestServer::check_invariants`].
     #[track_caller]

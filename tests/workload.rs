@@ -136,7 +136,7 @@ timeout = "10s"
 
     /// Starts `certmint agent --config …` in the background.
     pub fn spawn_agent(&self) -> AgentProcess {
-        let log = self.dir.path().join("agent.log");
+        let log = self.agent_log_path();
         let stderr = std::fs::File::create(&log).expect("create the agent log");
         let child = Command::new(certmint_binary())
             .args(["agent", "--config"])
@@ -149,6 +149,16 @@ timeout = "10s"
             .spawn()
             .expect("start certmint agent");
         AgentProcess { child, log }
+    }
+
+    /// Where [`Workload::spawn_agent`] sends the agent's log (stderr).
+    pub fn agent_log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.agent_log_path()).unwrap_or_default()
     }
 
     /// The current generation, read the consistent way.
@@ -576,18 +586,11 @@ impl OpensslServer {
 /// waits until it accepts connections.
 pub fn openssl_s_server(cert: &Path, key: &Path, ca: &Path) -> OpensslServer {
     let port = free_port();
-    let chain = intermediates_file(cert);
+    let (identity, chain) = openssl_identity(cert, key, ca);
     let mut child = Command::new("openssl")
         .arg("s_server")
         .args(["-accept", &format!("127.0.0.1:{port}")])
-        .arg("-cert")
-        .arg(cert)
-        .arg("-cert_chain")
-        .arg(chain.path())
-        .arg("-key")
-        .arg(key)
-        .arg("-CAfile")
-        .arg(ca)
+        .args(identity)
         .args([
             "-Verify",
             "1",
@@ -627,6 +630,27 @@ pub fn openssl_s_server(cert: &Path, key: &Path, ca: &Path) -> OpensslServer {
     }
 }
 
+/// The arguments both OpenSSL tools take for their own identity and trust
+/// anchors, and the intermediates file they name (keep it alive while the
+/// tool runs).
+fn openssl_identity(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> (Vec<std::ffi::OsString>, tempfile::NamedTempFile) {
+    let chain = intermediates_file(cert);
+    let arguments = [
+        ("-cert", cert),
+        ("-cert_chain", chain.path()),
+        ("-key", key),
+        ("-CAfile", ca),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.into(), path.as_os_str().to_owned()])
+    .collect();
+    (arguments, chain)
+}
+
 /// The certificates after the leaf in `cert` (a `cert.pem`: leaf, then
 /// intermediates), in a temporary file. OpenSSL's `-cert` reads only the
 /// first certificate of a file; the rest must be given as `-cert_chain`.
@@ -655,19 +679,12 @@ pub fn openssl_s_client(
     key: &Path,
     ca: &Path,
 ) -> (bool, String) {
-    let chain = intermediates_file(cert);
+    let (identity, _chain) = openssl_identity(cert, key, ca);
     let mut child = Command::new("openssl")
         .arg("s_client")
         .args(["-connect", &format!("127.0.0.1:{port}")])
         .args(["-servername", server_name, "-verify_hostname", server_name])
-        .arg("-cert")
-        .arg(cert)
-        .arg("-cert_chain")
-        .arg(chain.path())
-        .arg("-key")
-        .arg(key)
-        .arg("-CAfile")
-        .arg(ca)
+        .args(identity)
         .args(["-verify_return_error", "-quiet", "-no_ign_eof"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -589,23 +589,22 @@ fn check_cfssl(status: u16, body: &[u8]) -> Result<Option<String>, String> {
     }
 }
 
-fn print_table(report: &Report) {
+/// Width of the first column of the result tables.
+const NAME_WIDTH: usize = 30;
+
+/// The result table of HTTP phases: a header naming the rate `unit`, then
+/// one row per phase. Shared by `enroll` and `renew`.
+fn print_http_rows(unit: &str, rows: &[(&str, &HttpReport)]) {
     let opt = |value: Option<f64>, digits: usize| {
         value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
     };
     println!(
-        "certmint-bench: {} requests, concurrency {}, {} warm-up request(s) per worker",
-        report.requests, report.concurrency, report.warmup_per_worker
+        "{:<NAME_WIDTH$} {:>9} {:>9} {:>9} {:>9} {:>12} {:>11} {:>11}",
+        "", unit, "p50 ms", "p99 ms", "max ms", "srv CPU ms", "srv cores", "cli CPU ms"
     );
-    println!("connections: {}", report.connections);
-    println!();
-    println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>12} {:>11} {:>11}",
-        "", "req/s", "p50 ms", "p99 ms", "max ms", "srv CPU ms", "srv cores", "cli CPU ms"
-    );
-    let row = |name: &str, r: &HttpReport| {
+    for (name, r) in rows {
         println!(
-            "{:<28} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>11} {:>11.3}",
+            "{:<NAME_WIDTH$} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>11} {:>11.3}",
             name,
             r.result.per_second,
             r.result.p50_ms,
@@ -615,14 +614,24 @@ fn print_table(report: &Report) {
             opt(r.server_cores_busy, 2),
             r.client_cpu_ms_per_request
         );
-    };
-    row("certmint POST /v1/enroll", &report.certmint);
-    if let Some(cfssl) = &report.cfssl {
-        row("cfssl /api/v1/cfssl/sign", cfssl);
     }
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "certmint-bench: {} requests, concurrency {}, {} warm-up request(s) per worker",
+        report.requests, report.concurrency, report.warmup_per_worker
+    );
+    println!("connections: {}", report.connections);
+    println!();
+    let mut rows = vec![("certmint POST /v1/enroll", &report.certmint)];
+    if let Some(cfssl) = &report.cfssl {
+        rows.push(("cfssl /api/v1/cfssl/sign", cfssl));
+    }
+    print_http_rows("req/s", &rows);
     if let Some(sign) = &report.raw_c_sign {
         println!(
-            "{:<28} {:>9.1} {:>9.2} {:>9.2} {:>9.2}   ({} sessions)",
+            "{:<NAME_WIDTH$} {:>9.1} {:>9.2} {:>9.2} {:>9.2}   ({} sessions)",
             "raw C_Sign (issuing key)",
             sign.result.per_second,
             sign.result.p50_ms,

@@ -395,9 +395,6 @@ fn parallel<T: Send>(
 }
 
 fn print_table(report: &Report) {
-    let opt = |value: Option<f64>, digits: usize| {
-        value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
-    };
     println!(
         "certmint-bench renew: {} holders, concurrency {}, {} warm-up job(s) per worker",
         report.holders, report.concurrency, report.warmup_per_worker
@@ -405,25 +402,13 @@ fn print_table(report: &Report) {
     println!("connections: {}", report.connections);
     println!("negotiated: {}", report.negotiated.join("; "));
     println!();
-    println!(
-        "{:<30} {:>9} {:>9} {:>9} {:>9} {:>12} {:>11} {:>11}",
-        "", "ops/s", "p50 ms", "p99 ms", "max ms", "srv CPU ms", "srv cores", "cli CPU ms"
+    crate::print_http_rows(
+        "ops/s",
+        &[
+            ("bare mTLS handshake", &report.handshake),
+            ("POST /v1/renew (new conn.)", &report.renewal),
+        ],
     );
-    let row = |name: &str, r: &HttpReport| {
-        println!(
-            "{:<30} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>11} {:>11.3}",
-            name,
-            r.result.per_second,
-            r.result.p50_ms,
-            r.result.p99_ms,
-            r.result.max_ms,
-            opt(r.server_cpu_ms_per_request, 3),
-            opt(r.server_cores_busy, 2),
-            r.client_cpu_ms_per_request
-        );
-    };
-    row("bare mTLS handshake", &report.handshake);
-    row("POST /v1/renew (new conn.)", &report.renewal);
     println!();
     let counts = |name: &str, c: &Handshakes| {
         println!(

@@ -356,7 +356,7 @@ mod outage {
 
             server.stop_serving();
             agent.wait_for("two failed renewal attempts", Duration::from_secs(40), || {
-                agent_log(&workload).matches("server unreachable, retrying").count() >= 2
+                workload.agent_log().matches("server unreachable, retrying").count() >= 2
             });
             assert_eq!(workload.serial().as_deref(), Some(first.as_str()), "still the first certificate");
             server.start_serving();
@@ -369,9 +369,4 @@ mod outage {
             server.check_invariants();
         }
     }
-}
-
-/// The agent's log so far (it writes stderr to `agent.log` beside its config).
-fn agent_log(workload: &Workload) -> String {
-    std::fs::read_to_string(workload.dir.path().join("agent.log")).unwrap_or_default()
 }

@@ -5,7 +5,6 @@
 //! holds exactly one certificate per success.
 
 use std::collections::BTreeMap;
-use std::sync::Barrier;
 
 use certmint::wire::{CertificateBundle, CertificateStatus};
 use certmint_e2e::{backend_tests, identity, make_csr, policy_json, TestServer};
@@ -17,27 +16,13 @@ fn race(server: &TestServer, prefix: &str, requests: usize, max_uses: u32) {
     server.create_policy(&policy_json(&policy, &["*.race.internal"], &[], &[]));
     let minted = server.mint_token(&policy, &identity(&["*.race.internal"], &[], &[]), max_uses);
     // Keys and CSRs first, so the requests really overlap.
-    let csrs: Vec<String> = (0..requests)
-        .map(|index| make_csr("ec-p256", &[&format!("w{index}.race.internal")], &[], &[]).0)
+    let jobs: Vec<(String, String)> = (0..requests)
+        .map(|index| {
+            let (csr, _) = make_csr("ec-p256", &[&format!("w{index}.race.internal")], &[], &[]);
+            (csr, minted.token.clone())
+        })
         .collect();
-    let barrier = Barrier::new(requests);
-    let responses: Vec<certmint_e2e::Response> = std::thread::scope(|scope| {
-        let handles: Vec<_> = csrs
-            .iter()
-            .map(|csr| {
-                let barrier = &barrier;
-                let token = &minted.token;
-                scope.spawn(move || {
-                    barrier.wait();
-                    server.enroll(csr, token)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("enrollment thread panicked"))
-            .collect()
-    });
+    let responses = server.enroll_in_parallel(&jobs);
 
     let mut outcomes: BTreeMap<(u16, String), usize> = BTreeMap::new();
     for response in &responses {

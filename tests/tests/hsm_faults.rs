@@ -18,7 +18,6 @@
 //! Every test starts its own server on hsm-sim (faults are per token
 //! directory, so per server), whatever `CERTMINT_TEST_TOKEN` says.
 
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use certmint::wire::{CertificateBundle, CertificateInfo, CertificateStatus, TokenInfo};
@@ -163,27 +162,6 @@ fn poll_readyz(server: &TestServer, status: u16, timeout: Duration) -> Response 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Enrolls every `(csr, token)` at once from its own thread.
-fn enroll_in_parallel(server: &TestServer, requests: &[(String, String)]) -> Vec<Response> {
-    let barrier = Barrier::new(requests.len());
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = requests
-            .iter()
-            .map(|(csr, token)| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    barrier.wait();
-                    server.enroll(csr, token)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("enrollment thread panicked"))
-            .collect()
-    })
 }
 
 /// `(sum, count)` of `certmint_hsm_sign_duration_seconds`.
@@ -362,7 +340,7 @@ backend_tests! {
             // Latency makes the signatures overlap, so the pool needs more
             // sessions than the token allows.
             hsm_sim(server, &["fault", "set", "--session-limit", "1", "--latency", "200ms"]);
-            let responses = enroll_in_parallel(server, &requests);
+            let responses = server.enroll_in_parallel(&requests);
             let mut refused = Vec::new();
             let mut issued = 0;
             for (index, response) in responses.iter().enumerate() {
@@ -415,7 +393,7 @@ backend_tests! {
                 for batch in csrs.chunks(THREADS) {
                     let requests: Vec<(String, String)> =
                         batch.iter().map(|csr| (csr.clone(), minted.token.clone())).collect();
-                    responses.extend(enroll_in_parallel(server, &requests));
+                    responses.extend(server.enroll_in_parallel(&requests));
                 }
                 hsm_sim(server, &["fault", "clear"]);
 
