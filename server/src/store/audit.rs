@@ -32,7 +32,8 @@ impl Store {
         event: &NewAuditEvent,
         now: OffsetDateTime,
     ) -> Result<AuditEvent, StoreError> {
-        self.write(|conn| append(conn, event, now))
+        let event = event.clone();
+        self.write(move |conn| append(conn, &event, now))
     }
 
     /// Audit events in ascending `seq` order, `limit` at a time.

@@ -87,7 +87,16 @@ impl Store {
             pending_csr_der: state.pending_csr_der.clone(),
             created_at: unix(now),
         };
-        self.write(|conn| {
+        let data = json!({
+            "root_sha256": (!state.root_der.is_empty()).then(|| sha256_hex(&state.root_der)),
+            "issuing_sha256": state.issuing_der.as_deref().map(sha256_hex),
+            "root_key_label": state.root_key_label,
+            "issuing_key_label": state.issuing_key_label,
+            "issuing_key_type": state.issuing_key_type.as_str(),
+            "pending_import": state.issuing_der.is_none(),
+        });
+        let event = NewAuditEvent::new(CA_INITIALIZED, actor, "ca", data);
+        self.write(move |conn| {
             match diesel::insert_into(ca_state::table)
                 .values(&row)
                 .execute(conn)
@@ -95,19 +104,7 @@ impl Store {
                 Err(e) if is_unique_violation(&e) => return Err(StoreError::CaAlreadyInitialized),
                 other => other.map_err(StoreError::query)?,
             };
-            let data = json!({
-                "root_sha256": (!state.root_der.is_empty()).then(|| sha256_hex(&state.root_der)),
-                "issuing_sha256": state.issuing_der.as_deref().map(sha256_hex),
-                "root_key_label": state.root_key_label,
-                "issuing_key_label": state.issuing_key_label,
-                "issuing_key_type": state.issuing_key_type.as_str(),
-                "pending_import": state.issuing_der.is_none(),
-            });
-            audit::append(
-                conn,
-                &NewAuditEvent::new(CA_INITIALIZED, actor, "ca", data),
-                now,
-            )?;
+            audit::append(conn, &event, now)?;
             Ok(())
         })
     }
@@ -123,15 +120,21 @@ impl Store {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.write(|conn| {
+        let data = json!({
+            "root_sha256": sha256_hex(root_der),
+            "issuing_sha256": sha256_hex(issuing_der),
+        });
+        let event = NewAuditEvent::new(CA_IMPORTED, actor, "ca", data);
+        let (root_der, issuing_der) = (root_der.to_vec(), issuing_der.to_vec());
+        self.write(move |conn| {
             let updated = diesel::update(
                 ca_state::table
                     .filter(ca_state::id.eq(CA_ROW))
                     .filter(ca_state::issuing_der.is_null()),
             )
             .set((
-                ca_state::root_der.eq(root_der),
-                ca_state::issuing_der.eq(issuing_der),
+                ca_state::root_der.eq(&root_der),
+                ca_state::issuing_der.eq(&issuing_der),
                 ca_state::pending_csr_der.eq(None::<Vec<u8>>),
             ))
             .execute(conn)
@@ -147,15 +150,7 @@ impl Store {
                     StoreError::CaAlreadyInitialized
                 });
             }
-            let data = json!({
-                "root_sha256": sha256_hex(root_der),
-                "issuing_sha256": sha256_hex(issuing_der),
-            });
-            audit::append(
-                conn,
-                &NewAuditEvent::new(CA_IMPORTED, actor, "ca", data),
-                now,
-            )?;
+            audit::append(conn, &event, now)?;
             Ok(())
         })
     }

@@ -126,8 +126,23 @@ impl Store {
             issued_at: None,
             failure: None,
         };
-        self.write(|conn| {
-            if let Some(token_id) = token_use {
+        let data = json!({
+            "policy": cert.policy,
+            "policy_version": cert.policy_version,
+            "identity": cert.identity,
+            "key_type": cert.key_type.as_str(),
+            "subject_key_sha256": cert.subject_key_sha256,
+            "not_before_unix": row.not_before,
+            "not_after_unix": row.not_after,
+            "tbs_sha256": sha256_hex(&cert.tbs_der),
+            "token_id": token_use,
+            "predecessor": cert.predecessor,
+        });
+        let event = NewAuditEvent::new(CERTIFICATE_SIGNING, actor, &cert.serial, data);
+        let token_use = token_use.map(str::to_owned);
+        let chain_started_at = unix(cert.chain_started_at);
+        self.write(move |conn| {
+            if let Some(token_id) = &token_use {
                 tokens::consume_use(conn, token_id, now)?;
             }
             match diesel::insert_into(certificates::table)
@@ -135,32 +150,17 @@ impl Store {
                 .execute(conn)
             {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::SerialCollision {
-                        serial: cert.serial.clone(),
-                    })
+                    return Err(StoreError::SerialCollision { serial: row.serial })
                 }
                 other => other.map_err(StoreError::query)?,
             };
             diesel::insert_into(renewal_chains::table)
                 .values((
-                    renewal_chains::serial.eq(&cert.serial),
-                    renewal_chains::chain_started_at.eq(unix(cert.chain_started_at)),
+                    renewal_chains::serial.eq(&row.serial),
+                    renewal_chains::chain_started_at.eq(chain_started_at),
                 ))
                 .execute(conn)
                 .map_err(StoreError::query)?;
-            let data = json!({
-                "policy": cert.policy,
-                "policy_version": cert.policy_version,
-                "identity": cert.identity,
-                "key_type": cert.key_type.as_str(),
-                "subject_key_sha256": cert.subject_key_sha256,
-                "not_before_unix": row.not_before,
-                "not_after_unix": row.not_after,
-                "tbs_sha256": sha256_hex(&cert.tbs_der),
-                "token_id": token_use,
-                "predecessor": cert.predecessor,
-            });
-            let event = NewAuditEvent::new(CERTIFICATE_SIGNING, actor, &cert.serial, data);
             audit::append(conn, &event, now)?;
             Ok(())
         })
@@ -176,24 +176,26 @@ impl Store {
         certificate_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.write(|conn| {
+        let data = json!({ "certificate_sha256": sha256_hex(certificate_der) });
+        let event = NewAuditEvent::new(CERTIFICATE_ISSUED, SYSTEM_ACTOR, serial, data);
+        let serial = serial.to_owned();
+        let certificate_der = certificate_der.to_vec();
+        self.write(move |conn| {
             let updated = diesel::update(
                 certificates::table
-                    .filter(certificates::serial.eq(serial))
+                    .filter(certificates::serial.eq(&serial))
                     .filter(certificates::status.eq(status_name(CertificateStatus::Pending))),
             )
             .set((
                 certificates::status.eq(status_name(CertificateStatus::Issued)),
-                certificates::certificate_der.eq(certificate_der),
+                certificates::certificate_der.eq(&certificate_der),
                 certificates::issued_at.eq(unix(now)),
             ))
             .execute(conn)
             .map_err(StoreError::query)?;
             if updated != 1 {
-                return Err(not_pending(conn, serial)?);
+                return Err(not_pending(conn, &serial)?);
             }
-            let data = json!({ "certificate_sha256": sha256_hex(certificate_der) });
-            let event = NewAuditEvent::new(CERTIFICATE_ISSUED, SYSTEM_ACTOR, serial, data);
             audit::append(conn, &event, now)?;
             Ok(())
         })
@@ -213,33 +215,36 @@ impl Store {
         refund_token: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.write(|conn| {
+        let serial = serial.to_owned();
+        let failure = failure.to_owned();
+        let refund_token = refund_token.map(str::to_owned);
+        self.write(move |conn| {
             let updated = diesel::update(
                 certificates::table
-                    .filter(certificates::serial.eq(serial))
+                    .filter(certificates::serial.eq(&serial))
                     .filter(certificates::status.eq(status_name(CertificateStatus::Pending))),
             )
             .set((
                 certificates::status.eq(status_name(CertificateStatus::Failed)),
-                certificates::failure.eq(failure),
+                certificates::failure.eq(&failure),
             ))
             .execute(conn)
             .map_err(StoreError::query)?;
             if updated != 1 {
-                return Err(not_pending(conn, serial)?);
+                return Err(not_pending(conn, &serial)?);
             }
-            let refunded = match refund_token {
+            let refunded = match &refund_token {
                 Some(token_id) => tokens::refund_use(conn, token_id)?,
                 None => false,
             };
             if refund_token.is_some() && !refunded {
-                tracing::warn!(cert.serial = serial, "token use to refund not found");
+                tracing::warn!(cert.serial = %serial, "token use to refund not found");
             }
             let data = json!({
                 "failure": failure,
-                "refunded_token": refund_token.filter(|_| refunded),
+                "refunded_token": refund_token.as_deref().filter(|_| refunded),
             });
-            let event = NewAuditEvent::new(CERTIFICATE_FAILED, SYSTEM_ACTOR, serial, data);
+            let event = NewAuditEvent::new(CERTIFICATE_FAILED, SYSTEM_ACTOR, &serial, data);
             audit::append(conn, &event, now)?;
             Ok(())
         })
@@ -351,51 +356,53 @@ impl Store {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<CertificateInfo, StoreError> {
-        self.write(|conn| {
+        let serial = serial.to_owned();
+        let actor = actor.to_owned();
+        self.write(move |conn| {
             let updated = diesel::update(
                 certificates::table
-                    .filter(certificates::serial.eq(serial))
+                    .filter(certificates::serial.eq(&serial))
                     .filter(certificates::status.eq(status_name(CertificateStatus::Issued))),
             )
             .set(certificates::status.eq(status_name(CertificateStatus::Revoked)))
             .execute(conn)
             .map_err(StoreError::query)?;
             if updated != 1 {
-                let Some((row, revocation)) = full_row(conn, serial)? else {
+                let Some((row, revocation)) = full_row(conn, &serial)? else {
                     return Err(StoreError::CertificateNotFound {
-                        serial: serial.to_owned(),
+                        serial: serial.clone(),
                     });
                 };
                 let what = format!("certificate {serial}");
                 return Err(match parse_status(&row.status, &what)? {
                     CertificateStatus::Revoked => StoreError::CertificateAlreadyRevoked {
-                        serial: serial.to_owned(),
+                        serial: serial.clone(),
                         revoked_at: optional_from_unix(revocation.0, &what)?,
                     },
                     status => StoreError::CertificateNotIssued {
-                        serial: serial.to_owned(),
+                        serial: serial.clone(),
                         status,
                     },
                 });
             }
             diesel::insert_into(certificate_revocations::table)
                 .values(RevocationRow {
-                    serial: serial.to_owned(),
+                    serial: serial.clone(),
                     revoked_at: unix(now),
                     reason: reason_name(reason).to_owned(),
-                    revoked_by: actor.to_owned(),
+                    revoked_by: actor.clone(),
                 })
                 .execute(conn)
                 .map_err(StoreError::query)?;
             let data = json!({ "reason": reason_name(reason), "reason_code": reason.code() });
             audit::append(
                 conn,
-                &NewAuditEvent::new(CERTIFICATE_REVOKED, actor, serial, data),
+                &NewAuditEvent::new(CERTIFICATE_REVOKED, &actor, &serial, data),
                 now,
             )?;
             let (row, revocation) =
-                full_row(conn, serial)?.ok_or_else(|| StoreError::CertificateNotFound {
-                    serial: serial.to_owned(),
+                full_row(conn, &serial)?.ok_or_else(|| StoreError::CertificateNotFound {
+                    serial: serial.clone(),
                 })?;
             info_with_pem(row, revocation)
         })

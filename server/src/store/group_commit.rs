@@ -4,26 +4,39 @@
 //! SQLite has one writer at a time. Left to itself, concurrent writers on
 //! separate connections fail to get the lock and sleep in SQLite's busy
 //! handler (1, 2, 5 … 100 ms steps), and every transaction pays its own fsync.
-//! Here every write instead runs on one dedicated connection, serialised by
-//! a mutex:
+//! Here one dedicated thread owns the write connection, and callers send it
+//! their transaction bodies:
 //!
-//! 1. The first writer of a batch opens it with `BEGIN IMMEDIATE`.
-//! 2. Each writer runs its body inside its own `SAVEPOINT`. A body that fails
-//!    is rolled back to its savepoint alone and gets its error at once; the
-//!    others in the batch are unaffected.
-//! 3. A writer whose body succeeded waits for the batch's COMMIT. Whoever
-//!    finishes a body while nobody else is queued to join (or once the
-//!    batch is [`MAX_BATCH`] bodies long) commits, and wakes the batch.
+//! 1. The writer takes the first queued body and opens a batch with
+//!    `BEGIN IMMEDIATE`.
+//! 2. It runs each body inside its own `SAVEPOINT`. A body that fails is
+//!    rolled back to its savepoint alone and its caller gets the error at
+//!    once; the others in the batch are unaffected.
+//! 3. After each body it takes the next one already queued, if any, so
+//!    bodies that arrive while the batch runs (or while the previous COMMIT
+//!    was syncing) join it, up to [`MAX_BATCH`]. When the queue is empty it
+//!    commits once and answers every caller of the batch.
+//!
+//! Bodies run back to back on one thread: the connection never changes
+//! hands, and each caller is woken exactly once, with its answer. That is
+//! the point of the design; with callers taking turns on a shared
+//! connection, every body paid a lock hand-off during which the serial
+//! section stood idle, and that hand-off latency capped enrollment
+//! throughput.
 //!
 //! Invariant: no caller sees `Ok` before the COMMIT that made its changes
 //! durable (`synchronous=FULL`) has returned; when a COMMIT fails, every body
 //! in the batch gets the error, and none of their changes exist.
 //! Bodies see the uncommitted changes of earlier bodies in the same batch,
-//! exactly as if the transactions had run one after another.
+//! exactly as if the transactions had run one after another. Bodies must not
+//! write through the [`super::Store`] themselves (that would wait on this
+//! very thread); they get the connection instead.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use diesel::connection::SimpleConnection;
 
@@ -34,185 +47,205 @@ use super::StoreError;
 /// stream of new writers.
 pub(super) const MAX_BATCH: usize = 64;
 
-/// Outcomes of recently finished batches kept for writers still waking up.
-const OUTCOMES_KEPT: usize = 256;
-
+/// The caller's side of the writer thread.
 pub(super) struct GroupWriter {
-    state: Mutex<State>,
-    batch_done: Condvar,
-    /// Writers blocked on `state` that will join the open batch.
-    queued: AtomicUsize,
-}
-
-struct State {
-    connection: DbConnection,
-    /// The open batch and how many bodies ran in it, when a transaction is open.
-    open: Option<(u64, usize)>,
-    next_batch: u64,
-    /// `(batch, Ok or the commit error's text)`, newest last.
-    outcomes: VecDeque<(u64, Result<(), String>)>,
+    /// `None` only while dropping: closing the queue stops the thread.
+    jobs: Option<Sender<Box<dyn Job>>>,
+    thread: Option<JoinHandle<()>>,
+    /// Batches ended so far (committed or rolled back); tests read it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    batches: Arc<AtomicU64>,
 }
 
 impl GroupWriter {
-    pub(super) fn new(connection: DbConnection) -> Self {
-        Self {
-            state: Mutex::new(State {
-                connection,
-                open: None,
-                next_batch: 1,
-                outcomes: VecDeque::with_capacity(OUTCOMES_KEPT),
-            }),
-            batch_done: Condvar::new(),
-            queued: AtomicUsize::new(0),
-        }
+    /// Starts the writer thread, which owns `connection` from now on.
+    pub(super) fn new(connection: DbConnection) -> Result<Self, StoreError> {
+        let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
+        let batches = Arc::new(AtomicU64::new(0));
+        let counter = batches.clone();
+        let thread = std::thread::Builder::new()
+            .name("certmint-db-writer".into())
+            .spawn(move || run_writer(connection, queue, &counter))
+            .map_err(|error| StoreError::unavailable("start the database writer thread", error))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            batches,
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A body that panics rolls the whole batch back before the panic
-        // continues (see `write`), so a poisoned lock guards a clean state.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// How many batches have ended (committed or rolled back).
+    #[cfg(test)]
+    pub(super) fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
-    /// Runs `body` as one transaction of a group-committed batch.
-    pub(super) fn write<T>(
-        &self,
-        body: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        let mut state = self.lock();
-        self.queued.fetch_sub(1, Ordering::SeqCst);
+    /// Runs `body` as one transaction of a group-committed batch and waits
+    /// for the batch's COMMIT. A panic in `body` rolls its batch back and
+    /// continues in the caller.
+    pub(super) fn write<T, F>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Box::new(BodyJob { body, reply });
+        self.jobs
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(job)
+            .map_err(|_| writer_gone())?;
+        match answer.recv() {
+            Ok(Reply::Done(result)) => result,
+            Ok(Reply::Panicked(payload)) => std::panic::resume_unwind(payload),
+            Err(_) => Err(writer_gone()),
+        }
+    }
+}
 
-        let batch = match state.open {
-            Some((batch, _)) => batch,
-            None => {
-                state
-                    .connection
-                    .batch_execute("BEGIN IMMEDIATE")
-                    .map_err(StoreError::query)?;
-                let batch = state.next_batch;
-                state.next_batch += 1;
-                state.open = Some((batch, 0));
-                batch
-            }
+impl Drop for GroupWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer's loop once it has drained it;
+        // joining makes sure the connection is closed when the store is.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the caller receives.
+enum Reply<T> {
+    Done(Result<T, StoreError>),
+    Panicked(Box<dyn Any + Send>),
+}
+
+/// One caller's body on its way through the writer.
+trait Job: Send {
+    /// Runs the body in a savepoint; see [`Ran`].
+    fn run(self: Box<Self>, connection: &mut DbConnection) -> Ran;
+    /// Answers the caller with `error` without running the body.
+    fn refuse(self: Box<Self>, error: StoreError);
+}
+
+/// How a body ended, as far as its batch is concerned.
+enum Ran {
+    /// The body succeeded and its savepoint was released: the caller is
+    /// answered with this once the batch's COMMIT has returned.
+    Succeeded(Answer),
+    /// The body failed and was rolled back to its savepoint; its caller has
+    /// its error already.
+    Failed,
+    /// The savepoint statements failed or the body panicked: the
+    /// transaction is unusable and the whole batch must be rolled back. The
+    /// caller has its error (or its panic) already.
+    BrokeBatch,
+}
+
+/// Delivers a successful body's value, or the batch's COMMIT error.
+type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+struct BodyJob<F, T> {
+    body: F,
+    reply: SyncSender<Reply<T>>,
+}
+
+impl<F, T> Job for BodyJob<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, connection: &mut DbConnection) -> Ran {
+        let BodyJob { body, reply } = *self;
+        // A caller that went away (it cannot: it waits) would only mean an
+        // answer nobody reads, so send errors are ignored throughout.
+        let answer = |reply: &SyncSender<Reply<T>>, result| {
+            let _ = reply.send(Reply::Done(result));
         };
-        if let Some((_, bodies)) = state.open.as_mut() {
-            *bodies += 1;
+        if let Err(error) = connection.batch_execute("SAVEPOINT certmint_write") {
+            answer(&reply, Err(StoreError::query(error)));
+            return Ran::BrokeBatch;
         }
-
-        let result = match run_in_savepoint(&mut state.connection, body) {
-            BodyOutcome::Finished(result) => result,
-            BodyOutcome::Broken(error) => {
-                // The savepoint machinery itself failed: the transaction is
-                // unusable, so the whole batch ends here.
-                let _ = self.finish(&mut state, batch, false);
-                return Err(error);
-            }
-            BodyOutcome::Panicked(payload) => {
-                let _ = self.finish(&mut state, batch, false);
-                drop(state);
-                std::panic::resume_unwind(payload);
-            }
-        };
-
-        let batch_full = state.open.is_some_and(|(_, bodies)| bodies >= MAX_BATCH);
-        if self.queued.load(Ordering::SeqCst) == 0 || batch_full {
-            let committed = self.finish(&mut state, batch, true);
-            return match (result, committed) {
-                (Ok(value), Ok(())) => Ok(value),
-                (Ok(_), Err(error)) => Err(error),
-                (Err(error), _) => Err(error),
-            };
-        }
-        if let Err(error) = result {
-            // Rolled back to its savepoint; nothing of it will be committed.
-            return Err(error);
-        }
-        let value = result?;
-        loop {
-            state = self
-                .batch_done
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, outcome)) = state.outcomes.iter().find(|(done, _)| *done == batch) {
-                return match outcome {
-                    Ok(()) => Ok(value),
-                    Err(message) => Err(commit_failed(message)),
-                };
-            }
-            if state
-                .outcomes
-                .front()
-                .is_some_and(|(oldest, _)| *oldest > batch)
+        // After a panic the connection is only used again after a full
+        // ROLLBACK, so observing it mid-body cannot leak a broken invariant.
+        let result =
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut *connection)))
             {
-                // Should not happen (OUTCOMES_KEPT exceeds any plausible
-                // number of sleepers); refuse rather than guess.
-                return Err(commit_failed("batch outcome no longer known"));
-            }
-        }
-    }
-
-    /// Commits (or, after a broken savepoint, rolls back) the open batch and
-    /// wakes its writers.
-    fn finish(&self, state: &mut State, batch: u64, commit: bool) -> Result<(), StoreError> {
-        let outcome = if commit {
-            match state.connection.batch_execute("COMMIT") {
-                Ok(()) => Ok(()),
+                Ok(result) => result,
+                Err(payload) => {
+                    let _ = reply.send(Reply::Panicked(payload));
+                    return Ran::BrokeBatch;
+                }
+            };
+        match result {
+            Ok(value) => match connection.batch_execute("RELEASE certmint_write") {
+                Ok(()) => Ran::Succeeded(Box::new(move |outcome: Result<(), &str>| {
+                    answer(&reply, outcome.map(|()| value).map_err(commit_failed));
+                })),
                 Err(error) => {
-                    let _ = state.connection.batch_execute("ROLLBACK");
-                    Err(StoreError::query(error))
+                    answer(&reply, Err(StoreError::query(error)));
+                    Ran::BrokeBatch
+                }
+            },
+            Err(error) => {
+                let undone =
+                    connection.batch_execute("ROLLBACK TO certmint_write; RELEASE certmint_write");
+                answer(&reply, Err(error));
+                match undone {
+                    Ok(()) => Ran::Failed,
+                    Err(_) => Ran::BrokeBatch,
                 }
             }
-        } else {
-            let _ = state.connection.batch_execute("ROLLBACK");
-            Err(commit_failed(
-                "an earlier write in the batch broke the transaction",
-            ))
-        };
-        state.open = None;
-        if state.outcomes.len() == OUTCOMES_KEPT {
-            state.outcomes.pop_front();
         }
-        state.outcomes.push_back((
-            batch,
-            outcome.as_ref().map(|_| ()).map_err(ToString::to_string),
-        ));
-        self.batch_done.notify_all();
-        outcome
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Reply::Done(Err(error)));
     }
 }
 
-enum BodyOutcome<T> {
-    /// The body ran; its savepoint was released or rolled back.
-    Finished(Result<T, StoreError>),
-    /// The savepoint statements failed: the transaction is broken.
-    Broken(StoreError),
-    /// The body panicked; the batch must be rolled back.
-    Panicked(Box<dyn std::any::Any + Send>),
-}
-
-/// Runs `body` inside a savepoint.
-fn run_in_savepoint<T>(
-    connection: &mut DbConnection,
-    body: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
-) -> BodyOutcome<T> {
-    if let Err(error) = connection.batch_execute("SAVEPOINT certmint_write") {
-        return BodyOutcome::Broken(StoreError::query(error));
-    }
-    // The connection is only ever used again after a full ROLLBACK when the
-    // body panics, so observing it mid-body cannot leak a broken invariant.
-    let result =
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut *connection))) {
-            Ok(result) => result,
-            Err(payload) => return BodyOutcome::Panicked(payload),
+/// The writer thread: one batch per turn of the loop, until the queue closes.
+fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, batches: &AtomicU64) {
+    while let Ok(first) = queue.recv() {
+        if let Err(error) = connection.batch_execute("BEGIN IMMEDIATE") {
+            first.refuse(StoreError::query(error));
+            continue;
+        }
+        let mut committable = Vec::new();
+        let mut broken = false;
+        let mut next = Some(first);
+        let mut bodies = 0;
+        while let Some(job) = next.take() {
+            bodies += 1;
+            match job.run(&mut connection) {
+                Ran::Succeeded(answer) => committable.push(answer),
+                Ran::Failed => {}
+                Ran::BrokeBatch => {
+                    broken = true;
+                    break;
+                }
+            }
+            if bodies < MAX_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        let outcome = if broken {
+            let _ = connection.batch_execute("ROLLBACK");
+            Err("an earlier write in the batch broke the transaction".to_owned())
+        } else {
+            match connection.batch_execute("COMMIT") {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    let _ = connection.batch_execute("ROLLBACK");
+                    tracing::error!(error = %error, bodies, "group commit failed");
+                    Err(error.to_string())
+                }
+            }
         };
-    let closing = if result.is_ok() {
-        "RELEASE certmint_write"
-    } else {
-        "ROLLBACK TO certmint_write; RELEASE certmint_write"
-    };
-    match connection.batch_execute(closing) {
-        Ok(()) => BodyOutcome::Finished(result),
-        Err(error) => BodyOutcome::Broken(StoreError::query(error)),
+        batches.fetch_add(1, Ordering::Relaxed);
+        for answer in committable {
+            answer(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        }
     }
 }
 
@@ -221,6 +254,10 @@ fn commit_failed(message: &str) -> StoreError {
         what: "group commit",
         source: message.to_owned().into(),
     }
+}
+
+fn writer_gone() -> StoreError {
+    commit_failed("the database writer thread has stopped")
 }
 
 #[cfg(test)]
@@ -247,7 +284,7 @@ mod tests {
         connection
             .batch_execute("CREATE TABLE items (id INTEGER PRIMARY KEY, value TEXT NOT NULL)")
             .unwrap();
-        (GroupWriter::new(connection), manager)
+        (GroupWriter::new(connection).unwrap(), manager)
     }
 
     fn count(manager: &Manager) -> i64 {
@@ -272,13 +309,54 @@ mod tests {
         let threads: Vec<_> = (0..32)
             .map(|id| {
                 let writer = writer.clone();
-                std::thread::spawn(move || writer.write(|conn| insert(conn, id)))
+                std::thread::spawn(move || writer.write(move |conn| insert(conn, id)))
             })
             .collect();
         for thread in threads {
             thread.join().unwrap().unwrap();
         }
         assert_eq!(count(&manager), 32);
+    }
+
+    #[test]
+    fn ok_writes_queued_while_a_batch_runs_share_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, manager) = writer(&dir);
+        let writer = Arc::new(writer);
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                writer.write(move |conn| {
+                    started.send(()).unwrap();
+                    hold.recv().unwrap();
+                    insert(conn, 0)
+                })
+            })
+        };
+        // The first body holds its batch open; ten more writes queue behind it.
+        running.recv().unwrap();
+        let queued: Vec<_> = (1..=10)
+            .map(|id| {
+                let writer = writer.clone();
+                std::thread::spawn(move || writer.write(move |conn| insert(conn, id)))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        for thread in queued {
+            thread.join().unwrap().unwrap();
+        }
+        assert_eq!(count(&manager), 11);
+        // One commit each would be 11 batches; writes queued while a batch
+        // runs join it (here all ten, unless one was slower than 300 ms).
+        assert!(
+            writer.batches() <= 2,
+            "{} batches for 11 writes",
+            writer.batches()
+        );
     }
 
     #[test]
@@ -291,7 +369,7 @@ mod tests {
             .map(|n| {
                 let writer = writer.clone();
                 std::thread::spawn(move || {
-                    writer.write(|conn| {
+                    writer.write(move |conn| {
                         insert(conn, n % 8)?;
                         insert(conn, 100 + n)
                     })

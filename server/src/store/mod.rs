@@ -301,7 +301,7 @@ impl Store {
         // group-commits all writes (see `group_commit`). PostgreSQL writes
         // run concurrently on pooled connections.
         let writer = match backend {
-            Backend::Sqlite => Some(std::sync::Arc::new(group_commit::GroupWriter::new(first))),
+            Backend::Sqlite => Some(std::sync::Arc::new(group_commit::GroupWriter::new(first)?)),
             Backend::Postgres => {
                 drop(first);
                 None
@@ -358,10 +358,16 @@ impl Store {
     /// Runs `body` in a write transaction: committed when it returns `Ok`,
     /// rolled back when it returns `Err` (keeping both errors if the rollback
     /// fails too).
-    fn write<T>(
-        &self,
-        body: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    ///
+    /// The body owns what it captures because on SQLite it runs on the
+    /// group-commit thread. Do everything that needs no connection (JSON,
+    /// hashes, row building) before calling: the body runs in the one serial
+    /// section every write shares.
+    fn write<T, F>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
         if let Some(writer) = &self.writer {
             return writer.write(body);
         }
@@ -371,13 +377,22 @@ impl Store {
 
     /// [`Store::write`], retried while it fails with [`StoreError::Conflict`]
     /// (a lost race on a primary key; the winner has committed by then).
-    fn write_retrying<T>(
-        &self,
-        mut body: impl FnMut(&mut DbConnection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn write_retrying<T, F>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
         let mut attempt = 1;
         loop {
-            match self.write(&mut body) {
+            let attempt_body = body.clone();
+            let result = self.write(move |conn| {
+                let mut body = attempt_body
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (*body)(conn)
+            });
+            match result {
                 Err(StoreError::Conflict { what }) if attempt < MAX_WRITE_ATTEMPTS => {
                     tracing::debug!(
                         store.conflict = what,

@@ -29,20 +29,20 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<Policy, StoreError> {
         let row = new_row(spec, 1, actor, now)?;
-        self.write(|conn| {
+        let event = version_event(POLICY_CREATED, &row, actor);
+        let name = spec.name.clone();
+        self.write(move |conn| {
             match diesel::insert_into(policies::table)
                 .values(&row)
                 .execute(conn)
             {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::PolicyAlreadyExists {
-                        name: spec.name.clone(),
-                    })
+                    return Err(StoreError::PolicyAlreadyExists { name })
                 }
                 other => other.map_err(StoreError::query)?,
             };
-            audit::append(conn, &version_event(POLICY_CREATED, &row, actor), now)?;
-            policy_from_row(row.clone())
+            audit::append(conn, &event, now)?;
+            policy_from_row(row)
         })
     }
 
@@ -54,14 +54,16 @@ impl Store {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<Policy, StoreError> {
-        self.write_retrying(|conn| {
+        let spec = spec.clone();
+        let actor = actor.to_owned();
+        self.write_retrying(move |conn| {
             let current =
                 current_row(conn, &spec.name)?.ok_or_else(|| StoreError::PolicyNotFound {
                     name: spec.name.clone(),
                 })?;
-            let row = new_row(spec, current.version + 1, actor, now)?;
+            let row = new_row(&spec, current.version + 1, &actor, now)?;
             insert_version(conn, &row)?;
-            audit::append(conn, &version_event(POLICY_REPLACED, &row, actor), now)?;
+            audit::append(conn, &version_event(POLICY_REPLACED, &row, &actor), now)?;
             policy_from_row(row)
         })
     }
@@ -74,18 +76,19 @@ impl Store {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<Policy, StoreError> {
-        self.write_retrying(|conn| {
-            let current = current_row(conn, name)?.ok_or_else(|| StoreError::PolicyNotFound {
-                name: name.to_owned(),
-            })?;
+        let name = name.to_owned();
+        let actor = actor.to_owned();
+        self.write_retrying(move |conn| {
+            let current = current_row(conn, &name)?
+                .ok_or_else(|| StoreError::PolicyNotFound { name: name.clone() })?;
             if !current.enabled {
                 return policy_from_row(current);
             }
             let mut spec = policy_from_row(current.clone())?.spec;
             spec.enabled = false;
-            let row = new_row(&spec, current.version + 1, actor, now)?;
+            let row = new_row(&spec, current.version + 1, &actor, now)?;
             insert_version(conn, &row)?;
-            audit::append(conn, &version_event(POLICY_DISABLED, &row, actor), now)?;
+            audit::append(conn, &version_event(POLICY_DISABLED, &row, &actor), now)?;
             policy_from_row(row)
         })
     }

@@ -52,30 +52,26 @@ impl Store {
             created_by: actor.to_owned(),
             revoked_at: None,
         };
-        self.write(|conn| {
+        let data = json!({
+            "policy": token.policy,
+            "identity": token.identity,
+            "max_uses": token.max_uses,
+            "expires_at_unix": row.expires_at,
+        });
+        let event = NewAuditEvent::new(TOKEN_MINTED, actor, &token.id, data);
+        let id = token.id.clone();
+        self.write(move |conn| {
             match diesel::insert_into(bootstrap_tokens::table)
                 .values(&row)
                 .execute(conn)
             {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::TokenAlreadyExists {
-                        id: token.id.clone(),
-                    })
+                    return Err(StoreError::TokenAlreadyExists { id })
                 }
                 other => other.map_err(StoreError::query)?,
             };
-            let data = json!({
-                "policy": token.policy,
-                "identity": token.identity,
-                "max_uses": token.max_uses,
-                "expires_at_unix": row.expires_at,
-            });
-            audit::append(
-                conn,
-                &NewAuditEvent::new(TOKEN_MINTED, actor, &token.id, data),
-                now,
-            )?;
-            token_from_row(row.clone())
+            audit::append(conn, &event, now)?;
+            token_from_row(row)
         })
     }
 
@@ -135,22 +131,24 @@ impl Store {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<TokenInfo, StoreError> {
-        self.write(|conn| {
+        let id = id.to_owned();
+        let actor = actor.to_owned();
+        self.write(move |conn| {
             let revoked = diesel::update(
                 bootstrap_tokens::table
-                    .filter(bootstrap_tokens::id.eq(id))
+                    .filter(bootstrap_tokens::id.eq(&id))
                     .filter(bootstrap_tokens::revoked_at.is_null()),
             )
             .set(bootstrap_tokens::revoked_at.eq(unix(now)))
             .execute(conn)
             .map_err(StoreError::query)?;
-            let row = token_row(conn, id)?
-                .ok_or_else(|| StoreError::TokenNotFound { id: id.to_owned() })?;
+            let row = token_row(conn, &id)?
+                .ok_or_else(|| StoreError::TokenNotFound { id: id.clone() })?;
             if revoked == 1 {
                 let data = json!({ "policy": row.policy, "uses": row.uses });
                 audit::append(
                     conn,
-                    &NewAuditEvent::new(TOKEN_REVOKED, actor, id, data),
+                    &NewAuditEvent::new(TOKEN_REVOKED, &actor, &id, data),
                     now,
                 )?;
             }
