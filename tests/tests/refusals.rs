@@ -284,6 +284,8 @@ backend_tests! {
             ("fail_wildcard_not_leftmost", "api.*.payments.internal"),
             ("fail_partial_wildcard", "a*.payments.internal"),
             ("fail_reserved_hyphens_not_punycode", "ab--cd.payments.internal"),
+            ("fail_undecodable_punycode", "xn--99999999999999.payments.internal"),
+            ("fail_non_canonical_punycode", "xn--bcher-2pa.payments.internal"),
         ];
         let minted = server.mint_token(
             &policy,

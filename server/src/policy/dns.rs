@@ -133,6 +133,8 @@ pub(crate) enum DnsNameError {
     HyphenAtEdge { label: String },
     #[error("has the label {label:?} with '--' in positions 3-4, reserved for xn-- (punycode)")]
     ReservedHyphens { label: String },
+    #[error("has the label {label:?}, which is not valid IDNA punycode")]
+    InvalidPunycode { label: String },
     #[error("has '*' inside the label {label:?}; '*' may only be a whole label")]
     PartialWildcard { label: String },
     #[error(
@@ -212,13 +214,28 @@ fn check_label(label: &str) -> Result<(), DnsNameError> {
             label: label.to_owned(),
         });
     }
-    // `xn--` followed by at least one LDH character is accepted as punycode;
-    // the hyphen rule above already refuses a bare `xn--`. Decoding and full
-    // IDNA 2008 validation are out of scope.
     if label.get(2..4) == Some("--") && !label.starts_with("xn--") {
         return Err(DnsNameError::ReservedHyphens {
             label: label.to_owned(),
         });
     }
+    if label.starts_with("xn--") {
+        check_punycode(label)?;
+    }
     Ok(())
+}
+
+/// An `xn--` label must be what IDNA itself would write for some valid
+/// Unicode label: it decodes, the decoded label passes UTS #46 processing
+/// with the STD3 rules and hyphen checks, and encoding it again gives back
+/// exactly this label. That refuses undecodable punycode, labels that
+/// decode to plain ASCII or to disallowed code points, and non-canonical
+/// encodings that would make two different-looking names the same one.
+fn check_punycode(label: &str) -> Result<(), DnsNameError> {
+    match idna::domain_to_ascii_strict(label) {
+        Ok(canonical) if canonical == label => Ok(()),
+        _ => Err(DnsNameError::InvalidPunycode {
+            label: label.to_owned(),
+        }),
+    }
 }

@@ -28,8 +28,9 @@
 //!   digits, `-`), labels 1–63 characters, at most 253 in all, no empty
 //!   label, no trailing dot, at least two labels, not an IP address, the
 //!   rightmost label not all-numeric, and `--` in positions 3–4 only as the
-//!   `xn--` punycode prefix. Punycode labels are checked for shape only (`xn--` and at least
-//!   one LDH character): full IDNA 2008 validation is out of scope.
+//!   `xn--` punycode prefix. An `xn--` label must be canonical IDNA: it
+//!   decodes, passes UTS #46 processing (STD3 rules, hyphen and joiner
+//!   checks; the `idna` crate), and encodes back to itself.
 //! - IP: policy and token entries are CIDR ranges (a bare address is one
 //!   host); an IPv4-mapped IPv6 address is compared as the IPv4 address.
 //! - URI: see the `uri` submodule: a strict `scheme://host[:port]/path`

@@ -145,6 +145,13 @@ fn dns_names_without_wildcard_permission() {
         ("fail_trailing_hyphen", "db-.payments.internal", Some(ProblemCode::PolicyInvalidName)),
         ("fail_reserved_hyphens", "ab--cd.payments.internal", Some(ProblemCode::PolicyInvalidName)),
         ("fail_bare_punycode_prefix", "xn--.payments.internal", Some(ProblemCode::PolicyInvalidName)),
+        // "a⒈": U+2488 is disallowed under the STD3 rules.
+        ("fail_punycode_of_disallowed_code_point", "xn--a-ecp.example", Some(ProblemCode::PolicyInvalidName)),
+        // "a<ZWJ>b": a zero-width joiner outside the context IDNA allows.
+        ("fail_punycode_of_zero_width_joiner", "xn--ab-m1t.example", Some(ProblemCode::PolicyInvalidName)),
+        // "bÜcher": IDNA maps Ü to ü, so the canonical label is xn--bcher-kva.
+        ("fail_non_canonical_punycode", "xn--bcher-2pa.example", Some(ProblemCode::PolicyInvalidName)),
+        ("fail_undecodable_punycode", "xn--99999999999999.example", Some(ProblemCode::PolicyInvalidName)),
         ("fail_single_label", "localhost", Some(ProblemCode::PolicyInvalidName)),
         ("fail_numeric_top_label", "db.payments.123", Some(ProblemCode::PolicyInvalidName)),
         ("fail_wildcard_without_permission", "*.payments.internal", Some(ProblemCode::PolicyWildcardNotAllowed)),
