@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::AuditEventRow;
 use super::schema::{audit_events, audit_head};
+use super::statements::{BumpAuditSequence, SetAuditHead};
 use super::{
     cursor_int, decode_cursor, encode_cursor, from_json, from_unix, page_of, page_size, unix,
     Store, StoreError,
@@ -74,10 +75,7 @@ pub(super) fn append(
     event: &NewAuditEvent,
     now: OffsetDateTime,
 ) -> Result<AuditEvent, StoreError> {
-    let bumped = diesel::update(audit_head::table.filter(audit_head::id.eq(HEAD)))
-        .set(audit_head::seq.eq(audit_head::seq + 1))
-        .execute(conn)
-        .map_err(StoreError::query)?;
+    let bumped = BumpAuditSequence.execute(conn).map_err(StoreError::query)?;
     if bumped != 1 {
         return Err(StoreError::corrupt("audit_head row is missing"));
     }
@@ -111,8 +109,7 @@ pub(super) fn append(
         .values(&row)
         .execute(conn)
         .map_err(StoreError::query)?;
-    diesel::update(audit_head::table.filter(audit_head::id.eq(HEAD)))
-        .set(audit_head::hash.eq(&row.hash))
+    SetAuditHead { hash: &row.hash }
         .execute(conn)
         .map_err(StoreError::query)?;
     event_from_row(row)

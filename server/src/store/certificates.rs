@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
 use super::schema::{certificate_revocations, certificates, renewal_chains};
+use super::statements::MarkIssued;
 use super::{
     audit, cursor_hex, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
     is_unique_violation, optional_from_unix, page_of, page_size, sha256_hex, to_json, tokens, unix,
@@ -181,16 +182,11 @@ impl Store {
         let serial = serial.to_owned();
         let certificate_der = certificate_der.to_vec();
         self.write(move |conn| {
-            let updated = diesel::update(
-                certificates::table
-                    .filter(certificates::serial.eq(&serial))
-                    .filter(certificates::status.eq(status_name(CertificateStatus::Pending))),
-            )
-            .set((
-                certificates::status.eq(status_name(CertificateStatus::Issued)),
-                certificates::certificate_der.eq(&certificate_der),
-                certificates::issued_at.eq(unix(now)),
-            ))
+            let updated = MarkIssued {
+                serial: &serial,
+                certificate_der: &certificate_der,
+                issued_at_unix: unix(now),
+            }
             .execute(conn)
             .map_err(StoreError::query)?;
             if updated != 1 {
@@ -523,7 +519,7 @@ fn info_from_summary(
 }
 
 /// The stored name of a status (the wire name).
-fn status_name(status: CertificateStatus) -> &'static str {
+pub(super) fn status_name(status: CertificateStatus) -> &'static str {
     match status {
         CertificateStatus::Pending => "pending",
         CertificateStatus::Issued => "issued",

@@ -19,10 +19,13 @@ use super::{sqlite_directory, Backend, StoreError};
 /// `busy_timeout` comes first so that switching to WAL waits for other
 /// connections instead of failing; `synchronous=FULL` makes every commit
 /// durable (a certificate a client received is never lost on power failure).
+/// `temp_store = MEMORY` keeps the group-commit writer's savepoint
+/// sub-journals in RAM rather than spilling them to temporary files.
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; \
      PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; \
-     PRAGMA foreign_keys = ON;";
+     PRAGMA foreign_keys = ON; \
+     PRAGMA temp_store = MEMORY;";
 
 /// A connection to either back end.
 #[derive(diesel::MultiConnection)]

@@ -38,9 +38,12 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use diesel::connection::SimpleConnection;
+use diesel::RunQueryDsl as _;
 
 use super::connection::DbConnection;
+use super::statements::{
+    BeginImmediate, Commit, ReleaseSavepoint, Rollback, RollbackToSavepoint, Savepoint,
+};
 use super::StoreError;
 
 /// Longest batch: bounds the latency of the first writer under a steady
@@ -162,7 +165,7 @@ where
         let answer = |reply: &SyncSender<Reply<T>>, result| {
             let _ = reply.send(Reply::Done(result));
         };
-        if let Err(error) = connection.batch_execute("SAVEPOINT certmint_write") {
+        if let Err(error) = Savepoint.execute(connection) {
             answer(&reply, Err(StoreError::query(error)));
             return Ran::BrokeBatch;
         }
@@ -178,8 +181,8 @@ where
                 }
             };
         match result {
-            Ok(value) => match connection.batch_execute("RELEASE certmint_write") {
-                Ok(()) => Ran::Succeeded(Box::new(move |outcome: Result<(), &str>| {
+            Ok(value) => match ReleaseSavepoint.execute(connection) {
+                Ok(_) => Ran::Succeeded(Box::new(move |outcome: Result<(), &str>| {
                     answer(&reply, outcome.map(|()| value).map_err(commit_failed));
                 })),
                 Err(error) => {
@@ -188,11 +191,12 @@ where
                 }
             },
             Err(error) => {
-                let undone =
-                    connection.batch_execute("ROLLBACK TO certmint_write; RELEASE certmint_write");
+                let undone = RollbackToSavepoint
+                    .execute(connection)
+                    .and_then(|_| ReleaseSavepoint.execute(connection));
                 answer(&reply, Err(error));
                 match undone {
-                    Ok(()) => Ran::Failed,
+                    Ok(_) => Ran::Failed,
                     Err(_) => Ran::BrokeBatch,
                 }
             }
@@ -207,7 +211,7 @@ where
 /// The writer thread: one batch per turn of the loop, until the queue closes.
 fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, batches: &AtomicU64) {
     while let Ok(first) = queue.recv() {
-        if let Err(error) = connection.batch_execute("BEGIN IMMEDIATE") {
+        if let Err(error) = BeginImmediate.execute(&mut connection) {
             first.refuse(StoreError::query(error));
             continue;
         }
@@ -230,13 +234,13 @@ fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, batch
             }
         }
         let outcome = if broken {
-            let _ = connection.batch_execute("ROLLBACK");
+            let _ = Rollback.execute(&mut connection);
             Err("an earlier write in the batch broke the transaction".to_owned())
         } else {
-            match connection.batch_execute("COMMIT") {
-                Ok(()) => Ok(()),
+            match Commit.execute(&mut connection) {
+                Ok(_) => Ok(()),
                 Err(error) => {
-                    let _ = connection.batch_execute("ROLLBACK");
+                    let _ = Rollback.execute(&mut connection);
                     tracing::error!(error = %error, bodies, "group commit failed");
                     Err(error.to_string())
                 }
@@ -267,6 +271,8 @@ mod tests {
     use diesel::r2d2::ManageConnection as _;
     use diesel::sql_types::BigInt;
     use diesel::RunQueryDsl as _;
+
+    use diesel::connection::SimpleConnection;
 
     use super::*;
     use crate::store::connection::{Manager, Target};

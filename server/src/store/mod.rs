@@ -54,6 +54,7 @@ mod group_commit;
 mod models;
 mod policies;
 mod schema;
+mod statements;
 #[cfg(test)]
 mod tests;
 mod tokens;

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::TokenRow;
 use super::schema::bootstrap_tokens;
+use super::statements::ConsumeTokenUse;
 use super::{
     audit, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
     is_unique_violation, optional_from_unix, page_of, page_size, to_json, unix, Store, StoreError,
@@ -165,16 +166,9 @@ pub(super) fn consume_use(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     let now_unix = unix(now);
-    let consumed = diesel::update(
-        bootstrap_tokens::table
-            .filter(bootstrap_tokens::id.eq(id))
-            .filter(bootstrap_tokens::uses.lt(bootstrap_tokens::max_uses))
-            .filter(bootstrap_tokens::revoked_at.is_null())
-            .filter(bootstrap_tokens::expires_at.gt(now_unix)),
-    )
-    .set(bootstrap_tokens::uses.eq(bootstrap_tokens::uses + 1))
-    .execute(conn)
-    .map_err(StoreError::query)?;
+    let consumed = ConsumeTokenUse { id, now_unix }
+        .execute(conn)
+        .map_err(StoreError::query)?;
     if consumed == 1 {
         return Ok(());
     }
