@@ -30,9 +30,12 @@
 //! - A certificate is recorded (status `pending`, with its TBS bytes) before
 //!   it is signed and marked `issued` after; see
 //!   [`Store::begin_issuance`].
-//! - On SQLite every write runs on one dedicated connection that group-commits
-//!   concurrent transactions (one `BEGIN IMMEDIATE` and one durable COMMIT
-//!   per batch, each transaction in its own savepoint; see `group_commit`).
+//! - On SQLite every write runs on one dedicated connection, owned by one
+//!   writer thread, that group-commits concurrent transactions (one
+//!   `BEGIN IMMEDIATE` and one durable COMMIT per batch, each transaction in
+//!   its own savepoint; see `group_commit`). Write bodies therefore own what
+//!   they capture, and the statements every enrollment runs are kept
+//!   prepared (`statements`).
 //!   Other processes writing the same file still queue on `busy_timeout`.
 //! - Times are stored as BIGINT unix seconds (UTC): one representation both
 //!   dialects compare and index the same way, free of text-format and
