@@ -292,6 +292,45 @@ backend_tests! {
         }
     }
 
+    fn ok_every_enrollment_uses_the_current_policy_version(server: &TestServer) {
+        // The server caches compiled policies; every change must still apply
+        // to the very next enrollment, whichever way it cuts.
+        let policy = server.unique("versions");
+        let mut spec = policy_json(&policy, &["*.payments.internal"], &[], &[]);
+        server.create_policy(&spec);
+        let name = ["api.payments.internal"];
+        let minted = server.mint_token(&policy, &identity(&name, &[], &[]), 5);
+        let enroll = |key_type: &str| {
+            let (csr, _) = make_csr(key_type, &name, &[], &[]);
+            server.enroll(&csr, &minted.token)
+        };
+        let first: CertificateBundle = enroll("ec-p256").assert_status(201).json();
+        assert_eq!(first.policy_version, 1);
+        enroll("ec-p384").assert_problem(403, "policy.key_type_not_allowed");
+
+        // Broadened: the cached version would refuse, the current allows.
+        spec["key_types"] = json!(["ec-p256", "ec-p384"]);
+        server
+            .admin_put(&format!("/v1/admin/policies/{policy}"), &spec)
+            .assert_status(200);
+        let broadened: CertificateBundle = enroll("ec-p384").assert_status(201).json();
+        assert_eq!(broadened.policy_version, 2);
+        assert_eq!(server.certificate(&broadened.serial).policy_version, 2);
+
+        // Disabled: the cached version would allow, the current refuses.
+        server
+            .admin_delete(&format!("/v1/admin/policies/{policy}"))
+            .assert_status(200);
+        enroll("ec-p256").assert_problem(403, "policy.disabled");
+        let token = server.admin_get(&format!("/v1/admin/tokens/{}", minted.id));
+        assert_eq!(token.body["uses"], 2, "refusals consume no use: {}", token.text);
+        let recorded = server.certificates(&format!("policy={policy}"));
+        assert_eq!(recorded.len(), 2, "{recorded:?}");
+        assert!(recorded
+            .iter()
+            .all(|info| info.status == CertificateStatus::Issued));
+    }
+
     fn ok_enroll_other_key_types(server: &TestServer) {
         let policy = server.unique("keytypes");
         let mut spec = policy_json(&policy, &["*.keys.internal"], &[], &[]);

@@ -174,7 +174,7 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
             StoreError::CertificateAlreadyRevoked { .. } => C::CertificateAlreadyRevoked,
             StoreError::BadCursor => C::RequestInvalidParameter,
             StoreError::CertificateNotIssued { .. } => C::CertificateNotIssued,
-            StoreError::Conflict { .. } => C::StoreUnavailable,
+            StoreError::Conflict { .. } | StoreError::PolicyChanged { .. } => C::StoreUnavailable,
             StoreError::Unavailable { .. } => C::StoreUnavailable,
             _ => C::Internal,
         },

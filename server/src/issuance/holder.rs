@@ -25,7 +25,7 @@ use der::Decode as _;
 use time::OffsetDateTime;
 use x509_cert::certificate::Certificate;
 
-use super::{csr, identity_of, leaf_names, Issuer, Lineage};
+use super::{csr, identity_of, leaf_names, Decided, Issuer, Lineage};
 use crate::error::ServiceError;
 use crate::policy::{self, Decision, IssuanceRequest};
 use crate::store::CertificateRecord;
@@ -120,59 +120,69 @@ impl Issuer {
             }
             .into());
         }
-        let policy = self.load_policy(&record.info.policy)?;
-        let decision = policy::evaluate(
-            &policy,
-            &IssuanceRequest {
-                names: &csr.names,
-                key_type: csr.key_type,
-                ttl: request.ttl.map(|ttl| ttl.as_seconds()),
-                token_identity: None,
-            },
-        );
-        // A disabled policy is reported as such (policy.disabled) before
-        // the renewal rules, which only matter for an enabled policy.
-        let ttl_seconds = match decision {
-            Decision::Deny(refusals) if !policy.is_enabled() => {
-                return Err(ServiceError::denied(refusals))
-            }
-            decision => {
-                if !policy.renewal_allowed() {
-                    return Err(HolderError::RenewalNotAllowed {
-                        policy: policy.name().to_owned(),
-                        version: policy.version(),
-                    }
-                    .into());
-                }
-                match decision {
-                    Decision::Allow { ttl_seconds } => ttl_seconds,
-                    Decision::Deny(refusals) => return Err(ServiceError::denied(refusals)),
-                }
-            }
-        };
-        let latest_not_after = match policy.max_chain_age() {
-            Some(max_age_seconds) => {
-                let limit = record.chain_started_at
-                    + time::Duration::seconds(i64::try_from(max_age_seconds).unwrap_or(i64::MAX));
-                if now >= limit {
-                    return Err(HolderError::ChainTooOld {
-                        policy: policy.name().to_owned(),
-                        started: rfc3339(record.chain_started_at),
-                        max_age_seconds,
-                    }
-                    .into());
-                }
-                Some(limit)
-            }
-            None => None,
-        };
+        let ttl = request.ttl.map(|ttl| ttl.as_seconds());
+        let chain_started_at = record.chain_started_at;
         let lineage = Lineage {
             token_id: None,
             predecessor: Some(serial),
-            chain_started_at: record.chain_started_at,
-            latest_not_after,
+            chain_started_at,
+            latest_not_after: None,
         };
-        let prepared = self.prepare(csr, &policy, ttl_seconds, lineage, now)?;
+        let prepared =
+            self.prepare_under_policy(&record.info.policy, &csr, lineage, now, |policy| {
+                let decision = policy::evaluate(
+                    policy,
+                    &IssuanceRequest {
+                        names: &csr.names,
+                        key_type: csr.key_type,
+                        ttl,
+                        token_identity: None,
+                    },
+                );
+                // A disabled policy is reported as such (policy.disabled)
+                // before the renewal rules, which only matter for an enabled
+                // policy.
+                let ttl_seconds = match decision {
+                    Decision::Deny(refusals) if !policy.is_enabled() => {
+                        return Err(ServiceError::denied(refusals))
+                    }
+                    decision => {
+                        if !policy.renewal_allowed() {
+                            return Err(HolderError::RenewalNotAllowed {
+                                policy: policy.name().to_owned(),
+                                version: policy.version(),
+                            }
+                            .into());
+                        }
+                        match decision {
+                            Decision::Allow { ttl_seconds } => ttl_seconds,
+                            Decision::Deny(refusals) => return Err(ServiceError::denied(refusals)),
+                        }
+                    }
+                };
+                let latest_not_after = match policy.max_chain_age() {
+                    Some(max_age_seconds) => {
+                        let limit = chain_started_at
+                            + time::Duration::seconds(
+                                i64::try_from(max_age_seconds).unwrap_or(i64::MAX),
+                            );
+                        if now >= limit {
+                            return Err(HolderError::ChainTooOld {
+                                policy: policy.name().to_owned(),
+                                started: rfc3339(chain_started_at),
+                                max_age_seconds,
+                            }
+                            .into());
+                        }
+                        Some(limit)
+                    }
+                    None => None,
+                };
+                Ok(Decided {
+                    ttl_seconds,
+                    latest_not_after,
+                })
+            })?;
         self.sign(prepared)
     }
 

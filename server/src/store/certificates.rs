@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use super::connection::DbConnection;
 use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
-use super::schema::{certificate_revocations, certificates, renewal_chains};
+use super::schema::{certificate_revocations, certificates, policies, renewal_chains};
 use super::statements::MarkIssued;
 use super::{
     audit, cursor_hex, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
@@ -67,6 +67,11 @@ pub struct NewCertificate {
     /// When the chain of renewals this certificate belongs to began: the
     /// first enrollment's time (equal to now for an enrollment).
     pub chain_started_at: OffsetDateTime,
+    /// Record the intent only while `policy_version` is still the newest
+    /// version of `policy` in the database ([`StoreError::PolicyChanged`]
+    /// otherwise). False only for the server's own certificates, whose
+    /// built-in policy is not stored.
+    pub require_current_policy: bool,
 }
 
 /// A certificate as stored, for checks against a presented certificate.
@@ -92,9 +97,11 @@ pub struct CertificateFilter {
 }
 
 impl Store {
-    /// Step 1 of issuance, in one transaction: consume one use of
-    /// `token_use` (if any), record `cert` as `pending`, audit
-    /// `certificate.signing`.
+    /// Step 1 of issuance, in one transaction: check that the policy version
+    /// is still current (when `cert.require_current_policy`), consume one use
+    /// of `token_use` (if any), record `cert` as `pending`, audit
+    /// `certificate.signing`. A superseded policy version is
+    /// [`StoreError::PolicyChanged`] (nothing is written).
     ///
     /// Token refusals are precise: [`StoreError::TokenNotFound`],
     /// [`StoreError::TokenRevoked`], [`StoreError::TokenExpired`],
@@ -142,7 +149,25 @@ impl Store {
         let event = NewAuditEvent::new(CERTIFICATE_SIGNING, actor, &cert.serial, data);
         let token_use = token_use.map(str::to_owned);
         let chain_started_at = unix(cert.chain_started_at);
+        let require_current_policy = cert.require_current_policy;
         self.write(move |conn| {
+            if require_current_policy {
+                // In the transaction that consumes the token: the version the
+                // request was evaluated under is the one in force at commit.
+                let current: Option<i64> = policies::table
+                    .filter(policies::name.eq(&row.policy))
+                    .select(policies::version)
+                    .order(policies::version.desc())
+                    .first(conn)
+                    .optional()
+                    .map_err(StoreError::query)?;
+                if current != Some(row.policy_version) {
+                    return Err(StoreError::PolicyChanged {
+                        name: row.policy,
+                        evaluated: row.policy_version,
+                    });
+                }
+            }
             if let Some(token_id) = &token_use {
                 tokens::consume_use(conn, token_id, now)?;
             }

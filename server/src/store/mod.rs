@@ -169,6 +169,15 @@ pub enum StoreError {
         /// Policy name.
         name: String,
     },
+    /// The policy version an issuance was evaluated under is no longer the
+    /// current one (re-evaluate under the current version).
+    #[error("policy {name:?} version {evaluated} is no longer current")]
+    PolicyChanged {
+        /// Policy name.
+        name: String,
+        /// The version the request was evaluated under.
+        evaluated: i64,
+    },
     /// A concurrent writer kept winning the race for the same key; retry later.
     #[error("concurrent update conflict on {what}")]
     Conflict {

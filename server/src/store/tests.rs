@@ -199,6 +199,7 @@ backend_tests!(
     three_use_token_allows_exactly_three,
     fail_token_not_found_revoked_or_expired,
     fail_serial_collision_consumes_nothing,
+    fail_superseded_policy_version_consumes_nothing,
     abandon_refunds_the_token,
     fail_complete_issuance_twice,
     certificate_read_has_pem_once_issued,
@@ -273,6 +274,7 @@ fn new_cert(serial: &str, policy: &str, token_id: Option<&str>) -> NewCertificat
         token_id: token_id.map(str::to_owned),
         predecessor: None,
         chain_started_at: NOW,
+        require_current_policy: false,
     }
 }
 
@@ -492,6 +494,47 @@ fn fail_serial_collision_consumes_nothing(db: &TestDb) {
         .begin_issuance(&new_cert(&serial(7), "payments", None), None, ACTOR, NOW)
         .expect_err("same serial, no token");
     assert!(matches!(err, StoreError::SerialCollision { .. }), "{err:?}");
+}
+
+fn fail_superseded_policy_version_consumes_nothing(db: &TestDb) {
+    let store = &db.store;
+    store
+        .create_policy(&spec("payments"), ACTOR, NOW)
+        .expect("create");
+    token(store, "tok-policy", 5, NOW + Duration::hours(1));
+    let current = |serial_n, version| NewCertificate {
+        policy_version: version,
+        require_current_policy: true,
+        ..new_cert(&serial(serial_n), "payments", Some("tok-policy"))
+    };
+    store
+        .begin_issuance(&current(30, 1), Some("tok-policy"), ACTOR, NOW)
+        .expect("version 1 is current");
+    let mut changed = spec("payments");
+    changed.allowed.dns = vec!["*.narrower.internal".into()];
+    store.replace_policy(&changed, ACTOR, NOW).expect("replace");
+    let stale = store.begin_issuance(&current(31, 1), Some("tok-policy"), ACTOR, NOW);
+    assert!(
+        matches!(&stale, Err(StoreError::PolicyChanged { name, evaluated: 1 }) if name == "payments"),
+        "{stale:?}"
+    );
+    assert_eq!(
+        store.token("tok-policy").expect("read").map(|t| t.uses),
+        Some(1),
+        "the refused intent consumed no token use"
+    );
+    assert!(store.certificate(&serial(31)).expect("read").is_none());
+    store
+        .begin_issuance(&current(32, 2), Some("tok-policy"), ACTOR, NOW)
+        .expect("version 2 is current");
+    let unknown = NewCertificate {
+        require_current_policy: true,
+        ..new_cert(&serial(33), "no-such-policy", None)
+    };
+    assert!(matches!(
+        store.begin_issuance(&unknown, None, ACTOR, NOW),
+        Err(StoreError::PolicyChanged { .. })
+    ));
 }
 
 fn abandon_refunds_the_token(db: &TestDb) {
