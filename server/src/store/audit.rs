@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::AuditEventRow;
 use super::schema::{audit_events, audit_head};
-use super::statements::{BumpAuditSequence, SetAuditHead};
+use super::statements::{BumpAuditSequence, InsertAuditEvent, SetAuditHead};
 use super::{
     cursor_int, decode_cursor, encode_cursor, from_json, from_unix, page_of, page_size, unix,
     Store, StoreError,
@@ -82,7 +82,7 @@ pub(super) fn append(
     let (seq, prev_hash): (i64, String) = audit_head::table
         .filter(audit_head::id.eq(HEAD))
         .select((audit_head::seq, audit_head::hash))
-        .first(conn)
+        .get_result(conn)
         .map_err(StoreError::query)?;
     let at = unix(now);
     let data_json = canonical_json(&event.data);
@@ -105,8 +105,7 @@ pub(super) fn append(
         prev_hash,
         hash,
     };
-    diesel::insert_into(audit_events::table)
-        .values(&row)
+    InsertAuditEvent { row: &row }
         .execute(conn)
         .map_err(StoreError::query)?;
     SetAuditHead { hash: &row.hash }

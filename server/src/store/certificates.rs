@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
 use super::schema::{certificate_revocations, certificates, policies, renewal_chains};
-use super::statements::MarkIssued;
+use super::statements::{InsertCertificate, InsertRenewalChain, MarkIssued};
 use super::{
     audit, cursor_hex, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
     is_unique_violation, optional_from_unix, page_of, page_size, sha256_hex, to_json, tokens, unix,
@@ -156,10 +156,8 @@ impl Store {
                 // request was evaluated under is the one in force at commit.
                 let current: Option<i64> = policies::table
                     .filter(policies::name.eq(&row.policy))
-                    .select(policies::version)
-                    .order(policies::version.desc())
-                    .first(conn)
-                    .optional()
+                    .select(diesel::dsl::max(policies::version))
+                    .get_result(conn)
                     .map_err(StoreError::query)?;
                 if current != Some(row.policy_version) {
                     return Err(StoreError::PolicyChanged {
@@ -171,22 +169,18 @@ impl Store {
             if let Some(token_id) = &token_use {
                 tokens::consume_use(conn, token_id, now)?;
             }
-            match diesel::insert_into(certificates::table)
-                .values(&row)
-                .execute(conn)
-            {
+            match (InsertCertificate { row: &row }).execute(conn) {
                 Err(e) if is_unique_violation(&e) => {
                     return Err(StoreError::SerialCollision { serial: row.serial })
                 }
                 other => other.map_err(StoreError::query)?,
             };
-            diesel::insert_into(renewal_chains::table)
-                .values((
-                    renewal_chains::serial.eq(&row.serial),
-                    renewal_chains::chain_started_at.eq(chain_started_at),
-                ))
-                .execute(conn)
-                .map_err(StoreError::query)?;
+            InsertRenewalChain {
+                serial: &row.serial,
+                chain_started_at_unix: chain_started_at,
+            }
+            .execute(conn)
+            .map_err(StoreError::query)?;
             audit::append(conn, &event, now)?;
             Ok(())
         })
@@ -292,7 +286,7 @@ impl Store {
             let started: Option<i64> = renewal_chains::table
                 .filter(renewal_chains::serial.eq(serial))
                 .select(renewal_chains::chain_started_at)
-                .first(conn)
+                .get_result(conn)
                 .optional()
                 .map_err(StoreError::query)?;
             Ok(Some((full, started)))
@@ -446,7 +440,7 @@ fn not_pending(conn: &mut DbConnection, serial: &str) -> Result<StoreError, Stor
     let status: Option<String> = certificates::table
         .filter(certificates::serial.eq(serial))
         .select(certificates::status)
-        .first(conn)
+        .get_result(conn)
         .optional()
         .map_err(StoreError::query)?;
     Ok(match status {
@@ -481,7 +475,7 @@ fn full_row(
         .left_join(certificate_revocations::table)
         .filter(certificates::serial.eq(serial))
         .select((CertificateRow::as_select(), revocation_columns()))
-        .first(conn)
+        .get_result(conn)
         .optional()
         .map_err(StoreError::query)
 }

@@ -10,6 +10,12 @@
 //! whose SQL text never changes and whose `QueryId` is static is prepared
 //! once per connection and then served from diesel's statement cache.
 //!
+//! The same reason keeps `.first()` off the hot reads: it binds `LIMIT ?`,
+//! and SQLite's planner uses that value, so every rebind expires the
+//! prepared statement and the next step compiles it again. Single-row
+//! lookups by key use `.get_result()` (no LIMIT), and the current policy
+//! version is `MAX(version)`.
+//!
 //! Invariant: each type's SQL text is fixed; only bind values vary (a type
 //! whose text varied would poison the cache, which is keyed by type). Every
 //! statement here is valid in both dialects; diesel writes `?` or `$n` for
@@ -18,12 +24,13 @@
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Binary, HasSqlType, Text};
+use diesel::sql_types::{BigInt, Binary, HasSqlType, Nullable, Text};
 use diesel::{QueryResult, RunQueryDsl};
 
 use certmint::wire::CertificateStatus;
 
 use super::certificates::status_name;
+use super::models::{AuditEventRow, CertificateRow};
 
 /// A statement without binds.
 macro_rules! fixed_statement {
@@ -107,6 +114,28 @@ macro_rules! static_query_id {
     };
 }
 
+/// Records a certificate (all columns).
+#[derive(Debug)]
+pub(super) struct InsertCertificate<'a> {
+    pub(super) row: &'a CertificateRow,
+}
+
+/// Records when a certificate's renewal chain began.
+#[derive(Debug)]
+pub(super) struct InsertRenewalChain<'a> {
+    pub(super) serial: &'a str,
+    pub(super) chain_started_at_unix: i64,
+}
+
+/// Appends one audit event row (all columns).
+#[derive(Debug)]
+pub(super) struct InsertAuditEvent<'a> {
+    pub(super) row: &'a AuditEventRow,
+}
+
+static_query_id!(InsertCertificate);
+static_query_id!(InsertRenewalChain);
+static_query_id!(InsertAuditEvent);
 static_query_id!(SetAuditHead);
 static_query_id!(ConsumeTokenUse);
 static_query_id!(MarkIssued);
@@ -158,5 +187,187 @@ where
         out.push_sql(" AND status = ");
         out.push_bind_param::<Text, _>(status_name(CertificateStatus::Pending))?;
         Ok(())
+    }
+}
+
+impl<DB> QueryFragment<DB> for InsertCertificate<'_>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt> + HasSqlType<Binary>,
+    str: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
+    [u8]: ToSql<Binary, DB>,
+    Option<Vec<u8>>: ToSql<Nullable<Binary>, DB>,
+    Option<String>: ToSql<Nullable<Text>, DB>,
+    Option<i64>: ToSql<Nullable<BigInt>, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let row = self.row;
+        out.push_sql(
+            "INSERT INTO certificates (serial, status, policy, policy_version, \
+             identity_json, key_type, subject_key_sha256, not_before, not_after, tbs_der, \
+             certificate_der, token_id, predecessor, created_at, issued_at, failure) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(row.serial.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.status.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.policy.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.policy_version)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.identity_json.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.key_type.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.subject_key_sha256.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.not_before)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.not_after)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Binary, _>(row.tbs_der.as_slice())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Binary>, _>(&row.certificate_der)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.token_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.predecessor)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.created_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&row.issued_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.failure)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+impl<DB> QueryFragment<DB> for InsertRenewalChain<'_>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt>,
+    str: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO renewal_chains (serial, chain_started_at) VALUES (");
+        out.push_bind_param::<Text, _>(self.serial)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.chain_started_at_unix)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+impl<DB> QueryFragment<DB> for InsertAuditEvent<'_>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt>,
+    str: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let row = self.row;
+        out.push_sql(
+            "INSERT INTO audit_events (seq, at, kind, actor, subject, data_json, prev_hash, hash) \
+             VALUES (",
+        );
+        out.push_bind_param::<BigInt, _>(&row.seq)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.at)?;
+        for text in [
+            &row.kind,
+            &row.actor,
+            &row.subject,
+            &row.data_json,
+            &row.prev_hash,
+            &row.hash,
+        ] {
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(text.as_str())?;
+        }
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::sqlite::Sqlite;
+    use diesel::{debug_query, ExpressionMethods as _};
+
+    use super::*;
+    use crate::store::schema::{audit_events, certificates, renewal_chains};
+
+    /// Diesel's own SQL for the same write, without its identifier quotes:
+    /// the hand-written statements must name the same columns in the same
+    /// order, so a column added to the schema cannot be silently skipped.
+    fn diesel_sql(query: impl QueryFragment<Sqlite>) -> String {
+        debug_query::<Sqlite, _>(&query)
+            .to_string()
+            .replace('`', "")
+            .split(" -- binds")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn ok_certificate_insert_names_every_column_in_schema_order() {
+        // Every optional column set, so diesel names it too.
+        let row = CertificateRow {
+            serial: "01".into(),
+            status: "issued".into(),
+            policy: "p".into(),
+            policy_version: 1,
+            identity_json: "{}".into(),
+            key_type: "ec-p256".into(),
+            subject_key_sha256: "ab".into(),
+            not_before: 1,
+            not_after: 2,
+            tbs_der: vec![1],
+            certificate_der: Some(vec![2]),
+            token_id: Some("t".into()),
+            predecessor: Some("00".into()),
+            created_at: 3,
+            issued_at: Some(4),
+            failure: Some("f".into()),
+        };
+        let hand_written = diesel_sql(InsertCertificate { row: &row });
+        assert!(
+            hand_written.starts_with("INSERT INTO certificates (serial, status, "),
+            "{hand_written}"
+        );
+        assert_eq!(
+            hand_written,
+            diesel_sql(diesel::insert_into(certificates::table).values(&row))
+        );
+    }
+
+    #[test]
+    fn ok_audit_and_chain_inserts_name_every_column_in_schema_order() {
+        let row = AuditEventRow {
+            seq: 1,
+            at: 2,
+            kind: "k".into(),
+            actor: "a".into(),
+            subject: "s".into(),
+            data_json: "{}".into(),
+            prev_hash: "p".into(),
+            hash: "h".into(),
+        };
+        assert_eq!(
+            diesel_sql(InsertAuditEvent { row: &row }),
+            diesel_sql(diesel::insert_into(audit_events::table).values(&row))
+        );
+        assert_eq!(
+            diesel_sql(InsertRenewalChain {
+                serial: "01",
+                chain_started_at_unix: 5,
+            }),
+            diesel_sql(diesel::insert_into(renewal_chains::table).values((
+                renewal_chains::serial.eq("01"),
+                renewal_chains::chain_started_at.eq(5_i64),
+            )))
+        );
     }
 }

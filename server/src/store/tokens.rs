@@ -218,7 +218,7 @@ fn token_row(conn: &mut DbConnection, id: &str) -> Result<Option<TokenRow>, Stor
     bootstrap_tokens::table
         .filter(bootstrap_tokens::id.eq(id))
         .select(TokenRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
         .map_err(StoreError::query)
 }
