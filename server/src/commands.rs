@@ -360,7 +360,9 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         &config.server.public_url,
     )?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    metrics.register_group_commit(store.clone());
+    let metrics = Arc::new(metrics);
     let issuer_not_after = crate::issuance::certificate_not_after(&loaded.issuing.certificate)?;
     let issuer_subject = loaded
         .issuing

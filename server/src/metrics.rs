@@ -4,8 +4,9 @@
 //! patterns (never raw paths), problem codes from the fixed table, and a
 //! small set of store operations.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -26,6 +27,8 @@ struct RequestLabels {
 struct OperationLabels {
     operation: String,
 }
+
+use crate::store::Store;
 
 fn latency_histogram() -> Histogram {
     // 100 µs … ~6.5 s
@@ -136,11 +139,53 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Adds the SQLite group-commit counters of `store`, read at each
+    /// scrape: `writes_total / batches_total` is the mean batch, i.e. how
+    /// many write transactions share one durable COMMIT. Nothing is added
+    /// for PostgreSQL.
+    pub fn register_group_commit(&mut self, store: Store) {
+        if store.group_commit_counts().is_some() {
+            self.registry
+                .register_collector(Box::new(GroupCommitCollector { store }));
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Reads the store's group-commit totals at each scrape.
+#[derive(Debug)]
+struct GroupCommitCollector {
+    store: Store,
+}
+
+impl Collector for GroupCommitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(counts) = self.store.group_commit_counts() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "db_group_commit_batches",
+                "SQLite group-commit batches (one durable COMMIT each)",
+                counts.batches,
+            ),
+            (
+                "db_group_commit_writes",
+                "Write transactions run in SQLite group-commit batches",
+                counts.writes,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }

@@ -166,6 +166,8 @@ struct Report {
     connections: &'static str,
     certmint: HttpReport,
     certmint_stages: Vec<metrics::Stage>,
+    /// SQLite: write transactions per durable COMMIT during the timed phase.
+    certmint_writes_per_commit: Option<f64>,
     raw_c_sign: Option<csign::SignResult>,
     cfssl: Option<HttpReport>,
     certmint_over_cfssl: Option<f64>,
@@ -280,6 +282,7 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         &metrics_after,
         certmint.result.completed + warm_count,
     );
+    let certmint_writes_per_commit = metrics::writes_per_commit(&metrics_before, &metrics_after);
     report_failures("certmint", outcome.failures, &outcome.failure_samples);
     let mut all_ok = outcome.failures == 0;
 
@@ -331,6 +334,7 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         connections: "one keep-alive connection per worker, reused for every request (TLS handshake only in warm-up)",
         certmint,
         certmint_stages,
+        certmint_writes_per_commit,
         raw_c_sign,
         cfssl,
         certmint_over_cfssl,
@@ -665,5 +669,6 @@ fn print_table(report: &Report) {
                 stage.stage, stage.count, stage.mean_ms, stage.per_enrollment_ms
             );
         }
+        metrics::print_writes_per_commit(report.certmint_writes_per_commit);
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::BoxError;
 
-/// `series -> value` for every `_sum` and `_count` line.
+/// `series -> value` for every `_sum`, `_count` and `_total` line.
 pub type Snapshot = BTreeMap<String, f64>;
 
 /// Reads `/metrics`.
@@ -27,7 +27,7 @@ pub fn scrape(client: &Client, base_url: &str) -> Result<Snapshot, BoxError> {
             continue;
         };
         let name = series.split('{').next().unwrap_or(series);
-        if name.ends_with("_sum") || name.ends_with("_count") {
+        if name.ends_with("_sum") || name.ends_with("_count") || name.ends_with("_total") {
             if let Ok(value) = value.parse::<f64>() {
                 snapshot.insert(series.to_owned(), value);
             }
@@ -73,6 +73,24 @@ pub fn stages(before: &Snapshot, after: &Snapshot, enrollments: usize) -> Vec<St
     }
     stages.sort_by(|a, b| b.per_enrollment_ms.total_cmp(&a.per_enrollment_ms));
     stages
+}
+
+/// SQLite only: write transactions per durable COMMIT of the server's
+/// group-commit writer during a phase (`None` on PostgreSQL, or when
+/// nothing was written).
+pub fn writes_per_commit(before: &Snapshot, after: &Snapshot) -> Option<f64> {
+    let delta =
+        |series: &str| Some(after.get(series)? - before.get(series).copied().unwrap_or(0.0));
+    let writes = delta("certmint_db_group_commit_writes_total")?;
+    let batches = delta("certmint_db_group_commit_batches_total")?;
+    (batches > 0.0).then(|| writes / batches)
+}
+
+/// Prints the group-commit line under a stage table.
+pub fn print_writes_per_commit(writes_per_commit: Option<f64>) {
+    if let Some(writes) = writes_per_commit {
+        println!("  SQLite group commit: {writes:.2} write transactions per durable COMMIT");
+    }
 }
 
 /// `name{labels}` -> (`name`, `{labels}`).

@@ -75,6 +75,8 @@ struct Report {
     renewal: HttpReport,
     renewal_counts: Handshakes,
     renewal_stages: Vec<metrics::Stage>,
+    /// SQLite: write transactions per durable COMMIT during the renewals.
+    renewal_writes_per_commit: Option<f64>,
     /// Renewals per second over bare handshakes per second.
     renewal_over_handshake_rate: Option<f64>,
     /// Server CPU per renewal over server CPU per bare handshake.
@@ -224,6 +226,7 @@ pub fn run(args: &RenewArgs) -> Result<bool, BoxError> {
         &metrics_after,
         renewal.result.completed + warm_count,
     );
+    let renewal_writes_per_commit = metrics::writes_per_commit(&metrics_before, &metrics_after);
 
     let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
     let report = Report {
@@ -248,6 +251,7 @@ pub fn run(args: &RenewArgs) -> Result<bool, BoxError> {
         renewal,
         renewal_counts,
         renewal_stages,
+        renewal_writes_per_commit,
     };
     if common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -437,5 +441,6 @@ fn print_table(report: &Report) {
                 stage.stage, stage.count, stage.mean_ms, stage.per_enrollment_ms
             );
         }
+        metrics::print_writes_per_commit(report.renewal_writes_per_commit);
     }
 }

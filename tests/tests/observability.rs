@@ -338,6 +338,21 @@ backend_tests! {
             ) >= 1.0,
             "GET /v1/admin/certificates/<serial> must count under its route pattern:\n{text}"
         );
+        // SQLite writes go through the group-commit writer, whose totals say
+        // how many write transactions share a durable COMMIT; PostgreSQL
+        // has no such writer and no such series.
+        let writes = delta("certmint_db_group_commit_writes_total", &[]);
+        let batches = delta("certmint_db_group_commit_batches_total", &[]);
+        match server.backend() {
+            Backend::Sqlite => assert!(
+                writes >= 2.0 && batches >= 1.0 && writes >= batches,
+                "group-commit counters did not follow an enrollment ({writes} writes, {batches} batches):\n{text}"
+            ),
+            Backend::Postgres => assert!(
+                !text.contains("certmint_db_group_commit"),
+                "PostgreSQL has no group-commit writer:\n{text}"
+            ),
+        }
         // Labels are bounded: no raw path, serial or token id anywhere.
         for sample in &after {
             for (key, value) in &sample.labels {

@@ -55,32 +55,50 @@ pub(super) struct GroupWriter {
     /// `None` only while dropping: closing the queue stops the thread.
     jobs: Option<Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
-    /// Batches ended so far (committed or rolled back); tests read it.
-    #[cfg_attr(not(test), allow(dead_code))]
-    batches: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+/// What the writer has done so far, for `/metrics`.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Batches ended (committed or rolled back).
+    batches: AtomicU64,
+    /// Transaction bodies run.
+    writes: AtomicU64,
+}
+
+/// Totals since the writer started: `writes / batches` is the mean batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommitCounts {
+    /// Batches ended (each one COMMIT, or one ROLLBACK after a broken body).
+    pub batches: u64,
+    /// Write transactions run in those batches.
+    pub writes: u64,
 }
 
 impl GroupWriter {
     /// Starts the writer thread, which owns `connection` from now on.
     pub(super) fn new(connection: DbConnection) -> Result<Self, StoreError> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
-        let batches = Arc::new(AtomicU64::new(0));
-        let counter = batches.clone();
+        let counts = Arc::new(Counts::default());
+        let writer_counts = counts.clone();
         let thread = std::thread::Builder::new()
             .name("certmint-db-writer".into())
-            .spawn(move || run_writer(connection, queue, &counter))
+            .spawn(move || run_writer(connection, queue, &writer_counts))
             .map_err(|error| StoreError::unavailable("start the database writer thread", error))?;
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),
-            batches,
+            counts,
         })
     }
 
-    /// How many batches have ended (committed or rolled back).
-    #[cfg(test)]
-    pub(super) fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+    /// Batches and writes so far.
+    pub(super) fn counts(&self) -> GroupCommitCounts {
+        GroupCommitCounts {
+            batches: self.counts.batches.load(Ordering::Relaxed),
+            writes: self.counts.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs `body` as one transaction of a group-committed batch and waits
@@ -209,7 +227,7 @@ where
 }
 
 /// The writer thread: one batch per turn of the loop, until the queue closes.
-fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, batches: &AtomicU64) {
+fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, counts: &Counts) {
     while let Ok(first) = queue.recv() {
         if let Err(error) = BeginImmediate.execute(&mut connection) {
             first.refuse(StoreError::query(error));
@@ -246,7 +264,8 @@ fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, batch
                 }
             }
         };
-        batches.fetch_add(1, Ordering::Relaxed);
+        counts.batches.fetch_add(1, Ordering::Relaxed);
+        counts.writes.fetch_add(bodies as u64, Ordering::Relaxed);
         for answer in committable {
             answer(outcome.as_ref().map(|_| ()).map_err(String::as_str));
         }
@@ -356,12 +375,13 @@ mod tests {
             thread.join().unwrap().unwrap();
         }
         assert_eq!(count(&manager), 11);
+        assert_eq!(writer.counts().writes, 11);
         // One commit each would be 11 batches; writes queued while a batch
         // runs join it (here all ten, unless one was slower than 300 ms).
         assert!(
-            writer.batches() <= 2,
-            "{} batches for 11 writes",
-            writer.batches()
+            writer.counts().batches <= 2,
+            "{:?} for 11 writes",
+            writer.counts()
         );
     }
 

@@ -77,6 +77,7 @@ use self::connection::{DbConnection, Manager, Target};
 
 pub use self::ca::CaState;
 pub use self::certificates::{CertificateFilter, CertificateRecord, NewCertificate};
+pub use self::group_commit::GroupCommitCounts;
 pub use self::tokens::NewToken;
 
 /// SQLite migrations, embedded at build time (path relative to the server
@@ -343,6 +344,11 @@ impl Store {
     /// The back end this store talks to.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// SQLite only: what the group-commit writer has done so far.
+    pub fn group_commit_counts(&self) -> Option<GroupCommitCounts> {
+        self.writer.as_ref().map(|writer| writer.counts())
     }
 
     /// Checks that a connection works (`SELECT 1`), for `/readyz`.
