@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use certmint::wire::KeyType;
+use certmint::wire::{Identity, KeyType};
 use const_oid::db::{rfc5280, rfc5912};
 use der::{Decode as _, DecodePem as _, Encode as _};
 use spki::SubjectPublicKeyInfoOwned;
@@ -18,7 +18,7 @@ use x509_cert::ext::Extensions;
 use x509_cert::request::CertReq;
 
 use super::algorithms::{self, AlgorithmError};
-use crate::policy::RequestedNames;
+use crate::policy::{IssuanceRequest, RequestedNames};
 
 /// Why a CSR was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +87,21 @@ impl VerifiedCsr {
             key_type,
             names,
         })
+    }
+
+    /// What a policy evaluates for this CSR: its names and key type, with
+    /// the requested lifetime and the token's identity, if any.
+    pub fn issuance_request<'a>(
+        &'a self,
+        ttl: Option<u64>,
+        token_identity: Option<&'a Identity>,
+    ) -> IssuanceRequest<'a> {
+        IssuanceRequest {
+            names: &self.names,
+            key_type: self.key_type,
+            ttl,
+            token_identity,
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use x509_cert::certificate::Certificate;
 
 use super::{csr, identity_of, leaf_names, Decided, Issuer, Lineage};
 use crate::error::ServiceError;
-use crate::policy::{self, Decision, IssuanceRequest};
+use crate::policy::{self, Decision};
 use crate::store::CertificateRecord;
 
 /// Why a holder's request was refused before any policy check.
@@ -130,15 +130,7 @@ impl Issuer {
         };
         let prepared =
             self.prepare_under_policy(&record.info.policy, &csr, lineage, now, |policy| {
-                let decision = policy::evaluate(
-                    policy,
-                    &IssuanceRequest {
-                        names: &csr.names,
-                        key_type: csr.key_type,
-                        ttl,
-                        token_identity: None,
-                    },
-                );
+                let decision = policy::evaluate(policy, &csr.issuance_request(ttl, None));
                 // A disabled policy is reported as such (policy.disabled)
                 // before the renewal rules, which only matter for an enabled
                 // policy.

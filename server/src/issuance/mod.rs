@@ -47,7 +47,7 @@ use crate::clock::Clock;
 use crate::error::ServiceError;
 use crate::hsm::CaSigner;
 use crate::metrics::Metrics;
-use crate::policy::{self, CompiledPolicy, Decision, IssuanceRequest};
+use crate::policy::{self, CompiledPolicy, Decision};
 use crate::store::{NewCertificate, Store, StoreError};
 use crate::tokens::TokenAuthority;
 use csr::VerifiedCsr;
@@ -216,16 +216,7 @@ impl Issuer {
         let ttl = request.ttl.map(|ttl| ttl.as_seconds());
         let lineage = Lineage::first(Some(claims.registered.jti.clone()), now);
         let prepared = self.prepare_under_policy(&claims.policy, &csr, lineage, now, |policy| {
-            let decision = policy::evaluate(
-                policy,
-                &IssuanceRequest {
-                    names: &csr.names,
-                    key_type: csr.key_type,
-                    ttl,
-                    token_identity: Some(&claims.identity),
-                },
-            );
-            match decision {
+            match policy::evaluate(policy, &csr.issuance_request(ttl, Some(&claims.identity))) {
                 Decision::Allow { ttl_seconds } => Ok(Decided {
                     ttl_seconds,
                     latest_not_after: None,
@@ -267,12 +258,10 @@ impl Issuer {
         let policy = self.load_policy(policy_name)?;
         let decision = policy::evaluate(
             &policy,
-            &IssuanceRequest {
-                names: &csr.names,
-                key_type: csr.key_type,
-                ttl: request.ttl.map(|ttl| ttl.as_seconds()),
-                token_identity: request.identity.as_ref(),
-            },
+            &csr.issuance_request(
+                request.ttl.map(|ttl| ttl.as_seconds()),
+                request.identity.as_ref(),
+            ),
         );
         Ok(match decision {
             Decision::Allow { .. } => EvaluateResponse {
