@@ -414,6 +414,23 @@ fn ecdsa_input(prehash: Option<Digest>, data: &[u8]) -> Result<Cow<'_, [u8]>> {
 }
 
 /// The PSS salt length as OpenSSL takes it.
+/// RSA-PSS over a digest the caller computed: the parameters of `context`,
+/// already initialised to sign or to verify.
+fn set_pss_digest_parameters<T>(
+    context: &mut PkeyCtx<T>,
+    hash: Digest,
+    mgf: Digest,
+    salt: RsaPssSaltlen,
+) -> Result<()> {
+    let failed = |_| Ckr::FUNCTION_FAILED;
+    context
+        .set_rsa_padding(Padding::PKCS1_PSS)
+        .map_err(failed)?;
+    context.set_signature_md(hash.md()).map_err(failed)?;
+    context.set_rsa_mgf1_md(mgf.md()).map_err(failed)?;
+    context.set_rsa_pss_saltlen(salt).map_err(failed)
+}
+
 fn pss_salt(salt_len: usize) -> Result<RsaPssSaltlen> {
     i32::try_from(salt_len)
         .map(RsaPssSaltlen::custom)
@@ -479,12 +496,7 @@ pub fn sign(scheme: Scheme, key: &PKey<Private>, data: &[u8]) -> Result<Vec<u8>>
                 }
                 let mut context = PkeyCtx::new(key).map_err(failed)?;
                 context.sign_init().map_err(failed)?;
-                context
-                    .set_rsa_padding(Padding::PKCS1_PSS)
-                    .map_err(failed)?;
-                context.set_signature_md(hash.md()).map_err(failed)?;
-                context.set_rsa_mgf1_md(mgf.md()).map_err(failed)?;
-                context.set_rsa_pss_saltlen(salt).map_err(failed)?;
+                set_pss_digest_parameters(&mut context, hash, mgf, salt)?;
                 let mut out = Vec::new();
                 context.sign_to_vec(data, &mut out).map_err(failed)?;
                 Ok(out)
@@ -548,12 +560,7 @@ pub fn verify(scheme: Scheme, key: &PKey<Public>, data: &[u8], signature: &[u8])
             } else {
                 let mut context = PkeyCtx::new(key).map_err(failed)?;
                 context.verify_init().map_err(failed)?;
-                context
-                    .set_rsa_padding(Padding::PKCS1_PSS)
-                    .map_err(failed)?;
-                context.set_signature_md(hash.md()).map_err(failed)?;
-                context.set_rsa_mgf1_md(mgf.md()).map_err(failed)?;
-                context.set_rsa_pss_saltlen(salt).map_err(failed)?;
+                set_pss_digest_parameters(&mut context, hash, mgf, salt)?;
                 context.verify(data, signature).unwrap_or(false)
             }
         }

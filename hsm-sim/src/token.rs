@@ -1531,6 +1531,31 @@ mod tests {
         )
     }
 
+    /// A token key pair on `curve` (EC or Ed25519 parameters) that must
+    /// generate.
+    fn curve_pair(
+        module: &mut Module,
+        session: CK_SESSION_HANDLE,
+        curve: &[u8],
+        sensitive: bool,
+        label: &str,
+    ) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+        let mechanism = if curve == ED25519 {
+            CKM_EC_EDWARDS_KEY_PAIR_GEN
+        } else {
+            CKM_EC_KEY_PAIR_GEN
+        };
+        key_pair(
+            module,
+            session,
+            mechanism,
+            vec![(CKA_EC_PARAMS, curve.to_vec())],
+            sensitive,
+            label,
+        )
+        .expect("keygen")
+    }
+
     fn sign_and_verify(
         module: &mut Module,
         session: CK_SESSION_HANDLE,
@@ -1672,15 +1697,7 @@ mod tests {
     fn ok_keygen_template_and_sensitive_refusal() {
         let temp = tempfile::tempdir().expect("tempdir");
         let (mut module, _, session) = ready(temp.path());
-        let (public, private) = key_pair(
-            &mut module,
-            session,
-            CKM_EC_KEY_PAIR_GEN,
-            vec![(CKA_EC_PARAMS, P256.to_vec())],
-            true,
-            "ca",
-        )
-        .expect("keygen");
+        let (public, private) = curve_pair(&mut module, session, P256, true, "ca");
         let values = module
             .attribute_values(
                 session,
@@ -1777,28 +1794,12 @@ mod tests {
     fn ok_extractable_key_reveals_value_sensitive_does_not() {
         let temp = tempfile::tempdir().expect("tempdir");
         let (mut module, _, session) = ready(temp.path());
-        let (_, open) = key_pair(
-            &mut module,
-            session,
-            CKM_EC_EDWARDS_KEY_PAIR_GEN,
-            vec![(CKA_EC_PARAMS, ED25519.to_vec())],
-            false,
-            "o",
-        )
-        .expect("keygen");
+        let (_, open) = curve_pair(&mut module, session, ED25519, false, "o");
         let value = module
             .attribute_values(session, open, &[CKA_VALUE])
             .expect("value");
         assert!(matches!(&value[0], AttributeValue::Value(bytes) if bytes.len() == 32));
-        let (_, closed) = key_pair(
-            &mut module,
-            session,
-            CKM_EC_EDWARDS_KEY_PAIR_GEN,
-            vec![(CKA_EC_PARAMS, ED25519.to_vec())],
-            true,
-            "c",
-        )
-        .expect("keygen");
+        let (_, closed) = curve_pair(&mut module, session, ED25519, true, "c");
         assert_eq!(
             module
                 .attribute_values(session, closed, &[CKA_VALUE])
@@ -1811,15 +1812,7 @@ mod tests {
     fn ok_find_sees_private_objects_only_when_logged_in() {
         let temp = tempfile::tempdir().expect("tempdir");
         let (mut module, _, session) = ready(temp.path());
-        let (public, private) = key_pair(
-            &mut module,
-            session,
-            CKM_EC_KEY_PAIR_GEN,
-            vec![(CKA_EC_PARAMS, P256.to_vec())],
-            true,
-            "k",
-        )
-        .expect("keygen");
+        let (public, private) = curve_pair(&mut module, session, P256, true, "k");
         let by_label = Template(vec![(CKA_LABEL, b"k".to_vec())]);
         module.find_init(session, &by_label).expect("find init");
         assert_eq!(
@@ -1850,29 +1843,13 @@ mod tests {
         let (mut module, _, session) = ready(temp.path());
         let digest = Digest::Sha256.hash(b"data").expect("hash");
         for params in [P256, P384] {
-            let keys = key_pair(
-                &mut module,
-                session,
-                CKM_EC_KEY_PAIR_GEN,
-                vec![(CKA_EC_PARAMS, params.to_vec())],
-                true,
-                "ec",
-            )
-            .expect("keygen");
+            let keys = curve_pair(&mut module, session, params, true, "ec");
             sign_and_verify(&mut module, session, keys, CKM_ECDSA, &Param::None, &digest);
             for mechanism in [CKM_ECDSA_SHA256, CKM_ECDSA_SHA384, CKM_ECDSA_SHA512] {
                 sign_and_verify(&mut module, session, keys, mechanism, &Param::None, b"data");
             }
         }
-        let keys = key_pair(
-            &mut module,
-            session,
-            CKM_EC_EDWARDS_KEY_PAIR_GEN,
-            vec![(CKA_EC_PARAMS, ED25519.to_vec())],
-            true,
-            "ed",
-        )
-        .expect("keygen");
+        let keys = curve_pair(&mut module, session, ED25519, true, "ed");
         sign_and_verify(&mut module, session, keys, CKM_EDDSA, &Param::None, b"data");
         let keys = key_pair(
             &mut module,
@@ -1961,15 +1938,7 @@ mod tests {
         let temp = tempfile::tempdir().expect("tempdir");
         let point = {
             let (mut module, _, session) = ready(temp.path());
-            let (public, _) = key_pair(
-                &mut module,
-                session,
-                CKM_EC_KEY_PAIR_GEN,
-                vec![(CKA_EC_PARAMS, P384.to_vec())],
-                true,
-                "ca",
-            )
-            .expect("keygen");
+            let (public, _) = curve_pair(&mut module, session, P384, true, "ca");
             let point = module
                 .attribute_values(session, public, &[CKA_EC_POINT])
                 .expect("point");
@@ -2096,15 +2065,7 @@ mod tests {
                 .expect("value"),
             vec![AttributeValue::Value(vec![0x30, 0x03, 0x02, 0x01, 0x01])]
         );
-        let (public, _) = key_pair(
-            &mut module,
-            session,
-            CKM_EC_KEY_PAIR_GEN,
-            vec![(CKA_EC_PARAMS, P256.to_vec())],
-            true,
-            "k",
-        )
-        .expect("keygen");
+        let (public, _) = curve_pair(&mut module, session, P256, true, "k");
         let point = match module
             .attribute_values(session, public, &[CKA_EC_POINT])
             .expect("point")
