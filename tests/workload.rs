@@ -344,14 +344,19 @@ pub fn leaf_serial(cert_pem: &str) -> Result<String, String> {
     ))
 }
 
-/// SHA-256 of the leaf's SubjectPublicKeyInfo, hex.
-pub fn spki_fingerprint(cert_pem: &str) -> Result<String, String> {
+/// The DER SubjectPublicKeyInfo of the first certificate in `cert_pem`.
+fn leaf_spki_der(cert_pem: &str) -> Result<Vec<u8>, String> {
     let chain = parse_chain(cert_pem)?;
-    let spki = chain[0]
+    chain[0]
         .tbs_certificate()
         .subject_public_key_info()
         .to_der()
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error.to_string())
+}
+
+/// SHA-256 of the leaf's SubjectPublicKeyInfo, hex.
+pub fn spki_fingerprint(cert_pem: &str) -> Result<String, String> {
+    let spki = leaf_spki_der(cert_pem)?;
     Ok(hex::encode(
         ring::digest::digest(&ring::digest::SHA256, &spki).as_ref(),
     ))
@@ -369,12 +374,7 @@ pub fn check_key_matches(cert_pem: &str, key_pem: &str) -> Result<(), String> {
     let public = signing
         .public_key()
         .ok_or("the key's public half is unknown")?;
-    let chain = parse_chain(cert_pem)?;
-    let spki = chain[0]
-        .tbs_certificate()
-        .subject_public_key_info()
-        .to_der()
-        .map_err(|error| error.to_string())?;
+    let spki = leaf_spki_der(cert_pem)?;
     if public.as_ref() == spki.as_slice() {
         Ok(())
     } else {
