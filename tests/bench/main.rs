@@ -12,6 +12,10 @@
 //!    time and its own stage timings from `/metrics`;
 //! 3. N cfssl signs at the same concurrency (if `--cfssl-url` is given).
 //!
+//! With `--rounds R`, phases 2 and 3 alternate R times, each round on its
+//! own N/R CSRs; the report pools the rounds and adds each round's ratio and
+//! the median ratio, which one slow moment of a shared machine barely moves.
+//!
 //! All CSRs (distinct keys and names) are generated before any timing.
 //!
 //! `renew` (module [`renew`]) measures renewal over mutual TLS beside the
@@ -141,6 +145,11 @@ struct EnrollArgs {
     /// PID of `cfssl serve`, to report its CPU time per signature.
     #[arg(long)]
     cfssl_pid: Option<u32>,
+    /// Split the timed requests into R rounds, each running certmint then
+    /// cfssl on its own slice of CSRs; the report adds per-round ratios and
+    /// their median.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// One HTTP phase in the report.
@@ -155,6 +164,57 @@ struct HttpReport {
     server_cores_busy: Option<f64>,
     /// This program's CPU per request (TLS, JSON): it shares the machine.
     client_cpu_ms_per_request: f64,
+    /// The server's CPU time over the phase, what [`HttpReport::merge`] adds.
+    #[serde(skip)]
+    server_used: Option<Duration>,
+    /// This program's CPU time over the phase.
+    #[serde(skip)]
+    client_used: Duration,
+}
+
+impl HttpReport {
+    fn new(
+        result: PhaseResult,
+        failures: usize,
+        server_used: Option<Duration>,
+        client_used: Duration,
+    ) -> HttpReport {
+        let per_request =
+            |used: Duration| used.as_secs_f64() * 1000.0 / result.completed.max(1) as f64;
+        HttpReport {
+            failures,
+            server_cpu_ms_per_request: server_used.map(per_request),
+            server_cores_busy: server_used
+                .map(|used| used.as_secs_f64() / result.elapsed_seconds.max(1e-9)),
+            client_cpu_ms_per_request: per_request(client_used),
+            server_used,
+            client_used,
+            result,
+        }
+    }
+
+    /// The rounds of one phase as if they had run as one: samples pooled,
+    /// wall-clock and CPU times added.
+    fn merge(rounds: &[HttpReport]) -> HttpReport {
+        let server_used = rounds
+            .iter()
+            .map(|round| round.server_used)
+            .sum::<Option<Duration>>();
+        HttpReport::new(
+            PhaseResult::merge(rounds.iter().map(|round| &round.result)),
+            rounds.iter().map(|round| round.failures).sum(),
+            server_used,
+            rounds.iter().map(|round| round.client_used).sum(),
+        )
+    }
+}
+
+/// One round of `enroll`: certmint's slice of the load, then cfssl's.
+#[derive(Debug, Serialize)]
+struct RoundReport {
+    certmint_per_second: f64,
+    cfssl_per_second: Option<f64>,
+    certmint_over_cfssl: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -170,7 +230,13 @@ struct Report {
     certmint_writes_per_commit: Option<f64>,
     raw_c_sign: Option<csign::SignResult>,
     cfssl: Option<HttpReport>,
+    /// Throughput ratio over all rounds together.
     certmint_over_cfssl: Option<f64>,
+    /// Each round's throughputs and ratio.
+    rounds: Vec<RoundReport>,
+    /// Median of the rounds' ratios: the figure least moved by one slow
+    /// moment of the machine.
+    median_round_ratio: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -213,19 +279,24 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
     let admin = certmint_client()?;
     let cpu = CpuClock::new();
 
-    // Setup: policy, tokens, CSRs. Nothing here is timed.
+    // Setup: policy, tokens, CSRs. Nothing here is timed. Each round warms
+    // up its own connections, with enrollments of its own (tokens are used
+    // up by them).
+    let rounds = args.rounds.clamp(1, common.requests);
     let warm_count = common.warmup * common.concurrency;
     let policy = create_policy(&admin, &base, &admin_token, false)?;
-    let warm_tokens = mint_tokens(&admin, &base, &admin_token, &policy, warm_count)?;
+    let warm_tokens = mint_tokens(&admin, &base, &admin_token, &policy, warm_count * rounds)?;
     let tokens = mint_tokens(&admin, &base, &admin_token, &policy, common.requests)?;
     eprintln!(
         "generating {} P-256 keys and CSRs…",
-        common.requests + warm_count
+        common.requests + warm_count * rounds
     );
-    let warm_csrs = make_csrs("warm", warm_count)?;
+    let warm_csrs = make_csrs("warm", warm_count * rounds)?;
     let csrs = make_csrs("w", common.requests)?;
     let warm_bodies = enroll_bodies(&warm_csrs, &warm_tokens)?;
     let bodies = enroll_bodies(&csrs, &tokens)?;
+    let cfssl_warm_bodies = cfssl_bodies(&warm_csrs);
+    let cfssl_timed_bodies = cfssl_bodies(&csrs);
 
     // Phase 1: the token's raw signing rate.
     let raw_c_sign = match &args.pkcs11_module {
@@ -245,70 +316,74 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         }
     };
 
-    // Phase 2: certmint enrollments.
-    eprintln!(
-        "certmint: {} enrollments at concurrency {}…",
-        common.requests, common.concurrency
-    );
+    // Phases 2 and 3, round after round: certmint enrollments, then cfssl
+    // signs, on the same slice of CSRs. Alternating them spreads slow
+    // moments of a shared machine over both, instead of over one.
+    let slice = common.requests.div_ceil(rounds);
+    let cfssl_url = args
+        .cfssl_url
+        .as_ref()
+        .map(|url| format!("{}/api/v1/cfssl/sign", url.trim_end_matches('/')));
+    let cfssl_client = || -> Result<Client, BoxError> {
+        Ok(Client::builder()
+            .pool_max_idle_per_host(1)
+            .timeout(Duration::from_secs(120))
+            .build()?)
+    };
+    let enroll_url = format!("{base}/v1/enroll");
     let metrics_before = metrics::scrape(&admin, &base)?;
-    let url = format!("{base}/v1/enroll");
-    let (certmint, outcome) = run_phase(
-        &cpu,
-        common.server_pid,
-        &load::Phase {
-            url: &url,
-            client: &certmint_client,
-            bodies: &bodies,
-            warmup: &warm_bodies,
-            concurrency: common.concurrency,
-            check: check_enrollment,
-            on_start: &|| Ok(()),
-        },
-    )?;
-    let metrics_after = metrics::scrape(&admin, &base)?;
-    let mut serials = outcome.ids;
-    serials.sort_unstable();
-    serials.dedup();
-    if serials.len() != certmint.result.completed {
-        return Err(format!(
-            "{} enrollments returned only {} distinct serials",
-            certmint.result.completed,
-            serials.len()
-        )
-        .into());
-    }
-    let certmint_stages = metrics::stages(
-        &metrics_before,
-        &metrics_after,
-        certmint.result.completed + warm_count,
-    );
-    let certmint_writes_per_commit = metrics::writes_per_commit(&metrics_before, &metrics_after);
-    report_failures("certmint", outcome.failures, &outcome.failure_samples);
-    let mut all_ok = outcome.failures == 0;
+    let mut certmint_rounds = Vec::new();
+    let mut cfssl_rounds = Vec::new();
+    let mut serials = Vec::new();
+    let mut all_ok = true;
+    for (round, range) in (0..common.requests)
+        .step_by(slice)
+        .map(|start| start..(start + slice).min(common.requests))
+        .enumerate()
+    {
+        let warm = round * warm_count..(round + 1) * warm_count;
+        let of_rounds = if rounds > 1 {
+            format!(" (round {} of {rounds})", round + 1)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "certmint: {} enrollments at concurrency {}{of_rounds}…",
+            range.len(),
+            common.concurrency
+        );
+        let (certmint, outcome) = run_phase(
+            &cpu,
+            common.server_pid,
+            &load::Phase {
+                url: &enroll_url,
+                client: &certmint_client,
+                bodies: &bodies[range.clone()],
+                warmup: &warm_bodies[warm.clone()],
+                concurrency: common.concurrency,
+                check: check_enrollment,
+                on_start: &|| Ok(()),
+            },
+        )?;
+        report_failures("certmint", outcome.failures, &outcome.failure_samples);
+        all_ok &= outcome.failures == 0;
+        serials.extend(outcome.ids);
+        certmint_rounds.push(certmint);
 
-    // Phase 3: cfssl.
-    let cfssl = match &args.cfssl_url {
-        None => None,
-        Some(cfssl_url) => {
+        if let Some(url) = &cfssl_url {
             eprintln!(
-                "cfssl: {} signs at concurrency {}…",
-                common.requests, common.concurrency
+                "cfssl: {} signs at concurrency {}{of_rounds}…",
+                range.len(),
+                common.concurrency
             );
-            let url = format!("{}/api/v1/cfssl/sign", cfssl_url.trim_end_matches('/'));
-            let cfssl_client = || -> Result<Client, BoxError> {
-                Ok(Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .timeout(Duration::from_secs(120))
-                    .build()?)
-            };
             let (report, outcome) = run_phase(
                 &cpu,
                 args.cfssl_pid,
                 &load::Phase {
-                    url: &url,
+                    url,
                     client: &cfssl_client,
-                    bodies: &cfssl_bodies(&csrs),
-                    warmup: &cfssl_bodies(&warm_csrs),
+                    bodies: &cfssl_timed_bodies[range],
+                    warmup: &cfssl_warm_bodies[warm],
                     concurrency: common.concurrency,
                     check: check_cfssl,
                     on_start: &|| Ok(()),
@@ -316,14 +391,52 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
             )?;
             report_failures("cfssl", outcome.failures, &outcome.failure_samples);
             all_ok &= outcome.failures == 0;
-            Some(report)
+            cfssl_rounds.push(report);
         }
-    };
+    }
+    let metrics_after = metrics::scrape(&admin, &base)?;
 
+    let certmint = HttpReport::merge(&certmint_rounds);
+    let enrolled = serials.len();
+    serials.sort_unstable();
+    serials.dedup();
+    if serials.len() != enrolled {
+        return Err(format!(
+            "{enrolled} enrollments returned only {} distinct serials",
+            serials.len()
+        )
+        .into());
+    }
+    let certmint_stages = metrics::stages(
+        &metrics_before,
+        &metrics_after,
+        certmint.result.completed + warm_count * rounds,
+    );
+    let certmint_writes_per_commit = metrics::writes_per_commit(&metrics_before, &metrics_after);
+    let cfssl = (!cfssl_rounds.is_empty()).then(|| HttpReport::merge(&cfssl_rounds));
+    let ratio = |certmint: f64, cfssl: f64| (cfssl > 0.0).then(|| certmint / cfssl);
     let certmint_over_cfssl = cfssl
         .as_ref()
-        .filter(|cfssl| cfssl.result.per_second > 0.0)
-        .map(|cfssl| certmint.result.per_second / cfssl.result.per_second);
+        .and_then(|cfssl| ratio(certmint.result.per_second, cfssl.result.per_second));
+    let round_reports: Vec<RoundReport> = certmint_rounds
+        .iter()
+        .enumerate()
+        .map(|(round, certmint)| {
+            let cfssl = cfssl_rounds.get(round).map(|cfssl| cfssl.result.per_second);
+            RoundReport {
+                certmint_per_second: certmint.result.per_second,
+                cfssl_per_second: cfssl,
+                certmint_over_cfssl: cfssl
+                    .and_then(|cfssl| ratio(certmint.result.per_second, cfssl)),
+            }
+        })
+        .collect();
+    let median_round_ratio = stats::median(
+        &round_reports
+            .iter()
+            .filter_map(|round| round.certmint_over_cfssl)
+            .collect::<Vec<_>>(),
+    );
     let report = Report {
         unix_time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -338,6 +451,8 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         raw_c_sign,
         cfssl,
         certmint_over_cfssl,
+        rounds: round_reports,
+        median_round_ratio,
     };
     if common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -398,17 +513,13 @@ fn measure(
         (Some(pid), Some(before)) => Some(cpu.cpu_time(pid)?.saturating_sub(before)),
         _ => None,
     };
-    let result = outcome.result.clone();
-    let per_request = |used: Duration| used.as_secs_f64() * 1000.0 / result.completed.max(1) as f64;
     Ok((
-        HttpReport {
-            failures: outcome.failures,
-            server_cpu_ms_per_request: server_used.map(per_request),
-            server_cores_busy: server_used
-                .map(|used| used.as_secs_f64() / result.elapsed_seconds.max(1e-9)),
-            client_cpu_ms_per_request: per_request(client_after.saturating_sub(client_before)),
-            result,
-        },
+        HttpReport::new(
+            outcome.result.clone(),
+            outcome.failures,
+            server_used,
+            client_after.saturating_sub(client_before),
+        ),
         outcome,
     ))
 }
@@ -647,6 +758,27 @@ fn print_table(report: &Report) {
     println!();
     if let Some(ratio) = report.certmint_over_cfssl {
         println!("certmint / cfssl throughput: {ratio:.2}");
+    }
+    if report.rounds.len() > 1 {
+        for (n, round) in report.rounds.iter().enumerate() {
+            let cfssl = round
+                .cfssl_per_second
+                .map_or_else(|| "-".to_owned(), |rate| format!("{rate:.1}"));
+            let ratio = round
+                .certmint_over_cfssl
+                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"));
+            println!(
+                "  round {}: certmint {:.1}/s, cfssl {cfssl}/s, ratio {ratio}",
+                n + 1,
+                round.certmint_per_second
+            );
+        }
+        if let Some(median) = report.median_round_ratio {
+            println!(
+                "certmint / cfssl, median of {} rounds: {median:.2}",
+                report.rounds.len()
+            );
+        }
     }
     if let Some(sign) = &report.raw_c_sign {
         if sign.result.per_second > 0.0 {

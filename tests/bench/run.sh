@@ -21,6 +21,8 @@
 #   CERTMINT_BENCH_SIGN_COUNT   signatures in the raw C_Sign phase (4000)
 #   CERTMINT_BENCH_REQUESTS     timed requests (renew: holders)   (2000)
 #   CERTMINT_BENCH_CONCURRENCY  space-separated concurrencies     ("8")
+#   CERTMINT_BENCH_ROUNDS       enroll: alternate certmint and cfssl R times
+#                               on N/R requests each; adds the median ratio (1)
 #   CERTMINT_BENCH_WARMUP       warm-up requests per worker       (5)
 #   CERTMINT_BENCH_PORT         certmint HTTPS port               (18443)
 #   CFSSL_BENCH_PORT            cfssl HTTP port                   (18888)
@@ -196,6 +198,7 @@ for c in $CONCURRENCY; do
             --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
             --sign-count "${CERTMINT_BENCH_SIGN_COUNT:-4000}" \
             --cfssl-url "http://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
+            --rounds "${CERTMINT_BENCH_ROUNDS:-1}" \
             "${JSON[@]}" || status=$?
     fi
     echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
