@@ -198,6 +198,16 @@ backend_tests! {
         response.assert_problem(403, "renewal.chain_too_old");
     }
 
+    fn ok_renewal_under_a_chain_age_that_ends_past_the_calendar(server: &TestServer) {
+        // "10000000d" (some 27 000 years) is how an admin writes "no limit";
+        // the chain's end lies past year 9999 and must not break renewal.
+        let (_, enrolled) = enroll(server, |spec| {
+            spec["renewal"] = json!({ "allowed": true, "max_chain_age": "10000000d" });
+        });
+        let (response, _) = renew(server, &enrolled, NAMES);
+        response.assert_status(201);
+    }
+
     fn fail_renewal_of_an_expired_certificate_with_its_own_code(server: &TestServer) {
         let (_, enrolled) = enroll(server, |spec| {
             spec["ttl"] = json!({ "default": "2s", "max": "2s" });

@@ -153,12 +153,8 @@ impl Issuer {
                     }
                 };
                 let latest_not_after = match policy.max_chain_age() {
-                    Some(max_age_seconds) => {
-                        let limit = chain_started_at
-                            + time::Duration::seconds(
-                                i64::try_from(max_age_seconds).unwrap_or(i64::MAX),
-                            );
-                        if now >= limit {
+                    Some(max_age_seconds) => match chain_end(chain_started_at, max_age_seconds) {
+                        Some(limit) if now >= limit => {
                             return Err(HolderError::ChainTooOld {
                                 policy: policy.name().to_owned(),
                                 started: rfc3339(chain_started_at),
@@ -166,8 +162,8 @@ impl Issuer {
                             }
                             .into());
                         }
-                        Some(limit)
-                    }
+                        limit => limit,
+                    },
                     None => None,
                 };
                 Ok(Decided {
@@ -269,9 +265,31 @@ fn rfc3339(at: OffsetDateTime) -> String {
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
+/// When a renewal chain that began at `started` reaches `max_age_seconds`.
+/// An age that ends past the calendar's range (year 9999; a policy may
+/// write "10000000d" to mean "no limit") is no limit at all: `None`.
+fn chain_end(started: OffsetDateTime, max_age_seconds: u64) -> Option<OffsetDateTime> {
+    let seconds = i64::try_from(max_age_seconds).ok()?;
+    started.checked_add(time::Duration::seconds(seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ok_chain_end_adds_the_age_and_is_none_past_the_calendar() {
+        let started = time::macros::datetime!(2026-12-01 00:00 UTC);
+        assert_eq!(
+            chain_end(started, 90 * 86_400),
+            Some(time::macros::datetime!(2027-03-01 00:00 UTC))
+        );
+        assert_eq!(chain_end(started, 0), Some(started));
+        // Far-future ages used to panic in `OffsetDateTime + Duration`.
+        assert_eq!(chain_end(started, 10_000_000 * 86_400), None);
+        assert_eq!(chain_end(started, i64::MAX as u64), None);
+        assert_eq!(chain_end(started, u64::MAX), None);
+    }
 
     fn identity(dns: &[&str], ip: &[&str]) -> Identity {
         Identity {
