@@ -260,6 +260,18 @@ impl ServerCertVerifier for UncheckedServerCertificate {
     }
 }
 
+/// `now`, moved into `leaf`'s validity window when it lies outside: the
+/// time at which to check a chain whose expiry is judged separately. A leaf
+/// whose notBefore comes after its notAfter (malformed, never issued by
+/// certmint) gets its notBefore rather than a panic.
+pub fn time_within_validity(leaf: &x509_cert::Certificate, now: time::OffsetDateTime) -> UnixTime {
+    let validity = leaf.tbs_certificate().validity();
+    let not_before = validity.not_before.to_unix_duration();
+    let not_after = validity.not_after.to_unix_duration().max(not_before);
+    let now = std::time::Duration::from_secs(u64::try_from(now.unix_timestamp()).unwrap_or(0));
+    UnixTime::since_unix_epoch(now.clamp(not_before, not_after))
+}
+
 /// One PEM block with 64-column base64 lines.
 pub fn pem_block(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
@@ -276,6 +288,45 @@ pub fn pem_block(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leaf_valid(
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> x509_cert::Certificate {
+        use x509_cert::der::Decode as _;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).expect("params");
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.self_signed(&key).expect("self-signed");
+        x509_cert::Certificate::from_der(cert.der()).expect("parses")
+    }
+
+    #[test]
+    fn time_within_validity_clamps_and_survives_an_inverted_window() {
+        use time::macros::datetime;
+        let unix = |at: time::OffsetDateTime| {
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(at.unix_timestamp() as u64))
+        };
+        let (start, end) = (
+            datetime!(2026-01-01 00:00 UTC),
+            datetime!(2026-02-01 00:00 UTC),
+        );
+        let leaf = leaf_valid(start, end);
+        let inside = datetime!(2026-01-15 00:00 UTC);
+        assert_eq!(time_within_validity(&leaf, inside), unix(inside));
+        assert_eq!(
+            time_within_validity(&leaf, datetime!(2025-06-01 00:00 UTC)),
+            unix(start)
+        );
+        assert_eq!(
+            time_within_validity(&leaf, datetime!(2027-06-01 00:00 UTC)),
+            unix(end)
+        );
+        // notBefore after notAfter: `clamp` would panic on the raw window.
+        let inverted = leaf_valid(end, start);
+        assert_eq!(time_within_validity(&inverted, inside), unix(end));
+    }
 
     #[test]
     fn ok_fingerprint_forms_normalise() {

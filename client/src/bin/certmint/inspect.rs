@@ -24,9 +24,8 @@
 //! detail string.
 
 use std::net::IpAddr;
-use std::time::Duration as StdDuration;
 
-use certmint::client::trust::{certificates_from_pem, fingerprint};
+use certmint::client::trust::{certificates_from_pem, fingerprint, time_within_validity};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -183,7 +182,7 @@ pub fn inspect(inputs: &Inputs, now: OffsetDateTime, role: Role) -> Report {
     match &parsed {
         Some(parsed) => {
             layers.push(key_layer(parsed));
-            let verify_at = inside_validity(&parsed.leaf, now);
+            let verify_at = time_within_validity(&parsed.leaf, now);
             let chain = chain_layer(parsed, verify_at);
             let chain_ok = chain.status == Status::Ok;
             layers.push(chain);
@@ -407,15 +406,6 @@ fn chain_layer(parsed: &Parsed, at: UnixTime) -> Layer {
         }
         Err(error) => layer("chain", Status::Fail, error),
     }
-}
-
-/// `now`, moved into the leaf's validity window when it lies outside.
-fn inside_validity(leaf: &Certificate, now: OffsetDateTime) -> UnixTime {
-    let validity = leaf.tbs_certificate().validity();
-    let not_before = validity.not_before.to_unix_duration();
-    let not_after = validity.not_after.to_unix_duration();
-    let now = StdDuration::from_secs(u64::try_from(now.unix_timestamp()).unwrap_or(0));
-    UnixTime::since_unix_epoch(now.clamp(not_before, not_after.max(not_before)))
 }
 
 fn unix(time: x509_cert::time::Time) -> i64 {

@@ -18,12 +18,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
-use certmint::client::trust::{certificates_from_pem, fingerprint, pem_block};
+use certmint::client::trust::{
+    certificates_from_pem, fingerprint, pem_block, time_within_validity,
+};
 use certmint::client::{Client, ClientIdentity, ClientOptions, Error as ClientError, TrustAnchors};
 use certmint::wire::{CertificateBundle, EnrollRequest, RenewRequest};
 use certmint::{Duration, ProblemCode};
 use der::{Decode as _, Encode as _};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::enroll::keys::{self, KeyError, KeyType, Names};
@@ -403,10 +405,7 @@ fn check_pair(cert_pem: &str, key_pem: &str, anchors: &TrustAnchors) -> Result<C
     let tbs = leaf.tbs_certificate();
     let not_before = OffsetDateTime::from(tbs.validity().not_before.to_system_time());
     let not_after = OffsetDateTime::from(tbs.validity().not_after.to_system_time());
-    let at = OffsetDateTime::now_utc().clamp(not_before, not_after);
-    let at = UnixTime::since_unix_epoch(StdDuration::from_secs(
-        u64::try_from(at.unix_timestamp()).unwrap_or(0),
-    ));
+    let at = time_within_validity(&leaf, OffsetDateTime::now_utc());
     let trust_anchors: Vec<_> = anchors
         .certificates()
         .iter()
