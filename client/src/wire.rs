@@ -62,8 +62,8 @@ impl Identity {
     }
 }
 
-/// `POST /v1/enroll` body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /v1/enroll` body. Its `Debug` form leaves the token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollRequest {
     /// PKCS#10 CSR, PEM (`-----BEGIN CERTIFICATE REQUEST-----`).
     pub csr: String,
@@ -72,6 +72,19 @@ pub struct EnrollRequest {
     /// Requested lifetime; the policy default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
+}
+
+/// What a `Debug` form shows instead of a bearer credential.
+pub const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("csr", &self.csr)
+            .field("token", &REDACTED)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 /// `POST /v1/renew` body. The caller authenticates with the certificate it
@@ -270,8 +283,9 @@ pub struct MintTokenRequest {
     pub max_uses: Option<u32>,
 }
 
-/// `201` body of `POST /v1/admin/tokens`. The JWT is shown only here.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `201` body of `POST /v1/admin/tokens`. The JWT is shown only here (and
+/// never in its `Debug` form).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MintedToken {
     /// Token id (also the JWT's `jti`).
     pub id: String,
@@ -284,6 +298,18 @@ pub struct MintedToken {
     pub max_uses: u32,
     /// Policy bound.
     pub policy: String,
+}
+
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedToken")
+            .field("id", &self.id)
+            .field("token", &REDACTED)
+            .field("expires_at", &self.expires_at)
+            .field("max_uses", &self.max_uses)
+            .field("policy", &self.policy)
+            .finish()
+    }
 }
 
 /// A bootstrap token as listed (never with the JWT itself).
@@ -498,5 +524,31 @@ impl KeyType {
 impl std::fmt::Display for KeyType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_forms_never_show_a_bootstrap_token() {
+        let jwt = "eyJhbGciOiJFZERTQSJ9.secret-claims.secret-signature";
+        let request = EnrollRequest {
+            csr: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            token: jwt.into(),
+            ttl: None,
+        };
+        let minted = MintedToken {
+            id: "0123".into(),
+            token: jwt.into(),
+            expires_at: OffsetDateTime::UNIX_EPOCH,
+            max_uses: 1,
+            policy: "p".into(),
+        };
+        for shown in [format!("{request:?}"), format!("{minted:?}")] {
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
     }
 }

@@ -33,7 +33,8 @@ pub enum ConfigError {
     Invalid {
         /// The config path.
         path: PathBuf,
-        /// What the parser said (never contains secrets: the file holds none).
+        /// What is wrong, with a line and column: never a quote of the file,
+        /// whose `database.url` may hold a PostgreSQL password.
         message: String,
     },
     /// The PIN is configured nowhere, or its source is unreadable.
@@ -85,8 +86,9 @@ pub struct ServerConfig {
     pub workers: usize,
 }
 
-/// `[database]`
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `[database]`. Its `Debug` form shows a PostgreSQL URL's scheme only: the
+/// URL may hold a password.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://<path>` or `postgres://…`.
@@ -94,6 +96,20 @@ pub struct DatabaseConfig {
     /// Connections in the pool.
     #[serde(default = "default_db_pool_size")]
     pub pool_size: u32,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match self.url.split_once(':') {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("sqlite") => self.url.clone(),
+            Some((scheme, _)) => format!("{scheme}://<redacted>"),
+            None => "<redacted>".to_owned(),
+        };
+        f.debug_struct("DatabaseConfig")
+            .field("url", &url)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 /// `[hsm]`
@@ -242,6 +258,24 @@ fn default_renew_jitter() -> f64 {
     0.05
 }
 
+/// The parser's message with the 1-based line and column it points at.
+/// `toml`'s own `Display` quotes the offending line, which could put a
+/// password from `database.url` on stderr.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(span) = error.span() else {
+        return message.to_owned();
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&byte| byte == b'\n')
+        .map_or(0, |newline| newline + 1);
+    let column = before.len() - line_start + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -251,7 +285,7 @@ impl Config {
         })?;
         let mut config: Config = toml::from_str(&text).map_err(|error| ConfigError::Invalid {
             path: path.to_owned(),
-            message: error.to_string(),
+            message: describe_toml_error(&text, &error),
         })?;
         config.base_dir = path
             .parent()
@@ -479,6 +513,44 @@ mod tests {
             format!("sqlite://{}", dir.path().join("certmint.db").display())
         );
         assert_eq!(config.enroll_audience(), "https://localhost:8443/v1/enroll");
+    }
+
+    #[test]
+    fn fail_syntax_error_names_the_line_but_never_quotes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certmint.toml");
+        let mut values = sample();
+        values.database_url = "postgres://certmint:hunter2@db.internal/certmint".into();
+        // The closing quote lost on the line that holds the password.
+        let text = render_commented(&values).replace("certmint\"\n", "certmint\n");
+        assert!(text.contains("hunter2@db.internal/certmint\n"), "{text}");
+        std::fs::write(&path, &text).unwrap();
+        let error = Config::load(&path).unwrap_err().to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        let line = text
+            .lines()
+            .position(|line| line.contains("hunter2"))
+            .unwrap()
+            + 1;
+        assert!(error.contains(&format!("line {line}, column ")), "{error}");
+    }
+
+    #[test]
+    fn debug_form_hides_a_database_password() {
+        let shown = |url: &str| {
+            format!(
+                "{:?}",
+                DatabaseConfig {
+                    url: url.into(),
+                    pool_size: 4
+                }
+            )
+        };
+        let postgres = shown("postgres://certmint:hunter2@db.internal/certmint");
+        assert!(!postgres.contains("hunter2"), "{postgres}");
+        assert!(postgres.contains("postgres://<redacted>"), "{postgres}");
+        assert!(shown("sqlite://certmint.db").contains("sqlite://certmint.db"));
+        assert!(!shown("hunter2").contains("hunter2"));
     }
 
     #[test]

@@ -113,14 +113,29 @@ impl Default for ClientOptions {
     }
 }
 
-/// A client of one certmint server.
-#[derive(Clone, Debug)]
+/// A client of one certmint server. Its `Debug` form never shows the
+/// bearer token.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base_url: String,
     anchors: TrustAnchors,
     bearer: Option<String>,
     options: ClientOptions,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("anchors", &self.anchors)
+            .field(
+                "bearer",
+                &self.bearer.as_ref().map(|_| crate::wire::REDACTED),
+            )
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -334,6 +349,27 @@ fn normalise_base_url(url: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_form_never_shows_the_bearer_token() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let root = rcgen::CertificateParams::new(vec!["root.test".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("root");
+        let anchors = TrustAnchors::from_pem(&root.pem()).expect("anchors");
+        let client = Client::new(
+            "https://ca.test:8443",
+            anchors,
+            None,
+            ClientOptions::default(),
+        )
+        .expect("client")
+        .with_bearer("eyJhbGciOiJFZERTQSJ9.secret-claims.secret-signature");
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(crate::wire::REDACTED), "{shown}");
+    }
 
     #[test]
     fn ok_base_url_loses_its_trailing_slash() {
