@@ -1,8 +1,9 @@
 //! Prometheus metrics served at `/metrics`.
 //!
-//! Names carry their unit (`_seconds`, `_total`). Labels are bounded: route
-//! patterns (never raw paths), problem codes from the fixed table, and a
-//! small set of store operations.
+//! Names carry their unit (`_seconds`, `_total`). Labels are bounded: the
+//! standard HTTP methods (any extension method a client invents is
+//! `other`), route patterns (never raw paths), problem codes from the fixed
+//! table, and a small set of store operations.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
@@ -118,7 +119,7 @@ impl Metrics {
     pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
+                method: method_label(method).to_owned(),
                 route: route.to_owned(),
                 status,
             })
@@ -159,6 +160,19 @@ impl Metrics {
     }
 }
 
+/// The method as a label: one of RFC 9110's methods, or `other`. HTTP lets
+/// a client send any token as a method, and each distinct label value would
+/// be a new series kept for the life of the process.
+fn method_label(method: &str) -> &str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|standard| *standard == method)
+        .unwrap_or("other")
+}
+
 /// Reads the store's group-commit totals at each scrape.
 #[derive(Debug)]
 struct GroupCommitCollector {
@@ -187,5 +201,28 @@ impl Collector for GroupCommitCollector {
             counter.encode(metric)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        let metrics = Metrics::new();
+        metrics.request("POST", "/v1/enroll", 201, 0.001);
+        for n in 0..50 {
+            metrics.request(&format!("X-INVENTED-{n}"), "unmatched", 405, 0.001);
+        }
+        let text = metrics.render();
+        assert!(text.contains(r#"method="POST""#), "{text}");
+        assert!(text.contains(r#"method="other""#), "{text}");
+        assert!(!text.contains("INVENTED"), "{text}");
+        let other_series = text
+            .lines()
+            .filter(|line| line.contains(r#"method="other""#) && line.contains("_count"))
+            .count();
+        assert_eq!(other_series, 1, "{text}");
     }
 }
