@@ -216,13 +216,17 @@ impl Store {
         })
     }
 
-    /// The signer failed: marks the `pending` row `failed` with the reason,
-    /// and gives back one use of `refund_token` (no certificate exists, so the
-    /// client may retry with the same token). Audit `certificate.failed`.
+    /// Issuance failed after its intent was recorded: marks the `pending`
+    /// row `failed` with the reason, and gives back one use of
+    /// `refund_token` (the client received no certificate, so it may retry
+    /// with the same token). Audit `certificate.failed`, whose reason says
+    /// which step failed.
     ///
-    /// Call it only when the HSM certainly produced no signature; after an
-    /// ambiguous failure (a timeout after the request was sent) leave the row
-    /// `pending` for reconciliation instead.
+    /// Call it only while no certificate for this serial has left the
+    /// process: the signer returned an error, the post-signing check refused
+    /// what it returned, or recording the signed certificate failed (its
+    /// bytes are then dropped, never sent). A row this call cannot reach
+    /// (the database is down) stays `pending` for reconciliation.
     pub fn abandon_issuance(
         &self,
         serial: &str,
