@@ -168,6 +168,40 @@ fn check_chain(server: &TestServer, bundle: &CertificateBundle, eku: &'static [u
 }
 
 backend_tests! {
+    fn ok_names_go_into_the_certificate_in_the_form_the_policy_approved(server: &TestServer) {
+        // Scheme and host of a URI, like DNS names, compare case-insensitively;
+        // the certificate must carry the checked lower-case form (an upper-case
+        // SPIFFE ID is not a valid SPIFFE ID), and case variants are one name.
+        let policy = server.unique("canonical");
+        server.create_policy(&policy_json(
+            &policy,
+            &["*.payments.internal"],
+            &[],
+            &["spiffe://prod.example.org/ns/payments/sa/*"],
+        ));
+        let lower_uri = "spiffe://prod.example.org/ns/payments/sa/api";
+        let minted = server.mint_token(
+            &policy,
+            &identity(&["api.payments.internal"], &[], &[lower_uri]),
+            1,
+        );
+        let (csr, _key) = make_csr(
+            "ec-p256",
+            &["API.Payments.Internal"],
+            &[],
+            &["SPIFFE://Prod.Example.ORG/ns/payments/sa/api", lower_uri],
+        );
+        let response = server.enroll(&csr, &minted.token);
+        response.assert_status(201);
+        let bundle: CertificateBundle = response.json();
+        let leaf = parse_certificate(&pem_to_der(&bundle.certificate_pem));
+        assert_eq!(
+            san_names(&leaf),
+            names(&["api.payments.internal"], &[], &[lower_uri])
+        );
+        assert_eq!(server.certificate(&bundle.serial).identity.uri, [lower_uri]);
+    }
+
     fn ok_enroll_ec_p256_issues_a_checked_recorded_audited_leaf(server: &TestServer) {
         let policy = server.unique("payments");
         let dns = ["api.payments.internal"];

@@ -573,8 +573,9 @@ impl Issuer {
     }
 }
 
-/// Verified names as they go into the certificate: DNS lower-cased, exact
-/// duplicates dropped, order kept.
+/// Verified names as they go into the certificate: DNS lower-cased, URIs in
+/// the form the policy approves ([`policy::canonical_uri_name`]), duplicates
+/// of those forms dropped, order kept.
 pub(crate) fn leaf_names(request: &VerifiedCsr) -> LeafNames {
     let mut names = LeafNames::default();
     for dns in &request.names.dns {
@@ -589,8 +590,10 @@ pub(crate) fn leaf_names(request: &VerifiedCsr) -> LeafNames {
         }
     }
     for uri in &request.names.uri {
-        if !names.uri.contains(uri) {
-            names.uri.push(uri.clone());
+        // Invalid URIs stay as written: the policy refuses them by name.
+        let canonical = policy::canonical_uri_name(uri).unwrap_or_else(|_| uri.clone());
+        if !names.uri.contains(&canonical) {
+            names.uri.push(canonical);
         }
     }
     names

@@ -580,6 +580,17 @@ pub fn canonical_dns_name(name: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
+/// Validates a requested URI the way [`evaluate`] does and returns the form
+/// it approves: scheme and host lower-cased, the port as a plain number.
+/// The certificate must carry this form: `SPIFFE://Prod.Example.ORG/…` is
+/// allowed by a policy for `spiffe://prod.example.org/…` but is not a valid
+/// SPIFFE ID as written.
+pub fn canonical_uri_name(name: &str) -> Result<String, String> {
+    UriName::parse(name, uri::Mode::Requested)
+        .map(|parsed| parsed.as_str().to_owned())
+        .map_err(|error| error.to_string())
+}
+
 /// A token identity parsed for matching. Malformed entries are dropped, so
 /// they match nothing (minting refuses them anyway).
 struct TokenIdentity {

@@ -11,8 +11,8 @@ use certmint::ProblemCode;
 use serde_json::{json, Value};
 
 use super::{
-    canonical_dns_name, evaluate, validate_policy_name, CompiledPolicy, Decision, ExtendedKeyUsage,
-    IssuanceRequest, PolicyError, RequestedNames,
+    canonical_dns_name, canonical_uri_name, evaluate, validate_policy_name, CompiledPolicy,
+    Decision, ExtendedKeyUsage, IssuanceRequest, PolicyError, RequestedNames,
 };
 
 /// The policy every test starts from; `overrides` replaces top-level fields.
@@ -229,6 +229,7 @@ fn uris() {
         ("fail_other_port", "https://api.example.com:8443/v1/orders/status".into(), Some(ProblemCode::PolicyNameNotAllowed)),
         ("fail_other_trust_domain", "spiffe://evil.example.org/ns/payments/sa/api".into(), Some(ProblemCode::PolicyNameNotAllowed)),
         ("fail_trailing_slash", format!("{base}/"), Some(ProblemCode::PolicyInvalidName)),
+        ("fail_spiffe_id_of_a_trust_domain_with_a_slash", "spiffe://prod.example.org/".into(), Some(ProblemCode::PolicyInvalidName)),
         ("fail_empty_segment", "spiffe://prod.example.org/ns//payments/sa/api".into(), Some(ProblemCode::PolicyInvalidName)),
         ("fail_query", format!("{base}/api?x=1"), Some(ProblemCode::PolicyInvalidName)),
         ("fail_fragment", format!("{base}/api#frag"), Some(ProblemCode::PolicyInvalidName)),
@@ -583,5 +584,21 @@ fn canonical_dns_names() {
     ];
     for (case, input, want) in cases {
         assert_eq!(canonical_dns_name(input).ok().as_deref(), *want, "{case}");
+    }
+}
+
+#[test]
+fn canonical_uri_names() {
+    #[rustfmt::skip]
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("ok_scheme_and_host_lowercased_path_kept", "SPIFFE://Prod.Example.ORG/ns/Payments/sa/api", Some("spiffe://prod.example.org/ns/Payments/sa/api")),
+        ("ok_port_as_a_plain_number", "https://API.example.com:0443/v1", Some("https://api.example.com:443/v1")),
+        ("ok_already_canonical", "spiffe://td.example/sa/api", Some("spiffe://td.example/sa/api")),
+        ("fail_spiffe_trailing_slash", "spiffe://td.example/", None),
+        ("fail_query", "https://api.example.com/v1?x=1", None),
+        ("fail_wildcard", "spiffe://td.example/sa/*", None),
+    ];
+    for (case, input, want) in cases {
+        assert_eq!(canonical_uri_name(input).ok().as_deref(), *want, "{case}");
     }
 }

@@ -156,6 +156,8 @@ pub(crate) enum UriError {
     BadPort(String),
     #[error("is a SPIFFE ID with a port; SPIFFE IDs have none")]
     SpiffePort,
+    #[error("is a SPIFFE ID ending in '/'; SPIFFE IDs have no trailing '/'")]
+    SpiffeTrailingSlash,
     #[error("has an empty host")]
     EmptyHost,
     #[error("has a host longer than 253 characters")]
@@ -239,6 +241,9 @@ fn parse_host(host: &str, mode: Mode) -> Result<Vec<Label>, UriError> {
 /// `""` or `"/"` (no segments), or `/segment(/segment)*` of non-empty,
 /// non-dot segments drawn from a whitelist of RFC 3986 `pchar`s.
 fn parse_path(path: &str, mode: Mode, spiffe: bool) -> Result<Vec<Label>, UriError> {
+    if spiffe && path == "/" {
+        return Err(UriError::SpiffeTrailingSlash);
+    }
     if path.is_empty() || path == "/" {
         return Ok(Vec::new());
     }
