@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use crate::clock::Clock;
 use crate::error::ServiceError;
 use crate::policy::{validate_policy_name, CompiledPolicy, Decision};
-use crate::store::{CertificateFilter, NewToken, Store, StoreError};
+use crate::store::{CertificateFilter, ExpiryWindow, NewToken, Store, StoreError};
 use crate::tokens::TokenAuthority;
 
 /// Largest `max_uses` a bootstrap token may have.
@@ -284,24 +284,26 @@ impl Admin {
                 )
             })?;
         }
-        let expiring_before = match expiring_within_seconds {
+        let now = self.now();
+        let expiring = match expiring_within_seconds {
             None => None,
-            Some(seconds) => Some(
-                i64::try_from(seconds)
+            Some(seconds) => Some(ExpiryWindow {
+                from: now,
+                until: i64::try_from(seconds)
                     .ok()
-                    .and_then(|seconds| self.now().checked_add(time::Duration::seconds(seconds)))
+                    .and_then(|seconds| now.checked_add(time::Duration::seconds(seconds)))
                     .ok_or_else(|| {
                         ServiceError::invalid(
                             ProblemCode::RequestInvalidParameter,
                             "expiring_within reaches past the end of the calendar",
                         )
                     })?,
-            ),
+            }),
         };
         let filter = CertificateFilter {
             policy,
             status,
-            expiring_before,
+            expiring,
         };
         Ok(self
             .store

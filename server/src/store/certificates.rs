@@ -92,8 +92,19 @@ pub struct CertificateFilter {
     pub policy: Option<String>,
     /// Only certificates in this state.
     pub status: Option<CertificateStatus>,
-    /// Only issued certificates whose `not_after` is at or before this time.
-    pub expiring_before: Option<OffsetDateTime>,
+    /// Only issued certificates whose `not_after` lies in this window.
+    pub expiring: Option<ExpiryWindow>,
+}
+
+/// "Expiring within": issued certificates still valid at `from` whose
+/// `not_after` comes at or before `until`. Expired ones are not expiring:
+/// every renewed predecessor would pile up in the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpiryWindow {
+    /// Normally now: `not_after` must be after it.
+    pub from: OffsetDateTime,
+    /// `not_after` must be at or before it.
+    pub until: OffsetDateTime,
 }
 
 impl Store {
@@ -340,9 +351,10 @@ impl Store {
             if let Some(status) = filter.status {
                 query = query.filter(certificates::status.eq(status_name(status)));
             }
-            if let Some(before) = filter.expiring_before {
+            if let Some(window) = filter.expiring {
                 query = query
-                    .filter(certificates::not_after.le(unix(before)))
+                    .filter(certificates::not_after.gt(unix(window.from)))
+                    .filter(certificates::not_after.le(unix(window.until)))
                     .filter(certificates::status.eq(status_name(CertificateStatus::Issued)));
             }
             if let Some((created_at, serial)) = &after {

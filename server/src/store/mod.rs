@@ -76,7 +76,7 @@ use time::OffsetDateTime;
 use self::connection::{DbConnection, Manager, Target};
 
 pub use self::ca::CaState;
-pub use self::certificates::{CertificateFilter, CertificateRecord, NewCertificate};
+pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};
 pub use self::group_commit::GroupCommitCounts;
 pub use self::tokens::NewToken;
 

@@ -923,6 +923,8 @@ fn inventory_filters(db: &TestDb) {
     store
         .revoke_certificate(&serial(5), RevocationReason::Superseded, ACTOR, NOW)
         .expect("revoke");
+    // Issued, and already expired at NOW: not "expiring".
+    issue(store, &soon(6, "payments", -1));
 
     let list = |filter: CertificateFilter| -> Vec<String> {
         let mut serials: Vec<String> = store
@@ -940,7 +942,7 @@ fn inventory_filters(db: &TestDb) {
             policy: Some("payments".to_owned()),
             ..Default::default()
         }),
-        [serial(1), serial(2)]
+        [serial(1), serial(2), serial(6)]
     );
     assert_eq!(
         list(CertificateFilter {
@@ -956,10 +958,15 @@ fn inventory_filters(db: &TestDb) {
         }),
         [serial(5)]
     );
-    // Expiring: issued only, not_after at or before the bound.
+    // Expiring: issued only, still valid at NOW, not_after at or before
+    // the bound (serial 6 has expired already).
+    let within_two_days = Some(ExpiryWindow {
+        from: NOW,
+        until: NOW + Duration::days(2),
+    });
     assert_eq!(
         list(CertificateFilter {
-            expiring_before: Some(NOW + Duration::days(2)),
+            expiring: within_two_days,
             ..Default::default()
         }),
         [serial(1), serial(3)]
@@ -967,7 +974,7 @@ fn inventory_filters(db: &TestDb) {
     assert_eq!(
         list(CertificateFilter {
             policy: Some("billing".to_owned()),
-            expiring_before: Some(NOW + Duration::days(2)),
+            expiring: within_two_days,
             ..Default::default()
         }),
         [serial(3)]
