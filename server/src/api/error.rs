@@ -172,6 +172,7 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
             StoreError::TokenUsedUp { .. } => C::TokenUsed,
             StoreError::CertificateNotFound { .. } => C::CertificateNotFound,
             StoreError::CertificateAlreadyRevoked { .. } => C::CertificateAlreadyRevoked,
+            StoreError::PredecessorRevoked { .. } => C::CertificateRevoked,
             StoreError::BadCursor => C::RequestInvalidParameter,
             StoreError::CertificateNotIssued { .. } => C::CertificateNotIssued,
             StoreError::Conflict { .. } | StoreError::PolicyChanged { .. } => C::StoreUnavailable,

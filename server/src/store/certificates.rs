@@ -116,7 +116,9 @@ impl Store {
     ///
     /// Token refusals are precise: [`StoreError::TokenNotFound`],
     /// [`StoreError::TokenRevoked`], [`StoreError::TokenExpired`],
-    /// [`StoreError::TokenUsedUp`]. A taken serial is
+    /// [`StoreError::TokenUsedUp`]. A renewal (`cert.predecessor`) whose
+    /// predecessor is no longer `issued` is [`StoreError::PredecessorRevoked`].
+    /// A taken serial is
     /// [`StoreError::SerialCollision`] (nothing is consumed; pick a new serial
     /// and call again). `token_use` is normally `cert.token_id`; renewals
     /// pass `None`.
@@ -179,6 +181,27 @@ impl Store {
             }
             if let Some(token_id) = &token_use {
                 tokens::consume_use(conn, token_id, now)?;
+            }
+            if let Some(predecessor) = &row.predecessor {
+                // The holder's certificate was checked before this
+                // transaction; a revocation committed since must still stop
+                // the renewal. On PostgreSQL this write also takes the row
+                // lock a concurrent revocation needs, so one waits for the
+                // other.
+                let issued = status_name(CertificateStatus::Issued);
+                let still_issued = diesel::update(
+                    certificates::table
+                        .filter(certificates::serial.eq(predecessor))
+                        .filter(certificates::status.eq(issued)),
+                )
+                .set(certificates::status.eq(issued))
+                .execute(conn)
+                .map_err(StoreError::query)?;
+                if still_issued != 1 {
+                    return Err(StoreError::PredecessorRevoked {
+                        serial: predecessor.clone(),
+                    });
+                }
             }
             match (InsertCertificate { row: &row }).execute(conn) {
                 Err(e) if is_unique_violation(&e) => {

@@ -251,6 +251,13 @@ pub enum StoreError {
         /// Its current status.
         status: CertificateStatus,
     },
+    /// A renewal's predecessor is no longer issued (it was revoked after the
+    /// holder's certificate was checked): nothing is written.
+    #[error("certificate {serial} was revoked while its renewal was being prepared")]
+    PredecessorRevoked {
+        /// Serial of the predecessor, hex.
+        serial: String,
+    },
     /// The certificate is not pending, so it cannot be completed or abandoned.
     #[error("certificate {serial} is {status:?}, not pending")]
     CertificateNotPending {

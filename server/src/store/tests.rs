@@ -204,6 +204,7 @@ backend_tests!(
     fail_complete_issuance_twice,
     certificate_read_has_pem_once_issued,
     renewal_record_keeps_lineage,
+    fail_renewal_of_a_predecessor_revoked_meanwhile,
     policy_versions_create_replace_disable,
     concurrent_replaces_produce_distinct_versions,
     list_policies_pages_with_cursor,
@@ -675,6 +676,35 @@ fn renewal_record_keeps_lineage(db: &TestDb) {
         .iter()
         .any(|info| info.serial == renewed.serial && info.predecessor.is_some()));
     assert_eq!(store.certificate_record(&serial(405)).expect("read"), None);
+}
+
+fn fail_renewal_of_a_predecessor_revoked_meanwhile(db: &TestDb) {
+    // The renewal path checks the presented certificate before its
+    // transaction; a revocation that commits in between must still stop it.
+    let store = &db.store;
+    let first = new_cert(&serial(8), "payments", None);
+    issue(store, &first);
+    store
+        .revoke_certificate(&first.serial, RevocationReason::KeyCompromise, ACTOR, NOW)
+        .expect("revoke");
+    let renewed = NewCertificate {
+        predecessor: Some(first.serial.clone()),
+        chain_started_at: first.chain_started_at,
+        ..new_cert(&serial(9), "payments", None)
+    };
+    let err = store
+        .begin_issuance(&renewed, None, ACTOR, NOW)
+        .expect_err("the predecessor is revoked");
+    assert!(
+        matches!(&err, StoreError::PredecessorRevoked { serial } if *serial == first.serial),
+        "{err:?}"
+    );
+    assert!(store.certificate(&renewed.serial).expect("read").is_none());
+    let revoked = store
+        .certificate(&first.serial)
+        .expect("read")
+        .expect("exists");
+    assert_eq!(revoked.status, CertificateStatus::Revoked);
 }
 
 fn certificate_read_has_pem_once_issued(db: &TestDb) {
