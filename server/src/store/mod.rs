@@ -74,6 +74,8 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use time::OffsetDateTime;
 
 use self::connection::{DbConnection, Manager, Target};
+use self::statements::LockAuditHead;
+use diesel::RunQueryDsl as _;
 
 pub use self::ca::CaState;
 pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};
@@ -521,8 +523,13 @@ fn write_transaction<T>(
 ) -> Result<T, StoreError> {
     // dialect: SQLite takes the write lock up front (BEGIN IMMEDIATE) so that
     // concurrent writers wait on busy_timeout instead of failing to upgrade a
-    // read lock; PostgreSQL runs READ COMMITTED and serialises through the
-    // row locks its conditional UPDATEs take.
+    // read lock. PostgreSQL runs READ COMMITTED and takes the audit head's row
+    // lock first: every write transaction appends to the audit chain, so
+    // they all queue on that one lock, taken before any other (no deadlock
+    // between them), and each statement after it sees everything earlier
+    // writers committed. Without it, an enrollment on one replica could
+    // check the policy version while a disable on another was committing,
+    // and record a certificate under a version already superseded.
     let begun = match conn {
         DbConnection::Sqlite(inner) => {
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")
@@ -530,7 +537,14 @@ fn write_transaction<T>(
         DbConnection::Postgres(inner) => AnsiTransactionManager::begin_transaction(inner),
     };
     begun.map_err(StoreError::query)?;
-    match body(conn) {
+    let locked = match conn {
+        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Postgres(inner) => LockAuditHead
+            .execute(inner)
+            .map(drop)
+            .map_err(StoreError::query),
+    };
+    match locked.and_then(|()| body(conn)) {
         Ok(value) => {
             <DbConnection as TransactionManager<DbConnection>>::commit_transaction(conn)
                 .map_err(StoreError::query)?;

@@ -75,6 +75,12 @@ fixed_statement!(
     RollbackToSavepoint = "ROLLBACK TO certmint_write"
 );
 fixed_statement!(
+    /// PostgreSQL only: the first statement of every write transaction
+    /// (see `write_transaction`).
+    LockAuditHead = "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"
+);
+
+fixed_statement!(
     /// Takes the audit chain's next sequence number; on PostgreSQL this also
     /// locks the head row until the transaction ends.
     BumpAuditSequence = "UPDATE audit_head SET seq = seq + 1 WHERE id = 1"

@@ -200,6 +200,7 @@ backend_tests!(
     fail_token_not_found_revoked_or_expired,
     fail_serial_collision_consumes_nothing,
     fail_superseded_policy_version_consumes_nothing,
+    fail_policy_version_superseded_by_a_write_in_flight_elsewhere,
     abandon_refunds_the_token,
     fail_complete_issuance_twice,
     certificate_read_has_pem_once_issued,
@@ -495,6 +496,53 @@ fn fail_serial_collision_consumes_nothing(db: &TestDb) {
         .begin_issuance(&new_cert(&serial(7), "payments", None), None, ACTOR, NOW)
         .expect_err("same serial, no token");
     assert!(matches!(err, StoreError::SerialCollision { .. }), "{err:?}");
+}
+
+fn fail_policy_version_superseded_by_a_write_in_flight_elsewhere(db: &TestDb) {
+    // Another replica is replacing the policy (its transaction holds the
+    // write lock: BEGIN IMMEDIATE on SQLite, the audit head on PostgreSQL)
+    // while this one records an intent evaluated under version 1. The intent
+    // must wait for that write and then see version 2, not check the version
+    // first and commit after the replacement.
+    use diesel::r2d2::ManageConnection as _;
+    let store = &db.store;
+    store
+        .create_policy(&spec("payments"), ACTOR, NOW)
+        .expect("create");
+    let manager = connection::Manager::new(connection::Target::parse(&db.url).expect("url"));
+    let mut other = manager.connect().expect("second connection");
+    let begin = match &other {
+        DbConnection::Sqlite(_) => "BEGIN IMMEDIATE;",
+        DbConnection::Postgres(_) => "BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE;",
+    };
+    other
+        .batch_execute(&format!(
+            "{begin} INSERT INTO policies (name, version, spec_json, enabled, created_at, created_by) \
+             SELECT name, 2, spec_json, enabled, created_at, created_by FROM policies \
+             WHERE name = 'payments' AND version = 1;"
+        ))
+        .expect("replacement in flight");
+    let evaluated_under_v1 = NewCertificate {
+        policy_version: 1,
+        require_current_policy: true,
+        ..new_cert(&serial(34), "payments", None)
+    };
+    let outcome = std::thread::scope(|scope| {
+        let intent = scope.spawn(|| store.begin_issuance(&evaluated_under_v1, None, ACTOR, NOW));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        other
+            .batch_execute("COMMIT")
+            .expect("commit the replacement");
+        intent.join().expect("no panic")
+    });
+    assert!(
+        matches!(
+            &outcome,
+            Err(StoreError::PolicyChanged { evaluated: 1, .. })
+        ),
+        "{outcome:?}"
+    );
+    assert!(store.certificate(&serial(34)).expect("read").is_none());
 }
 
 fn fail_superseded_policy_version_consumes_nothing(db: &TestDb) {
