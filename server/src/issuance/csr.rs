@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use certmint::wire::{Identity, KeyType};
 use const_oid::db::{rfc5280, rfc5912};
-use der::{Decode as _, DecodePem as _, Encode as _};
+use der::{Decode as _, Encode as _};
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::SubjectAltName;
@@ -107,14 +107,13 @@ impl VerifiedCsr {
 
 /// Parses a PEM (or bare base64 DER) CSR and verifies its self-signature.
 pub fn verify(text: &str) -> Result<VerifiedCsr, CsrError> {
-    let request = decode(text)?;
+    let csr_der = decode(text)?;
+    let request = CertReq::from_der(&csr_der)
+        .map_err(|error| CsrError::Malformed(format!("CSR: {error}")))?;
     let subject_public_key_info = request.info.public_key.clone();
     // Key first: a weak key must be reported as weak, not as a bad signature.
     let key_type = algorithms::key_type(&subject_public_key_info)?;
-    let info_der = request
-        .info
-        .to_der()
-        .map_err(|error| CsrError::Malformed(format!("request info re-encoding: {error}")))?;
+    let info_der = signed_info(&csr_der)?;
     let signature = request
         .signature
         .as_bytes()
@@ -149,18 +148,36 @@ fn spki_sha256(subject_public_key_info: &SubjectPublicKeyInfoOwned) -> Result<St
     )))
 }
 
-fn decode(text: &str) -> Result<CertReq, CsrError> {
+/// The CSR's DER, from PEM (`CERTIFICATE REQUEST`) or bare base64.
+fn decode(text: &str) -> Result<Vec<u8>, CsrError> {
     let trimmed = text.trim();
     if trimmed.starts_with("-----BEGIN") {
-        return CertReq::from_pem(trimmed.as_bytes())
-            .map_err(|error| CsrError::Malformed(format!("PEM CSR: {error}")));
+        let (label, der) = der::pem::decode_vec(trimmed.as_bytes())
+            .map_err(|error| CsrError::Malformed(format!("PEM CSR: {error}")))?;
+        if label != "CERTIFICATE REQUEST" {
+            return Err(CsrError::Malformed(format!(
+                "PEM CSR: the block is a {label:?}, not a CERTIFICATE REQUEST"
+            )));
+        }
+        return Ok(der);
     }
     use base64::Engine as _;
-    let der = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(trimmed)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed))
-        .map_err(|_| CsrError::Malformed("expected a PEM CERTIFICATE REQUEST".into()))?;
-    CertReq::from_der(&der).map_err(|error| CsrError::Malformed(format!("DER CSR: {error}")))
+        .map_err(|_| CsrError::Malformed("expected a PEM CERTIFICATE REQUEST".into()))
+}
+
+/// The certificationRequestInfo exactly as the client encoded and signed it.
+/// Re-encoding the decoded structure is not the same: the decoder puts the
+/// elements of a SET OF (attributes, multi-valued RDNs) in DER order, so a
+/// CSR whose signer left them unsorted would fail its own signature check.
+fn signed_info(csr_der: &[u8]) -> Result<Vec<u8>, CsrError> {
+    let malformed = |error: der::Error| CsrError::Malformed(format!("CSR structure: {error}"));
+    let outer = der::asn1::AnyRef::from_der(csr_der).map_err(malformed)?;
+    let mut fields = der::SliceReader::new(outer.value()).map_err(malformed)?;
+    let info = der::asn1::AnyRef::decode(&mut fields).map_err(malformed)?;
+    info.to_der().map_err(malformed)
 }
 
 fn requested_names(request: &CertReq) -> Result<RequestedNames, CsrError> {
@@ -225,5 +242,123 @@ fn general_name_kind(name: &GeneralName) -> &'static str {
         GeneralName::DnsName(_) => "dNSName",
         GeneralName::IpAddress(_) => "iPAddress",
         GeneralName::UniformResourceIdentifier(_) => "uniformResourceIdentifier",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use der::asn1::{Any, AnyRef, BitString, SetOfVec};
+    use der::pem::LineEnding;
+    use der::{Tag, TagNumber};
+    use rcgen::SigningKey as _;
+    use x509_cert::attr::Attribute;
+
+    use super::*;
+
+    /// A CSR for `a.test` whose attributes (extensionRequest and a
+    /// challengePassword) are encoded out of DER order and signed that way,
+    /// as some signers do; with the info bytes that were signed.
+    fn csr_with_unsorted_attributes() -> (String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let base = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+            .expect("params")
+            .serialize_request(&key)
+            .expect("csr");
+        let request = CertReq::from_der(base.der()).expect("rcgen CSR decodes");
+        let extension_request = request
+            .info
+            .attributes
+            .iter()
+            .next()
+            .expect("extensionRequest")
+            .to_der()
+            .expect("encodes");
+        let challenge = Attribute {
+            oid: const_oid::db::rfc2985::PKCS_9_AT_CHALLENGE_PASSWORD,
+            values: SetOfVec::try_from(vec![
+                Any::new(Tag::Utf8String, b"pw".to_vec()).expect("value")
+            ])
+            .expect("set"),
+        }
+        .to_der()
+        .expect("encodes");
+        let mut attributes = [extension_request, challenge];
+        attributes.sort();
+        attributes.reverse();
+        let attributes = AnyRef::new(
+            Tag::ContextSpecific {
+                constructed: true,
+                number: TagNumber(0),
+            },
+            &attributes.concat(),
+        )
+        .expect("[0]")
+        .to_der()
+        .expect("encodes");
+        let info_fields = [
+            request.info.version.to_der().expect("version"),
+            request.info.subject.to_der().expect("subject"),
+            request.info.public_key.to_der().expect("key"),
+            attributes,
+        ]
+        .concat();
+        let info = AnyRef::new(Tag::Sequence, &info_fields)
+            .expect("info")
+            .to_der()
+            .expect("encodes");
+        let signature = key.sign(&info).expect("sign");
+        let csr_fields = [
+            info.clone(),
+            request.algorithm.to_der().expect("algorithm"),
+            BitString::from_bytes(&signature)
+                .expect("bits")
+                .to_der()
+                .expect("encodes"),
+        ]
+        .concat();
+        let csr = AnyRef::new(Tag::Sequence, &csr_fields)
+            .expect("csr")
+            .to_der()
+            .expect("encodes");
+        let pem =
+            der::pem::encode_string("CERTIFICATE REQUEST", LineEnding::LF, &csr).expect("pem");
+        (pem, info)
+    }
+
+    #[test]
+    fn ok_signature_is_checked_over_the_bytes_the_client_signed() {
+        let (pem, signed) = csr_with_unsorted_attributes();
+        let reencoded = CertReq::from_der(&der::pem::decode_vec(pem.as_bytes()).expect("pem").1)
+            .expect("decodes")
+            .info
+            .to_der()
+            .expect("re-encodes");
+        assert_ne!(reencoded, signed, "the decoder sorts the attributes");
+        let verified = verify(&pem).expect("a correctly signed CSR verifies");
+        assert_eq!(verified.names.dns, ["a.test"]);
+        assert_eq!(verified.key_type, KeyType::EcP256);
+    }
+
+    #[test]
+    fn fail_a_changed_signed_byte_is_a_bad_signature() {
+        let (pem, signed) = csr_with_unsorted_attributes();
+        let (_, mut der) = der::pem::decode_vec(pem.as_bytes()).expect("pem");
+        // Flip a byte of the challengePassword value inside the signed info.
+        let at = der
+            .windows(2)
+            .position(|window| window == b"pw")
+            .expect("challenge password bytes");
+        der[at] = b'P';
+        assert!(der.len() > signed.len());
+        let tampered =
+            der::pem::encode_string("CERTIFICATE REQUEST", LineEnding::LF, &der).expect("pem");
+        assert!(matches!(verify(&tampered), Err(CsrError::BadSignature)));
+    }
+
+    #[test]
+    fn fail_a_pem_block_of_another_kind() {
+        let (pem, _) = csr_with_unsorted_attributes();
+        let certificate = pem.replace("CERTIFICATE REQUEST", "CERTIFICATE");
+        assert!(matches!(verify(&certificate), Err(CsrError::Malformed(_))));
     }
 }
