@@ -57,10 +57,28 @@ pub fn key_type(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyType, AlgorithmEr
             other => Err(AlgorithmError::UnsupportedKey(format!("EC curve {other}"))),
         };
     }
+    // The key is copied into the certificate as the CSR encodes it, so its
+    // parameters must be the ones RFC 8410 and RFC 3279 prescribe: OpenSSL
+    // refuses an Ed25519 key with parameters, and linters flag both.
     if algorithm == rfc8410::ID_ED_25519 {
+        if spki.algorithm.parameters.is_some() {
+            return Err(AlgorithmError::UnsupportedKey(
+                "Ed25519 key with algorithm parameters (RFC 8410: they must be absent)".into(),
+            ));
+        }
         return Ok(KeyType::Ed25519);
     }
     if algorithm == rfc5912::RSA_ENCRYPTION {
+        let null_parameters = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .is_some_and(|parameters| parameters.is_null());
+        if !null_parameters {
+            return Err(AlgorithmError::UnsupportedKey(
+                "RSA key whose algorithm parameters are not NULL (RFC 3279)".into(),
+            ));
+        }
         let key_bytes = spki.subject_public_key.as_bytes().ok_or_else(|| {
             AlgorithmError::UnsupportedKey("RSA key bits are not whole bytes".into())
         })?;
@@ -139,4 +157,60 @@ fn verifier_for(
         return Err(unsupported());
     }
     Ok(verifier)
+}
+
+#[cfg(test)]
+mod tests {
+    use der::asn1::{Any, BitString};
+    use der::Encode as _;
+
+    use super::*;
+
+    fn spki(
+        oid: ObjectIdentifier,
+        parameters: Option<Any>,
+        key: &[u8],
+    ) -> SubjectPublicKeyInfoOwned {
+        SubjectPublicKeyInfoOwned {
+            algorithm: AlgorithmIdentifierOwned { oid, parameters },
+            subject_public_key: BitString::from_bytes(key).expect("bits"),
+        }
+    }
+
+    fn rsa_2048_key() -> Vec<u8> {
+        let modulus = [0xc5_u8; 256];
+        RsaPublicKey {
+            modulus: UintRef::new(&modulus).expect("modulus"),
+            public_exponent: UintRef::new(&[0x01, 0x00, 0x01]).expect("exponent"),
+        }
+        .to_der()
+        .expect("encodes")
+    }
+
+    #[test]
+    fn key_parameters_must_be_the_prescribed_ones() {
+        let ed25519 = [7_u8; 32];
+        assert_eq!(
+            key_type(&spki(rfc8410::ID_ED_25519, None, &ed25519)),
+            Ok(KeyType::Ed25519)
+        );
+        assert!(matches!(
+            key_type(&spki(rfc8410::ID_ED_25519, Some(Any::null()), &ed25519)),
+            Err(AlgorithmError::UnsupportedKey(_))
+        ));
+        let rsa = rsa_2048_key();
+        assert_eq!(
+            key_type(&spki(rfc5912::RSA_ENCRYPTION, Some(Any::null()), &rsa)),
+            Ok(KeyType::Rsa2048)
+        );
+        assert!(matches!(
+            key_type(&spki(rfc5912::RSA_ENCRYPTION, None, &rsa)),
+            Err(AlgorithmError::UnsupportedKey(_))
+        ));
+        let not_null = Any::encode_from(&rfc5912::SECP_256_R_1).expect("oid");
+        assert!(matches!(
+            key_type(&spki(rfc5912::RSA_ENCRYPTION, Some(not_null), &rsa)),
+            Err(AlgorithmError::UnsupportedKey(_))
+        ));
+    }
 }
