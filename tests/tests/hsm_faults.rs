@@ -70,6 +70,16 @@ fn assert_hsm_unavailable(response: &Response) {
         )
     });
     assert!(seconds > 0, "{}: Retry-After is 0", response.request);
+    // The cause (PKCS#11 function, return value, token) is for the server
+    // log; unauthenticated callers get a fixed detail with the request id.
+    for internal in ["C_", "CKR_", "slot", "token"] {
+        assert!(
+            !response.text.contains(internal),
+            "{}: the problem shows HSM internals ({internal}): {}",
+            response.request,
+            response.text
+        );
+    }
 }
 
 /// A policy allowing `*.<policy>.internal`; returns its name.

@@ -130,7 +130,18 @@ impl ApiError {
             api.code,
             ProblemCode::HsmUnavailable | ProblemCode::StoreUnavailable
         ) {
+            // The cause names PKCS#11 functions, token labels or database
+            // errors: operators read it in the log; callers, who may be
+            // unauthenticated (/readyz, /v1/enroll), get a fixed detail.
             tracing::warn!(request.id = %request_id, error = %error, "backend unavailable");
+            let backend = if matches!(api.code, ProblemCode::HsmUnavailable) {
+                "the HSM"
+            } else {
+                "the database"
+            };
+            api.detail = format!(
+                "{backend} is unavailable; retry later (the server log has the cause under request id {request_id})"
+            );
         }
         api
     }
