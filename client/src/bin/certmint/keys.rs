@@ -162,7 +162,9 @@ impl Names {
     }
 
     /// True when `other` names the same set: DNS case-insensitively, IPs by
-    /// value, URIs exactly; order and duplicates do not matter.
+    /// value, URIs as the server records them (scheme and host
+    /// case-insensitively, the port by value, the path exactly); order and
+    /// duplicates do not matter.
     pub fn same_set(&self, other: &Names) -> bool {
         self.canonical() == other.canonical()
     }
@@ -177,7 +179,7 @@ impl Names {
                     .map_or_else(|_| a.clone(), |ip| ip.to_string())
             })
             .collect();
-        let mut uri = self.uri.clone();
+        let mut uri: Vec<String> = self.uri.iter().map(|u| canonical_uri(u)).collect();
         for list in [&mut dns, &mut ip, &mut uri] {
             list.sort();
             list.dedup();
@@ -195,6 +197,28 @@ impl Names {
         }
         parts.join(" ")
     }
+}
+
+/// `scheme://host[:port]/path` in the form the server puts in certificates:
+/// scheme and host lower-cased, the port as a plain number, the path as
+/// written. Anything else is returned as written (the server refuses it).
+fn canonical_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(port) => (host, format!(":{port}")),
+            Err(_) => return uri.to_owned(),
+        },
+        None => (authority, String::new()),
+    };
+    format!(
+        "{}://{}{port}{path}",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase()
+    )
 }
 
 /// A fresh key and the CSR for it.
@@ -312,5 +336,32 @@ mod tests {
             ..Names::default()
         };
         assert!(!one.same_set(&three));
+    }
+
+    #[test]
+    fn ok_same_set_compares_uris_as_the_server_records_them() {
+        let configured = Names {
+            uri: vec![
+                "SPIFFE://Prod.Example.ORG/ns/Payments/sa/api".into(),
+                "https://API.example.com:0443/v1".into(),
+            ],
+            ..Names::default()
+        };
+        let issued = Names {
+            uri: vec![
+                "spiffe://prod.example.org/ns/Payments/sa/api".into(),
+                "https://api.example.com:443/v1".into(),
+            ],
+            ..Names::default()
+        };
+        assert!(configured.same_set(&issued));
+        let other_path = Names {
+            uri: vec![
+                "spiffe://prod.example.org/ns/payments/sa/api".into(),
+                "https://api.example.com:443/v1".into(),
+            ],
+            ..Names::default()
+        };
+        assert!(!configured.same_set(&other_path), "paths compare exactly");
     }
 }

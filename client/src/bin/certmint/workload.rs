@@ -264,7 +264,7 @@ impl Workload {
             ttl: self.ttl,
         };
         let bundle = session.client.enroll(&request).await?;
-        self.install(session, &fresh.key_pem, &bundle)
+        self.install(session, &fresh.key_pem, &self.names, &bundle)
     }
 
     /// `POST /v1/renew` as the holder of `current`, with a fresh key for
@@ -283,15 +283,17 @@ impl Workload {
             ttl: self.ttl,
         };
         let bundle = holder.renew(&request).await?;
-        self.install(session, &fresh.key_pem, &bundle)
+        self.install(session, &fresh.key_pem, &current.meta.names, &bundle)
     }
 
-    /// Checks the issued bundle against our key and anchors, then installs
-    /// it. Synchronous on purpose: see [`OutputDir::install`].
+    /// Checks the issued bundle against our key, anchors and the `requested`
+    /// names, then installs it. Synchronous on purpose: see
+    /// [`OutputDir::install`].
     fn install(
         &self,
         session: &Session,
         key_pem: &str,
+        requested: &Names,
         bundle: &CertificateBundle,
     ) -> Result<Meta, WorkloadError> {
         let leaf = certificates_from_pem(&bundle.certificate_pem)?;
@@ -320,6 +322,15 @@ impl Workload {
             .collect();
         let checked =
             check_pair(&cert_pem, key_pem, &session.anchors).map_err(WorkloadError::BadIssue)?;
+        if !checked.names.same_set(requested) {
+            // Installing it would make the next check see other names and
+            // enroll again at once, spending a token use each time.
+            return Err(WorkloadError::BadIssue(format!(
+                "the certificate names {}, not the requested {}",
+                checked.names.summary(),
+                requested.summary()
+            )));
+        }
         if checked.serial != bundle.serial.to_ascii_lowercase() {
             return Err(WorkloadError::BadIssue(format!(
                 "the certificate's serial {} is not the serial {} the server reported",
