@@ -649,6 +649,37 @@ backend_tests! {
             .assert_problem(413, "request.too_large");
     }
 
+    fn fail_json_body_without_a_json_content_type(server: &TestServer) {
+        // A browser posts forms and text/plain cross-site without a
+        // preflight: such bodies are refused even when they parse as JSON.
+        let body = json!({"csr": "x", "token": "x"}).to_string().into_bytes();
+        for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+            let response = server.request(
+                Auth::None,
+                "POST",
+                "/v1/enroll",
+                Some(RequestBody::Raw {
+                    content_type: content_type.into(),
+                    bytes: body.clone(),
+                }),
+            );
+            response.assert_problem(400, "request.malformed");
+            assert!(response.text.contains("application/json"), "{}", response.text);
+        }
+        // application/*+json is JSON too: it reaches the CSR check.
+        server
+            .request(
+                Auth::None,
+                "POST",
+                "/v1/enroll",
+                Some(RequestBody::Raw {
+                    content_type: "application/merge-patch+json".into(),
+                    bytes: body,
+                }),
+            )
+            .assert_problem(400, "csr.malformed");
+    }
+
     fn fail_unknown_route_and_method(server: &TestServer) {
         server.get("/v1/no-such-thing").assert_problem(404, "request.not_found");
         server.get("/").assert_problem(404, "request.not_found");

@@ -149,18 +149,28 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     }
 }
 
+/// JSON bodies must say so (`application/json` or `application/*+json`): a
+/// browser sends a form or `text/plain` cross-site without asking first,
+/// and one that holds a workload's client certificate would otherwise let
+/// any page post `/v1/renew` or `/v1/revoke` with it.
 fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
-        .content_type_required(false)
+        .content_type_required(true)
         .error_handler(|error, request| {
             use actix_web::error::JsonPayloadError;
-            let code = match &error {
+            let (code, detail) = match &error {
                 JsonPayloadError::OverflowKnownLength { .. }
-                | JsonPayloadError::Overflow { .. } => ProblemCode::RequestTooLarge,
-                _ => ProblemCode::RequestMalformed,
+                | JsonPayloadError::Overflow { .. } => {
+                    (ProblemCode::RequestTooLarge, error.to_string())
+                }
+                JsonPayloadError::ContentType => (
+                    ProblemCode::RequestMalformed,
+                    "the body must be JSON, sent with Content-Type: application/json".to_owned(),
+                ),
+                _ => (ProblemCode::RequestMalformed, error.to_string()),
             };
-            request_error(code, error.to_string(), request)
+            request_error(code, detail, request)
         })
 }
 
