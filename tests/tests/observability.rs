@@ -405,6 +405,25 @@ backend_tests! {
                 Some(RequestBody::Json(json!({"reason": "key_compromise"}))),
             )
             .assert_problem(403, "auth.forbidden");
+        // The role is checked before the body is read: an auditor's garbage
+        // or oversized body is a 403 too, not a 400 or 413.
+        for (path, body) in [
+            (format!("/v1/admin/certificates/{revoked}/revoke"), b"{not json".to_vec()),
+            ("/v1/admin/policies".to_owned(), vec![b'x'; 100_000]),
+            ("/v1/admin/tokens".to_owned(), b"[]".to_vec()),
+        ] {
+            server
+                .request(
+                    Auth::Auditor,
+                    "POST",
+                    &path,
+                    Some(RequestBody::Raw {
+                        content_type: "application/json".into(),
+                        bytes: body,
+                    }),
+                )
+                .assert_problem(403, "auth.forbidden");
+        }
         assert_eq!(server.certificate(&revoked).status, CertificateStatus::Issued);
 
         let response = server.admin_post(

@@ -6,6 +6,7 @@ use certmint::{Duration, ProblemCode};
 use serde::Deserialize;
 
 use super::Caller;
+use crate::admin::WriteAccess;
 use crate::api::error::ApiError;
 use crate::api::{blocking, AppState, RequestId};
 
@@ -91,12 +92,11 @@ async fn read(
 /// Codes: `certificate.not_found`, `certificate.already_revoked`.
 async fn revoke(
     state: web::Data<AppState>,
-    caller: Caller,
+    access: WriteAccess,
     id: RequestId,
     serial: web::Path<String>,
     body: web::Json<RevokeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let access = caller.require_admin()?;
     let admin = state.admin.clone();
     let certificate = blocking(&id, move || {
         admin.revoke_certificate(&access, &serial, body.reason)

@@ -66,6 +66,18 @@ impl FromRequest for Caller {
     }
 }
 
+/// Write handlers take [`WriteAccess`] before their body: actix extracts
+/// parameters in order, so an auditor gets 403 `auth.forbidden` before the
+/// body is read, not a 400 or 413 about a body it may not send at all.
+impl FromRequest for WriteAccess {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(authenticate(request, payload).and_then(|caller| caller.require_admin()))
+    }
+}
+
 fn authenticate(
     request: &HttpRequest,
     payload: &mut actix_web::dev::Payload,

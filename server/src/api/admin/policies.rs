@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use certmint::wire::{EvaluateRequest, PolicySpec};
 
 use super::{Caller, PageQuery};
+use crate::admin::WriteAccess;
 use crate::api::error::ApiError;
 use crate::api::{blocking, AppState, RequestId};
 
@@ -41,11 +42,10 @@ async fn list(
 /// Codes: `policy.invalid`, `policy.already_exists`.
 async fn create(
     state: web::Data<AppState>,
-    caller: Caller,
+    access: WriteAccess,
     id: RequestId,
     body: web::Json<PolicySpec>,
 ) -> Result<HttpResponse, ApiError> {
-    let access = caller.require_admin()?;
     let admin = state.admin.clone();
     let policy = blocking(&id, move || admin.create_policy(&access, &body)).await?;
     Ok(HttpResponse::Created().json(policy))
@@ -66,12 +66,11 @@ async fn read(
 /// `PUT /v1/admin/policies/{name}` (admin) -> the next version.
 async fn replace(
     state: web::Data<AppState>,
-    caller: Caller,
+    access: WriteAccess,
     id: RequestId,
     name: web::Path<String>,
     body: web::Json<PolicySpec>,
 ) -> Result<HttpResponse, ApiError> {
-    let access = caller.require_admin()?;
     let admin = state.admin.clone();
     let policy = blocking(&id, move || admin.replace_policy(&access, &name, &body)).await?;
     Ok(HttpResponse::Ok().json(policy))
@@ -80,11 +79,10 @@ async fn replace(
 /// `DELETE /v1/admin/policies/{name}` (admin): writes a disabled version.
 async fn disable(
     state: web::Data<AppState>,
-    caller: Caller,
+    access: WriteAccess,
     id: RequestId,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let access = caller.require_admin()?;
     let admin = state.admin.clone();
     let policy = blocking(&id, move || admin.disable_policy(&access, &name)).await?;
     Ok(HttpResponse::Ok().json(policy))

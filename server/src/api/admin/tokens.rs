@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use certmint::wire::MintTokenRequest;
 
 use super::{Caller, PageQuery};
+use crate::admin::WriteAccess;
 use crate::api::error::ApiError;
 use crate::api::{blocking, AppState, RequestId};
 
@@ -20,11 +21,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
 /// Codes: `policy.not_found`, `policy.disabled`, `policy.identity_outside_policy`.
 async fn mint(
     state: web::Data<AppState>,
-    caller: Caller,
+    access: WriteAccess,
     id: RequestId,
     body: web::Json<MintTokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let access = caller.require_admin()?;
     let admin = state.admin.clone();
     let minted = blocking(&id, move || admin.mint_token(&access, &body)).await?;
     Ok(HttpResponse::Created().json(minted))
@@ -60,11 +60,10 @@ async fn read(
 /// `DELETE /v1/admin/tokens/{id}` (admin): revoke.
 async fn revoke(
     state: web::Data<AppState>,
-    caller: Caller,
+    access: WriteAccess,
     id: RequestId,
     token_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let access = caller.require_admin()?;
     let admin = state.admin.clone();
     let token = blocking(&id, move || admin.revoke_token(&access, &token_id)).await?;
     Ok(HttpResponse::Ok().json(token))
