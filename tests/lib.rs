@@ -1211,17 +1211,31 @@ impl Prepared {
             .arg(&self.config_path)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--name", "localhost", "--name", "127.0.0.1"])
-            .args(["--database-url", &database_url])
             .arg("--pkcs11-module")
             .arg(&self.module)
             .args(["--token-label", &token_label])
             .args(["--ca-name", "certmint e2e"])
             .args(["--key-type", &self.options.key_type, "--init-token"]);
+        // PostgreSQL URLs (which may hold a password) come through the
+        // environment, as the README advises; SQLite paths as a flag. Both
+        // ways are exercised on every run.
+        match &self.database {
+            None => command.args(["--database-url", &database_url]),
+            Some(_) => command.env("CERTMINT_DATABASE_URL", &database_url),
+        };
         if let Some(csr) = external_csr {
             command.arg("--external-root-csr").arg(csr);
         }
         let output = CommandOutput::of(&mut command, "certmint-server init");
         std::fs::write(self.dir.join("init.log"), &output.text).expect("write init.log");
+        if let Ok(metadata) = std::fs::metadata(&self.config_path) {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(
+                metadata.permissions().mode() & 0o777,
+                0o600,
+                "init must write its config 0600: database.url may hold a password"
+            );
+        }
         if let Some(ttl) = &self.options.tls_certificate_ttl {
             let config = std::fs::read_to_string(&self.config_path).expect("read config");
             let edited = config.replacen(

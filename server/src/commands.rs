@@ -73,8 +73,14 @@ pub struct InitArgs {
     /// Server TLS names (repeatable).
     #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
     pub names: Vec<String>,
-    /// Database URL.
-    #[arg(long, default_value = "sqlite://certmint.db")]
+    /// Database URL. A PostgreSQL URL with a password is better passed as
+    /// $CERTMINT_DATABASE_URL than on the command line, where `ps` shows it.
+    #[arg(
+        long,
+        env = "CERTMINT_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://certmint.db"
+    )]
     pub database_url: String,
     /// PKCS#11 module path (default: hsm-sim's libhsm_sim.so installed beside
     /// this binary; e.g. /usr/lib/softhsm/libsofthsm2.so for SoftHSM2).
@@ -135,7 +141,8 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
         if let Some(parent) = args.config.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&args.config, text)?;
+        // 0600: `database.url` may hold a PostgreSQL password.
+        crate::private_file::create(&args.config, text.as_bytes())?;
         println!("wrote config {}", args.config.display());
     }
     let config = Config::load(&args.config)?;

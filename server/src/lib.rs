@@ -31,6 +31,7 @@ pub mod hsm;
 pub mod issuance;
 pub mod metrics;
 pub mod policy;
+pub mod private_file;
 pub mod random;
 pub mod store;
 pub mod tls;

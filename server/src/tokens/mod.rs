@@ -210,9 +210,6 @@ impl std::fmt::Debug for TokenAuthority {
 
 /// Creates a new PKCS#8 Ed25519 key file, mode 0600. Never overwrites.
 pub fn create_signing_key_file(path: &Path) -> Result<(), TokenKeyError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-
     let io = |source| TokenKeyError::Io {
         path: path.display().to_string(),
         source,
@@ -225,15 +222,7 @@ pub fn create_signing_key_file(path: &Path) -> Result<(), TokenKeyError> {
     })?;
     let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8.as_ref())
         .map_err(|_| io(std::io::Error::other("PEM encoding failed")))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(pem.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(())
+    crate::private_file::create(path, pem.as_bytes()).map_err(io)
 }
 
 impl TokenAuthority {
