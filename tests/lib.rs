@@ -1494,19 +1494,24 @@ impl OfflineRoot {
     /// pathlen 0, keyCertSign, cRLSign, digitalSignature, SKI, AKI);
     /// returns the certificate, PEM.
     pub fn sign_issuing_csr(&self, csr_pem: &str) -> String {
-        let name = random_hex(4);
-        let csr = self.dir.path().join(format!("{name}.csr"));
-        let extensions = self.dir.path().join(format!("{name}.ext"));
-        let certificate = self.dir.path().join(format!("{name}.pem"));
-        std::fs::write(&csr, csr_pem).expect("write the CSR");
-        std::fs::write(
-            &extensions,
+        self.sign_csr_with(
+            csr_pem,
             "basicConstraints=critical,CA:TRUE,pathlen:0\n\
              keyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
              subjectKeyIdentifier=hash\n\
              authorityKeyIdentifier=keyid\n",
         )
-        .expect("write the extensions file");
+    }
+
+    /// Signs `csr_pem` with the given `openssl x509 -extfile` extensions;
+    /// returns the certificate, PEM.
+    pub fn sign_csr_with(&self, csr_pem: &str, extensions_text: &str) -> String {
+        let name = random_hex(4);
+        let csr = self.dir.path().join(format!("{name}.csr"));
+        let extensions = self.dir.path().join(format!("{name}.ext"));
+        let certificate = self.dir.path().join(format!("{name}.pem"));
+        std::fs::write(&csr, csr_pem).expect("write the CSR");
+        std::fs::write(&extensions, extensions_text).expect("write the extensions file");
         let output = Command::new("openssl")
             .args(["x509", "-req", "-in"])
             .arg(&csr)

@@ -16,6 +16,7 @@ use der::{Decode as _, DecodePem as _, Encode as _};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use time::OffsetDateTime;
 use x509_cert::certificate::Certificate;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use x509_cert::name::Name;
 use x509_cert::request::{CertReq, CertReqInfo, Version as RequestVersion};
 
@@ -204,6 +205,9 @@ pub fn import_chain(
             "the first certificate does not carry this CA's issuing key".into(),
         ));
     }
+    for (below, certificate) in chain.iter().enumerate() {
+        check_ca_certificate(certificate, below, now)?;
+    }
     for pair in chain.windows(2) {
         verify_issued_by(&pair[0], &pair[1])?;
     }
@@ -214,7 +218,68 @@ pub fn import_chain(
     Ok(fingerprint(&root_der))
 }
 
+/// What a relying party checks of every CA certificate in the chain, so that
+/// a chain which would make every issued certificate fail path validation
+/// is refused at import rather than discovered by clients: CA:TRUE, a path
+/// length that allows the `below` CA certificates under it (0 for the
+/// issuing certificate), keyCertSign when keyUsage is present, and a
+/// validity that covers `now`.
+fn check_ca_certificate(
+    certificate: &Certificate,
+    below: usize,
+    now: OffsetDateTime,
+) -> Result<(), ServiceError> {
+    let tbs = certificate.tbs_certificate();
+    let refuse = |why: String| {
+        ServiceError::Setup(format!(
+            "{} cannot be a CA certificate in this chain: {why}",
+            tbs.subject()
+        ))
+    };
+    let basic = tbs
+        .get_extension::<BasicConstraints>()
+        .map_err(|error| refuse(format!("basicConstraints does not decode: {error}")))?
+        .map(|(_, basic)| basic);
+    match basic {
+        Some(basic) if basic.ca => {
+            if let Some(limit) = basic.path_len_constraint {
+                if usize::from(limit) < below {
+                    return Err(refuse(format!(
+                        "its pathLenConstraint {limit} allows fewer than the {below} CA certificate(s) below it"
+                    )));
+                }
+            }
+        }
+        _ => return Err(refuse("it is not a CA (basicConstraints CA:TRUE)".into())),
+    }
+    let key_usage = tbs
+        .get_extension::<KeyUsage>()
+        .map_err(|error| refuse(format!("keyUsage does not decode: {error}")))?;
+    if let Some((_, key_usage)) = key_usage {
+        if !key_usage.key_cert_sign() {
+            return Err(refuse("its keyUsage lacks keyCertSign".into()));
+        }
+    }
+    let validity = tbs.validity();
+    let not_before = OffsetDateTime::from(validity.not_before.to_system_time());
+    let not_after = OffsetDateTime::from(validity.not_after.to_system_time());
+    if now < not_before || now > not_after {
+        return Err(refuse(format!(
+            "it is valid from {not_before} to {not_after}, not now"
+        )));
+    }
+    Ok(())
+}
+
 fn verify_issued_by(child: &Certificate, parent: &Certificate) -> Result<(), ServiceError> {
+    if child.tbs_certificate().issuer() != parent.tbs_certificate().subject() {
+        return Err(ServiceError::Setup(format!(
+            "{} names its issuer {}, but the next certificate is {}",
+            child.tbs_certificate().subject(),
+            child.tbs_certificate().issuer(),
+            parent.tbs_certificate().subject()
+        )));
+    }
     let tbs = child.tbs_certificate().to_der().map_err(encoding)?;
     let signature = child
         .signature()

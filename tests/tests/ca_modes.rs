@@ -356,6 +356,28 @@ backend_tests! {
                 format!("{genuine_from_other}{}", root.certificate_pem()),
             ),
             ("issuing certificate without its root", genuine_from_other.clone()),
+            (
+                "the right key and root, but issued as a leaf (CA:FALSE)",
+                format!(
+                    "{}{}",
+                    root.sign_csr_with(
+                        pending.csr_pem(),
+                        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                    ),
+                    root.certificate_pem()
+                ),
+            ),
+            (
+                "the right key and root, but keyUsage without keyCertSign",
+                format!(
+                    "{}{}",
+                    root.sign_csr_with(
+                        pending.csr_pem(),
+                        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,digitalSignature,cRLSign\n"
+                    ),
+                    root.certificate_pem()
+                ),
+            ),
         ];
         for (why, chain) in &bad_chains {
             let import = pending.import_chain(chain);
