@@ -148,6 +148,9 @@ problem_codes! {
     HsmUnavailable => "hsm.unavailable",
     /// The database could not be reached right now; retry later.
     StoreUnavailable => "store.unavailable",
+    /// The server's own TLS certificate has expired (its in-process renewal
+    /// keeps failing): not ready.
+    ServerCertificateExpired => "server.certificate_expired",
     /// An unexpected server error; the detail names the request id only.
     Internal => "internal",
 }

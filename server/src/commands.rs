@@ -405,15 +405,18 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     let server_ttl = config.server.tls_certificate_ttl.as_seconds();
     let first = tls::issue(&issuer, &config.server.names, server_ttl)?;
     tracing::info!(cert.serial = %first.serial, "server certificate issued");
-    let resolver = ServerCertificate::new(first.key);
+    let first_renewal = first.renew_after;
+    metrics.server_certificate_expires(first.not_after);
+    let resolver = ServerCertificate::new(first);
     spawn_renewal(
         issuer.clone(),
         resolver.clone(),
+        metrics.clone(),
         config.server.names.clone(),
         server_ttl,
-        first.renew_after,
+        first_renewal,
     );
-    let tls_config = tls::server_config(resolver, &loaded.root_der, &issuing_der)?;
+    let tls_config = tls::server_config(resolver.clone(), &loaded.root_der, &issuing_der)?;
 
     let directory = Directory {
         api_version: API_VERSION.into(),
@@ -453,6 +456,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         clock,
         max_body_bytes: config.server.max_body_bytes,
         openapi_json: openapi.to_string(),
+        server_certificate: resolver,
     });
     let listen = config.server.listen;
     let workers = config.server.workers;
@@ -475,33 +479,65 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
 fn spawn_renewal(
     issuer: Arc<Issuer>,
     resolver: Arc<ServerCertificate>,
+    metrics: Arc<Metrics>,
     names: Vec<String>,
     ttl_seconds: u64,
     first_renewal: time::OffsetDateTime,
 ) {
     std::thread::spawn(move || {
         let mut renew_at = first_renewal;
+        let mut failures: u32 = 0;
         loop {
             let wait = (renew_at - SystemClock.now()).max(time::Duration::ZERO);
             std::thread::sleep(wait.unsigned_abs());
             match tls::issue(&issuer, &names, ttl_seconds) {
                 Ok(renewed) => {
                     tracing::info!(cert.serial = %renewed.serial, "server certificate renewed");
-                    resolver.replace(renewed.key);
+                    failures = 0;
                     renew_at = renewed.renew_after;
+                    metrics.server_certificate_expires(renewed.not_after);
+                    resolver.replace(renewed);
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, "server certificate renewal failed; retrying in 30s");
-                    renew_at = SystemClock.now() + time::Duration::seconds(30);
+                    failures = failures.saturating_add(1);
+                    let retry = renewal_retry_delay(failures);
+                    let expires = resolver.not_after();
+                    if SystemClock.now() + retry >= expires {
+                        // Clients will refuse the server from then on, and
+                        // /readyz says so (server.certificate_expired).
+                        tracing::error!(error = %error, failures, expires = %expires,
+                            retry_seconds = retry.whole_seconds(),
+                            "server certificate renewal failed; the served certificate expires before the next attempt");
+                    } else {
+                        tracing::warn!(error = %error, failures, expires = %expires,
+                            retry_seconds = retry.whole_seconds(),
+                            "server certificate renewal failed; retrying");
+                    }
+                    renew_at = SystemClock.now() + retry;
                 }
             }
         }
     });
 }
 
+/// Wait before renewal attempt `failures + 1`: 30 s, doubling, at most
+/// 10 minutes (a dependency that is down for hours is not hammered).
+fn renewal_retry_delay(failures: u32) -> time::Duration {
+    let seconds = 30_i64.saturating_mul(1_i64 << failures.saturating_sub(1).min(5));
+    time::Duration::seconds(seconds.min(600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_retries_back_off_to_ten_minutes() {
+        let delays: Vec<i64> = (1..=8)
+            .map(|failures| renewal_retry_delay(failures).whole_seconds())
+            .collect();
+        assert_eq!(delays, [30, 60, 120, 240, 480, 600, 600, 600]);
+    }
 
     #[test]
     fn ok_simulator_found_beside_the_binary_then_in_deps_then_lib() {

@@ -9,6 +9,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -43,6 +44,7 @@ pub struct Metrics {
     refusals: Family<CodeLabels, Counter>,
     requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
     hsm_sign: Histogram,
+    server_certificate_expiry: Gauge,
     database: Family<OperationLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -91,12 +93,19 @@ impl Metrics {
             "Latency of database operations",
             database.clone(),
         );
+        let server_certificate_expiry = Gauge::default();
+        registry.register(
+            "server_certificate_expiry_timestamp_seconds",
+            "notAfter of the TLS certificate the server is serving (unix time); alert well before it",
+            server_certificate_expiry.clone(),
+        );
         Self {
             registry,
             issuances,
             refusals,
             requests,
             hsm_sign,
+            server_certificate_expiry,
             database,
         }
     }
@@ -129,6 +138,12 @@ impl Metrics {
     /// One C_Sign.
     pub fn hsm_sign(&self, seconds: f64) {
         self.hsm_sign.observe(seconds);
+    }
+
+    /// The server now serves a TLS certificate that expires at `not_after`.
+    pub fn server_certificate_expires(&self, not_after: time::OffsetDateTime) {
+        self.server_certificate_expiry
+            .set(not_after.unix_timestamp());
     }
 
     /// One database operation.

@@ -13,6 +13,7 @@
 //!   presented certificate may do (`crate::issuance::holder`).
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use certmint::wire::{AllowedNames, PolicySpec, RenewalRules, TtlBounds};
@@ -41,6 +42,9 @@ pub const SERVER_POLICY_NAME: &str = "certmint-server-tls";
 #[derive(Debug)]
 pub struct ServerCertificate {
     current: RwLock<Arc<CertifiedKey>>,
+    /// The current certificate's notAfter, unix seconds (for readiness and
+    /// the expiry metric).
+    not_after: AtomicI64,
 }
 
 impl ResolvesServerCert for ServerCertificate {
@@ -51,17 +55,26 @@ impl ResolvesServerCert for ServerCertificate {
 
 impl ServerCertificate {
     /// Wraps a first certificate.
-    pub fn new(key: CertifiedKey) -> Arc<Self> {
+    pub fn new(issued: IssuedServerCertificate) -> Arc<Self> {
         Arc::new(Self {
-            current: RwLock::new(Arc::new(key)),
+            not_after: AtomicI64::new(issued.not_after.unix_timestamp()),
+            current: RwLock::new(Arc::new(issued.key)),
         })
     }
 
     /// Swaps in a renewed certificate; new handshakes use it at once.
-    pub fn replace(&self, key: CertifiedKey) {
+    pub fn replace(&self, issued: IssuedServerCertificate) {
         if let Ok(mut guard) = self.current.write() {
-            *guard = Arc::new(key);
+            *guard = Arc::new(issued.key);
+            self.not_after
+                .store(issued.not_after.unix_timestamp(), Ordering::Relaxed);
         }
+    }
+
+    /// The served certificate's notAfter.
+    pub fn not_after(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(self.not_after.load(Ordering::Relaxed))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 }
 
@@ -173,6 +186,8 @@ pub struct IssuedServerCertificate {
     pub key: CertifiedKey,
     /// The server's renewal time.
     pub renew_after: OffsetDateTime,
+    /// When it expires.
+    pub not_after: OffsetDateTime,
     /// Serial, for logs.
     pub serial: String,
 }
@@ -218,6 +233,7 @@ pub fn issue(
             signing_key,
         ),
         renew_after: bundle.renew_after,
+        not_after: bundle.not_after,
         serial: bundle.serial,
     })
 }

@@ -353,6 +353,14 @@ backend_tests! {
                 "PostgreSQL has no group-commit writer:\n{text}"
             ),
         }
+        // The served TLS certificate's notAfter, for expiry alerts: in the
+        // future, within the default 24h lifetime.
+        let expiry = total(&after, "certmint_server_certificate_expiry_timestamp_seconds", &[]);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+        assert!(
+            expiry > now && expiry <= now + 24.0 * 3600.0 + 300.0,
+            "certmint_server_certificate_expiry_timestamp_seconds {expiry} is not within 24h of {now}:\n{text}"
+        );
         // Labels are bounded: no raw path, serial or token id anywhere.
         for sample in &after {
             for (key, value) in &sample.labels {

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use certmint_e2e::{Backend, ServerOptions, TestServer};
+use certmint_e2e::{Backend, ServerOptions, TestServer, Token};
 
 /// Serial (lower-case hex) and notAfter of the certificate the server
 /// presents in a fresh TLS handshake, read with OpenSSL.
@@ -82,4 +82,57 @@ fn ok_server_certificate_is_renewed_in_process_and_recorded() {
             "server certificate {serial} is not in the inventory"
         );
     }
+}
+
+/// `GET /readyz` without verifying the server's certificate (as a probe that
+/// must still get an answer once that certificate has expired): status and
+/// body, read with curl.
+fn readyz_unverified(server: &TestServer) -> (u16, String) {
+    let url = format!(
+        "{}/readyz",
+        server.base_url().replace("localhost", "127.0.0.1")
+    );
+    let output = Command::new("curl")
+        .args(["-sk", "-o", "-", "-w", "\n%{http_code}", &url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn fail_readyz_once_the_server_certificate_expired_unrenewed() {
+    let Some(server) = TestServer::builder(Backend::Sqlite)
+        .token(Token::HsmSim)
+        .options(ServerOptions::default().tls_certificate_ttl("6s"))
+        .start()
+    else {
+        return;
+    };
+    let (_, not_after) = presented_certificate(&server);
+    // Every PKCS#11 call fails from now on: renewal cannot sign.
+    let fault = server.hsm_sim(&["fault", "remove-device"]);
+    assert!(fault.success(), "hsm-sim fault failed: {}", fault.text);
+    // The 6 s certificate expires unrenewed; readiness must then say so
+    // (before it would report the HSM, which is down too).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, body) = readyz_unverified(&server);
+        if body.contains("server.certificate_expired") {
+            break (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never reported the expired certificate (notAfter {not_after}): {status} {body}"
+        );
+    };
+    assert_eq!(status, 503, "{body}");
+    let inserted = server.hsm_sim(&["fault", "insert-device"]);
+    assert!(
+        inserted.success(),
+        "hsm-sim fault failed: {}",
+        inserted.text
+    );
 }

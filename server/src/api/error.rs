@@ -74,6 +74,10 @@ pub fn status_and_title(code: &ProblemCode) -> (StatusCode, &'static str) {
         C::RenewalIdentityMismatch => (StatusCode::FORBIDDEN, "Names differ from the certificate"),
         C::HsmUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "HSM unavailable"),
         C::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
+        C::ServerCertificateExpired => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server certificate expired",
+        ),
         // A code added to the SDK without a row here lands in this arm; the
         // test below fails for it, so the table cannot silently fall behind.
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),

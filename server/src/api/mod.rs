@@ -48,6 +48,8 @@ pub struct AppState {
     pub clock: Arc<dyn crate::clock::Clock>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// The TLS certificate being served, for readiness.
+    pub server_certificate: Arc<crate::tls::ServerCertificate>,
     /// The OpenAPI document as JSON.
     pub openapi_json: String,
 }

@@ -36,9 +36,20 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: the database and the HSM answer. 503
-/// (`store.unavailable` / `hsm.unavailable`) otherwise.
+/// `GET /readyz`: the database and the HSM answer, and the server's own TLS
+/// certificate has not expired. 503 (`store.unavailable` /
+/// `hsm.unavailable` / `server.certificate_expired`) otherwise.
 async fn readyz(state: web::Data<AppState>, id: RequestId) -> Result<HttpResponse, ApiError> {
+    let expires = state.server_certificate.not_after();
+    if state.clock.now() >= expires {
+        return Err(ApiError::new(
+            ProblemCode::ServerCertificateExpired,
+            format!(
+                "the server's TLS certificate expired at {expires}; its renewal keeps failing (see the server log)"
+            ),
+        )
+        .with_request_id(&id.0));
+    }
     let store = state.store.clone();
     let hsm = state.hsm.clone();
     blocking(&id, move || {
