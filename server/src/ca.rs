@@ -177,9 +177,10 @@ pub fn initialize_for_external_root(
     })
 }
 
-/// Installs an externally signed chain (PEM: issuing certificate, then any
-/// intermediates, then the root). The issuing certificate must carry the
-/// token's issuing key and every link must verify.
+/// Installs an externally signed chain (PEM: the issuing certificate, then
+/// the root that signed it; intermediate CAs are not supported yet). The
+/// issuing certificate must carry the token's issuing key and every link
+/// must verify.
 pub fn import_chain(
     hsm: &Hsm,
     store: &Store,
@@ -192,7 +193,16 @@ pub fn import_chain(
     let chain = Certificate::load_pem_chain(chain_pem.as_bytes())
         .map_err(|error| ServiceError::Setup(format!("chain does not parse: {error}")))?;
     let (issuing, root) = match (chain.first(), chain.last()) {
-        (Some(first), Some(last)) if chain.len() >= 2 => (first, last),
+        (Some(first), Some(last)) if chain.len() == 2 => (first, last),
+        // The CA state keeps the issuing certificate and the root only; a
+        // chain through intermediate CAs would be served without them and
+        // fail path building at every client, so it is refused plainly.
+        _ if chain.len() > 2 => {
+            return Err(ServiceError::Setup(format!(
+                "the chain has {} certificates; only an issuing certificate signed directly by the root is supported (no intermediate CAs yet)",
+                chain.len()
+            )))
+        }
         _ => {
             return Err(ServiceError::Setup(
                 "the chain needs the issuing certificate and its root".into(),

@@ -357,6 +357,15 @@ backend_tests! {
             ),
             ("issuing certificate without its root", genuine_from_other.clone()),
             (
+                "a chain through an intermediate CA (not supported: it would be served without it)",
+                format!(
+                    "{}{}{}",
+                    root.sign_issuing_csr(pending.csr_pem()),
+                    root.certificate_pem(),
+                    root.certificate_pem()
+                ),
+            ),
+            (
                 "the right key and root, but issued as a leaf (CA:FALSE)",
                 format!(
                     "{}{}",
