@@ -316,6 +316,7 @@ pub fn admin_token(
         &config.resolve(&config.tokens.signing_key_file),
         &config.server.public_url,
     )?;
+    let ttl_seconds = admin_token_ttl_seconds(ttl)?;
     let now = SystemClock.now();
     let token = authority.mint_admin(
         &crate::random::hex_id()?,
@@ -323,11 +324,25 @@ pub fn admin_token(
         subject,
         &config.admin_audience(),
         now,
-        now.checked_add(time::Duration::seconds(seconds(ttl)))
+        now.checked_add(time::Duration::seconds(ttl_seconds))
             .ok_or_else(|| CommandError(format!("--ttl {ttl} is out of range")))?,
     )?;
     println!("{token}");
     Ok(())
+}
+
+/// Longest admin token: they cannot be revoked one by one (only by
+/// replacing the token-signing key), so a leaked one must run out soon.
+const MAX_ADMIN_TOKEN_TTL_SECONDS: i64 = 30 * 86_400;
+
+fn admin_token_ttl_seconds(ttl: certmint::Duration) -> Result<i64, CommandError> {
+    let ttl_seconds = seconds(ttl);
+    if ttl_seconds > MAX_ADMIN_TOKEN_TTL_SECONDS {
+        return Err(CommandError(format!(
+            "--ttl {ttl} is too long: admin tokens cannot be revoked, so they live at most 30d"
+        )));
+    }
+    Ok(ttl_seconds)
 }
 
 fn init_logging(format: LogFormat) {
@@ -530,6 +545,15 @@ fn renewal_retry_delay(failures: u32) -> time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_live_at_most_thirty_days() {
+        let ttl = |text: &str| text.parse::<certmint::Duration>().expect("duration");
+        assert_eq!(admin_token_ttl_seconds(ttl("12h")).ok(), Some(12 * 3600));
+        assert_eq!(admin_token_ttl_seconds(ttl("30d")).ok(), Some(30 * 86_400));
+        assert!(admin_token_ttl_seconds(ttl("31d")).is_err());
+        assert!(admin_token_ttl_seconds(ttl("3650d")).is_err());
+    }
 
     #[test]
     fn renewal_retries_back_off_to_ten_minutes() {
