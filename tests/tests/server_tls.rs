@@ -103,9 +103,13 @@ fn readyz_unverified(server: &TestServer) -> (u16, String) {
 
 #[test]
 fn fail_readyz_once_the_server_certificate_expired_unrenewed() {
+    // hsm-sim whatever CERTMINT_TEST_TOKEN says: the test removes its device.
     let Some(server) = TestServer::builder(Backend::Sqlite)
-        .token(Token::HsmSim)
-        .options(ServerOptions::default().tls_certificate_ttl("6s"))
+        .options(
+            ServerOptions::default()
+                .token(Token::HsmSim)
+                .tls_certificate_ttl("6s"),
+        )
         .start()
     else {
         return;
