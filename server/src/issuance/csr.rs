@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use certmint::wire::{Identity, KeyType};
 use const_oid::db::{rfc5280, rfc5912};
-use der::{Decode as _, Encode as _};
+use der::{Decode as _, Encode as _, Reader as _};
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::SubjectAltName;
@@ -121,7 +121,7 @@ pub fn verify(text: &str) -> Result<VerifiedCsr, CsrError> {
     algorithms::verify_signature(
         &subject_public_key_info,
         &request.algorithm,
-        &info_der,
+        info_der,
         signature,
     )?;
     let names = requested_names(&request)?;
@@ -168,16 +168,17 @@ fn decode(text: &str) -> Result<Vec<u8>, CsrError> {
         .map_err(|_| CsrError::Malformed("expected a PEM CERTIFICATE REQUEST".into()))
 }
 
-/// The certificationRequestInfo exactly as the client encoded and signed it.
-/// Re-encoding the decoded structure is not the same: the decoder puts the
-/// elements of a SET OF (attributes, multi-valued RDNs) in DER order, so a
-/// CSR whose signer left them unsorted would fail its own signature check.
-fn signed_info(csr_der: &[u8]) -> Result<Vec<u8>, CsrError> {
+/// The certificationRequestInfo exactly as the client encoded and signed it,
+/// borrowed from the CSR. Re-encoding the decoded structure is not the
+/// same: the decoder puts the elements of a SET OF (attributes, multi-valued
+/// RDNs) in DER order, so a CSR whose signer left them unsorted would fail
+/// its own signature check.
+fn signed_info(csr_der: &[u8]) -> Result<&[u8], CsrError> {
     let malformed = |error: der::Error| CsrError::Malformed(format!("CSR structure: {error}"));
     let outer = der::asn1::AnyRef::from_der(csr_der).map_err(malformed)?;
-    let mut fields = der::SliceReader::new(outer.value()).map_err(malformed)?;
-    let info = der::asn1::AnyRef::decode(&mut fields).map_err(malformed)?;
-    info.to_der().map_err(malformed)
+    der::SliceReader::new(outer.value())
+        .and_then(|mut fields| fields.tlv_bytes())
+        .map_err(malformed)
 }
 
 fn requested_names(request: &CertReq) -> Result<RequestedNames, CsrError> {
