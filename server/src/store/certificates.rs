@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
 use super::schema::{certificate_revocations, certificates, policies, renewal_chains};
-use super::statements::{InsertCertificate, InsertRenewalChain, MarkIssued};
+use super::statements::{ConfirmIssued, InsertCertificate, InsertRenewalChain, MarkIssued};
 use super::{
     audit, cursor_hex, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
     is_unique_violation, optional_from_unix, page_of, page_size, sha256_hex, to_json, tokens, unix,
@@ -185,16 +185,10 @@ impl Store {
             if let Some(predecessor) = &row.predecessor {
                 // The holder's certificate was checked before this
                 // transaction; a revocation committed since must still stop
-                // the renewal. On PostgreSQL this write also takes the row
-                // lock a concurrent revocation needs, so one waits for the
-                // other.
-                let issued = status_name(CertificateStatus::Issued);
-                let still_issued = diesel::update(
-                    certificates::table
-                        .filter(certificates::serial.eq(predecessor))
-                        .filter(certificates::status.eq(issued)),
-                )
-                .set(certificates::status.eq(issued))
+                // the renewal.
+                let still_issued = ConfirmIssued {
+                    serial: predecessor,
+                }
                 .execute(conn)
                 .map_err(StoreError::query)?;
                 if still_issued != 1 {

@@ -70,12 +70,12 @@ use certmint::wire::{CertificateStatus, Identity, KeyType, Page};
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::r2d2::{ManageConnection, Pool, PooledConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::RunQueryDsl as _;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use time::OffsetDateTime;
 
 use self::connection::{DbConnection, Manager, Target};
 use self::statements::LockAuditHead;
-use diesel::RunQueryDsl as _;
 
 pub use self::ca::CaState;
 pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};

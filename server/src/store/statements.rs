@@ -81,8 +81,8 @@ fixed_statement!(
 );
 
 fixed_statement!(
-    /// Takes the audit chain's next sequence number; on PostgreSQL this also
-    /// locks the head row until the transaction ends.
+    /// Takes the audit chain's next sequence number (on PostgreSQL the
+    /// transaction already holds the head row's lock: [`LockAuditHead`]).
     BumpAuditSequence = "UPDATE audit_head SET seq = seq + 1 WHERE id = 1"
 );
 
@@ -106,6 +106,15 @@ pub(super) struct MarkIssued<'a> {
     pub(super) serial: &'a str,
     pub(super) certificate_der: &'a [u8],
     pub(super) issued_at_unix: i64,
+}
+
+/// Confirms, inside a renewal's intent transaction, that its predecessor is
+/// still issued: changes exactly one row (to the value it has) or none. On
+/// PostgreSQL the write also takes the row lock a concurrent revocation
+/// needs, so one of the two waits for the other.
+#[derive(Debug)]
+pub(super) struct ConfirmIssued<'a> {
+    pub(super) serial: &'a str,
 }
 
 /// `QueryId` for a statement type with a lifetime: one cache entry per type.
@@ -145,6 +154,7 @@ static_query_id!(InsertAuditEvent);
 static_query_id!(SetAuditHead);
 static_query_id!(ConsumeTokenUse);
 static_query_id!(MarkIssued);
+static_query_id!(ConfirmIssued);
 
 impl<DB> QueryFragment<DB> for SetAuditHead<'_>
 where
@@ -192,6 +202,23 @@ where
         out.push_bind_param::<Text, _>(self.serial)?;
         out.push_sql(" AND status = ");
         out.push_bind_param::<Text, _>(status_name(CertificateStatus::Pending))?;
+        Ok(())
+    }
+}
+
+impl<DB> QueryFragment<DB> for ConfirmIssued<'_>
+where
+    DB: Backend + HasSqlType<Text>,
+    str: ToSql<Text, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let issued = status_name(CertificateStatus::Issued);
+        out.push_sql("UPDATE certificates SET status = ");
+        out.push_bind_param::<Text, _>(issued)?;
+        out.push_sql(" WHERE serial = ");
+        out.push_bind_param::<Text, _>(self.serial)?;
+        out.push_sql(" AND status = ");
+        out.push_bind_param::<Text, _>(issued)?;
         Ok(())
     }
 }
