@@ -421,12 +421,10 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     let first = tls::issue(&issuer, &config.server.names, server_ttl)?;
     tracing::info!(cert.serial = %first.serial, "server certificate issued");
     let first_renewal = first.renew_after;
-    metrics.server_certificate_expires(first.not_after);
-    let resolver = ServerCertificate::new(first);
+    let resolver = ServerCertificate::new(first, metrics.server_certificate_expiry());
     spawn_renewal(
         issuer.clone(),
         resolver.clone(),
-        metrics.clone(),
         config.server.names.clone(),
         server_ttl,
         first_renewal,
@@ -494,7 +492,6 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
 fn spawn_renewal(
     issuer: Arc<Issuer>,
     resolver: Arc<ServerCertificate>,
-    metrics: Arc<Metrics>,
     names: Vec<String>,
     ttl_seconds: u64,
     first_renewal: time::OffsetDateTime,
@@ -510,7 +507,6 @@ fn spawn_renewal(
                     tracing::info!(cert.serial = %renewed.serial, "server certificate renewed");
                     failures = 0;
                     renew_at = renewed.renew_after;
-                    metrics.server_certificate_expires(renewed.not_after);
                     resolver.replace(renewed);
                 }
                 Err(error) => {

@@ -140,10 +140,10 @@ impl Metrics {
         self.hsm_sign.observe(seconds);
     }
 
-    /// The server now serves a TLS certificate that expires at `not_after`.
-    pub fn server_certificate_expires(&self, not_after: time::OffsetDateTime) {
-        self.server_certificate_expiry
-            .set(not_after.unix_timestamp());
+    /// The gauge of the served TLS certificate's notAfter (unix time), for
+    /// [`crate::tls::ServerCertificate`] to keep: a handle to the same value.
+    pub fn server_certificate_expiry(&self) -> Gauge {
+        self.server_certificate_expiry.clone()
     }
 
     /// One database operation.

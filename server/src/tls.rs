@@ -13,13 +13,13 @@
 //!   presented certificate may do (`crate::issuance::holder`).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use certmint::wire::{AllowedNames, PolicySpec, RenewalRules, TtlBounds};
 use const_oid::db::rfc5912;
 use der::asn1::BitString;
 use der::{Any, Decode as _};
+use prometheus_client::metrics::gauge::Gauge;
 use ring::signature::KeyPair as _;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -42,9 +42,9 @@ pub const SERVER_POLICY_NAME: &str = "certmint-server-tls";
 #[derive(Debug)]
 pub struct ServerCertificate {
     current: RwLock<Arc<CertifiedKey>>,
-    /// The current certificate's notAfter, unix seconds (for readiness and
-    /// the expiry metric).
-    not_after: AtomicI64,
+    /// The current certificate's notAfter, unix seconds: readiness reads it,
+    /// and it is the `/metrics` gauge itself, so the two cannot disagree.
+    not_after: Gauge,
 }
 
 impl ResolvesServerCert for ServerCertificate {
@@ -54,11 +54,13 @@ impl ResolvesServerCert for ServerCertificate {
 }
 
 impl ServerCertificate {
-    /// Wraps a first certificate.
-    pub fn new(issued: IssuedServerCertificate) -> Arc<Self> {
+    /// Wraps a first certificate; `not_after` is the metrics gauge that
+    /// will hold the served certificate's expiry.
+    pub fn new(issued: IssuedServerCertificate, not_after: Gauge) -> Arc<Self> {
+        not_after.set(issued.not_after.unix_timestamp());
         Arc::new(Self {
-            not_after: AtomicI64::new(issued.not_after.unix_timestamp()),
             current: RwLock::new(Arc::new(issued.key)),
+            not_after,
         })
     }
 
@@ -66,14 +68,13 @@ impl ServerCertificate {
     pub fn replace(&self, issued: IssuedServerCertificate) {
         if let Ok(mut guard) = self.current.write() {
             *guard = Arc::new(issued.key);
-            self.not_after
-                .store(issued.not_after.unix_timestamp(), Ordering::Relaxed);
+            self.not_after.set(issued.not_after.unix_timestamp());
         }
     }
 
     /// The served certificate's notAfter.
     pub fn not_after(&self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(self.not_after.load(Ordering::Relaxed))
+        OffsetDateTime::from_unix_timestamp(self.not_after.get())
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 }
