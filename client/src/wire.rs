@@ -62,6 +62,30 @@ impl Identity {
     }
 }
 
+/// A URI SAN in the form certificates carry it and names compare: scheme
+/// and host lower-cased, a port as its plain number, the path as written.
+/// The server puts exactly this form in certificates (after validating the
+/// URI); the agent compares configured and issued URIs by it. Anything not
+/// shaped `scheme://host[:port][/path]` is returned as written.
+pub fn canonical_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(port) => (host, format!(":{port}")),
+            Err(_) => return uri.to_owned(),
+        },
+        None => (authority, String::new()),
+    };
+    format!(
+        "{}://{}{port}{path}",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase()
+    )
+}
+
 /// `POST /v1/enroll` body. Its `Debug` form leaves the token out.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollRequest {

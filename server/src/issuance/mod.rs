@@ -573,15 +573,19 @@ impl Issuer {
     }
 }
 
-/// Verified names as they go into the certificate: DNS lower-cased, URIs in
-/// the form the policy approves ([`policy::canonical_uri_name`]), duplicates
-/// of those forms dropped, order kept.
+/// Verified names as they go into the certificate, each in the form the
+/// policy approves ([`policy::canonical_dns_name`],
+/// [`policy::canonical_uri_name`]), duplicates of those forms dropped,
+/// order kept.
 pub(crate) fn leaf_names(request: &VerifiedCsr) -> LeafNames {
     let mut names = LeafNames::default();
+    // Invalid names stay as written (DNS lower-cased): the policy refuses
+    // them by name.
     for dns in &request.names.dns {
-        let lower = dns.to_ascii_lowercase();
-        if !names.dns.contains(&lower) {
-            names.dns.push(lower);
+        let canonical =
+            policy::canonical_dns_name(dns).unwrap_or_else(|_| dns.to_ascii_lowercase());
+        if !names.dns.contains(&canonical) {
+            names.dns.push(canonical);
         }
     }
     for ip in &request.names.ip {
@@ -590,7 +594,6 @@ pub(crate) fn leaf_names(request: &VerifiedCsr) -> LeafNames {
         }
     }
     for uri in &request.names.uri {
-        // Invalid URIs stay as written: the policy refuses them by name.
         let canonical = policy::canonical_uri_name(uri).unwrap_or_else(|_| uri.clone());
         if !names.uri.contains(&canonical) {
             names.uri.push(canonical);

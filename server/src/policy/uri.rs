@@ -102,9 +102,10 @@ impl UriName {
         let host_text = host.to_ascii_lowercase();
         let host = parse_host(&host_text, mode)?;
         let segments = parse_path(path, mode, spiffe)?;
-        let port_text = port.map(|port| format!(":{port}")).unwrap_or_default();
         Ok(Self {
-            text: format!("{scheme}://{host_text}{port_text}{path}"),
+            // Valid now, so the SDK's canonical form is the one the agent
+            // compares certificates by.
+            text: certmint::wire::canonical_uri(input),
             scheme,
             host,
             port,

@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use certmint::wire::canonical_uri;
 use rcgen::string::Ia5String;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use serde::{Deserialize, Serialize};
@@ -197,28 +198,6 @@ impl Names {
         }
         parts.join(" ")
     }
-}
-
-/// `scheme://host[:port]/path` in the form the server puts in certificates:
-/// scheme and host lower-cased, the port as a plain number, the path as
-/// written. Anything else is returned as written (the server refuses it).
-fn canonical_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_owned();
-    };
-    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
-    let (host, port) = match authority.split_once(':') {
-        Some((host, port)) => match port.parse::<u16>() {
-            Ok(port) => (host, format!(":{port}")),
-            Err(_) => return uri.to_owned(),
-        },
-        None => (authority, String::new()),
-    };
-    format!(
-        "{}://{}{port}{path}",
-        scheme.to_ascii_lowercase(),
-        host.to_ascii_lowercase()
-    )
 }
 
 /// A fresh key and the CSR for it.
