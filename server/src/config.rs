@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use certmint::wire::KeyType;
+use certmint::wire::{KeyType, REDACTED};
 use certmint::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -102,8 +102,8 @@ impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let url = match self.url.split_once(':') {
             Some((scheme, _)) if scheme.eq_ignore_ascii_case("sqlite") => self.url.clone(),
-            Some((scheme, _)) => format!("{scheme}://<redacted>"),
-            None => "<redacted>".to_owned(),
+            Some((scheme, _)) => format!("{scheme}://{REDACTED}"),
+            None => REDACTED.to_owned(),
         };
         f.debug_struct("DatabaseConfig")
             .field("url", &url)

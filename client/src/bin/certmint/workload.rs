@@ -22,7 +22,7 @@ use certmint::client::trust::{
     certificates_from_pem, fingerprint, pem_block, time_within_validity,
 };
 use certmint::client::{Client, ClientIdentity, ClientOptions, Error as ClientError, TrustAnchors};
-use certmint::wire::{CertificateBundle, EnrollRequest, RenewRequest};
+use certmint::wire::{CertificateBundle, EnrollRequest, RenewRequest, REDACTED};
 use certmint::{Duration, ProblemCode};
 use der::{Decode as _, Encode as _};
 use rustls_pki_types::CertificateDer;
@@ -66,7 +66,7 @@ impl Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
+        write!(f, "Token({REDACTED})")
     }
 }
 
