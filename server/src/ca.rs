@@ -23,7 +23,7 @@ use x509_cert::request::{CertReq, CertReqInfo, Version as RequestVersion};
 use crate::error::ServiceError;
 use crate::hsm::{CaSigner, Hsm};
 use crate::issuance::profile::{self, CaTemplate};
-use crate::issuance::{algorithms, pem, random_serial, IssuingCa};
+use crate::issuance::{algorithms, certificate_not_after, pem, random_serial, IssuingCa};
 use crate::store::{CaState, Store};
 
 /// What `init` should create.
@@ -270,9 +270,8 @@ fn check_ca_certificate(
             return Err(refuse("its keyUsage lacks keyCertSign".into()));
         }
     }
-    let validity = tbs.validity();
-    let not_before = OffsetDateTime::from(validity.not_before.to_system_time());
-    let not_after = OffsetDateTime::from(validity.not_after.to_system_time());
+    let not_before = OffsetDateTime::from(tbs.validity().not_before.to_system_time());
+    let not_after = certificate_not_after(certificate)?;
     if now < not_before || now > not_after {
         return Err(refuse(format!(
             "it is valid from {not_before} to {not_after}, not now"
