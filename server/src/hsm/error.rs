@@ -55,6 +55,20 @@ pub enum HsmError {
         source: Pkcs11Failure,
     },
 
+    /// `C_Login` refused the PIN earlier in this process, so certmint sends
+    /// no further `C_Login` with it: tokens lock the user PIN after a few
+    /// wrong tries, and a locked CA token needs its security officer. The
+    /// cure is the right PIN and a restart.
+    #[error("login to PKCS#11 token {token_label:?} was refused earlier; not retrying with the same PIN, which could lock the token (fix the PIN and restart)")]
+    LoginSuspended {
+        /// The token the login was for.
+        token_label: String,
+    },
+
+    /// The module was finalized because the process is shutting down.
+    #[error("the PKCS#11 module has been finalized (shutting down)")]
+    Finalized,
+
     /// No private key with this label exists on the token.
     #[error("no private key labelled {label:?} on the token")]
     KeyNotFound {
@@ -184,8 +198,15 @@ impl HsmError {
     /// True for `Transient` and `DeviceGone` faults: the module has already
     /// retried once on a fresh session internally, so the caller should back
     /// off (503 + `Retry-After`) rather than spin.
+    ///
+    /// Also true for a refused or suspended login and for a finalized
+    /// module: the device is unusable until an operator (or a restart)
+    /// acts, which is a 503 for the caller, not a server bug.
     pub fn is_retryable(&self) -> bool {
         matches!(
+            self,
+            HsmError::Login { .. } | HsmError::LoginSuspended { .. } | HsmError::Finalized
+        ) || matches!(
             self.fault_kind(),
             Some(FaultKind::Transient | FaultKind::DeviceGone)
         )

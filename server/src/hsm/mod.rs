@@ -33,7 +33,9 @@
 //! # Must never
 //!
 //! Hold a lock across `C_Sign`; reuse a session the token reported dead;
-//! call `C_Finalize` while other handles may be in a call.
+//! call `C_Finalize` while other handles may be in a call (every pool
+//! operation holds the module's call guard, which `C_Finalize` waits for);
+//! send `C_Login` again with a PIN the token refused.
 //!
 //! Every token, hsm-sim and SoftHSM2 alike, is loaded through the same code
 //! path from a module path (style item 6, seam 1).
@@ -332,15 +334,12 @@ impl Hsm {
         })
     }
 
-    /// Cheap liveness check for `/readyz`: validates a pooled session with
-    /// `C_GetSessionInfo` (reopening it and logging in again if needed).
+    /// Cheap liveness check for `/readyz`: a pooled session answers
+    /// `C_GetSessionInfo` and is logged in (logging in again if the login
+    /// was lost, reopening the session if it is gone).
     pub fn ping(&self) -> Result<(), HsmError> {
-        self.pool.run(Retry::Once, |session, _| {
-            session
-                .get_session_info()
-                .map(|_| ())
-                .during("C_GetSessionInfo")
-        })
+        self.pool
+            .run(Retry::Once, |session, _| self.pool.validate(session))
     }
 
     /// The label of the token this handle is logged in to.

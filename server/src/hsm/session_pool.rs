@@ -12,7 +12,9 @@
 //! session back off exponentially (100 ms to 5 s) and requests in between
 //! fail at once with [`HsmError::Reconnecting`] (503 at the API). The
 //! pool's lock is held only to take or give back a session, never across a
-//! `C_*` call that does crypto.
+//! `C_*` call that does crypto. A PIN the token refuses is tried once, then
+//! never again ([`HsmError::LoginSuspended`]): retrying it would lock the
+//! token.
 //!
 //! Modules are loaded once per path per process ([`Module::load`]): a
 //! PKCS#11 library has one global state, so two `Hsm` handles on the same
@@ -29,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -53,27 +55,37 @@ const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// How long [`finalize_all`] waits for PKCS#11 calls in flight (a renewal
+/// thread, a request whose client went away) before it gives up on
+/// `C_Finalize` and leaves the module to process exit.
+const FINALIZE_WAIT: Duration = Duration::from_secs(5);
+
 /// Every module this process has loaded, by path. Entries live as long as
 /// the process: unloading a PKCS#11 library that other handles may still
 /// use is never safe.
 static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
 
-/// Calls `C_Finalize` on every module this process loaded. For the very end
-/// of a process only: every handle, pool and signer stops working.
+/// Calls `C_Finalize` on every module this process loaded, once no call is
+/// in flight on it. For the very end of a process only: every handle, pool
+/// and signer stops working ([`HsmError::Finalized`]).
 pub(super) fn finalize_all() {
     let Some(registry) = MODULES.get() else {
         return;
     };
     for module in lock(registry).values() {
-        if let Err(error) = module.pkcs11.clone().finalize() {
-            tracing::debug!(error = %error, "hsm: C_Finalize at exit failed");
-        }
+        module.finalize_when_idle(FINALIZE_WAIT);
     }
 }
 
 /// A loaded and initialized PKCS#11 module.
 pub(super) struct Module {
     pkcs11: Pkcs11,
+    /// Held for reading by every pool operation across its `C_*` calls and
+    /// for writing by [`Module::finalize_when_idle`], so `C_Finalize` never
+    /// runs under a call in flight (PKCS#11 §5.4 leaves that undefined;
+    /// SoftHSM2 frees the objects the call is using). `true` once
+    /// finalized.
+    calls: RwLock<bool>,
     /// The current generation; the mutex also serializes reinitialization.
     generation: Mutex<u64>,
     /// Held across "is the label free?" + `C_GenerateKeyPair`; see
@@ -99,6 +111,7 @@ impl Module {
         initialize(&pkcs11).map_err(module_load)?;
         let module = Arc::new(Module {
             pkcs11,
+            calls: RwLock::new(false),
             generation: Mutex::new(0),
             key_generation: Mutex::new(()),
         });
@@ -108,6 +121,48 @@ impl Module {
 
     pub(super) fn pkcs11(&self) -> &Pkcs11 {
         &self.pkcs11
+    }
+
+    /// Marks a span of `C_*` calls: while the guard lives the module is not
+    /// finalized. [`HsmError::Finalized`] once it has been.
+    fn enter(&self) -> Result<RwLockReadGuard<'_, bool>, HsmError> {
+        let guard = self.calls.read().unwrap_or_else(PoisonError::into_inner);
+        if *guard {
+            return Err(HsmError::Finalized);
+        }
+        Ok(guard)
+    }
+
+    /// `C_Finalize`, once every call in flight has returned, waiting at most
+    /// `wait`. Returns whether the module was finalized; if a call is still
+    /// running after `wait` (a hung network HSM), the module is left alone,
+    /// since finalizing under it is worse than not finalizing at all.
+    pub(super) fn finalize_when_idle(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut finalized = loop {
+            match self.calls.try_write() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    tracing::warn!(
+                        waited_ms = wait.as_millis(),
+                        "hsm: a PKCS#11 call is still running; leaving C_Finalize to process exit"
+                    );
+                    return false;
+                }
+            }
+        };
+        if *finalized {
+            return true;
+        }
+        *finalized = true;
+        if let Err(error) = self.pkcs11.clone().finalize() {
+            tracing::debug!(error = %error, "hsm: C_Finalize at exit failed");
+        }
+        true
     }
 
     /// Serializes key generation within the process.
@@ -179,6 +234,13 @@ pub(super) struct SessionPool {
     module: Arc<Module>,
     token_label: String,
     pin: SecretString,
+    /// Held across `C_Login`; `true` once the token refused the PIN (see
+    /// [`HsmError::LoginSuspended`]). Serializing logins means a wrong PIN
+    /// costs the token exactly one failed attempt, not one per session.
+    login_refused: Mutex<bool>,
+    /// Test seam: how many `C_Login` calls the pool has sent.
+    #[cfg(test)]
+    login_attempts: std::sync::atomic::AtomicUsize,
     capacity: usize,
     state: Mutex<PoolState>,
     /// Test seam: faults injected before the Nth operation.
@@ -254,6 +316,9 @@ impl SessionPool {
             module,
             token_label: token_label.to_owned(),
             pin,
+            login_refused: Mutex::new(false),
+            #[cfg(test)]
+            login_attempts: std::sync::atomic::AtomicUsize::new(0),
             capacity: capacity.max(1),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
@@ -276,6 +341,7 @@ impl SessionPool {
 
     /// The slot of the token, as of the current generation.
     pub(super) fn slot(&self) -> Result<Slot, HsmError> {
+        let _calls = self.module.enter()?;
         let mut state = self.lock_state();
         self.refresh_generation(&mut state)?;
         Ok(state.slot)
@@ -299,6 +365,7 @@ impl SessionPool {
             Retry::Never => Check::Always,
             Retry::Once => Check::IfIdle,
         };
+        let _calls = self.module.enter()?;
         let mut lease = self.acquire(check)?;
         match self.attempt(&lease, &work) {
             Err(error) if error.is_session_fault() && retry == Retry::Once => {
@@ -475,7 +542,7 @@ impl SessionPool {
     }
 
     /// Checks the session is alive, and logs in if the login was lost.
-    fn validate(&self, session: &Session) -> Result<(), HsmError> {
+    pub(super) fn validate(&self, session: &Session) -> Result<(), HsmError> {
         let info = session.get_session_info().during("C_GetSessionInfo")?;
         match info.session_state() {
             SessionState::RoUser | SessionState::RwUser => Ok(()),
@@ -501,11 +568,32 @@ impl SessionPool {
 
     /// `C_Login` as the user. Login state is per token and application, so
     /// "already logged in" (by another session) is success. Refusals that
-    /// are not device faults are PIN problems and become [`HsmError::Login`].
+    /// are not device faults are PIN problems and become [`HsmError::Login`]
+    /// once, then [`HsmError::LoginSuspended`] without another `C_Login`.
     fn login(&self, session: &Session) -> Result<(), HsmError> {
+        let mut refused = lock(&self.login_refused);
+        if *refused {
+            return Err(HsmError::LoginSuspended {
+                token_label: self.token_label.clone(),
+            });
+        }
+        #[cfg(test)]
+        self.login_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match session.login(UserType::User, Some(&self.pin)) {
             Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(error) => Err(login_error(&self.token_label, error)),
+            Err(error) => {
+                let error = login_error(&self.token_label, error);
+                if matches!(error, HsmError::Login { .. }) {
+                    *refused = true;
+                    tracing::error!(
+                        hsm.token_label = %self.token_label,
+                        error = %error,
+                        "hsm: the token refused the PIN; no further login will be tried with it (fix the PIN and restart)"
+                    );
+                }
+                Err(error)
+            }
         }
     }
 
@@ -535,6 +623,37 @@ impl SessionPool {
             attempts: 0,
             faults,
         };
+    }
+
+    /// Test hook: `C_Login` calls sent so far.
+    #[cfg(test)]
+    pub(super) fn login_attempts(&self) -> usize {
+        self.login_attempts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Test hook: ends the application's login behind the pool's back
+    /// (`C_Logout` on a session of its own), as a token-side session
+    /// timeout would; the pooled sessions stay open but log out.
+    #[cfg(test)]
+    pub(super) fn log_out_behind_the_pool(&self) {
+        let session = self
+            .module
+            .pkcs11
+            .open_ro_session(self.lock_state().slot)
+            .expect("open a session to log out");
+        session.logout().expect("C_Logout");
+    }
+
+    /// Test hook: undoes [`Module::finalize_when_idle`]'s refusal of new
+    /// calls, so the pool's recovery path can reinitialize the module.
+    #[cfg(test)]
+    pub(super) fn allow_calls_after_finalize(&self) {
+        *self
+            .module
+            .calls
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = false;
     }
 
     /// Test hook: sessions counted against the capacity right now.

@@ -108,10 +108,21 @@ impl TokenSigner {
             Attribute::Label(self.label.as_bytes().to_vec()),
             Attribute::Id(self.key_id.clone()),
         ];
-        let handle =
-            find_unique(session, &template, &self.label)?.ok_or_else(|| HsmError::KeyNotFound {
-                label: self.label.clone(),
-            })?;
+        let handle = match find_unique(session, &template, &self.label)? {
+            Some(handle) => handle,
+            // Private objects are invisible to a session that lost its
+            // login (a token-side timeout, another part of the process
+            // logging out), so a lost login looks like a missing key: log
+            // in again if so, and look once more.
+            None => {
+                self.pool.validate(session)?;
+                find_unique(session, &template, &self.label)?.ok_or_else(|| {
+                    HsmError::KeyNotFound {
+                        label: self.label.clone(),
+                    }
+                })?
+            }
+        };
         *self
             .cached_handle
             .lock()

@@ -542,3 +542,152 @@ fn fail_transient_fault_is_not_retried_internally() {
     );
     assert!(!error.is_retryable());
 }
+
+#[test]
+fn ok_sign_logs_in_again_after_the_login_was_lost() {
+    let Some((hsm, _guard)) = open_hsm(2) else {
+        return;
+    };
+    let signer = hsm
+        .generate_key_pair("ok-relogin-after-logout", KeyType::EcP256)
+        .expect("generate key pair");
+    signer.sign(b"before").expect("sign before the logout");
+
+    hsm.pool.log_out_behind_the_pool();
+
+    let signature = signer
+        .sign(b"after")
+        .expect("sign after the login was lost");
+    verify_with_ring(signer.as_ref(), b"after", &signature);
+}
+
+#[test]
+fn fail_refused_pin_is_tried_once_then_suspended() {
+    let Some((hsm, _guard)) = open_hsm(2) else {
+        return;
+    };
+    let signer = hsm
+        .generate_key_pair("fail-pin-changed-behind-the-server", KeyType::EcP256)
+        .expect("generate key pair");
+    // Someone changes the user PIN on the token, then the login is lost:
+    // the pool's PIN is now wrong.
+    const OTHER_PIN: &str = "changed-pin-9876";
+    hsm.pool
+        .run(Retry::Never, |session, _| {
+            session
+                .set_pin(
+                    &SecretString::from(USER_PIN),
+                    &SecretString::from(OTHER_PIN),
+                )
+                .during("C_SetPIN")
+        })
+        .expect("change the user PIN");
+    let _restore = RestoreUserPin {
+        hsm: &hsm,
+        changed_to: OTHER_PIN,
+    };
+    hsm.pool.log_out_behind_the_pool();
+    let attempts_before = hsm.pool.login_attempts();
+
+    let first = signer.sign(b"refused").expect_err("wrong PIN");
+    assert!(matches!(first, HsmError::Login { .. }), "{first:?}");
+    for _ in 0..5 {
+        let again = signer.sign(b"refused").expect_err("still no login");
+        assert!(
+            matches!(again, HsmError::LoginSuspended { .. }),
+            "{again:?}"
+        );
+        assert!(again.is_retryable(), "a 503 for the caller, not a 500");
+        assert!(!again.to_string().contains(USER_PIN));
+    }
+    let pinged = hsm.ping().expect_err("not ready");
+    assert!(
+        matches!(pinged, HsmError::LoginSuspended { .. }),
+        "{pinged:?}"
+    );
+    assert_eq!(
+        hsm.pool.login_attempts() - attempts_before,
+        1,
+        "a refused PIN costs the token one failed login, not one per request"
+    );
+}
+
+/// Puts the fixture's user PIN back when a test that changed it ends,
+/// passed or not, so the tests after it can log in.
+struct RestoreUserPin<'a> {
+    hsm: &'a Hsm,
+    changed_to: &'static str,
+}
+
+impl Drop for RestoreUserPin<'_> {
+    fn drop(&mut self) {
+        let restore = || -> Result<(), cryptoki::error::Error> {
+            let slot = self
+                .hsm
+                .pool
+                .slot()
+                .map_err(|_| cryptoki::error::Error::NotSupported)?;
+            let session = self.hsm.pool.module().pkcs11().open_rw_session(slot)?;
+            session.login(UserType::User, Some(&SecretString::from(self.changed_to)))?;
+            session.set_pin(
+                &SecretString::from(self.changed_to),
+                &SecretString::from(USER_PIN),
+            )?;
+            session.logout()
+        };
+        if let Err(error) = restore() {
+            eprintln!("could not restore the fixture's user PIN: {error}");
+        }
+    }
+}
+
+#[test]
+fn ok_finalize_waits_for_the_call_in_flight() {
+    let Some(fixture) = fixture() else {
+        return;
+    };
+    // Exclusive: finalizing the module closes every session in the process.
+    let _exclusive = MODULE_RESET
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let hsm = Hsm::open(&config(fixture, 2)).expect("open");
+    let (started, call_started) = std::sync::mpsc::channel();
+    let pool = Arc::clone(&hsm.pool);
+    // A call that is slow on the host side, as a renewal thread or an
+    // abandoned request can be when shutdown comes. Never retried, so a
+    // module finalized under it fails it.
+    let worker = std::thread::spawn(move || {
+        pool.run(Retry::Never, |session, _| {
+            let _ = started.send(());
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            session
+                .get_session_info()
+                .map(|_| std::time::Instant::now())
+                .during("C_GetSessionInfo")
+        })
+    });
+    call_started.recv().expect("the call started");
+
+    assert!(
+        !hsm.pool
+            .module()
+            .finalize_when_idle(std::time::Duration::from_millis(50)),
+        "gives up while the call runs"
+    );
+    assert!(hsm
+        .pool
+        .module()
+        .finalize_when_idle(std::time::Duration::from_secs(5)));
+    let finalized_at = std::time::Instant::now();
+    let call_ended = worker
+        .join()
+        .expect("worker thread")
+        .expect("the call in flight ran on a live module");
+    assert!(call_ended <= finalized_at);
+    let refused = hsm.ping().expect_err("finalized");
+    assert!(matches!(refused, HsmError::Finalized), "{refused:?}");
+
+    // Let the other tests use the module again.
+    hsm.pool.allow_calls_after_finalize();
+    hsm.ping().expect("reinitialized after the test");
+}
