@@ -936,6 +936,11 @@ pub struct ServerOptions {
     /// `[server] tls_certificate_ttl`, written into the config after `init`
     /// (short values make the server renew its own certificate during a test).
     pub tls_certificate_ttl: Option<String>,
+    /// `hsm-sim fault set` arguments in force during a first `init`, which
+    /// must fail; the faults are then cleared and `init` runs again, as an
+    /// operator would after an interrupted set-up. The first run's output
+    /// is kept in `init-interrupted.log`. hsm-sim only.
+    pub interrupt_first_init: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -946,6 +951,7 @@ impl Default for ServerOptions {
             log_format_json: false,
             external_root: false,
             tls_certificate_ttl: None,
+            interrupt_first_init: Vec::new(),
         }
     }
 }
@@ -978,6 +984,13 @@ impl ServerOptions {
     /// External-root mode (or not).
     pub fn external_root(mut self, external_root: bool) -> Self {
         self.external_root = external_root;
+        self
+    }
+
+    /// A first `init` that fails under these hsm-sim faults, then a rerun
+    /// (see [`ServerOptions::interrupt_first_init`]).
+    pub fn interrupt_first_init(mut self, fault_args: &[&str]) -> Self {
+        self.interrupt_first_init = fault_args.iter().map(|arg| (*arg).to_owned()).collect();
         self
     }
 }
@@ -1040,6 +1053,7 @@ impl ServerBuilder {
             return Ok(self.try_init_external_root()?.complete());
         }
         let prepared = Prepared::new(self.backend, self.options)?;
+        prepared.run_interrupted_init(None);
         let init = prepared.init(None);
         assert!(
             init.success(),
@@ -1073,6 +1087,7 @@ impl ServerBuilder {
     fn try_init_external_root(self) -> Result<PendingCa, Skip> {
         let prepared = Prepared::new(self.backend, self.options.external_root(true))?;
         let csr_path = prepared.dir.join("issuing.csr");
+        prepared.run_interrupted_init(Some(&csr_path));
         let init = prepared.init(Some(&csr_path));
         assert!(
             init.success(),
@@ -1193,6 +1208,38 @@ impl Prepared {
             softhsm_conf: self.softhsm_conf.clone(),
             hsm_pin: self.hsm_pin.clone(),
         }
+    }
+
+    /// The failing first `init` of [`ServerOptions::interrupt_first_init`],
+    /// if asked for; leaves no fault in force.
+    fn run_interrupted_init(&self, external_csr: Option<&Path>) {
+        if self.options.interrupt_first_init.is_empty() {
+            return;
+        }
+        assert_eq!(self.options.token, Token::HsmSim, "faults need hsm-sim");
+        let hsm_sim = |args: &[&str]| {
+            let mut command = self.child_env().command(&hsm_sim_binary());
+            command.args(args);
+            let output = CommandOutput::of(&mut command, &format!("hsm-sim {}", args.join(" ")));
+            assert!(
+                output.success(),
+                "hsm-sim {args:?} failed:\n{}",
+                output.text
+            );
+        };
+        let mut set = vec!["fault", "set"];
+        set.extend(self.options.interrupt_first_init.iter().map(String::as_str));
+        hsm_sim(&set);
+        let init = self.init(external_csr);
+        hsm_sim(&["fault", "clear"]);
+        std::fs::write(self.dir.join("init-interrupted.log"), &init.text)
+            .expect("write init-interrupted.log");
+        assert!(
+            init.failed(),
+            "init under hsm-sim faults {:?} did not fail:\n{}",
+            self.options.interrupt_first_init,
+            init.text
+        );
     }
 
     /// The first `init` (it also initialises the token); `external_csr`

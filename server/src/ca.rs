@@ -4,8 +4,11 @@
 //!
 //! Invariants: `init` never destroys anything. If the database already holds
 //! a CA, it stops; if a key label already exists on the token, it stops
-//! (the operator decides, not us). Private keys are generated on the token
-//! and used only through [`CaSigner`].
+//! (the operator decides, not us), unless the key is one this database
+//! reserved for an `init` that was interrupted: every key is reserved
+//! (label and a random `CKA_ID`, durably) before it is generated, so a rerun
+//! recognises its own keys and finishes the job. Private keys are generated
+//! on the token and used only through [`CaSigner`].
 
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -75,8 +78,14 @@ pub fn initialize(
             root_fingerprint: existing.root().map(fingerprint),
         });
     }
-    let root_key = hsm.generate_key_pair(&options.root_key_label, options.key_type)?;
-    let issuing_key = hsm.generate_key_pair(&options.issuing_key_label, options.key_type)?;
+    let root_key = reserved_key(hsm, store, &options.root_key_label, options.key_type, now)?;
+    let issuing_key = reserved_key(
+        hsm,
+        store,
+        &options.issuing_key_label,
+        options.key_type,
+        now,
+    )?;
     let root_subject = subject(&format!("{} Root CA", options.name))?;
     let root_spki = spki_of(root_key.as_ref())?;
     let root = sign_ca(
@@ -144,7 +153,13 @@ pub fn initialize_for_external_root(
             root_fingerprint: existing.root().map(fingerprint),
         });
     }
-    let issuing_key = hsm.generate_key_pair(&options.issuing_key_label, options.key_type)?;
+    let issuing_key = reserved_key(
+        hsm,
+        store,
+        &options.issuing_key_label,
+        options.key_type,
+        now,
+    )?;
     let info = CertReqInfo {
         version: RequestVersion::V1,
         subject: subject(&format!("{} Issuing CA", options.name))?,
@@ -175,6 +190,39 @@ pub fn initialize_for_external_root(
     Ok(InitOutcome::AwaitingExternalRoot {
         csr_pem: pem("CERTIFICATE REQUEST", &csr_der)?,
     })
+}
+
+/// The CA key labelled `label`: the one an earlier, interrupted `init`
+/// generated under this database's reservation, or a new one.
+///
+/// The reservation (label, random `CKA_ID`) is committed before
+/// `C_GenerateKeyPair`, so at whatever instant an `init` dies, the next one
+/// can tell its own key from anybody else's: same label and `CKA_ID` is
+/// ours, same label and another id is not (and generation refuses it).
+fn reserved_key(
+    hsm: &Hsm,
+    store: &Store,
+    label: &str,
+    key_type: KeyType,
+    now: OffsetDateTime,
+) -> Result<Arc<dyn CaSigner>, ServiceError> {
+    let mut key_id = [0u8; 16];
+    crate::random::fill(&mut key_id)?;
+    let reservation = store.reserve_ca_key(label, key_type, &key_id, now)?;
+    if reservation.key_type != key_type {
+        return Err(ServiceError::Setup(format!(
+            "an earlier init that did not finish reserved key {label:?} for a {} key; set ca.key_type = \"{}\" in the config to finish it",
+            reservation.key_type, reservation.key_type
+        )));
+    }
+    if let Some(found) = hsm.find_generated_key_pair(label, &reservation.key_id, key_type)? {
+        tracing::info!(
+            hsm.key_label = label,
+            "init: using the key an earlier, interrupted init generated"
+        );
+        return Ok(found);
+    }
+    Ok(hsm.generate_key_pair(label, key_type, &reservation.key_id)?)
 }
 
 /// Installs an externally signed chain (PEM: the issuing certificate, then

@@ -13,7 +13,7 @@ use certmint::wire::{CertificateBundle, Directory};
 use certmint_e2e::{
     backend_tests, der_to_pem, identity, make_csr, parse_certificate, pem_chain, pem_to_der,
     policy_json, verify_with_openssl, verify_with_webpki, Backend, OfflineRoot, PendingCa,
-    TestServer, EKU_CLIENT_AUTH,
+    ServerOptions, TestServer, Token, EKU_CLIENT_AUTH,
 };
 use der::asn1::ObjectIdentifier;
 use der::{Decode as _, Encode as _};
@@ -261,7 +261,77 @@ fn ok_ca_key_type_ed25519_signs_with_ed25519() {
     );
 }
 
+/// hsm-sim faults that let `init` generate its keys and then fail the
+/// first signature: the set-up dies between key generation and recording
+/// the CA, which used to leave labels taken that every rerun refused.
+const FAIL_EVERY_SIGNATURE: &[&str] = &["--failure-rate", "1", "--fail-function", "C_Sign"];
+
+/// Asserts the kept output of the interrupted `init` reports the HSM.
+fn assert_interrupted_by_the_hsm(dir: &std::path::Path) {
+    let interrupted = std::fs::read_to_string(dir.join("init-interrupted.log"))
+        .expect("read init-interrupted.log");
+    assert!(
+        interrupted.contains("C_Sign"),
+        "the interrupted init must name the failed PKCS#11 call:\n{interrupted}"
+    );
+}
+
 backend_tests! {
+    fn ok_init_interrupted_after_key_generation_finishes_on_rerun(backend: Backend) {
+        let options = ServerOptions {
+            token: Token::HsmSim,
+            ..ServerOptions::default()
+        }
+        .interrupt_first_init(FAIL_EVERY_SIGNATURE);
+        let Some(server) = TestServer::builder(backend).options(options).start() else {
+            return;
+        };
+        assert_interrupted_by_the_hsm(server.dir());
+        assert_eq!(
+            server.list_private_keys().matches("Private Key Object").count(),
+            2,
+            "the rerun must finish with the root and issuing keys the interrupted init generated, not new ones:\n{}",
+            server.list_private_keys()
+        );
+        let bundle = enroll_one(&server, "resumed");
+        let chain = pem_chain(&bundle.chain_pem);
+        verify_with_webpki(
+            &pem_to_der(&bundle.certificate_pem),
+            &chain[..1],
+            &pem_to_der(server.root_pem()),
+            EKU_CLIENT_AUTH,
+        )
+        .unwrap_or_else(|error| panic!("rustls-webpki refuses the leaf: {error:?}"));
+        let kinds: Vec<String> = server.audit_events().into_iter().map(|event| event.kind).collect();
+        assert_eq!(
+            kinds.iter().filter(|kind| *kind == "ca.initialized").count(),
+            1,
+            "{kinds:?}"
+        );
+    }
+
+    fn ok_external_root_init_interrupted_before_its_csr_finishes_on_rerun(backend: Backend) {
+        let options = ServerOptions {
+            token: Token::HsmSim,
+            ..ServerOptions::default()
+        }
+        .external_root(true)
+        .interrupt_first_init(FAIL_EVERY_SIGNATURE);
+        let Some(pending) = TestServer::builder(backend).options(options).init_external_root()
+        else {
+            return;
+        };
+        assert_interrupted_by_the_hsm(pending.dir());
+        assert_pending(&pending);
+        assert_eq!(
+            pending.list_private_keys().matches("Private Key Object").count(),
+            1,
+            "the rerun must sign its CSR with the issuing key the interrupted init generated"
+        );
+        let server = pending.complete();
+        enroll_one(&server, "resumed-external");
+    }
+
     fn ok_external_root(backend: Backend) {
         let Some(pending) = TestServer::builder(backend).external_root(true).init_external_root()
         else {

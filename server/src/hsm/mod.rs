@@ -66,9 +66,6 @@ use keys::{Family, PublicKey, PUBLIC_KEY_ATTRIBUTES};
 use session_pool::{Module, Retry, SessionPool};
 use signer::{find_at_most, find_unique, TokenSigner};
 
-/// Length of the random `CKA_ID` given to both halves of a new key pair.
-const KEY_ID_LEN: u32 = 16;
-
 /// Where the CA keys live and how to log in.
 #[derive(Clone, Debug)]
 pub struct HsmConfig {
@@ -105,6 +102,38 @@ fn read_public_key(
         .get_attributes(handle, &PUBLIC_KEY_ATTRIBUTES)
         .during("C_GetAttributeValue")?;
     PublicKey::from_attributes(label, &attributes)
+}
+
+/// Reads the protection attributes of the private key `handle`; attributes
+/// the token does not report are taken as the unsafe value.
+fn read_protection(session: &Session, handle: ObjectHandle) -> Result<KeyProtection, HsmError> {
+    let attributes = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
+            ],
+        )
+        .during("C_GetAttributeValue")?;
+    let mut protection = KeyProtection {
+        sensitive: false,
+        extractable: true,
+        always_sensitive: false,
+        never_extractable: false,
+    };
+    for attribute in attributes {
+        match attribute {
+            Attribute::Sensitive(value) => protection.sensitive = value,
+            Attribute::Extractable(value) => protection.extractable = value,
+            Attribute::AlwaysSensitive(value) => protection.always_sensitive = value,
+            Attribute::NeverExtractable(value) => protection.never_extractable = value,
+            _ => {}
+        }
+    }
+    Ok(protection)
 }
 
 /// Finalizes every PKCS#11 module the process loaded (`C_Finalize`). Call it
@@ -201,12 +230,15 @@ impl Hsm {
     /// Refuses with [`HsmError::AlreadyExists`] if any object carries
     /// `label`, so running `init` twice never makes a second key. The
     /// private half is a sensitive, non-extractable, private token object
-    /// allowed only to sign; both halves share the label and a random
-    /// `CKA_ID`. Not retried on a lost session: the key may already exist.
+    /// allowed only to sign; both halves carry `label` and `key_id` (the
+    /// caller draws it at random and records it first, so it can find the
+    /// key again with [`Hsm::find_generated_key_pair`]). Not retried on a
+    /// lost session: the key may already exist.
     pub fn generate_key_pair(
         &self,
         label: &str,
         key_type: KeyType,
+        key_id: &[u8],
     ) -> Result<Arc<dyn CaSigner>, HsmError> {
         let mechanism = match Family::of(key_type) {
             Family::Ecdsa { .. } => Mechanism::EccKeyPairGen,
@@ -214,29 +246,25 @@ impl Hsm {
             Family::Rsa { .. } => Mechanism::RsaPkcsKeyPairGen,
         };
         let serialized = self.pool.module().serialize_key_generation();
-        let (key_id, public_key, private_handle) =
-            self.pool.run(Retry::Never, |session, generation| {
-                let label_template = [Attribute::Label(label.as_bytes().to_vec())];
-                if !find_at_most(session, &label_template, 1)?.is_empty() {
-                    return Err(HsmError::AlreadyExists {
-                        label: label.to_owned(),
-                    });
-                }
-                let key_id = session
-                    .generate_random_vec(KEY_ID_LEN)
-                    .during("C_GenerateRandom")?;
-                let (public_template, private_template) =
-                    keys::key_pair_templates(key_type, label, &key_id)?;
-                let (public, private) = session
-                    .generate_key_pair(&mechanism, &public_template, &private_template)
-                    .during("C_GenerateKeyPair")
-                    .map_err(|error| match error.fault_kind() {
-                        Some(FaultKind::Unsupported) => HsmError::UnsupportedKeyType { key_type },
-                        _ => error,
-                    })?;
-                let public_key = read_public_key(session, public, label)?;
-                Ok((key_id, public_key, (generation, private)))
-            })?;
+        let (public_key, private_handle) = self.pool.run(Retry::Never, |session, generation| {
+            let label_template = [Attribute::Label(label.as_bytes().to_vec())];
+            if !find_at_most(session, &label_template, 1)?.is_empty() {
+                return Err(HsmError::AlreadyExists {
+                    label: label.to_owned(),
+                });
+            }
+            let (public_template, private_template) =
+                keys::key_pair_templates(key_type, label, key_id)?;
+            let (public, private) = session
+                .generate_key_pair(&mechanism, &public_template, &private_template)
+                .during("C_GenerateKeyPair")
+                .map_err(|error| match error.fault_kind() {
+                    Some(FaultKind::Unsupported) => HsmError::UnsupportedKeyType { key_type },
+                    _ => error,
+                })?;
+            let public_key = read_public_key(session, public, label)?;
+            Ok((public_key, (generation, private)))
+        })?;
         drop(serialized);
         if public_key.key_type != key_type {
             return Err(HsmError::UnusableKey {
@@ -252,10 +280,73 @@ impl Hsm {
         Ok(Arc::new(TokenSigner::new(
             Arc::clone(&self.pool),
             label,
-            key_id,
+            key_id.to_vec(),
             public_key,
             Some(private_handle),
         )?))
+    }
+
+    /// The key pair labelled `label` with `CKA_ID` `key_id` that an earlier
+    /// [`Hsm::generate_key_pair`] made, or `None` if the token holds no such
+    /// private key. Used by an `init` that resumes after an interruption,
+    /// so it takes the key only if it is what generation would have made: a
+    /// `key_type` key whose private half was always sensitive and never
+    /// extractable ([`HsmError::UnusableKey`] otherwise).
+    pub fn find_generated_key_pair(
+        &self,
+        label: &str,
+        key_id: &[u8],
+        key_type: KeyType,
+    ) -> Result<Option<Arc<dyn CaSigner>>, HsmError> {
+        let found = self.pool.run(Retry::Once, |session, generation| {
+            let private_template = [
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(key_id.to_vec()),
+            ];
+            let Some(private) = find_unique(session, &private_template, label)? else {
+                return Ok(None);
+            };
+            let protection = read_protection(session, private)?;
+            if !(protection.sensitive
+                && !protection.extractable
+                && protection.always_sensitive
+                && protection.never_extractable)
+            {
+                return Err(HsmError::UnusableKey {
+                    label: label.to_owned(),
+                    reason: "it was not generated sensitive and non-extractable",
+                });
+            }
+            let public_template = [
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(key_id.to_vec()),
+            ];
+            let public = find_unique(session, &public_template, label)?.ok_or_else(|| {
+                HsmError::PublicKeyNotFound {
+                    label: label.to_owned(),
+                }
+            })?;
+            let public_key = read_public_key(session, public, label)?;
+            Ok(Some((public_key, (generation, private))))
+        })?;
+        let Some((public_key, private_handle)) = found else {
+            return Ok(None);
+        };
+        if public_key.key_type != key_type {
+            return Err(HsmError::UnusableKey {
+                label: label.to_owned(),
+                reason: "it is not of the key type asked for",
+            });
+        }
+        Ok(Some(Arc::new(TokenSigner::new(
+            Arc::clone(&self.pool),
+            label,
+            key_id.to_vec(),
+            public_key,
+            Some(private_handle),
+        )?)))
     }
 
     /// The signer for the existing private key labelled `label`.
@@ -303,34 +394,7 @@ impl Hsm {
     /// taken as the unsafe value.
     pub fn key_protection(&self, label: &str) -> Result<KeyProtection, HsmError> {
         self.pool.run(Retry::Once, |session, _| {
-            let private = find_private_key(session, label)?;
-            let attributes = session
-                .get_attributes(
-                    private,
-                    &[
-                        AttributeType::Sensitive,
-                        AttributeType::Extractable,
-                        AttributeType::AlwaysSensitive,
-                        AttributeType::NeverExtractable,
-                    ],
-                )
-                .during("C_GetAttributeValue")?;
-            let mut protection = KeyProtection {
-                sensitive: false,
-                extractable: true,
-                always_sensitive: false,
-                never_extractable: false,
-            };
-            for attribute in attributes {
-                match attribute {
-                    Attribute::Sensitive(value) => protection.sensitive = value,
-                    Attribute::Extractable(value) => protection.extractable = value,
-                    Attribute::AlwaysSensitive(value) => protection.always_sensitive = value,
-                    Attribute::NeverExtractable(value) => protection.never_extractable = value,
-                    _ => {}
-                }
-            }
-            Ok(protection)
+            read_protection(session, find_private_key(session, label)?)
         })
     }
 

@@ -29,6 +29,8 @@ const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN_LABEL: &str = "certmint-test";
 const USER_PIN: &str = "user-pin-1234";
 const SO_PIN: &str = "so-pin-5678";
+/// `CKA_ID` of test keys; labels tell them apart.
+const TEST_KEY_ID: &[u8] = b"certmint-test-id";
 
 /// Readers: every token test. Writer: the test that finalizes the module.
 static MODULE_RESET: RwLock<()> = RwLock::new(());
@@ -179,7 +181,7 @@ fn generate_sign_verify(key_type: KeyType) {
     };
     let label = format!("ok-sign-{key_type}");
     let signer = hsm
-        .generate_key_pair(&label, key_type)
+        .generate_key_pair(&label, key_type, TEST_KEY_ID)
         .expect("generate key pair");
     assert_eq!(signer.key_type(), key_type);
     assert_eq!(signer.label(), label);
@@ -251,10 +253,10 @@ fn fail_generate_with_taken_label_is_already_exists() {
         return;
     };
     let label = "fail-taken-label";
-    hsm.generate_key_pair(label, KeyType::EcP256)
+    hsm.generate_key_pair(label, KeyType::EcP256, TEST_KEY_ID)
         .expect("first key");
     let error = hsm
-        .generate_key_pair(label, KeyType::EcP384)
+        .generate_key_pair(label, KeyType::EcP384, TEST_KEY_ID)
         .err()
         .expect("second key with the same label is refused");
     assert!(
@@ -286,7 +288,7 @@ fn fail_signer_of_duplicated_label_is_ambiguous() {
         return;
     };
     let label = "fail-duplicated-label";
-    hsm.generate_key_pair(label, KeyType::EcP256)
+    hsm.generate_key_pair(label, KeyType::EcP256, TEST_KEY_ID)
         .expect("first key");
     // Bypass the refusal to plant a second key with the same label, as a
     // careless operator with pkcs11-tool could.
@@ -312,7 +314,7 @@ fn ok_sixteen_threads_sign_through_four_sessions() {
         return;
     };
     let signer = hsm
-        .generate_key_pair("ok-concurrent", KeyType::EcP256)
+        .generate_key_pair("ok-concurrent", KeyType::EcP256, TEST_KEY_ID)
         .expect("generate key pair");
     let threads: Vec<_> = (0..16)
         .map(|thread| {
@@ -344,7 +346,7 @@ fn finalized_module_is_reinitialized_transparently() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let hsm = Hsm::open(&config(fixture, 2)).expect("open");
     let signer = hsm
-        .generate_key_pair("ok-survives-reset", KeyType::EcP256)
+        .generate_key_pair("ok-survives-reset", KeyType::EcP256, TEST_KEY_ID)
         .expect("generate key pair");
     signer.sign(b"before").expect("sign before the reset");
 
@@ -487,7 +489,7 @@ fn ok_one_lost_session_is_retried_transparently() {
         return;
     };
     let signer = hsm
-        .generate_key_pair("ok-injected-session-loss", KeyType::EcP256)
+        .generate_key_pair("ok-injected-session-loss", KeyType::EcP256, TEST_KEY_ID)
         .expect("generate key pair");
     hsm.pool
         .inject_faults(vec![(1, cryptoki::error::RvError::SessionHandleInvalid)]);
@@ -501,7 +503,7 @@ fn fail_session_lost_twice_is_device_gone() {
         return;
     };
     let signer = hsm
-        .generate_key_pair("fail-injected-device-removed", KeyType::EcP256)
+        .generate_key_pair("fail-injected-device-removed", KeyType::EcP256, TEST_KEY_ID)
         .expect("generate key pair");
     hsm.pool.inject_faults(vec![
         (1, cryptoki::error::RvError::DeviceRemoved),
@@ -522,7 +524,7 @@ fn fail_transient_fault_is_not_retried_internally() {
         return;
     };
     let signer = hsm
-        .generate_key_pair("fail-injected-device-memory", KeyType::EcP256)
+        .generate_key_pair("fail-injected-device-memory", KeyType::EcP256, TEST_KEY_ID)
         .expect("generate key pair");
     hsm.pool.inject_faults(vec![
         (1, cryptoki::error::RvError::DeviceMemory),
@@ -549,7 +551,7 @@ fn ok_sign_logs_in_again_after_the_login_was_lost() {
         return;
     };
     let signer = hsm
-        .generate_key_pair("ok-relogin-after-logout", KeyType::EcP256)
+        .generate_key_pair("ok-relogin-after-logout", KeyType::EcP256, TEST_KEY_ID)
         .expect("generate key pair");
     signer.sign(b"before").expect("sign before the logout");
 
@@ -567,7 +569,11 @@ fn fail_refused_pin_is_tried_once_then_suspended() {
         return;
     };
     let signer = hsm
-        .generate_key_pair("fail-pin-changed-behind-the-server", KeyType::EcP256)
+        .generate_key_pair(
+            "fail-pin-changed-behind-the-server",
+            KeyType::EcP256,
+            TEST_KEY_ID,
+        )
         .expect("generate key pair");
     // Someone changes the user PIN on the token, then the login is lost:
     // the pool's PIN is now wrong.
@@ -690,4 +696,83 @@ fn ok_finalize_waits_for_the_call_in_flight() {
     // Let the other tests use the module again.
     hsm.pool.allow_calls_after_finalize();
     hsm.ping().expect("reinitialized after the test");
+}
+
+#[test]
+fn ok_generated_key_pair_is_found_again_by_label_and_id() {
+    let Some((hsm, _guard)) = open_hsm(1) else {
+        return;
+    };
+    let label = "ok-found-again";
+    let missing = hsm
+        .find_generated_key_pair(label, b"id-a", KeyType::EcP256)
+        .expect("lookup before generation");
+    assert!(missing.is_none());
+    let generated = hsm
+        .generate_key_pair(label, KeyType::EcP256, b"id-a")
+        .expect("generate");
+
+    let found = hsm
+        .find_generated_key_pair(label, b"id-a", KeyType::EcP256)
+        .expect("lookup")
+        .expect("the key generated under this id");
+    assert_eq!(
+        found.subject_public_key_info(),
+        generated.subject_public_key_info()
+    );
+    let signature = found.sign(b"found").expect("sign with the found key");
+    verify_with_ring(found.as_ref(), b"found", &signature);
+
+    // The same label under another id is somebody else's key: not found,
+    // and the label stays taken.
+    let other = hsm
+        .find_generated_key_pair(label, b"id-b", KeyType::EcP256)
+        .expect("lookup under another id");
+    assert!(other.is_none());
+    let taken = hsm
+        .generate_key_pair(label, KeyType::EcP256, b"id-b")
+        .err()
+        .expect("label taken");
+    assert!(matches!(taken, HsmError::AlreadyExists { .. }), "{taken:?}");
+    let wrong_type = hsm
+        .find_generated_key_pair(label, b"id-a", KeyType::EcP384)
+        .err()
+        .expect("another key type");
+    assert!(
+        matches!(wrong_type, HsmError::UnusableKey { .. }),
+        "{wrong_type:?}"
+    );
+}
+
+#[test]
+fn fail_found_key_pair_that_was_extractable_is_unusable() {
+    let Some((hsm, _guard)) = open_hsm(1) else {
+        return;
+    };
+    let label = "fail-found-extractable";
+    // A key planted under the label and id, as someone with the token's
+    // PIN and the database could: extractable, so not a CA key.
+    let _serialized = hsm.pool.module().serialize_key_generation();
+    hsm.pool
+        .run(Retry::Never, |session, _| {
+            let (public, mut private) =
+                keys::key_pair_templates(KeyType::EcP256, label, b"planted")?;
+            private.retain(|attribute| {
+                !matches!(
+                    attribute,
+                    Attribute::Sensitive(_) | Attribute::Extractable(_)
+                )
+            });
+            private.push(Attribute::Sensitive(false));
+            private.push(Attribute::Extractable(true));
+            session
+                .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                .during("C_GenerateKeyPair")
+        })
+        .expect("plant an extractable key");
+    let error = hsm
+        .find_generated_key_pair(label, b"planted", KeyType::EcP256)
+        .err()
+        .expect("extractable");
+    assert!(matches!(error, HsmError::UnusableKey { .. }), "{error:?}");
 }

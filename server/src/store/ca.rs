@@ -4,15 +4,17 @@
 //! In external-root mode the row is first written with the issuing key's
 //! CSR pending and no issuing certificate, and
 //! [`Store::complete_ca_import`] adds the externally signed chain later.
-//! The private keys never come here: only PKCS#11 labels.
+//! The private keys never come here: only PKCS#11 labels, and the CKA_IDs
+//! `init` reserves before it generates a key ([`Store::reserve_ca_key`]),
+//! so an interrupted `init` can recognise its own keys on the token.
 
 use certmint::wire::KeyType;
 use diesel::prelude::*;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::models::CaStateRow;
-use super::schema::ca_state;
+use super::models::{CaKeyReservationRow, CaStateRow};
+use super::schema::{ca_key_reservations, ca_state};
 use super::{audit, is_unique_violation, key_type_from_name, sha256_hex, unix, Store, StoreError};
 use crate::audit::{NewAuditEvent, CA_IMPORTED, CA_INITIALIZED};
 
@@ -36,6 +38,18 @@ pub struct CaState {
     pub issuing_key_type: KeyType,
     /// CSR for the issuing key awaiting an external signature, DER.
     pub pending_csr_der: Option<Vec<u8>>,
+}
+
+/// A key `init` reserved before generating it: the token object labelled
+/// `label` whose `CKA_ID` is `key_id` is this CA's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaKeyReservation {
+    /// The key's `CKA_LABEL`.
+    pub label: String,
+    /// The key's `CKA_ID`, chosen at random before generation.
+    pub key_id: Vec<u8>,
+    /// The key type asked for.
+    pub key_type: KeyType,
 }
 
 impl CaState {
@@ -69,8 +83,49 @@ impl Store {
         .transpose()
     }
 
-    /// Records the CA once (audit `ca.initialized`);
-    /// [`StoreError::CaAlreadyInitialized`] if a CA is already recorded.
+    /// Reserves `label` for a key of `key_type` that will carry `key_id`,
+    /// durably, before the key is generated. If an earlier `init` that did
+    /// not finish reserved the label, its reservation is returned unchanged:
+    /// the key it names may already be on the token.
+    pub fn reserve_ca_key(
+        &self,
+        label: &str,
+        key_type: KeyType,
+        key_id: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<CaKeyReservation, StoreError> {
+        let row = CaKeyReservationRow {
+            label: label.to_owned(),
+            key_id: key_id.to_vec(),
+            key_type: key_type.as_str().to_owned(),
+            reserved_at: unix(now),
+        };
+        let reserved = self.write(move |conn| {
+            let earlier = ca_key_reservations::table
+                .filter(ca_key_reservations::label.eq(&row.label))
+                .select(CaKeyReservationRow::as_select())
+                .get_result(conn)
+                .optional()
+                .map_err(StoreError::query)?;
+            if let Some(earlier) = earlier {
+                return Ok(earlier);
+            }
+            diesel::insert_into(ca_key_reservations::table)
+                .values(&row)
+                .execute(conn)
+                .map_err(StoreError::query)?;
+            Ok(row)
+        })?;
+        Ok(CaKeyReservation {
+            key_type: key_type_from_name(&reserved.key_type, "ca_key_reservations")?,
+            label: reserved.label,
+            key_id: reserved.key_id,
+        })
+    }
+
+    /// Records the CA once (audit `ca.initialized`) and drops the key
+    /// reservations; [`StoreError::CaAlreadyInitialized`] if a CA is already
+    /// recorded.
     pub fn save_ca_state(
         &self,
         state: &CaState,
@@ -104,6 +159,10 @@ impl Store {
                 Err(e) if is_unique_violation(&e) => return Err(StoreError::CaAlreadyInitialized),
                 other => other.map_err(StoreError::query)?,
             };
+            // The keys are the CA's now, named by the row just written.
+            diesel::delete(ca_key_reservations::table)
+                .execute(conn)
+                .map_err(StoreError::query)?;
             audit::append(conn, &event, now)?;
             Ok(())
         })

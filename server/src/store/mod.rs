@@ -77,7 +77,7 @@ use time::OffsetDateTime;
 use self::connection::{DbConnection, Manager, Target};
 use self::statements::LockAuditHead;
 
-pub use self::ca::CaState;
+pub use self::ca::{CaKeyReservation, CaState};
 pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};
 pub use self::group_commit::GroupCommitCounts;
 pub use self::tokens::NewToken;

@@ -7,7 +7,8 @@
 use diesel::prelude::*;
 
 use super::schema::{
-    audit_events, bootstrap_tokens, ca_state, certificate_revocations, certificates, policies,
+    audit_events, bootstrap_tokens, ca_key_reservations, ca_state, certificate_revocations,
+    certificates, policies,
 };
 
 #[derive(Queryable, Selectable, Insertable, Debug, Clone)]
@@ -94,6 +95,15 @@ pub(super) struct CaStateRow {
     pub issuing_key_type: String,
     pub pending_csr_der: Option<Vec<u8>>,
     pub created_at: i64,
+}
+
+#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
+#[diesel(table_name = ca_key_reservations)]
+pub(super) struct CaKeyReservationRow {
+    pub label: String,
+    pub key_id: Vec<u8>,
+    pub key_type: String,
+    pub reserved_at: i64,
 }
 
 #[derive(Queryable, Selectable, Insertable, Debug, Clone)]

@@ -84,6 +84,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    ca_key_reservations (label) {
+        label -> Text,
+        key_id -> Binary,
+        key_type -> Text,
+        reserved_at -> BigInt,
+    }
+}
+
+diesel::table! {
     audit_events (seq) {
         seq -> BigInt,
         at -> BigInt,
@@ -111,6 +120,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     certificate_revocations,
     renewal_chains,
     ca_state,
+    ca_key_reservations,
     audit_events,
     audit_head,
 );

@@ -217,6 +217,7 @@ backend_tests!(
     audit_chain_verifies_and_detects_tampering,
     fail_corrupt_stored_json,
     ca_state_once_and_external_import,
+    ca_key_reservations_hold_until_the_ca_is_recorded,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1265,6 +1266,51 @@ fn ca_state_once_and_external_import(db: &TestDb) {
     assert!(matches!(err, StoreError::CaAlreadyInitialized), "{err:?}");
     let kinds: Vec<String> = all_audit(store).into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [chain::CA_INITIALIZED, chain::CA_IMPORTED]);
+}
+
+fn ca_key_reservations_hold_until_the_ca_is_recorded(db: &TestDb) {
+    let store = &db.store;
+    let root = store
+        .reserve_ca_key("ca-root", KeyType::EcP256, b"id-1", NOW)
+        .expect("reserve");
+    assert_eq!(
+        root,
+        CaKeyReservation {
+            label: "ca-root".to_owned(),
+            key_id: b"id-1".to_vec(),
+            key_type: KeyType::EcP256,
+        }
+    );
+    // A rerun after an interruption draws a new id (and may be asked for
+    // another type): the first reservation, whose key may be on the token,
+    // is what it gets.
+    let again = store
+        .reserve_ca_key("ca-root", KeyType::EcP384, b"id-2", NOW)
+        .expect("reserve again");
+    assert_eq!(again, root);
+    let issuing = store
+        .reserve_ca_key("ca-issuing", KeyType::EcP256, b"id-3", NOW)
+        .expect("reserve another label");
+    assert_eq!(issuing.key_id, b"id-3");
+
+    let state = CaState {
+        root_der: b"root".to_vec(),
+        issuing_der: Some(b"issuing".to_vec()),
+        root_key_label: Some("ca-root".to_owned()),
+        issuing_key_label: "ca-issuing".to_owned(),
+        issuing_key_type: KeyType::EcP256,
+        pending_csr_der: None,
+    };
+    store
+        .save_ca_state(&state, ACTOR, NOW)
+        .expect("record the CA");
+    let fresh = store
+        .reserve_ca_key("ca-root", KeyType::EcP256, b"id-4", NOW)
+        .expect("reserve after the CA is recorded");
+    assert_eq!(
+        fresh.key_id, b"id-4",
+        "recording the CA drops the reservations"
+    );
 }
 
 // ----------------------------------------------- back-end specific tests
