@@ -1375,7 +1375,13 @@ impl PendingCa {
     /// its output and the CSR it wrote (`None` when it wrote none).
     pub fn init_again(&self) -> (CommandOutput, Option<String>) {
         let csr_path = self.dir().join(format!("issuing-{}.csr", random_hex(3)));
-        let output = CommandOutput::of(
+        let output = self.init_again_writing_to(&csr_path);
+        (output, std::fs::read_to_string(&csr_path).ok())
+    }
+
+    /// Runs `init` again with `--external-root-csr <csr_path>`.
+    pub fn init_again_writing_to(&self, csr_path: &Path) -> CommandOutput {
+        CommandOutput::of(
             self.prepared
                 .child_env()
                 .command(&self.prepared.binary)
@@ -1383,10 +1389,9 @@ impl PendingCa {
                 .arg("--config")
                 .arg(&self.prepared.config_path)
                 .arg("--external-root-csr")
-                .arg(&csr_path),
+                .arg(csr_path),
             "certmint-server init",
-        );
-        (output, std::fs::read_to_string(&csr_path).ok())
+        )
     }
 
     /// `certmint-server ca import-chain --config … --chain <chain_pem in a file>`.

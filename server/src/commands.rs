@@ -142,7 +142,7 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
             std::fs::create_dir_all(parent)?;
         }
         // 0600: `database.url` may hold a PostgreSQL password.
-        crate::private_file::create(&args.config, text.as_bytes())?;
+        crate::files::create(&args.config, text.as_bytes(), crate::files::Readers::Owner)?;
         println!("wrote config {}", args.config.display());
     }
     let config = Config::load(&args.config)?;
@@ -208,7 +208,7 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
                 .external_root_csr
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("issuing-ca.csr"));
-            std::fs::write(&path, csr_pem)?;
+            crate::files::create_or_confirm(&path, csr_pem.as_bytes(), "CSR")?;
             println!(
                 "issuing key created; CSR written to {}. Have it signed (CA:TRUE, pathlen 0), then run `certmint-server ca import-chain --chain <pem>`",
                 path.display()
@@ -224,7 +224,7 @@ fn write_root_files(config: &Config, store: &Store) -> Result<(), CommandError> 
         if let Some(root) = state.root() {
             let pem = crate::issuance::pem("CERTIFICATE", root)?;
             let path = config.resolve(Path::new("root.pem"));
-            std::fs::write(&path, pem)?;
+            crate::files::create_or_confirm(&path, pem.as_bytes(), "root certificate")?;
             println!("root certificate written to {}", path.display());
         }
     }

@@ -276,6 +276,33 @@ fn assert_interrupted_by_the_hsm(dir: &std::path::Path) {
     );
 }
 
+#[test]
+fn fail_init_never_replaces_another_file_at_the_csr_path() {
+    let Some(pending) = TestServer::builder(Backend::Sqlite)
+        .external_root(true)
+        .init_external_root()
+    else {
+        return;
+    };
+    let precious = pending.dir().join("precious.txt");
+    std::fs::write(&precious, "not a CSR").expect("write a file in the way");
+    let output = pending.init_again_writing_to(&precious);
+    assert!(output.failed(), "init replaced a file:\n{}", output.text);
+    assert!(
+        output.text.contains("does not hold this CSR"),
+        "the error must say why:\n{}",
+        output.text
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("read it back"),
+        "not a CSR"
+    );
+    // The path the first init wrote already holds this CSR: a rerun
+    // confirms it.
+    let rerun = pending.init_again_writing_to(&pending.dir().join("issuing.csr"));
+    assert!(rerun.success(), "rerun failed:\n{}", rerun.text);
+}
+
 backend_tests! {
     fn ok_init_interrupted_after_key_generation_finishes_on_rerun(backend: Backend) {
         let options = ServerOptions {

@@ -222,7 +222,7 @@ pub fn create_signing_key_file(path: &Path) -> Result<(), TokenKeyError> {
     })?;
     let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8.as_ref())
         .map_err(|_| io(std::io::Error::other("PEM encoding failed")))?;
-    crate::private_file::create(path, pem.as_bytes()).map_err(io)
+    crate::files::create(path, pem.as_bytes(), crate::files::Readers::Owner).map_err(io)
 }
 
 impl TokenAuthority {
