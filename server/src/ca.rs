@@ -24,7 +24,7 @@ use x509_cert::name::Name;
 use x509_cert::request::{CertReq, CertReqInfo, Version as RequestVersion};
 
 use crate::error::ServiceError;
-use crate::hsm::{CaSigner, Hsm};
+use crate::hsm::{CaSigner, Hsm, KeyProtection};
 use crate::issuance::profile::{self, CaTemplate};
 use crate::issuance::{algorithms, certificate_not_after, pem, random_serial, IssuingCa};
 use crate::store::{CaState, Store};
@@ -380,6 +380,10 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
         ));
     };
     let signer: Arc<dyn CaSigner> = hsm.signer(&state.issuing_key_label)?;
+    check_key_protection(
+        &state.issuing_key_label,
+        hsm.key_protection(&state.issuing_key_label)?,
+    )?;
     let certificate = Certificate::from_der(&issuing_der).map_err(encoding)?;
     if certificate.tbs_certificate().subject_public_key_info() != &spki_of(signer.as_ref())? {
         return Err(not_ready(
@@ -400,6 +404,29 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
         root_der,
         key_type: state.issuing_key_type,
     })
+}
+
+/// Refuses to sign with a key the token would let out: `init` generates CA
+/// keys sensitive and non-extractable, so anything else on the label means
+/// the key was replaced or imported carelessly. A key that is protected now
+/// but was not always (imported, then locked down) is accepted with a
+/// warning: it may exist outside the token.
+fn check_key_protection(label: &str, protection: KeyProtection) -> Result<(), ServiceError> {
+    if !protection.sensitive || protection.extractable {
+        return Err(ServiceError::Setup(format!(
+            "the issuing key {label:?} can leave the token (CKA_SENSITIVE={}, CKA_EXTRACTABLE={}); certmint signs only with keys that cannot",
+            protection.sensitive, protection.extractable
+        )));
+    }
+    if !protection.always_sensitive || !protection.never_extractable {
+        tracing::warn!(
+            hsm.key_label = label,
+            always_sensitive = protection.always_sensitive,
+            never_extractable = protection.never_extractable,
+            "the issuing key was not generated on the token as non-extractable; a copy may exist outside it"
+        );
+    }
+    Ok(())
 }
 
 /// `sha256:<hex>` of DER bytes: how clients pin the root.
@@ -442,4 +469,44 @@ fn encoding(error: impl std::fmt::Display) -> ServiceError {
 /// Parses a PEM certificate (for `ca import-chain` inputs and tests).
 pub fn parse_pem_certificate(text: &str) -> Result<Certificate, ServiceError> {
     Certificate::from_pem(text.as_bytes()).map_err(encoding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GENERATED_ON_TOKEN: KeyProtection = KeyProtection {
+        sensitive: true,
+        extractable: false,
+        always_sensitive: true,
+        never_extractable: true,
+    };
+
+    #[test]
+    fn ok_key_generated_on_the_token_is_used() {
+        check_key_protection("issuing", GENERATED_ON_TOKEN).expect("a CA key");
+        let locked_down_later = KeyProtection {
+            always_sensitive: false,
+            never_extractable: false,
+            ..GENERATED_ON_TOKEN
+        };
+        check_key_protection("issuing", locked_down_later).expect("accepted with a warning");
+    }
+
+    #[test]
+    fn fail_key_that_can_leave_the_token_is_refused() {
+        for protection in [
+            KeyProtection {
+                extractable: true,
+                ..GENERATED_ON_TOKEN
+            },
+            KeyProtection {
+                sensitive: false,
+                ..GENERATED_ON_TOKEN
+            },
+        ] {
+            let error = check_key_protection("issuing", protection).expect_err("refused");
+            assert!(error.to_string().contains("can leave the token"), "{error}");
+        }
+    }
 }

@@ -390,8 +390,8 @@ impl Hsm {
     }
 
     /// Reads the protection attributes of the private key labelled `label`
-    /// (for tests and `doctor`). Attributes the token does not report are
-    /// taken as the unsafe value.
+    /// (`serve` checks them before it signs with the key). Attributes the
+    /// token does not report are taken as the unsafe value.
     pub fn key_protection(&self, label: &str) -> Result<KeyProtection, HsmError> {
         self.pool.run(Retry::Once, |session, _| {
             read_protection(session, find_private_key(session, label)?)
