@@ -356,9 +356,25 @@ impl Config {
         }
         if let Some(file) = &self.hsm.pin_file {
             let path = self.resolve(file);
-            let text = std::fs::read_to_string(&path).map_err(|error| {
+            let unreadable = |error: std::io::Error| {
                 ConfigError::Pin(format!("cannot read pin file {}: {error}", path.display()))
-            })?;
+            };
+            // Like ssh with a private key: a PIN every local user can read
+            // is refused rather than used.
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&path).map_err(unreadable)?.permissions(),
+            );
+            if mode & 0o004 != 0 {
+                return Err(ConfigError::Pin(format!(
+                    "pin file {} is readable by every user (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                )));
+            }
+            // Zeroized on drop, as the SecretString the PIN moves into is.
+            let text = secrecy::zeroize::Zeroizing::new(
+                std::fs::read_to_string(&path).map_err(unreadable)?,
+            );
             let pin = text.trim_end_matches(['\n', '\r']).to_owned();
             if pin.is_empty() {
                 return Err(ConfigError::Pin(format!(
@@ -492,6 +508,31 @@ mod tests {
             ca_name: "certmint".into(),
             key_type: KeyType::EcP256,
         }
+    }
+
+    #[test]
+    fn pin_file_is_read_unless_every_user_can_read_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certmint.toml");
+        let pin_path = dir.path().join("hsm-pin");
+        let values = InitValues {
+            pin_file: Some(pin_path.clone()),
+            ..sample()
+        };
+        std::fs::write(&path, render_commented(&values)).unwrap();
+        let mut config = Config::load(&path).unwrap();
+        config.hsm.pin_env = "CERTMINT_TEST_UNSET_PIN_VARIABLE".into();
+        std::fs::write(&pin_path, "1234\n").unwrap();
+
+        std::fs::set_permissions(&pin_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let pin = config.hsm_pin().expect("a 0640 pin file is read");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&pin), "1234");
+
+        std::fs::set_permissions(&pin_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = config.hsm_pin().expect_err("world-readable");
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        assert!(!error.to_string().contains("1234"));
     }
 
     #[test]
