@@ -424,8 +424,11 @@ impl fmt::Debug for Hsm {
 /// label and SO PIN (`C_InitToken`), then the user PIN (`C_InitPIN`).
 ///
 /// Refuses with [`HsmError::AlreadyExists`] if a token already carries
-/// `token_label`, so `certmint-server init --init-token` is safe to rerun.
-/// [`HsmError::NoUninitializedToken`] if every token is initialized.
+/// `token_label` and has its user PIN, so `certmint-server init
+/// --init-token` is safe to rerun. A token that carries the label but no
+/// user PIN yet (an earlier run stopped between `C_InitToken` and
+/// `C_InitPIN`) gets its user PIN now. [`HsmError::NoUninitializedToken`]
+/// if every token is initialized.
 pub fn init_token(
     module_path: &Path,
     token_label: &str,
@@ -435,7 +438,23 @@ pub fn init_token(
     let module = Module::load(module_path)?;
     match module.find_slot(token_label) {
         Err(HsmError::TokenNotFound { .. }) => {}
-        Ok(_) | Err(HsmError::TokenAmbiguous { .. }) => {
+        Ok(slot) => {
+            let info = module
+                .pkcs11()
+                .get_token_info(slot)
+                .during("C_GetTokenInfo")?;
+            if info.user_pin_initialized() {
+                return Err(HsmError::AlreadyExists {
+                    label: token_label.to_owned(),
+                });
+            }
+            tracing::info!(
+                hsm.token_label = token_label,
+                "hsm: the token has no user PIN yet (an earlier init stopped); setting it"
+            );
+            return set_user_pin(&module, slot, token_label, so_pin, user_pin);
+        }
+        Err(HsmError::TokenAmbiguous { .. }) => {
             return Err(HsmError::AlreadyExists {
                 label: token_label.to_owned(),
             })
@@ -461,14 +480,30 @@ pub fn init_token(
     // SoftHSM2 moves a freshly initialized token to a new slot id, so look
     // it up again by label.
     let slot = module.find_slot(token_label)?;
-    let session = pkcs11.open_rw_session(slot).during("C_OpenSession")?;
+    set_user_pin(&module, slot, token_label, so_pin, user_pin)?;
+    tracing::info!(hsm.token_label = token_label, "hsm: initialized token");
+    Ok(())
+}
+
+/// `C_InitPIN` as the security officer: sets the user PIN of the token in
+/// `slot`.
+fn set_user_pin(
+    module: &Module,
+    slot: cryptoki::slot::Slot,
+    token_label: &str,
+    so_pin: &SecretString,
+    user_pin: &SecretString,
+) -> Result<(), HsmError> {
+    let session = module
+        .pkcs11()
+        .open_rw_session(slot)
+        .during("C_OpenSession")?;
     session
         .login(UserType::So, Some(so_pin))
         .map_err(|error| login_error(token_label, error))?;
     session.init_pin(user_pin).during("C_InitPIN")?;
     // Closing the session (on drop) ends the SO login as well.
     let _ = session.logout();
-    tracing::info!(hsm.token_label = token_label, "hsm: initialized token");
     Ok(())
 }
 

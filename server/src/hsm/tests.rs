@@ -776,3 +776,54 @@ fn fail_found_key_pair_that_was_extractable_is_unusable() {
         .expect("extractable");
     assert!(matches!(error, HsmError::UnusableKey { .. }), "{error:?}");
 }
+
+#[test]
+fn ok_init_token_sets_the_user_pin_an_interrupted_init_left_unset() {
+    let Some(fixture) = fixture() else {
+        return;
+    };
+    let _guard = MODULE_RESET
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let label = "ok-half-initialized";
+    // An earlier init that stopped right after C_InitToken: the token has
+    // its label and SO PIN but no user PIN.
+    let module = Module::load(&fixture.module_path).expect("module");
+    let pkcs11 = module.pkcs11();
+    let free_slot = pkcs11
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|slot| {
+            !pkcs11
+                .get_token_info(*slot)
+                .expect("token info")
+                .token_initialized()
+        })
+        .expect("a free slot");
+    pkcs11
+        .init_token(free_slot, &SecretString::from(SO_PIN), label)
+        .expect("C_InitToken only");
+    let mut config = config(fixture, 1);
+    config.token_label = label.to_owned();
+    let refused = Hsm::open(&config).expect_err("no user PIN yet");
+    assert!(matches!(refused, HsmError::Login { .. }), "{refused:?}");
+
+    init_token(
+        &fixture.module_path,
+        label,
+        &SecretString::from(SO_PIN),
+        &SecretString::from(USER_PIN),
+    )
+    .expect("the rerun sets the user PIN");
+    let hsm = Hsm::open(&config).expect("open with the user PIN");
+    hsm.ping().expect("ping");
+    let again = init_token(
+        &fixture.module_path,
+        label,
+        &SecretString::from(SO_PIN),
+        &SecretString::from(USER_PIN),
+    )
+    .expect_err("now complete");
+    assert!(matches!(again, HsmError::AlreadyExists { .. }), "{again:?}");
+}
