@@ -1499,6 +1499,9 @@ impl PendingCa {
 pub struct OfflineRoot {
     dir: tempfile::TempDir,
     certificate_pem: String,
+    /// An intermediate CA the root signed, which then signs issuing CSRs
+    /// ([`OfflineRoot::with_intermediate`]).
+    intermediate_pem: Option<String>,
 }
 
 impl Default for OfflineRoot {
@@ -1534,7 +1537,51 @@ impl OfflineRoot {
         OfflineRoot {
             dir,
             certificate_pem,
+            intermediate_pem: None,
         }
+    }
+
+    /// A root and an intermediate CA it signed (CA:TRUE, pathlen 1), the
+    /// common offline hierarchy: the intermediate signs the issuing CSR,
+    /// and the chain runs issuing, intermediate, root.
+    pub fn with_intermediate() -> OfflineRoot {
+        let mut root = OfflineRoot::new();
+        let key = root.dir.path().join("intermediate.key");
+        let csr = root.dir.path().join("intermediate.csr");
+        let output = Command::new("openssl")
+            .args(["req", "-new", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-subj", "/CN=Offline Intermediate"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl req -new");
+        assert!(
+            output.status.success(),
+            "openssl req -new failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let csr_pem = std::fs::read_to_string(&csr).expect("read the intermediate CSR");
+        let intermediate_pem = root.sign_as(
+            "root",
+            &csr_pem,
+            "basicConstraints=critical,CA:TRUE,pathlen:1\n\
+             keyUsage=critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid\n",
+        );
+        std::fs::write(root.dir.path().join("intermediate.pem"), &intermediate_pem)
+            .expect("write the intermediate certificate");
+        root.intermediate_pem = Some(intermediate_pem);
+        root
+    }
+
+    /// The intermediate CA's certificate, PEM, if there is one.
+    pub fn intermediate_pem(&self) -> Option<&str> {
+        self.intermediate_pem.as_deref()
     }
 
     /// The root certificate, PEM.
@@ -1555,9 +1602,20 @@ impl OfflineRoot {
         )
     }
 
-    /// Signs `csr_pem` with the given `openssl x509 -extfile` extensions;
-    /// returns the certificate, PEM.
+    /// Signs `csr_pem` with the given `openssl x509 -extfile` extensions,
+    /// as the intermediate CA if there is one, else the root; returns the
+    /// certificate, PEM.
     pub fn sign_csr_with(&self, csr_pem: &str, extensions_text: &str) -> String {
+        let signer = if self.intermediate_pem.is_some() {
+            "intermediate"
+        } else {
+            "root"
+        };
+        self.sign_as(signer, csr_pem, extensions_text)
+    }
+
+    /// Signs `csr_pem` with `<signer>.pem` and `<signer>.key`.
+    fn sign_as(&self, signer: &str, csr_pem: &str, extensions_text: &str) -> String {
         let name = random_hex(4);
         let csr = self.dir.path().join(format!("{name}.csr"));
         let extensions = self.dir.path().join(format!("{name}.ext"));
@@ -1568,11 +1626,11 @@ impl OfflineRoot {
             .args(["x509", "-req", "-in"])
             .arg(&csr)
             .arg("-CA")
-            .arg(self.dir.path().join("root.pem"))
+            .arg(self.dir.path().join(format!("{signer}.pem")))
             .arg("-CAkey")
-            .arg(self.dir.path().join("root.key"))
+            .arg(self.dir.path().join(format!("{signer}.key")))
             .arg("-CAserial")
-            .arg(self.dir.path().join("root.srl"))
+            .arg(self.dir.path().join(format!("{signer}.srl")))
             .args(["-CAcreateserial", "-days", "365", "-extfile"])
             .arg(&extensions)
             .arg("-out")
@@ -1589,9 +1647,14 @@ impl OfflineRoot {
     }
 
     /// `chain.pem` for `ca import-chain`: the signed issuing certificate
-    /// first, this root last.
+    /// first, then the intermediate CA if any, this root last.
     pub fn chain_for(&self, csr_pem: &str) -> String {
-        format!("{}{}", self.sign_issuing_csr(csr_pem), self.certificate_pem)
+        format!(
+            "{}{}{}",
+            self.sign_issuing_csr(csr_pem),
+            self.intermediate_pem.as_deref().unwrap_or_default(),
+            self.certificate_pem
+        )
     }
 }
 

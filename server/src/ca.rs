@@ -123,6 +123,7 @@ pub fn initialize(
         &CaState {
             root_der: root.clone(),
             issuing_der: Some(issuing),
+            intermediates_der: Vec::new(),
             root_key_label: Some(options.root_key_label.clone()),
             issuing_key_label: options.issuing_key_label.clone(),
             issuing_key_type: options.key_type,
@@ -179,6 +180,7 @@ pub fn initialize_for_external_root(
         &CaState {
             root_der: Vec::new(),
             issuing_der: None,
+            intermediates_der: Vec::new(),
             root_key_label: None,
             issuing_key_label: options.issuing_key_label.clone(),
             issuing_key_type: options.key_type,
@@ -225,10 +227,17 @@ fn reserved_key(
     Ok(hsm.generate_key_pair(label, key_type, &reservation.key_id)?)
 }
 
+/// Most certificates `import-chain` takes: the issuing certificate, up to
+/// six intermediate CAs, the root. Deeper hierarchies exist only by
+/// mistake, and every handshake carries the whole chain.
+const MAX_CHAIN_LENGTH: usize = 8;
+
 /// Installs an externally signed chain (PEM: the issuing certificate, then
-/// the root that signed it; intermediate CAs are not supported yet). The
-/// issuing certificate must carry the token's issuing key and every link
-/// must verify.
+/// any intermediate CAs, each followed by its issuer, then the root). The
+/// issuing certificate must carry the token's issuing key, every link must
+/// verify and every CA certificate must allow the path below it. The
+/// intermediates are served in `chain.pem` and in every bundle, so clients
+/// can build the path to the root they pin.
 pub fn import_chain(
     hsm: &Hsm,
     store: &Store,
@@ -240,14 +249,13 @@ pub fn import_chain(
     })?;
     let chain = Certificate::load_pem_chain(chain_pem.as_bytes())
         .map_err(|error| ServiceError::Setup(format!("chain does not parse: {error}")))?;
-    let (issuing, root) = match (chain.first(), chain.last()) {
-        (Some(first), Some(last)) if chain.len() == 2 => (first, last),
-        // The CA state keeps the issuing certificate and the root only; a
-        // chain through intermediate CAs would be served without them and
-        // fail path building at every client, so it is refused plainly.
-        _ if chain.len() > 2 => {
+    let (issuing, intermediates, root) = match chain.as_slice() {
+        [issuing, intermediates @ .., root] if chain.len() <= MAX_CHAIN_LENGTH => {
+            (issuing, intermediates, root)
+        }
+        [_, _, ..] => {
             return Err(ServiceError::Setup(format!(
-                "the chain has {} certificates; only an issuing certificate signed directly by the root is supported (no intermediate CAs yet)",
+                "the chain has {} certificates; at most {MAX_CHAIN_LENGTH} are accepted",
                 chain.len()
             )))
         }
@@ -263,6 +271,23 @@ pub fn import_chain(
             "the first certificate does not carry this CA's issuing key".into(),
         ));
     }
+    for (position, certificate) in intermediates.iter().enumerate() {
+        let tbs = certificate.tbs_certificate();
+        if chain[..=position].contains(certificate) {
+            return Err(ServiceError::Setup(format!(
+                "the chain holds {} twice",
+                tbs.subject()
+            )));
+        }
+        // A self-signed certificate ends a path; one in the middle is a
+        // root in the wrong place, which clients would not build through.
+        if tbs.subject() == tbs.issuer() && verify_issued_by(certificate, certificate).is_ok() {
+            return Err(ServiceError::Setup(format!(
+                "{} is self-signed, so it can only be the last certificate (the root)",
+                tbs.subject()
+            )));
+        }
+    }
     for (below, certificate) in chain.iter().enumerate() {
         check_ca_certificate(certificate, below, now)?;
     }
@@ -271,8 +296,18 @@ pub fn import_chain(
     }
     verify_issued_by(root, root)?;
     let root_der = root.to_der().map_err(encoding)?;
+    let intermediates_der = intermediates
+        .iter()
+        .map(|certificate| certificate.to_der().map_err(encoding))
+        .collect::<Result<Vec<_>, _>>()?;
     let issuing_der = issuing.to_der().map_err(encoding)?;
-    store.complete_ca_import(&root_der, &issuing_der, "system:import-chain", now)?;
+    store.complete_ca_import(
+        &root_der,
+        &intermediates_der,
+        &issuing_der,
+        "system:import-chain",
+        now,
+    )?;
     Ok(fingerprint(&root_der))
 }
 
@@ -363,6 +398,9 @@ pub struct LoadedCa {
     pub issuing: IssuingCa,
     /// Root certificate DER.
     pub root_der: Vec<u8>,
+    /// CA certificates between the issuing certificate and the root, DER,
+    /// the issuing certificate's issuer first (empty for a CA `init` made).
+    pub intermediates_der: Vec<Vec<u8>>,
     /// Issuing key type.
     pub key_type: KeyType,
 }
@@ -390,11 +428,12 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
             "the token's issuing key does not match the issuing certificate in the database",
         ));
     }
-    let chain_pem = format!(
-        "{}{}",
-        pem("CERTIFICATE", &issuing_der)?,
-        pem("CERTIFICATE", &root_der)?
-    );
+    // Leaf's issuer first, root last (RFC 8446 §4.4.2 order), so clients
+    // that pin the root can build the path from what they are sent.
+    let mut chain_pem = pem("CERTIFICATE", &issuing_der)?;
+    for der in state.intermediates_der.iter().chain([&root_der]) {
+        chain_pem.push_str(&pem("CERTIFICATE", der)?);
+    }
     Ok(LoadedCa {
         issuing: IssuingCa {
             signer,
@@ -402,6 +441,7 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
             chain_pem,
         },
         root_der,
+        intermediates_der: state.intermediates_der,
         key_type: state.issuing_key_type,
     })
 }

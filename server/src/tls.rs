@@ -81,11 +81,12 @@ impl ServerCertificate {
 
 /// The server's rustls configuration: TLS 1.2/1.3, HTTP/1.1, the
 /// self-issued certificate from `resolver`, optional client certificates
-/// chaining to `root_der`.
+/// chaining to `root_der` through `ca_certificates_der` (the issuing
+/// certificate, then any intermediate CAs above it).
 pub fn server_config(
     resolver: Arc<ServerCertificate>,
     root_der: &[u8],
-    issuing_der: &[u8],
+    ca_certificates_der: &[Vec<u8>],
 ) -> Result<rustls::ServerConfig, ServiceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -103,7 +104,10 @@ pub fn server_config(
         .map_err(|error| ServiceError::Setup(format!("TLS configuration: {error}")))?
         .with_client_cert_verifier(Arc::new(HolderCertificateVerifier {
             inner,
-            issuing: CertificateDer::from(issuing_der.to_vec()),
+            ca_certificates: ca_certificates_der
+                .iter()
+                .map(|der| CertificateDer::from(der.clone()))
+                .collect(),
         }))
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -118,9 +122,10 @@ pub fn server_config(
 #[derive(Debug)]
 pub struct HolderCertificateVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    /// Added to the client's intermediates, so that a client presenting
-    /// only its leaf still verifies.
-    issuing: CertificateDer<'static>,
+    /// The CA's certificates below the root (issuing first), added to the
+    /// client's intermediates, so that a client presenting only its leaf
+    /// still verifies.
+    ca_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl ClientCertVerifier for HolderCertificateVerifier {
@@ -143,11 +148,10 @@ impl ClientCertVerifier for HolderCertificateVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let mut chain: Vec<CertificateDer<'_>> = intermediates.to_vec();
-        if !chain
-            .iter()
-            .any(|der| der.as_ref() == self.issuing.as_ref())
-        {
-            chain.push(self.issuing.clone());
+        for ca in &self.ca_certificates {
+            if !chain.iter().any(|der| der.as_ref() == ca.as_ref()) {
+                chain.push(ca.clone());
+            }
         }
         match self.inner.verify_client_cert(end_entity, &chain, now) {
             Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {

@@ -12,8 +12,8 @@
 use certmint::wire::{CertificateBundle, Directory};
 use certmint_e2e::{
     backend_tests, der_to_pem, identity, make_csr, parse_certificate, pem_chain, pem_to_der,
-    policy_json, verify_with_openssl, verify_with_webpki, Backend, OfflineRoot, PendingCa,
-    ServerOptions, TestServer, Token, EKU_CLIENT_AUTH,
+    policy_json, verify_with_openssl, verify_with_webpki, Auth, Backend, OfflineRoot, PendingCa,
+    RequestBody, ServerOptions, TestServer, Token, EKU_CLIENT_AUTH,
 };
 use der::asn1::ObjectIdentifier;
 use der::{Decode as _, Encode as _};
@@ -359,6 +359,64 @@ backend_tests! {
         enroll_one(&server, "resumed-external");
     }
 
+    fn ok_external_root_through_an_intermediate_ca(backend: Backend) {
+        let Some(pending) = TestServer::builder(backend).external_root(true).init_external_root()
+        else {
+            return;
+        };
+        let root = OfflineRoot::with_intermediate();
+        let root_der = pem_to_der(root.certificate_pem());
+        let intermediate_der = pem_to_der(root.intermediate_pem().expect("an intermediate"));
+        let server = pending.complete_with(&root);
+        certmint_e2e::run_test_on(Some(&server), "ok_external_root_through_an_intermediate_ca", |server| {
+            let served = server.get("/v1/ca/chain.pem");
+            served.assert_status(200);
+            let chain = pem_chain(&served.text);
+            assert_eq!(chain.len(), 3, "chain.pem must be issuing, intermediate, root:\n{}", served.text);
+            assert_eq!(chain[1], intermediate_der);
+            assert_eq!(chain[2], root_der);
+
+            // Enrollment: the bundle carries the whole chain, and the leaf
+            // verifies through the intermediate with both verifiers.
+            let policy = server.unique("deep");
+            let domain = format!("{policy}.internal");
+            server.create_policy(&policy_json(&policy, &[&format!("*.{domain}")], &[], &[]));
+            let name = format!("api.{domain}");
+            let minted = server.mint_token(&policy, &identity(&[&name], &[], &[]), 1);
+            let (csr, key_pem) = make_csr("ec-p256", &[&name], &[], &[]);
+            let response = server.enroll(&csr, &minted.token);
+            response.assert_status(201);
+            let bundle: CertificateBundle = response.json();
+            assert_eq!(pem_chain(&bundle.chain_pem), chain, "the bundle's chain must be chain.pem");
+            let leaf = pem_to_der(&bundle.certificate_pem);
+            verify_with_webpki(&leaf, &chain[..2], &root_der, EKU_CLIENT_AUTH)
+                .unwrap_or_else(|error| panic!("rustls-webpki refuses the leaf: {error:?}"));
+            let untrusted = format!(
+                "{}{}",
+                der_to_pem("CERTIFICATE", &chain[0]),
+                der_to_pem("CERTIFICATE", &chain[1])
+            );
+            verify_with_openssl(&bundle.certificate_pem, &untrusted, root.certificate_pem(), Some("sslclient"))
+                .unwrap_or_else(|output| panic!("openssl verify refuses the leaf:\n{output}"));
+
+            // Renewal over mutual TLS: the server builds the client's path
+            // through the intermediate whether the client sends the chain or
+            // only its leaf.
+            for presented in [format!("{}{}", bundle.certificate_pem, bundle.chain_pem), bundle.certificate_pem.clone()] {
+                let holder = server.holder(&presented, &key_pem);
+                let (renewal_csr, _) = make_csr("ec-p256", &[&name], &[], &[]);
+                server
+                    .request(
+                        Auth::Holder(&holder),
+                        "POST",
+                        "/v1/renew",
+                        Some(RequestBody::Json(serde_json::json!({ "csr": renewal_csr }))),
+                    )
+                    .assert_status(201);
+            }
+        });
+    }
+
     fn ok_external_root(backend: Backend) {
         let Some(pending) = TestServer::builder(backend).external_root(true).init_external_root()
         else {
@@ -454,7 +512,7 @@ backend_tests! {
             ),
             ("issuing certificate without its root", genuine_from_other.clone()),
             (
-                "a chain through an intermediate CA (not supported: it would be served without it)",
+                "the root repeated where an intermediate CA belongs",
                 format!(
                     "{}{}{}",
                     root.sign_issuing_csr(pending.csr_pem()),

@@ -30,6 +30,10 @@ pub struct CaState {
     /// Issuing (intermediate) certificate, DER; `None` while an
     /// external-root import is pending.
     pub issuing_der: Option<Vec<u8>>,
+    /// CA certificates between the issuing certificate and the root, DER,
+    /// the issuing certificate's issuer first; empty when the root signed
+    /// the issuing certificate (always, for a CA `init` created).
+    pub intermediates_der: Vec<Vec<u8>>,
     /// PKCS#11 label of the root key, when the root key is in our HSM.
     pub root_key_label: Option<String>,
     /// PKCS#11 label of the issuing key.
@@ -73,6 +77,7 @@ impl Store {
         row.map(|row| {
             Ok(CaState {
                 issuing_key_type: key_type_from_name(&row.issuing_key_type, "ca_state")?,
+                intermediates_der: split_der(row.intermediates_der.as_deref().unwrap_or_default())?,
                 root_der: row.root_der,
                 issuing_der: row.issuing_der,
                 root_key_label: row.root_key_label,
@@ -141,6 +146,7 @@ impl Store {
             issuing_key_type: state.issuing_key_type.as_str().to_owned(),
             pending_csr_der: state.pending_csr_der.clone(),
             created_at: unix(now),
+            intermediates_der: join_der(&state.intermediates_der),
         };
         let data = json!({
             "root_sha256": (!state.root_der.is_empty()).then(|| sha256_hex(&state.root_der)),
@@ -168,23 +174,27 @@ impl Store {
         })
     }
 
-    /// Completes an external-root set-up: stores the root and the externally
-    /// signed issuing certificate and clears the pending CSR (audit
-    /// `ca.imported`). [`StoreError::CaNotInitialized`] without a recorded CA,
+    /// Completes an external-root set-up: stores the root, the CA
+    /// certificates between it and the issuing certificate (issuer first),
+    /// and the externally signed issuing certificate, and clears the
+    /// pending CSR (audit `ca.imported`). [`StoreError::CaNotInitialized`] without a recorded CA,
     /// [`StoreError::CaAlreadyInitialized`] when its chain is already complete.
     pub fn complete_ca_import(
         &self,
         root_der: &[u8],
+        intermediates_der: &[Vec<u8>],
         issuing_der: &[u8],
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let data = json!({
             "root_sha256": sha256_hex(root_der),
+            "intermediates_sha256": intermediates_der.iter().map(|der| sha256_hex(der)).collect::<Vec<_>>(),
             "issuing_sha256": sha256_hex(issuing_der),
         });
         let event = NewAuditEvent::new(CA_IMPORTED, actor, "ca", data);
         let (root_der, issuing_der) = (root_der.to_vec(), issuing_der.to_vec());
+        let intermediates_der = join_der(intermediates_der);
         self.write(move |conn| {
             let updated = diesel::update(
                 ca_state::table
@@ -195,6 +205,7 @@ impl Store {
                 ca_state::root_der.eq(&root_der),
                 ca_state::issuing_der.eq(&issuing_der),
                 ca_state::pending_csr_der.eq(None::<Vec<u8>>),
+                ca_state::intermediates_der.eq(&intermediates_der),
             ))
             .execute(conn)
             .map_err(StoreError::query)?;
@@ -213,4 +224,26 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Stores certificates as one column: their DER encodings back to back
+/// (each is one self-delimiting TLV); `None` for none.
+fn join_der(certificates: &[Vec<u8>]) -> Option<Vec<u8>> {
+    (!certificates.is_empty()).then(|| certificates.concat())
+}
+
+/// The certificates [`join_der`] stored, split at their TLV boundaries.
+fn split_der(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    use der::Decode as _;
+    let mut certificates = Vec::new();
+    while !bytes.is_empty() {
+        let (_, rest) =
+            der::asn1::AnyRef::from_der_partial(bytes).map_err(|_| StoreError::Corrupt {
+                what: "ca_state.intermediates_der".into(),
+            })?;
+        let (certificate, _) = bytes.split_at(bytes.len() - rest.len());
+        certificates.push(certificate.to_vec());
+        bytes = rest;
+    }
+    Ok(certificates)
 }

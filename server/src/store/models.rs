@@ -95,6 +95,7 @@ pub(super) struct CaStateRow {
     pub issuing_key_type: String,
     pub pending_csr_der: Option<Vec<u8>>,
     pub created_at: i64,
+    pub intermediates_der: Option<Vec<u8>>,
 }
 
 #[derive(Queryable, Selectable, Insertable, Debug, Clone)]

@@ -80,6 +80,7 @@ diesel::table! {
         issuing_key_type -> Text,
         pending_csr_der -> Nullable<Binary>,
         created_at -> BigInt,
+        intermediates_der -> Nullable<Binary>,
     }
 }
 

@@ -1235,12 +1235,13 @@ fn ca_state_once_and_external_import(db: &TestDb) {
     let store = &db.store;
     assert_eq!(store.ca_state().expect("read"), None);
     let err = store
-        .complete_ca_import(b"root", b"issuing", ACTOR, NOW)
+        .complete_ca_import(b"root", &[], b"issuing", ACTOR, NOW)
         .expect_err("nothing to complete");
     assert!(matches!(err, StoreError::CaNotInitialized), "{err:?}");
     let pending = CaState {
         root_der: b"root-v0".to_vec(),
         issuing_der: None,
+        intermediates_der: Vec::new(),
         root_key_label: None,
         issuing_key_label: "certmint-issuing".to_owned(),
         issuing_key_type: KeyType::EcP384,
@@ -1253,15 +1254,22 @@ fn ca_state_once_and_external_import(db: &TestDb) {
         .expect_err("twice");
     assert!(matches!(err, StoreError::CaAlreadyInitialized), "{err:?}");
 
+    // Two intermediate CAs; each is one DER element (here SEQUENCE {
+    // INTEGER }), stored back to back and split again on read.
+    let intermediates = vec![
+        vec![0x30, 0x03, 0x02, 0x01, 0x05],
+        vec![0x30, 0x04, 0x02, 0x02, 0x01, 0x00],
+    ];
     store
-        .complete_ca_import(b"root", b"issuing", ACTOR, NOW)
+        .complete_ca_import(b"root", &intermediates, b"issuing", ACTOR, NOW)
         .expect("import");
     let complete = store.ca_state().expect("read").expect("exists");
     assert_eq!(complete.root_der, b"root");
+    assert_eq!(complete.intermediates_der, intermediates);
     assert_eq!(complete.issuing_der.as_deref(), Some(&b"issuing"[..]));
     assert_eq!(complete.pending_csr_der, None);
     let err = store
-        .complete_ca_import(b"root2", b"issuing2", ACTOR, NOW)
+        .complete_ca_import(b"root2", &[], b"issuing2", ACTOR, NOW)
         .expect_err("already complete");
     assert!(matches!(err, StoreError::CaAlreadyInitialized), "{err:?}");
     let kinds: Vec<String> = all_audit(store).into_iter().map(|e| e.kind).collect();
@@ -1296,6 +1304,7 @@ fn ca_key_reservations_hold_until_the_ca_is_recorded(db: &TestDb) {
     let state = CaState {
         root_der: b"root".to_vec(),
         issuing_der: Some(b"issuing".to_vec()),
+        intermediates_der: Vec::new(),
         root_key_label: Some("ca-root".to_owned()),
         issuing_key_label: "ca-issuing".to_owned(),
         issuing_key_type: KeyType::EcP256,

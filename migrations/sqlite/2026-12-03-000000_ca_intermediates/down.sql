@@ -1,0 +1,1 @@
+ALTER TABLE ca_state DROP COLUMN intermediates_der;
