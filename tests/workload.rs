@@ -3,8 +3,9 @@
 //!
 //! - [`Workload`]: a temporary directory with `agent.toml`, a token file and
 //!   an output directory, for one workload of a [`TestServer`].
-//! - [`AgentProcess`]: a running `certmint agent` (stderr captured to a
-//!   file), stopped with SIGTERM or killed when dropped.
+//! - [`AgentProcess`]: a running `certmint agent` or `certmint enroll`
+//!   (stderr captured to a file), stopped with SIGTERM or killed when
+//!   dropped.
 //! - [`read_generation`]: the reader the output directory documents:
 //!   resolve `..data` once, read key and certificate from there.
 //! - [`EchoServer`] / [`echo_client`]: a small rustls echo server that
@@ -70,6 +71,9 @@ pub struct Workload {
     pub token_file: PathBuf,
     /// The reload hook appends each serial here.
     pub hook_log: PathBuf,
+    /// `certmint enroll` arguments for the same server, names, token,
+    /// output directory and reload hook as `agent.toml`.
+    enroll_args: Vec<String>,
 }
 
 impl Workload {
@@ -83,6 +87,7 @@ impl Workload {
         let hook_log = dir.path().join("hook.log");
         std::fs::write(&token_file, token).expect("write the token file");
         let names: Vec<String> = dns.iter().map(|name| format!("{name:?}")).collect();
+        let hook = format!("echo \"$CERTMINT_SERIAL\" >> {}", hook_log.display());
         let text = format!(
             r#"server = "{server_url}"
 root_fingerprint = "{fingerprint}"
@@ -100,21 +105,41 @@ initial = "1s"
 max = "2s"
 
 [reload]
-command = ["sh", "-c", "echo \"$CERTMINT_SERIAL\" >> {hook_log}"]
+command = ["sh", "-c", {hook:?}]
 timeout = "10s"
 "#,
             server_url = server.base_url(),
             fingerprint = server.root_fingerprint(),
             names = names.join(", "),
-            hook_log = hook_log.display(),
         );
         std::fs::write(&config, text).expect("write agent.toml");
+        let path = |path: &Path| path.display().to_string();
+        let mut enroll_args: Vec<String> = [
+            "enroll",
+            "--server",
+            server.base_url(),
+            "--root-fingerprint",
+            server.root_fingerprint(),
+            "--token-file",
+            &path(&token_file),
+            "--out",
+            &path(&out),
+            "--reload-timeout",
+            "10s",
+        ]
+        .map(str::to_owned)
+        .into();
+        for name in dns {
+            enroll_args.extend(["--dns".to_owned(), (*name).to_owned()]);
+        }
+        enroll_args.extend(["--", "sh", "-c", &hook].map(str::to_owned));
         Workload {
             dir,
             out,
             config,
             token_file,
             hook_log,
+            enroll_args,
         }
     }
 
@@ -136,19 +161,17 @@ timeout = "10s"
 
     /// Starts `certmint agent --config …` in the background.
     pub fn spawn_agent(&self) -> AgentProcess {
-        let log = self.agent_log_path();
-        let stderr = std::fs::File::create(&log).expect("create the agent log");
-        let child = Command::new(certmint_binary())
-            .args(["agent", "--config"])
-            .arg(&self.config)
-            .env_remove("CERTMINT_TOKEN")
-            .env("CERTMINT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start certmint agent");
-        AgentProcess { child, log }
+        let config = self.config.display().to_string();
+        spawn(&["agent", "--config", &config], self.agent_log_path())
+    }
+
+    /// Starts `certmint enroll` in the background, with the settings of
+    /// `agent.toml` as flags (the same reload hook, so
+    /// [`Workload::hook_serials`] sees its run); its log goes to
+    /// `enroll.log`.
+    pub fn spawn_enroll(&self) -> AgentProcess {
+        let args: Vec<&str> = self.enroll_args.iter().map(String::as_str).collect();
+        spawn(&args, self.dir.path().join("enroll.log"))
     }
 
     /// Where [`Workload::spawn_agent`] sends the agent's log (stderr).
@@ -186,7 +209,22 @@ timeout = "10s"
     }
 }
 
-/// A running `certmint agent`; killed on drop.
+/// Starts `certmint <args>` in the background, stderr (the log) to `log`.
+fn spawn(args: &[&str], log: PathBuf) -> AgentProcess {
+    let stderr = std::fs::File::create(&log).expect("create the log file");
+    let child = Command::new(certmint_binary())
+        .args(args)
+        .env_remove("CERTMINT_TOKEN")
+        .env("CERTMINT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|error| panic!("start certmint {}: {error}", args[0]));
+    AgentProcess { child, log }
+}
+
+/// A running `certmint agent` (or `certmint enroll`); killed on drop.
 pub struct AgentProcess {
     child: Child,
     log: PathBuf,

@@ -3,8 +3,9 @@
 //! real mutual-TLS connection to each other (rustls and OpenSSL), renew over
 //! mTLS with a fresh key each time while a reader polls the files, ride out
 //! a server outage, stop with the documented exit code once revoked,
-//! finish an enrollment in flight when asked to stop, and refuse a CA whose
-//! root does not match the pinned fingerprint.
+//! finish an enrollment in flight when asked to stop (`certmint agent` and
+//! `certmint enroll` alike), and refuse a CA whose root does not match the
+//! pinned fingerprint.
 //!
 //! Exit codes are those of `client/src/bin/certmint/exit.rs` (documented in
 //! `docs/AGENT.md`).
@@ -372,71 +373,112 @@ mod outage {
     }
 }
 
-/// Own server per backend, on hsm-sim whatever `CERTMINT_TEST_TOKEN` says:
-/// the injected HSM latency applies to the whole server.
+/// Own server per backend and per test, on hsm-sim whatever
+/// `CERTMINT_TEST_TOKEN` says: the injected HSM latency applies to the
+/// whole server. The same rule for `certmint agent` and the one-shot
+/// `certmint enroll`.
 mod stop_during_enrollment {
     use certmint::wire::{CertificateStatus, TokenInfo};
-    use certmint_e2e::{run_test_on, ServerOptions, Token};
+    use certmint_e2e::workload::AgentProcess;
+    use certmint_e2e::{run_test_on, Backend, ServerOptions, Token};
 
     use super::*;
 
     /// Delay before every PKCS#11 call: the enrollment is still being
     /// signed when SIGTERM lands, and it still finishes well inside the
-    /// agent's 30 s request timeout.
+    /// 30 s request timeout.
     const HSM_LATENCY: &str = "2s";
 
     backend_tests! {
         fn ok_sigterm_during_enrollment_finishes_it_and_installs_the_certificate(backend: Backend) {
-            let server = TestServer::builder(backend)
-                .options(ServerOptions::default().token(Token::HsmSim))
-                .start();
-            run_test_on(server.as_ref(), "ok_sigterm_during_enrollment_finishes_it_and_installs_the_certificate", |server| {
-                let policy = workload_policy(server, "stop", "1h");
-                let dns = format!("w.{policy}.test");
-                let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
-                let workload = Workload::new(server, &token.token, &[&dns], "");
-                let fault = server.hsm_sim(&["fault", "set", "--latency", HSM_LATENCY]);
-                assert!(fault.success(), "{}", fault.text);
-
-                let mut agent = workload.spawn_agent();
-                // A pending record means the server has consumed the token
-                // in the same transaction and is now signing: from here on,
-                // dropping the request loses the token and the certificate.
-                let pending = format!("policy={policy}&status=pending");
-                agent.wait_for("the enrollment to reach the HSM", Duration::from_secs(30), || {
-                    !server.certificates(&pending).is_empty()
-                });
-                agent.signal("TERM");
-                let code = agent.wait_exit(Duration::from_secs(30));
-                let log = agent.log();
-                assert_eq!(code, Some(EXIT_OK), "SIGTERM is a clean stop:\n{log}");
-
-                let generation = workload
-                    .current()
-                    .unwrap_or_else(|error| panic!("no certificate in place after the stop: {error}\n{log}"));
-                let serial = generation.serial();
-                for (name, written) in [("key.pem", &generation.key_pem), ("cert.pem", &generation.cert_pem)] {
-                    let stable = std::fs::read_to_string(workload.path(name)).unwrap_or_default();
-                    assert_eq!(&stable, written, "{name} is not the new generation's");
-                }
-                assert_eq!(workload.hook_serials(), vec![serial.clone()], "the reload hook ran for it");
-
-                // The single-use token enrolled exactly once, for the
-                // certificate now on disk.
-                let inventory: Vec<(String, CertificateStatus)> = server
-                    .certificates(&format!("policy={policy}"))
-                    .into_iter()
-                    .map(|info| (info.serial, info.status))
-                    .collect();
-                assert_eq!(inventory, vec![(serial, CertificateStatus::Issued)]);
-                let response = server.admin_get(&format!("/v1/admin/tokens/{}", token.id));
-                response.assert_status(200);
-                assert_eq!(response.json::<TokenInfo>().uses, 1);
-                assert!(log.contains("finishing the in-flight enrollment"), "{log}");
-
-                let fault = server.hsm_sim(&["fault", "clear"]);
-                assert!(fault.success(), "{}", fault.text);
-            });
+            sigterm_while_enrolling(
+                backend,
+                "ok_sigterm_during_enrollment_finishes_it_and_installs_the_certificate",
+                Workload::spawn_agent,
+            );
         }
+
+        fn ok_sigterm_during_one_shot_enroll_finishes_it_and_installs_the_certificate(backend: Backend) {
+            sigterm_while_enrolling(
+                backend,
+                "ok_sigterm_during_one_shot_enroll_finishes_it_and_installs_the_certificate",
+                Workload::spawn_enroll,
+            );
+        }
+    }
+
+    /// Starts a workload with a single-use token through `start`, sends
+    /// SIGTERM while its enrollment is being signed, and checks that the
+    /// request was let finish: exit 0, the new key and certificate in place
+    /// and matching, the hook run for it, the token used once, one
+    /// certificate in the inventory.
+    fn sigterm_while_enrolling(backend: Backend, test: &str, start: fn(&Workload) -> AgentProcess) {
+        let server = TestServer::builder(backend)
+            .options(ServerOptions::default().token(Token::HsmSim))
+            .start();
+        run_test_on(server.as_ref(), test, |server| {
+            let policy = workload_policy(server, "stop", "1h");
+            let dns = format!("w.{policy}.test");
+            let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+            let workload = Workload::new(server, &token.token, &[&dns], "");
+            let fault = server.hsm_sim(&["fault", "set", "--latency", HSM_LATENCY]);
+            assert!(fault.success(), "{}", fault.text);
+
+            let mut process = start(&workload);
+            // A pending record means the server has consumed the token
+            // in the same transaction and is now signing: from here on,
+            // dropping the request loses the token and the certificate.
+            let pending = format!("policy={policy}&status=pending");
+            process.wait_for(
+                "the enrollment to reach the HSM",
+                Duration::from_secs(30),
+                || !server.certificates(&pending).is_empty(),
+            );
+            process.signal("TERM");
+            let code = process.wait_exit(Duration::from_secs(30));
+            let log = process.log();
+            assert_eq!(
+                code,
+                Some(EXIT_OK),
+                "SIGTERM in flight lets the enrollment succeed:\n{log}"
+            );
+
+            let generation = workload.current().unwrap_or_else(|error| {
+                panic!("no certificate in place after the stop: {error}\n{log}")
+            });
+            let serial = generation.serial();
+            for (name, written) in [
+                ("key.pem", &generation.key_pem),
+                ("cert.pem", &generation.cert_pem),
+            ] {
+                let stable = std::fs::read_to_string(workload.path(name)).unwrap_or_default();
+                assert_eq!(&stable, written, "{name} is not the new generation's");
+            }
+            assert_eq!(
+                workload.hook_serials(),
+                vec![serial.clone()],
+                "the reload hook ran for it"
+            );
+
+            // The single-use token enrolled exactly once, for the
+            // certificate now on disk.
+            let inventory: Vec<(String, CertificateStatus)> = server
+                .certificates(&format!("policy={policy}"))
+                .into_iter()
+                .map(|info| (info.serial, info.status))
+                .collect();
+            assert_eq!(inventory, vec![(serial, CertificateStatus::Issued)]);
+            let response = server.admin_get(&format!("/v1/admin/tokens/{}", token.id));
+            response.assert_status(200);
+            assert_eq!(response.json::<TokenInfo>().uses, 1);
+            assert!(log.contains("finishing the in-flight enrollment"), "{log}");
+            assert!(
+                log.contains("stopping after the in-flight enrollment"),
+                "{log}"
+            );
+
+            let fault = server.hsm_sim(&["fault", "clear"]);
+            assert!(fault.success(), "{}", fault.text);
+        });
     }
 }

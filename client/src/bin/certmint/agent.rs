@@ -19,12 +19,14 @@
 //! renew if past `renew_after`), runs the hooks if the files changed and
 //! exits 0; transient failures are retried for `--retry-for`, then 3.
 //!
-//! Signals: SIGHUP renews now. SIGTERM/SIGINT stop it at once while it
-//! waits or connects; during an enrollment or renewal they let that request
-//! finish first ([`finish_in_flight`]), because the server may already have
-//! consumed a single-use bootstrap token and dropping the answer would leave
-//! the workload with neither a certificate nor a token. The request gets at
-//! most `request_timeout` + [`STOP_GRACE_MARGIN`]; its result is installed
+//! Signals: SIGHUP renews now. SIGTERM/SIGINT follow the rule of
+//! [`stop`], shared with `certmint enroll`: they stop the agent at once
+//! while it waits or connects; during an enrollment or renewal they let
+//! that request finish first ([`finish_in_flight`]), because the server may
+//! already have consumed a single-use bootstrap token and dropping the
+//! answer would leave the workload with neither a certificate nor a token.
+//! The request gets at most `request_timeout` +
+//! [`STOP_GRACE_MARGIN`](stop::STOP_GRACE_MARGIN); its result is installed
 //! and the hooks run as usual, then the agent exits 0. A second SIGTERM or
 //! SIGINT in the meantime abandons the request and stops at once. Files are
 //! replaced atomically and synchronously, so no stop leaves half a
@@ -33,7 +35,6 @@
 #[path = "agent_config.rs"]
 pub mod agent_config;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
@@ -45,6 +46,9 @@ use crate::enroll::hooks::Hooks;
 use crate::enroll::output::{Meta, OutputDir};
 use crate::enroll::rfc3339;
 use crate::enroll::schedule::{self, Backoff};
+use crate::enroll::stop::{
+    self, finish_in_flight, unless_stopped, InFlight, StopRequests as _, StopSignals,
+};
 use crate::enroll::workload::{self, Installed, OnDisk, Session, Token, Workload, WorkloadError};
 use crate::exit::Exit;
 use agent_config::AgentConfig;
@@ -53,15 +57,6 @@ use agent_config::AgentConfig;
 /// look at the files and the clock again (suspend/resume, clock steps,
 /// files replaced by someone else).
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(300);
-
-/// How much longer than `request_timeout` a stopping agent waits for an
-/// in-flight enrollment or renewal. The HTTP request itself cannot outlive
-/// `request_timeout` (the client's total timeout, connect to last body
-/// byte), so the margin only covers the local work around it (key
-/// generation, building the mTLS client); with the defaults the agent is
-/// gone within 35 s of SIGTERM, plus `reload.timeout` when a new
-/// certificate arrived, well inside systemd's default 90 s stop timeout.
-const STOP_GRACE_MARGIN: StdDuration = StdDuration::from_secs(5);
 
 /// `certmint agent` options.
 #[derive(Debug, clap::Args)]
@@ -152,106 +147,9 @@ struct Signals {
 impl Signals {
     fn new() -> std::io::Result<Self> {
         Ok(Self {
-            stop: StopSignals {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-            },
+            stop: StopSignals::new()?,
             hup: signal(SignalKind::hangup())?,
         })
-    }
-}
-
-/// SIGTERM and SIGINT: the ways to ask the agent to stop.
-struct StopSignals {
-    term: Signal,
-    int: Signal,
-}
-
-/// Where requests to stop come from: [`StopSignals`] in the agent, a
-/// channel in unit tests.
-trait StopRequests {
-    /// Waits for the next request to stop (cancel-safe: dropping the
-    /// future loses no request); the signal's name, for the log.
-    async fn next(&mut self) -> &'static str;
-}
-
-impl StopRequests for StopSignals {
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            Some(()) = self.term.recv() => "SIGTERM",
-            Some(()) = self.int.recv() => "SIGINT",
-            // Both streams end only when the runtime shuts down; nothing can
-            // ask for a stop after that, and `select!` must not panic.
-            else => std::future::pending().await,
-        }
-    }
-}
-
-/// How an enrollment or renewal run through [`finish_in_flight`] ended.
-#[derive(Debug, PartialEq, Eq)]
-enum InFlight<T> {
-    /// No stop was asked for: its result; carry on.
-    Done(T),
-    /// A stop was asked for while it ran and it was finished first: its
-    /// result; stop after handling it.
-    FinishedThenStop(T),
-    /// A stop was already pending: the request was not started.
-    NotStarted,
-    /// A second stop request, or the end of the grace period: the request
-    /// was dropped unfinished; stop now.
-    Abandoned,
-}
-
-/// Runs `request` (an enrollment or renewal, named `what` in the log) to
-/// completion even if a stop is asked for meanwhile: once it is sent, the
-/// server may consume a single-use token and issue a certificate whether or
-/// not we read the answer. A stop already pending is honoured before the
-/// request starts. After the first stop request the request gets `grace`
-/// more; a second one, or the end of `grace`, abandons it.
-async fn finish_in_flight<T>(
-    request: impl Future<Output = T>,
-    stops: &mut impl StopRequests,
-    grace: StdDuration,
-    what: &str,
-) -> InFlight<T> {
-    let pending = tokio::select! {
-        biased;
-        signal = stops.next() => Some(signal),
-        () = std::future::ready(()) => None,
-    };
-    if let Some(signal) = pending {
-        tracing::info!("{signal}: stopping before the {what} starts");
-        return InFlight::NotStarted;
-    }
-    let mut request = std::pin::pin!(request);
-    // Biased towards the request: a result that is already here costs
-    // nothing to keep.
-    let signal = tokio::select! {
-        biased;
-        result = &mut request => return InFlight::Done(result),
-        signal = stops.next() => signal,
-    };
-    tracing::info!(
-        "{signal}: finishing the in-flight {what} before stopping (at most {grace:.0?}; \
-         signal again to stop at once)"
-    );
-    tokio::select! {
-        biased;
-        result = &mut request => InFlight::FinishedThenStop(result),
-        signal = stops.next() => {
-            tracing::warn!(
-                "{signal} again: abandoned the in-flight {what}, stopping now \
-                 (the server may still complete it)"
-            );
-            InFlight::Abandoned
-        }
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(
-                "the in-flight {what} did not finish within {grace:.0?}: abandoned it, \
-                 stopping now (the server may still complete it)"
-            );
-            InFlight::Abandoned
-        }
     }
 }
 
@@ -286,13 +184,14 @@ impl Agent {
                 Some(session) => session.clone(),
                 None => {
                     // Connecting sends no token, so a stop need not wait for it.
-                    let connected = tokio::select! {
-                        connected = self.workload.connect() => connected,
-                        signal = signals.stop.next() => {
-                            tracing::info!("{signal}: stopping");
-                            return Exit::Ok;
-                        }
-                    };
+                    let connected =
+                        match unless_stopped(self.workload.connect(), &mut signals.stop).await {
+                            Ok(connected) => connected,
+                            Err(signal) => {
+                                tracing::info!("{signal}: stopping");
+                                return Exit::Ok;
+                            }
+                        };
                     match connected {
                         Ok(connected) => {
                             session = Some(connected.clone());
@@ -356,10 +255,7 @@ impl Agent {
                 Action::Renew(installed) => (Some(installed.meta.not_after), "renewal"),
                 Action::Enroll(_) => (None, "enrollment"),
             };
-            let grace = self
-                .workload
-                .request_timeout
-                .saturating_add(STOP_GRACE_MARGIN);
+            let grace = stop::grace(self.workload.request_timeout);
             let request = self.act(&current_session, action);
             let (outcome, stopping) =
                 match finish_in_flight(request, &mut signals.stop, grace, what).await {
@@ -575,131 +471,5 @@ async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
             tracing::info!("SIGHUP: renewing now");
             Wake::RenewNow
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::cell::Cell;
-    use std::pin::Pin;
-    use std::task::Poll;
-
-    use tokio::sync::{mpsc, oneshot};
-
-    use super::*;
-
-    const GRACE: StdDuration = StdDuration::from_secs(35);
-
-    /// Stop requests sent by the test.
-    struct Channel(mpsc::UnboundedReceiver<&'static str>);
-
-    impl StopRequests for Channel {
-        async fn next(&mut self) -> &'static str {
-            match self.0.recv().await {
-                Some(signal) => signal,
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    fn stops() -> (mpsc::UnboundedSender<&'static str>, Channel) {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        (sender, Channel(receiver))
-    }
-
-    /// A request that records that it started and finishes when the test
-    /// sends its result.
-    fn request(
-        started: &Cell<bool>,
-    ) -> (oneshot::Sender<u32>, impl Future<Output = Option<u32>> + '_) {
-        let (sender, receiver) = oneshot::channel();
-        let request = async move {
-            started.set(true);
-            receiver.await.ok()
-        };
-        (sender, request)
-    }
-
-    /// Polls `future` once, with the test task's waker.
-    async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
-    }
-
-    #[tokio::test]
-    async fn ok_request_without_a_stop_is_done() {
-        let started = Cell::new(false);
-        let (result, request) = request(&started);
-        let (_stop, mut stops) = stops();
-        let mut run = std::pin::pin!(finish_in_flight(request, &mut stops, GRACE, "enrollment"));
-        assert!(poll_once(&mut run).await.is_pending());
-        result.send(7).unwrap();
-        assert_eq!(
-            poll_once(&mut run).await,
-            Poll::Ready(InFlight::Done(Some(7)))
-        );
-    }
-
-    #[tokio::test]
-    async fn ok_first_stop_lets_the_request_finish_then_stops() {
-        let started = Cell::new(false);
-        let (result, request) = request(&started);
-        let (stop, mut stops) = stops();
-        let mut run = std::pin::pin!(finish_in_flight(request, &mut stops, GRACE, "enrollment"));
-        assert!(poll_once(&mut run).await.is_pending());
-        assert!(started.get(), "the request is in flight");
-        stop.send("SIGTERM").unwrap();
-        assert!(
-            poll_once(&mut run).await.is_pending(),
-            "the first stop does not drop the request"
-        );
-        result.send(7).unwrap();
-        assert_eq!(
-            poll_once(&mut run).await,
-            Poll::Ready(InFlight::FinishedThenStop(Some(7)))
-        );
-    }
-
-    #[tokio::test]
-    async fn fail_second_stop_abandons_the_request_at_once() {
-        let started = Cell::new(false);
-        let (result, request) = request(&started);
-        let (stop, mut stops) = stops();
-        let mut run = std::pin::pin!(finish_in_flight(request, &mut stops, GRACE, "renewal"));
-        assert!(poll_once(&mut run).await.is_pending());
-        stop.send("SIGTERM").unwrap();
-        assert!(poll_once(&mut run).await.is_pending());
-        stop.send("SIGINT").unwrap();
-        assert_eq!(poll_once(&mut run).await, Poll::Ready(InFlight::Abandoned));
-        assert!(result.is_closed(), "the request was dropped");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fail_request_still_running_after_the_grace_period_is_abandoned() {
-        let started = Cell::new(false);
-        let (result, request) = request(&started);
-        let (stop, mut stops) = stops();
-        let mut run = std::pin::pin!(finish_in_flight(request, &mut stops, GRACE, "enrollment"));
-        assert!(poll_once(&mut run).await.is_pending());
-        stop.send("SIGTERM").unwrap();
-        assert!(poll_once(&mut run).await.is_pending());
-        tokio::time::advance(GRACE - StdDuration::from_millis(1)).await;
-        assert!(
-            poll_once(&mut run).await.is_pending(),
-            "abandoned before the grace period ended"
-        );
-        tokio::time::advance(StdDuration::from_millis(1)).await;
-        assert_eq!(poll_once(&mut run).await, Poll::Ready(InFlight::Abandoned));
-        assert!(result.is_closed(), "the request was dropped");
-    }
-
-    #[tokio::test]
-    async fn ok_stop_already_pending_is_honoured_without_starting_the_request() {
-        let started = Cell::new(false);
-        let (_result, request) = request(&started);
-        let (stop, mut stops) = stops();
-        stop.send("SIGTERM").unwrap();
-        let outcome = finish_in_flight(request, &mut stops, GRACE, "enrollment").await;
-        assert_eq!(outcome, InFlight::NotStarted);
-        assert!(!started.get(), "nothing may be sent after a stop");
     }
 }

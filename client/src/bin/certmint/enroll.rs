@@ -6,6 +6,16 @@
 //! one summary line on stdout. `certmint agent` uses the same code
 //! ([`workload`]) for the same steps.
 //!
+//! SIGTERM/SIGINT follow the rule of [`stop`]: while no request is in
+//! flight (connecting, backing off) they stop the command at once with
+//! [`Exit::Stopped`]. While the request is in flight the first one lets it
+//! finish (at most `--timeout` +
+//! [`STOP_GRACE_MARGIN`](stop::STOP_GRACE_MARGIN)), because the server may
+//! already have consumed a single-use token: a certificate that arrives is
+//! installed, the hooks run and the exit code is the one the command would
+//! have had anyway; a failure is not retried. A second signal, or the end
+//! of that grace, abandons the request at once ([`Exit::Stopped`]).
+//!
 //! The modules shared by `enroll` and `agent` are declared here because
 //! `main.rs` is not this command's file; they belong at the crate root.
 
@@ -17,6 +27,8 @@ pub mod keys;
 pub mod output;
 #[path = "schedule.rs"]
 pub mod schedule;
+#[path = "stop.rs"]
+pub mod stop;
 #[path = "workload.rs"]
 pub mod workload;
 
@@ -30,6 +42,7 @@ use hooks::{Hooks, ReloadSignal};
 use keys::{KeyType, Names};
 use output::{OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
 use schedule::Backoff;
+use stop::{finish_in_flight, unless_stopped, InFlight, StopRequests, StopSignals};
 use workload::{Token, TrustSource, Workload, WorkloadError};
 
 /// `certmint enroll` options.
@@ -95,8 +108,24 @@ pub struct Args {
 
 /// Runs the command.
 pub async fn run(args: Args) -> Exit {
-    match enroll(args).await {
-        Ok(()) => Exit::Ok,
+    // First of all: until the handlers are in place a stop kills the
+    // process outright, which is harmless only because nothing is sent yet.
+    let mut stops = match StopSignals::new() {
+        Ok(stops) => stops,
+        Err(error) => {
+            tracing::error!("cannot install signal handlers: {error}");
+            return Exit::Failure;
+        }
+    };
+    match enroll(args, &mut stops).await {
+        Ok(Outcome::Enrolled) => Exit::Ok,
+        Ok(Outcome::Stopped) => {
+            tracing::error!(
+                exit.code = Exit::Stopped as u8,
+                "stopped before a certificate was installed"
+            );
+            Exit::Stopped
+        }
         Err(error) => {
             let code = error.code().map(ToString::to_string).unwrap_or_default();
             tracing::error!(problem.code = %code, "enrollment failed: {error}");
@@ -105,7 +134,16 @@ pub async fn run(args: Args) -> Exit {
     }
 }
 
-async fn enroll(args: Args) -> Result<(), WorkloadError> {
+/// How [`enroll`] ended, when it did not fail.
+enum Outcome {
+    /// The certificate is in place (even if a stop was asked for while the
+    /// request was in flight).
+    Enrolled,
+    /// A stop request ended it before a certificate was installed.
+    Stopped,
+}
+
+async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, WorkloadError> {
     let token = match (&args.token_file, &args.token) {
         (Some(path), _) => Token::from_file(path)?,
         (None, Some(text)) => Token::new(text),
@@ -151,24 +189,53 @@ async fn enroll(args: Args) -> Result<(), WorkloadError> {
         .retry_for
         .map(|budget| tokio::time::Instant::now() + budget.to_std());
     let mut backoff = Backoff::new(StdDuration::from_secs(1), StdDuration::from_secs(30));
+    let grace = stop::grace(workload.request_timeout);
+    // Set when a stop came while the request was in flight: it was let
+    // finish, and nothing is retried after it.
+    let mut stopping = false;
     let meta = loop {
-        let attempt = async {
-            let session = workload.connect().await?;
-            workload.enroll(&session, &token).await
+        // Connecting sends no token (first contact only fetches the CA
+        // chain), so a stop need not wait for it.
+        let result = match unless_stopped(workload.connect(), stops).await {
+            Err(signal) => {
+                tracing::info!("{signal}: stopping before the enrollment starts");
+                return Ok(Outcome::Stopped);
+            }
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(session)) => {
+                let request = workload.enroll(&session, &token);
+                match finish_in_flight(request, stops, grace, "enrollment").await {
+                    InFlight::Done(result) => result,
+                    InFlight::FinishedThenStop(result) => {
+                        stopping = true;
+                        result
+                    }
+                    InFlight::NotStarted | InFlight::Abandoned => return Ok(Outcome::Stopped),
+                }
+            }
         };
-        match attempt.await {
+        match result {
             Ok(meta) => break meta,
-            Err(error) if error.is_transient() => {
+            Err(error) if error.is_transient() && !stopping => {
                 let delay = backoff.next_delay(schedule::random_unit());
                 match deadline {
                     Some(deadline) if tokio::time::Instant::now() + delay < deadline => {
                         tracing::warn!("server unreachable, retrying in {delay:.1?}: {error}");
-                        tokio::time::sleep(delay).await;
+                        if let Err(signal) = unless_stopped(tokio::time::sleep(delay), stops).await
+                        {
+                            tracing::info!("{signal}: stopping instead of retrying");
+                            return Ok(Outcome::Stopped);
+                        }
                     }
                     _ => return Err(error),
                 }
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                if stopping && error.is_transient() {
+                    tracing::warn!("the enrollment failed; stopping as asked, without retrying");
+                }
+                return Err(error);
+            }
         }
     };
     tracing::info!(
@@ -189,7 +256,10 @@ async fn enroll(args: Args) -> Result<(), WorkloadError> {
         workload.output.path(KEY_FILE).display(),
         workload.output.path(CA_FILE).display(),
     );
-    Ok(())
+    if stopping {
+        tracing::info!("stopping after the in-flight enrollment");
+    }
+    Ok(Outcome::Enrolled)
 }
 
 /// RFC 3339 for summaries; falls back to the debug form if formatting fails.
