@@ -874,17 +874,87 @@ impl TestServer {
     /// The header is kept byte for byte.
     #[track_caller]
     pub fn resign_with_server_key(&self, token: &str, edit: impl FnOnce(&mut Value)) -> String {
-        let pem = std::fs::read_to_string(self.dir.join("token-signing-key.pem"))
-            .expect("read token-signing-key.pem");
-        let (label, pkcs8) = der::pem::decode_vec(pem.as_bytes()).expect("token key is PEM");
-        assert_eq!(label, "PRIVATE KEY");
-        let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
-            .expect("token key is PKCS#8 Ed25519");
         let (header, mut claims) = jwt_segments(token);
         edit(&mut claims);
         let signing_input = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
-        let signature = key.sign(signing_input.as_bytes());
-        format!("{signing_input}.{}", b64url(signature.as_ref()))
+        let key_file = self.dir.join("token-signing-key.pem");
+        let signature = if key_file.exists() {
+            let pem = std::fs::read_to_string(&key_file).expect("read token-signing-key.pem");
+            let (label, pkcs8) = der::pem::decode_vec(pem.as_bytes()).expect("token key is PEM");
+            assert_eq!(label, "PRIVATE KEY");
+            let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
+                .expect("token key is PKCS#8 Ed25519");
+            b64url(key.sign(signing_input.as_bytes()).as_ref())
+        } else {
+            self.sign_with_hsm_token_key(signing_input.as_bytes())
+        };
+        format!("{signing_input}.{signature}")
+    }
+
+    /// Signs `message` with the server's token key on the HSM (the
+    /// default, `tokens.signing_key = "hsm"`), through `certmint-bench
+    /// sign-ed25519` in a process of its own: a PKCS#11 module reads its
+    /// token directory once per process, and each test server has its own.
+    fn sign_with_hsm_token_key(&self, message: &[u8]) -> String {
+        self.hsm_token_key(&[], message)
+    }
+
+    /// The raw Ed25519 public key that verifies this server's tokens.
+    pub fn token_signing_public_key(&self) -> Vec<u8> {
+        let key_file = self.dir.join("token-signing-key.pem");
+        if key_file.exists() {
+            let pem = std::fs::read_to_string(&key_file).expect("read token-signing-key.pem");
+            let (_, pkcs8) = der::pem::decode_vec(pem.as_bytes()).expect("token key is PEM");
+            let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
+                .expect("token key is PKCS#8 Ed25519");
+            return ring::signature::KeyPair::public_key(&key).as_ref().to_vec();
+        }
+        let encoded = self.hsm_token_key(&["--public-key"], &[]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded)
+            .expect("base64url public key")
+    }
+
+    /// `certmint-bench sign-ed25519 <extra>` on the server's token key,
+    /// with `input` on stdin; its output line.
+    fn hsm_token_key(&self, extra: &[&str], input: &[u8]) -> String {
+        use std::io::Write as _;
+        let config = std::fs::read_to_string(&self.config_path).expect("read the config");
+        let token_label = config
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("token_label = "))
+            .map(|value| value.trim().trim_matches('"').to_owned())
+            .expect("token_label in the config");
+        let mut child = self
+            .child_env()
+            .command(&built_artifact("certmint-bench"))
+            .arg("sign-ed25519")
+            .arg("--pkcs11-module")
+            .arg(&self.module)
+            .args(["--token-label", &token_label])
+            .args(["--key-label", TOKEN_SIGNING_KEY_LABEL])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run certmint-bench sign-ed25519");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write the signing input");
+        let output = child.wait_with_output().expect("wait for certmint-bench");
+        assert!(
+            output.status.success(),
+            "certmint-bench sign-ed25519 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("base64url")
+            .trim()
+            .to_owned()
     }
 
     fn child_env(&self) -> ChildEnv {
@@ -1545,6 +1615,17 @@ impl OfflineRoot {
     /// common offline hierarchy: the intermediate signs the issuing CSR,
     /// and the chain runs issuing, intermediate, root.
     pub fn with_intermediate() -> OfflineRoot {
+        OfflineRoot::with_intermediate_extensions(
+            "basicConstraints=critical,CA:TRUE,pathlen:1\n\
+             keyUsage=critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid\n",
+        )
+    }
+
+    /// [`OfflineRoot::with_intermediate`], with the intermediate CA's
+    /// `openssl x509 -extfile` extensions given (to make a faulty one).
+    pub fn with_intermediate_extensions(extensions_text: &str) -> OfflineRoot {
         let mut root = OfflineRoot::new();
         let key = root.dir.path().join("intermediate.key");
         let csr = root.dir.path().join("intermediate.csr");
@@ -1565,14 +1646,7 @@ impl OfflineRoot {
             String::from_utf8_lossy(&output.stderr)
         );
         let csr_pem = std::fs::read_to_string(&csr).expect("read the intermediate CSR");
-        let intermediate_pem = root.sign_as(
-            "root",
-            &csr_pem,
-            "basicConstraints=critical,CA:TRUE,pathlen:1\n\
-             keyUsage=critical,keyCertSign,cRLSign\n\
-             subjectKeyIdentifier=hash\n\
-             authorityKeyIdentifier=keyid\n",
-        );
+        let intermediate_pem = root.sign_as("root", &csr_pem, extensions_text);
         std::fs::write(root.dir.path().join("intermediate.pem"), &intermediate_pem)
             .expect("write the intermediate certificate");
         root.intermediate_pem = Some(intermediate_pem);
@@ -1656,6 +1730,26 @@ impl OfflineRoot {
             self.certificate_pem
         )
     }
+}
+
+/// The label `init` gives the token-signing key on the HSM.
+pub const TOKEN_SIGNING_KEY_LABEL: &str = "certmint-token-signing";
+
+/// The labels of the private keys in a [`TestServer::list_private_keys`]
+/// listing, sorted.
+pub fn private_key_labels(listing: &str) -> Vec<String> {
+    let mut labels: Vec<String> = listing
+        .split("Private Key Object")
+        .skip(1)
+        .filter_map(|object| {
+            object
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("label:"))
+                .map(|label| label.trim().to_owned())
+        })
+        .collect();
+    labels.sort();
+    labels
 }
 
 /// `pkcs11-tool --list-objects --type privkey` on a token.

@@ -14,12 +14,13 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 
 use certmint::wire::KeyType;
+use const_oid::db::rfc5280::{ANY_EXTENDED_KEY_USAGE, ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
 use der::asn1::BitString;
 use der::{Decode as _, DecodePem as _, Encode as _};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use time::OffsetDateTime;
 use x509_cert::certificate::Certificate;
-use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 use x509_cert::name::Name;
 use x509_cert::request::{CertReq, CertReqInfo, Version as RequestVersion};
 
@@ -194,6 +195,23 @@ pub fn initialize_for_external_root(
     })
 }
 
+/// The Ed25519 key labelled `label` that signs bootstrap and admin tokens
+/// (`tokens.signing_key = "hsm"`): generated on the token the first time,
+/// found again under its reservation on every later `init`.
+pub fn token_signing_key(
+    hsm: &Hsm,
+    store: &Store,
+    label: &str,
+    now: OffsetDateTime,
+) -> Result<Arc<dyn CaSigner>, ServiceError> {
+    if !hsm.supported_key_types()?.contains(&KeyType::Ed25519) {
+        return Err(ServiceError::Setup(
+            "the token cannot make Ed25519 keys for signing tokens; set tokens.signing_key = \"file\" in the config and run init again".into(),
+        ));
+    }
+    reserved_key(hsm, store, label, KeyType::Ed25519, now)
+}
+
 /// The CA key labelled `label`: the one an earlier, interrupted `init`
 /// generated under this database's reservation, or a new one.
 ///
@@ -208,29 +226,43 @@ fn reserved_key(
     key_type: KeyType,
     now: OffsetDateTime,
 ) -> Result<Arc<dyn CaSigner>, ServiceError> {
+    // Asked first, so a type the token cannot make is never reserved.
+    if !hsm.supported_key_types()?.contains(&key_type) {
+        return Err(ServiceError::Setup(format!(
+            "the token cannot make {key_type} keys; choose another ca.key_type"
+        )));
+    }
     let mut key_id = [0u8; 16];
     crate::random::fill(&mut key_id)?;
     let reservation = store.reserve_ca_key(label, key_type, &key_id, now)?;
-    if reservation.key_type != key_type {
-        return Err(ServiceError::Setup(format!(
-            "an earlier init that did not finish reserved key {label:?} for a {} key; set ca.key_type = \"{}\" in the config to finish it",
-            reservation.key_type, reservation.key_type
-        )));
-    }
-    if let Some(found) = hsm.find_generated_key_pair(label, &reservation.key_id, key_type)? {
+    let generated =
+        hsm.find_generated_key_pair(label, &reservation.key_id, reservation.key_type)?;
+    if let Some(found) = generated {
+        if reservation.key_type != key_type {
+            return Err(ServiceError::Setup(format!(
+                "an earlier init that did not finish generated key {label:?} as a {} key; set ca.key_type = \"{}\" in the config to finish it",
+                reservation.key_type, reservation.key_type
+            )));
+        }
         tracing::info!(
             hsm.key_label = label,
             "init: using the key an earlier, interrupted init generated"
         );
         return Ok(found);
     }
+    // Nothing was generated under the reservation: it follows the type
+    // asked for now (an earlier run may have asked for one that failed).
+    if reservation.key_type != key_type {
+        store.retype_ca_key_reservation(label, key_type)?;
+    }
     Ok(hsm.generate_key_pair(label, key_type, &reservation.key_id)?)
 }
 
 /// Most certificates `import-chain` takes: the issuing certificate, up to
-/// six intermediate CAs, the root. Deeper hierarchies exist only by
-/// mistake, and every handshake carries the whole chain.
-const MAX_CHAIN_LENGTH: usize = 8;
+/// five intermediate CAs, the root. rustls-webpki refuses paths with more
+/// than six CA certificates below the trust anchor (the issuing one
+/// included), so a longer chain would fail every handshake.
+const MAX_CHAIN_LENGTH: usize = 7;
 
 /// Installs an externally signed chain (PEM: the issuing certificate, then
 /// any intermediate CAs, each followed by its issuer, then the root). The
@@ -353,6 +385,21 @@ fn check_ca_certificate(
             return Err(refuse("its keyUsage lacks keyCertSign".into()));
         }
     }
+    // Verifiers (webpki among them) apply a CA certificate's EKU to the
+    // whole path below it: certmint issues client certificates and its own
+    // server certificate through this chain, so it must allow both.
+    let extended_key_usage = tbs
+        .get_extension::<ExtendedKeyUsage>()
+        .map_err(|error| refuse(format!("extendedKeyUsage does not decode: {error}")))?;
+    if let Some((_, ExtendedKeyUsage(purposes))) = extended_key_usage {
+        let allows =
+            |purpose| purposes.contains(&purpose) || purposes.contains(&ANY_EXTENDED_KEY_USAGE);
+        if !(allows(ID_KP_SERVER_AUTH) && allows(ID_KP_CLIENT_AUTH)) {
+            return Err(refuse(
+                "its extendedKeyUsage does not allow both serverAuth and clientAuth, which the certificates below it need".into(),
+            ));
+        }
+    }
     let not_before = OffsetDateTime::from(tbs.validity().not_before.to_system_time());
     let not_after = certificate_not_after(certificate)?;
     if now < not_before || now > not_after {
@@ -431,14 +478,18 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
     // Leaf's issuer first, root last (RFC 8446 §4.4.2 order), so clients
     // that pin the root can build the path from what they are sent.
     let mut chain_pem = pem("CERTIFICATE", &issuing_der)?;
+    let mut path_not_after = certificate_not_after(&certificate)?;
     for der in state.intermediates_der.iter().chain([&root_der]) {
         chain_pem.push_str(&pem("CERTIFICATE", der)?);
+        let above = Certificate::from_der(der).map_err(encoding)?;
+        path_not_after = path_not_after.min(certificate_not_after(&above)?);
     }
     Ok(LoadedCa {
         issuing: IssuingCa {
             signer,
             certificate,
             chain_pem,
+            path_not_after,
         },
         root_der,
         intermediates_der: state.intermediates_der,
@@ -456,6 +507,11 @@ fn check_key_protection(label: &str, protection: KeyProtection) -> Result<(), Se
         return Err(ServiceError::Setup(format!(
             "the issuing key {label:?} can leave the token (CKA_SENSITIVE={}, CKA_EXTRACTABLE={}); certmint signs only with keys that cannot",
             protection.sensitive, protection.extractable
+        )));
+    }
+    if !protection.private {
+        return Err(ServiceError::Setup(format!(
+            "the issuing key {label:?} is not a private object (CKA_PRIVATE=false), so it signs without a login; certmint signs only with keys that need the PIN"
         )));
     }
     if !protection.always_sensitive || !protection.never_extractable {
@@ -516,6 +572,7 @@ mod tests {
     use super::*;
 
     const GENERATED_ON_TOKEN: KeyProtection = KeyProtection {
+        private: true,
         sensitive: true,
         extractable: false,
         always_sensitive: true,
@@ -548,5 +605,11 @@ mod tests {
             let error = check_key_protection("issuing", protection).expect_err("refused");
             assert!(error.to_string().contains("can leave the token"), "{error}");
         }
+        let public_object = KeyProtection {
+            private: false,
+            ..GENERATED_ON_TOKEN
+        };
+        let error = check_key_protection("issuing", public_object).expect_err("refused");
+        assert!(error.to_string().contains("CKA_PRIVATE=false"), "{error}");
     }
 }

@@ -15,7 +15,7 @@ use crate::admin::{Admin, TokenSettings};
 use crate::api::{self, AppState};
 use crate::ca::{self, CaOptions, InitOutcome};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Config, InitValues};
+use crate::config::{self, Config, InitValues, TokenKeyStore};
 use crate::hsm::{self, Hsm, HsmConfig};
 use crate::issuance::{Issuer, IssuerParts, IssuerSettings};
 use crate::metrics::Metrics;
@@ -45,6 +45,7 @@ command_error_from!(
     crate::error::ServiceError,
     crate::tokens::TokenKeyError,
     crate::tokens::TokenError,
+    crate::tokens::MintError,
     crate::random::EntropyError,
     std::io::Error
 );
@@ -166,12 +167,14 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
     }
     let store = Store::open(&config.database_url(), 2)?;
     println!("database ready ({:?})", store.backend());
-    let key_file = config.resolve(&config.tokens.signing_key_file);
-    if key_file.exists() {
-        println!("token signing key {} exists; kept", key_file.display());
-    } else {
-        tokens::create_signing_key_file(&key_file)?;
-        println!("created token signing key {}", key_file.display());
+    if config.tokens.signing_key == TokenKeyStore::File {
+        let key_file = config.resolve(&config.tokens.signing_key_file);
+        if key_file.exists() {
+            println!("token signing key {} exists; kept", key_file.display());
+        } else {
+            tokens::create_signing_key_file(&key_file)?;
+            println!("created token signing key {}", key_file.display());
+        }
     }
     let hsm = open_hsm(&config, pin)?;
     let options = CaOptions {
@@ -187,6 +190,14 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
         None => ca::initialize(&hsm, &store, &options, now)?,
         Some(_) => ca::initialize_for_external_root(&hsm, &store, &options, now)?,
     };
+    if config.tokens.signing_key == TokenKeyStore::Hsm {
+        let label = &config.tokens.signing_key_label;
+        ca::token_signing_key(&hsm, &store, label, now)?;
+        println!(
+            "token signing key {label:?} on token {:?}",
+            config.hsm.token_label
+        );
+    }
     match outcome {
         InitOutcome::Created { root_fingerprint } => {
             write_root_files(&config, &store)?;
@@ -312,11 +323,12 @@ pub fn admin_token(
     ttl: certmint::Duration,
 ) -> Result<(), CommandError> {
     let config = Config::load(config_path)?;
-    let authority = TokenAuthority::load(
-        &config.resolve(&config.tokens.signing_key_file),
-        &config.server.public_url,
-    )?;
     let ttl_seconds = admin_token_ttl_seconds(ttl)?;
+    let hsm = match config.tokens.signing_key {
+        TokenKeyStore::Hsm => Some(open_hsm(&config, config.hsm_pin()?)?),
+        TokenKeyStore::File => None,
+    };
+    let authority = token_authority(&config, hsm.as_ref())?;
     let now = SystemClock.now();
     let token = authority.mint_admin(
         &crate::random::hex_id()?,
@@ -329,6 +341,31 @@ pub fn admin_token(
     )?;
     println!("{token}");
     Ok(())
+}
+
+/// The token authority `tokens.signing_key` names: the HSM key (`hsm` must
+/// be open) or the key file.
+fn token_authority(config: &Config, hsm: Option<&Hsm>) -> Result<TokenAuthority, CommandError> {
+    let issuer = &config.server.public_url;
+    match (config.tokens.signing_key, hsm) {
+        (TokenKeyStore::File, _) => Ok(TokenAuthority::load(
+            &config.resolve(&config.tokens.signing_key_file),
+            issuer,
+        )?),
+        (TokenKeyStore::Hsm, Some(hsm)) => {
+            let label = &config.tokens.signing_key_label;
+            let signer = hsm.signer(label).map_err(|error| match error {
+                hsm::HsmError::KeyNotFound { .. } => CommandError(format!(
+                    "no token signing key {label:?} on the token: run `certmint-server init` (it creates it)"
+                )),
+                other => other.into(),
+            })?;
+            Ok(TokenAuthority::from_hsm_key(signer, issuer)?)
+        }
+        (TokenKeyStore::Hsm, None) => Err(CommandError(
+            "tokens.signing_key = \"hsm\" needs the HSM open".into(),
+        )),
+    }
 }
 
 /// Longest admin token: they cannot be revoked one by one (only by
@@ -377,10 +414,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     let store = Store::open(&config.database_url(), config.database.pool_size)?;
     let hsm = open_hsm(&config, config.hsm_pin()?)?;
     let loaded = ca::load(&hsm, &store)?;
-    let token_authority = Arc::new(TokenAuthority::load(
-        &config.resolve(&config.tokens.signing_key_file),
-        &config.server.public_url,
-    )?);
+    let token_authority = Arc::new(token_authority(&config, Some(&hsm))?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut metrics = Metrics::new();
     metrics.register_group_commit(store.clone());

@@ -158,7 +158,15 @@ pub struct CaConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokensConfig {
-    /// PKCS#8 Ed25519 key that signs bootstrap and admin tokens (0600).
+    /// Where the Ed25519 key that signs bootstrap and admin tokens lives.
+    /// Configs written before the HSM could hold it say nothing, and keep
+    /// their file.
+    #[serde(default = "default_token_key_store")]
+    pub signing_key: TokenKeyStore,
+    /// `CKA_LABEL` of the token key on the HSM (`signing_key = "hsm"`).
+    #[serde(default = "default_token_key_label")]
+    pub signing_key_label: String,
+    /// PKCS#8 Ed25519 key file, 0600 (`signing_key = "file"`).
     #[serde(default = "default_token_key_file")]
     pub signing_key_file: PathBuf,
     /// Default bootstrap token lifetime.
@@ -167,6 +175,17 @@ pub struct TokensConfig {
     /// Longest bootstrap token lifetime an admin may mint.
     #[serde(default = "default_token_max_ttl")]
     pub max_ttl: Duration,
+}
+
+/// Where the token-signing key lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKeyStore {
+    /// On the HSM, beside the CA keys: a stolen disk or backup cannot mint
+    /// tokens, and replicas sharing the token share the key.
+    Hsm,
+    /// In `signing_key_file`.
+    File,
 }
 
 /// `[issuance]`
@@ -187,6 +206,8 @@ pub struct IssuanceConfig {
 impl Default for TokensConfig {
     fn default() -> Self {
         Self {
+            signing_key: default_token_key_store(),
+            signing_key_label: default_token_key_label(),
             signing_key_file: default_token_key_file(),
             default_ttl: default_token_ttl(),
             max_ttl: default_token_max_ttl(),
@@ -238,6 +259,12 @@ fn default_root_validity() -> Duration {
 }
 fn default_issuing_validity() -> Duration {
     duration("1825d")
+}
+fn default_token_key_store() -> TokenKeyStore {
+    TokenKeyStore::File
+}
+fn default_token_key_label() -> String {
+    "certmint-token-signing".to_owned()
 }
 fn default_token_key_file() -> PathBuf {
     PathBuf::from("token-signing-key.pem")
@@ -314,6 +341,22 @@ impl Config {
         if self.tokens.default_ttl > self.tokens.max_ttl {
             return Err("tokens.default_ttl exceeds tokens.max_ttl".into());
         }
+        // One label, one key: two settings naming the same label would make
+        // init use one key for both jobs (the root signing online, say).
+        let mut labels = vec![
+            ("ca.root_key_label", &self.ca.root_key_label),
+            ("ca.issuing_key_label", &self.ca.issuing_key_label),
+        ];
+        if self.tokens.signing_key == TokenKeyStore::Hsm {
+            labels.push(("tokens.signing_key_label", &self.tokens.signing_key_label));
+        }
+        for (index, (setting, label)) in labels.iter().enumerate() {
+            if let Some((other, _)) = labels[..index].iter().find(|(_, earlier)| earlier == label) {
+                return Err(format!(
+                    "{other} and {setting} are both {label:?}; each key needs a label of its own"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -359,17 +402,15 @@ impl Config {
             let unreadable = |error: std::io::Error| {
                 ConfigError::Pin(format!("cannot read pin file {}: {error}", path.display()))
             };
-            // Like ssh with a private key: a PIN every local user can read
-            // is refused rather than used.
+            // Warned about, not refused: secret mounts (a Kubernetes Secret
+            // volume is 0644 unless defaultMode says otherwise) are often
+            // world-readable inside a container of one user, and refusing
+            // would stop the server over what is a deployment choice.
             let mode = std::os::unix::fs::PermissionsExt::mode(
                 &std::fs::metadata(&path).map_err(unreadable)?.permissions(),
             );
-            if mode & 0o004 != 0 {
-                return Err(ConfigError::Pin(format!(
-                    "pin file {} is readable by every user (mode {:o}); chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                )));
+            if let Some(warning) = world_readable_warning(&path, mode) {
+                tracing::warn!("{warning}");
             }
             // Zeroized on drop, as the SecretString the PIN moves into is.
             let text = secrecy::zeroize::Zeroizing::new(
@@ -389,6 +430,17 @@ impl Config {
             self.hsm.pin_env
         )))
     }
+}
+
+/// The warning for a PIN file every local user can read, if it is one.
+fn world_readable_warning(path: &Path, mode: u32) -> Option<String> {
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "pin file {} is readable by every user (mode {:o}); restrict it (chmod 600, or defaultMode 0400 for a Kubernetes Secret)",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }
 
 /// Values `certmint-server init` writes into a fresh config.
@@ -470,8 +522,12 @@ key_type = {key_type}    # ec-p256 | ec-p384 | rsa-3072 | rsa-4096 | ed25519
 # issuing_validity = "1825d"
 
 [tokens]
-# Ed25519 key (PKCS#8 PEM, mode 0600) that signs bootstrap and admin tokens.
-signing_key_file = "token-signing-key.pem"
+# The Ed25519 key that signs bootstrap and admin tokens: "hsm" (generated
+# on the token by init, labelled signing_key_label) or "file" (PKCS#8 PEM,
+# mode 0600, at signing_key_file; for tokens without Ed25519).
+signing_key = "hsm"
+# signing_key_label = "certmint-token-signing"
+# signing_key_file = "token-signing-key.pem"
 # default_ttl = "1h"
 # max_ttl = "30d"
 
@@ -511,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn pin_file_is_read_unless_every_user_can_read_it() {
+    fn pin_file_is_read_and_a_world_readable_one_warned_about() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("certmint.toml");
@@ -530,9 +586,39 @@ mod tests {
         assert_eq!(secrecy::ExposeSecret::expose_secret(&pin), "1234");
 
         std::fs::set_permissions(&pin_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let error = config.hsm_pin().expect_err("world-readable");
-        assert!(error.to_string().contains("chmod 600"), "{error}");
-        assert!(!error.to_string().contains("1234"));
+        config
+            .hsm_pin()
+            .expect("a world-readable pin file is read, with a warning");
+        assert_eq!(world_readable_warning(&pin_path, 0o640), None);
+        let warning = world_readable_warning(&pin_path, 0o100644).expect("warned about");
+        assert!(
+            warning.contains("mode 644") && warning.contains("chmod 600"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn fail_two_keys_under_one_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certmint.toml");
+        let text = render_commented(&sample()).replace(
+            "# issuing_key_label = \"certmint-issuing\"",
+            "issuing_key_label = \"certmint-root\"",
+        );
+        std::fs::write(&path, text).unwrap();
+        let error = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("ca.root_key_label and ca.issuing_key_label"),
+            "{error}"
+        );
+
+        let text = render_commented(&sample()).replace(
+            "# signing_key_label = \"certmint-token-signing\"",
+            "signing_key_label = \"certmint-issuing\"",
+        );
+        std::fs::write(&path, text).unwrap();
+        let error = Config::load(&path).unwrap_err().to_string();
+        assert!(error.contains("tokens.signing_key_label"), "{error}");
     }
 
     #[test]

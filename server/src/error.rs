@@ -12,7 +12,7 @@ use crate::issuance::profile::ProfileError;
 use crate::policy::PolicyError;
 use crate::random::EntropyError;
 use crate::store::StoreError;
-use crate::tokens::TokenError;
+use crate::tokens::{MintError, TokenError};
 
 /// Why a service call failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,4 +94,14 @@ fn summarize(refusals: &[NameRefusal]) -> String {
         .map(|refusal| format!("{} {:?}: {}", refusal.kind, refusal.name, refusal.reason))
         .collect();
     format!("policy check refused the request: {}", parts.join("; "))
+}
+
+impl From<MintError> for ServiceError {
+    fn from(error: MintError) -> Self {
+        match error {
+            // The HSM's own fault kinds decide 503 or 500.
+            MintError::Hsm(error) => ServiceError::Hsm(error),
+            MintError::Encoding(detail) => ServiceError::Setup(detail),
+        }
+    }
 }

@@ -104,8 +104,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("issuing.csr");
         super::create_or_confirm(&path, b"csr", "CSR").unwrap();
+        // 0644 less the umask: readable by the owner, never writable or
+        // executable by anyone else.
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(mode & 0o600, 0o600);
+        assert_eq!(mode & 0o133, 0);
         super::create_or_confirm(&path, b"csr", "CSR").expect("same bytes: a rerun");
         let error = super::create_or_confirm(&path, b"other", "CSR").unwrap_err();
         assert!(

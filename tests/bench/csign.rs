@@ -46,12 +46,78 @@ pub struct SignResult {
     pub result: PhaseResult,
 }
 
+/// A key on a token, and how to log in to it.
+pub struct TokenKey<'a> {
+    /// PKCS#11 module.
+    pub module: &'a Path,
+    /// Token label.
+    pub token_label: &'a str,
+    /// Label of the private key (and of its public key).
+    pub key_label: &'a str,
+    /// User PIN.
+    pub pin: String,
+}
+
+impl TokenKey<'_> {
+    /// A logged-in session on the key's token.
+    fn session(&self) -> Result<Session, BoxError> {
+        let (pkcs11, slot) = open_module(self.module, self.token_label)?;
+        let session = pkcs11.open_ro_session(slot)?;
+        session
+            .login(UserType::User, Some(&AuthPin::from(self.pin.clone())))
+            .map_err(|error| format!("C_Login: {error}"))?;
+        Ok(session)
+    }
+}
+
+/// One pure-EdDSA signature of `message` by the private key.
+pub fn sign_ed25519(key: &TokenKey<'_>, message: &[u8]) -> Result<Vec<u8>, BoxError> {
+    let session = key.session()?;
+    let private = find_key(&session, key.key_label)?;
+    let mechanism = Mechanism::Eddsa(cryptoki::mechanism::eddsa::EddsaParams::new(
+        cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
+    ));
+    Ok(session.sign(&mechanism, private, message)?)
+}
+
+/// The raw 32-byte Ed25519 public key, from the public key object's
+/// `CKA_EC_POINT` (an OCTET STRING, or the bare bytes on some tokens).
+pub fn ed25519_public_key(key: &TokenKey<'_>) -> Result<Vec<u8>, BoxError> {
+    use der::Decode as _;
+    let session = key.session()?;
+    let public = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Label(key.key_label.as_bytes().to_vec()),
+        ])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no public key labelled {:?}", key.key_label))?;
+    let point = session
+        .get_attributes(public, &[cryptoki::object::AttributeType::EcPoint])?
+        .into_iter()
+        .find_map(|attribute| match attribute {
+            Attribute::EcPoint(point) => Some(point),
+            _ => None,
+        })
+        .ok_or("the public key has no CKA_EC_POINT")?;
+    match der::asn1::OctetString::from_der(&point) {
+        Ok(octets) => Ok(octets.as_bytes().to_vec()),
+        Err(_) => Ok(point),
+    }
+}
+
+/// Loads and initializes `module` and finds the token labelled `token_label`.
+fn open_module(module: &Path, token_label: &str) -> Result<(Pkcs11, Slot), BoxError> {
+    let pkcs11 = Pkcs11::new(module).map_err(|e| format!("loading {}: {e}", module.display()))?;
+    pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+    let slot = find_slot(&pkcs11, token_label)?;
+    Ok((pkcs11, slot))
+}
+
 /// Measures `C_Sign` throughput.
 pub fn measure(settings: &SignSettings<'_>) -> Result<SignResult, BoxError> {
-    let pkcs11 = Pkcs11::new(settings.module)
-        .map_err(|e| format!("loading {}: {e}", settings.module.display()))?;
-    pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-    let slot = find_slot(&pkcs11, settings.token_label)?;
+    let (pkcs11, slot) = open_module(settings.module, settings.token_label)?;
     let pin = AuthPin::from(settings.pin.clone());
     let threads = settings.threads.max(1);
 

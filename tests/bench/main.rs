@@ -66,6 +66,52 @@ enum Command {
     /// Renew N enrolled holders at concurrency C, each over a new mutual-TLS
     /// connection, and measure N bare mutual-TLS handshakes beside it.
     Renew(renew::RenewArgs),
+    /// Test support: sign standard input with an Ed25519 key on a token
+    /// (CKM_EDDSA) and print the signature, base64url (or, with
+    /// --public-key, print the raw public key). The end-to-end tests forge
+    /// tokens signed by the server's HSM-held token key with it.
+    #[command(hide = true)]
+    SignEd25519(SignEd25519Args),
+}
+
+#[derive(clap::Args)]
+struct SignEd25519Args {
+    /// PKCS#11 module; the user PIN comes from $CERTMINT_HSM_PIN.
+    #[arg(long)]
+    pkcs11_module: PathBuf,
+    /// Token label.
+    #[arg(long)]
+    token_label: String,
+    /// Label of the Ed25519 private key.
+    #[arg(long)]
+    key_label: String,
+    /// Print the key's raw 32-byte public key instead of signing.
+    #[arg(long)]
+    public_key: bool,
+}
+
+fn sign_ed25519(args: &SignEd25519Args) -> Result<bool, BoxError> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let pin = std::env::var("CERTMINT_HSM_PIN").map_err(|_| "set $CERTMINT_HSM_PIN")?;
+    let key = csign::TokenKey {
+        module: &args.pkcs11_module,
+        token_label: &args.token_label,
+        key_label: &args.key_label,
+        pin,
+    };
+    let output = if args.public_key {
+        csign::ed25519_public_key(&key)?
+    } else {
+        let mut message = Vec::new();
+        std::io::stdin().read_to_end(&mut message)?;
+        csign::sign_ed25519(&key, &message)?
+    };
+    println!(
+        "{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(output)
+    );
+    Ok(true)
 }
 
 /// What every subcommand needs: the server, an admin, the load shape.
@@ -244,6 +290,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Enroll(args) => enroll(&args),
         Command::Renew(args) => renew::run(&args),
+        Command::SignEd25519(args) => sign_ed25519(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

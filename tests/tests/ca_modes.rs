@@ -12,8 +12,9 @@
 use certmint::wire::{CertificateBundle, Directory};
 use certmint_e2e::{
     backend_tests, der_to_pem, identity, make_csr, parse_certificate, pem_chain, pem_to_der,
-    policy_json, verify_with_openssl, verify_with_webpki, Auth, Backend, OfflineRoot, PendingCa,
-    RequestBody, ServerOptions, TestServer, Token, EKU_CLIENT_AUTH,
+    policy_json, private_key_labels, verify_with_openssl, verify_with_webpki, Auth, Backend,
+    OfflineRoot, PendingCa, RequestBody, ServerOptions, TestServer, Token, EKU_CLIENT_AUTH,
+    TOKEN_SIGNING_KEY_LABEL,
 };
 use der::asn1::ObjectIdentifier;
 use der::{Decode as _, Encode as _};
@@ -197,14 +198,14 @@ fn assert_pending(pending: &PendingCa) {
         "a pending CA must not have a root.pem"
     );
     assert_eq!(
-        pending
-            .list_private_keys()
-            .matches("Private Key Object")
-            .count(),
-        1,
-        "external-root mode creates only the issuing key"
+        private_key_labels(&pending.list_private_keys()),
+        ISSUING_AND_TOKEN_KEYS,
+        "external-root mode creates only the issuing key (and the token-signing key)"
     );
 }
+
+/// The private keys on the token of an external-root CA.
+const ISSUING_AND_TOKEN_KEYS: [&str; 2] = ["certmint-issuing", TOKEN_SIGNING_KEY_LABEL];
 
 #[test]
 fn ok_ca_key_type_ec_p384_signs_with_ecdsa_sha384() {
@@ -315,10 +316,9 @@ backend_tests! {
         };
         assert_interrupted_by_the_hsm(server.dir());
         assert_eq!(
-            server.list_private_keys().matches("Private Key Object").count(),
-            2,
-            "the rerun must finish with the root and issuing keys the interrupted init generated, not new ones:\n{}",
-            server.list_private_keys()
+            private_key_labels(&server.list_private_keys()),
+            ["certmint-issuing", "certmint-root", TOKEN_SIGNING_KEY_LABEL],
+            "the rerun must finish with the root and issuing keys the interrupted init generated, not new ones"
         );
         let bundle = enroll_one(&server, "resumed");
         let chain = pem_chain(&bundle.chain_pem);
@@ -351,8 +351,8 @@ backend_tests! {
         assert_interrupted_by_the_hsm(pending.dir());
         assert_pending(&pending);
         assert_eq!(
-            pending.list_private_keys().matches("Private Key Object").count(),
-            1,
+            private_key_labels(&pending.list_private_keys()),
+            ISSUING_AND_TOKEN_KEYS,
             "the rerun must sign its CSR with the issuing key the interrupted init generated"
         );
         let server = pending.complete();
@@ -481,9 +481,9 @@ backend_tests! {
                 events.iter().map(|event| &event.kind).collect::<Vec<_>>()
             );
             assert_eq!(
-                server.list_private_keys().matches("Private Key Object").count(),
-                1,
-                "the token must still hold only the issuing key"
+                private_key_labels(&server.list_private_keys()),
+                ISSUING_AND_TOKEN_KEYS,
+                "the token must still hold only the issuing key (and the token-signing key)"
             );
         });
     }
@@ -550,6 +550,31 @@ backend_tests! {
                 !pending.dir().join("root.pem").exists(),
                 "{why}: a refused import must not write root.pem"
             );
+        }
+        // Intermediate CAs that would make clients refuse every path through
+        // them; each refusal says why.
+        let faulty_intermediates = [
+            (
+                "its pathLen 0 leaves no room for the issuing CA",
+                "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+                "pathLenConstraint 0",
+            ),
+            (
+                "its EKU allows server certificates only",
+                "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nextendedKeyUsage=serverAuth\n",
+                "extendedKeyUsage",
+            ),
+            (
+                "it is not a CA",
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+                "not a CA",
+            ),
+        ];
+        for (why, extensions, expected) in faulty_intermediates {
+            let hierarchy = OfflineRoot::with_intermediate_extensions(extensions);
+            let import = pending.import_chain(&hierarchy.chain_for(pending.csr_pem()));
+            assert!(import.failed(), "{why}: import-chain must fail:\n{}", import.text);
+            assert!(import.text.contains(expected), "{why}: expected {expected:?} in:\n{}", import.text);
         }
         // Nothing installed: serve still refuses, init still reprints the CSR.
         let serve = pending.try_serve();

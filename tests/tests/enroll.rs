@@ -436,15 +436,15 @@ backend_tests! {
 
     fn ok_ca_private_keys_are_sensitive_and_never_extractable(server: &TestServer) {
         let listing = server.list_private_keys();
+        assert_eq!(
+            certmint_e2e::private_key_labels(&listing),
+            ["certmint-issuing", "certmint-root", certmint_e2e::TOKEN_SIGNING_KEY_LABEL],
+            "the token must hold exactly the root, issuing and token-signing keys:\n{listing}"
+        );
         let objects: Vec<&str> = listing
             .split("Private Key Object")
             .skip(1)
             .collect();
-        assert_eq!(
-            objects.len(),
-            2,
-            "the token must hold exactly the root and issuing keys:\n{listing}"
-        );
         for object in objects {
             let access = object
                 .lines()

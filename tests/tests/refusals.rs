@@ -512,8 +512,15 @@ backend_tests! {
             .assert_problem(401, "token.algorithm_not_allowed");
         // HS256 keyed with the server's public token key (the classic
         // RS256->HS256 confusion) is just as dead.
-        let public_key = std::fs::read(server.dir().join("token-signing-key.pem"))
-            .expect("token key");
+        let public_key = server.token_signing_public_key();
+        let (signing_input, signature) = minted.token.rsplit_once('.').expect("a JWT");
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public_key)
+            .verify(
+                signing_input.as_bytes(),
+                &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
+                    .expect("base64url signature"),
+            )
+            .expect("the server's tokens are signed by its token-signing key");
         server
             .enroll(&csr, &forge_hs256(&minted.token, &public_key))
             .assert_problem(401, "token.algorithm_not_allowed");

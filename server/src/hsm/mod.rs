@@ -111,6 +111,7 @@ fn read_protection(session: &Session, handle: ObjectHandle) -> Result<KeyProtect
         .get_attributes(
             handle,
             &[
+                AttributeType::Private,
                 AttributeType::Sensitive,
                 AttributeType::Extractable,
                 AttributeType::AlwaysSensitive,
@@ -119,6 +120,7 @@ fn read_protection(session: &Session, handle: ObjectHandle) -> Result<KeyProtect
         )
         .during("C_GetAttributeValue")?;
     let mut protection = KeyProtection {
+        private: false,
         sensitive: false,
         extractable: true,
         always_sensitive: false,
@@ -126,6 +128,7 @@ fn read_protection(session: &Session, handle: ObjectHandle) -> Result<KeyProtect
     };
     for attribute in attributes {
         match attribute {
+            Attribute::Private(value) => protection.private = value,
             Attribute::Sensitive(value) => protection.sensitive = value,
             Attribute::Extractable(value) => protection.extractable = value,
             Attribute::AlwaysSensitive(value) => protection.always_sensitive = value,
@@ -146,10 +149,14 @@ pub fn finalize_all_modules() {
 
 /// The protection attributes of a private key, as the token reports them.
 ///
-/// A CA key must show `sensitive && !extractable`; `always_sensitive` and
-/// `never_extractable` additionally prove it was generated that way.
+/// A CA key must show `private && sensitive && !extractable`;
+/// `always_sensitive` and `never_extractable` additionally prove it was
+/// generated that way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyProtection {
+    /// `CKA_PRIVATE`: usable only after login. A key without it signs for
+    /// anyone who can load the module, PIN or not.
+    pub private: bool,
     /// `CKA_SENSITIVE`.
     pub sensitive: bool,
     /// `CKA_EXTRACTABLE`.
@@ -308,14 +315,15 @@ impl Hsm {
                 return Ok(None);
             };
             let protection = read_protection(session, private)?;
-            if !(protection.sensitive
+            if !(protection.private
+                && protection.sensitive
                 && !protection.extractable
                 && protection.always_sensitive
                 && protection.never_extractable)
             {
                 return Err(HsmError::UnusableKey {
                     label: label.to_owned(),
-                    reason: "it was not generated sensitive and non-extractable",
+                    reason: "it was not generated private, sensitive and non-extractable",
                 });
             }
             let public_template = [

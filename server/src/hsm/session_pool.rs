@@ -366,6 +366,12 @@ impl SessionPool {
             Retry::Once => Check::IfIdle,
         };
         let _calls = self.module.enter()?;
+        // Not even a session is touched while the PIN is known to be wrong.
+        if *lock(&self.login_refused) {
+            return Err(HsmError::LoginSuspended {
+                token_label: self.token_label.clone(),
+            });
+        }
         let mut lease = self.acquire(check)?;
         match self.attempt(&lease, &work) {
             Err(error) if error.is_session_fault() && retry == Retry::Once => {
@@ -437,7 +443,9 @@ impl SessionPool {
                 match self.validate(&pooled.session) {
                     Ok(()) => return Ok(Lease::new(self, pooled)),
                     Err(error) => {
-                        self.give_back(pooled, false);
+                        // A session that failed only its login is alive:
+                        // keep it, since a dropped one is never closed.
+                        self.give_back(pooled, !error.is_session_fault());
                         if !error.is_session_fault() {
                             return Err(error);
                         }
@@ -584,7 +592,7 @@ impl SessionPool {
             Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(error) => {
                 let error = login_error(&self.token_label, error);
-                if matches!(error, HsmError::Login { .. }) {
+                if refuses_the_pin(&error) {
                     *refused = true;
                     tracing::error!(
                         hsm.token_label = %self.token_label,
@@ -745,6 +753,24 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// Whether a failed login means the token refused this PIN, the one case in
+/// which trying it again can only count towards locking the token. Other
+/// refusals (a vendor code during failover, an operation still active) are
+/// reported but not remembered.
+fn refuses_the_pin(error: &HsmError) -> bool {
+    matches!(
+        error.return_value(),
+        Some(
+            RvError::PinIncorrect
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::PinExpired
+                | RvError::PinLocked
+                | RvError::UserPinNotInitialized
+        )
+    ) && matches!(error, HsmError::Login { .. })
+}
+
 /// `C_Initialize` with OS locking (certmint calls the module from many
 /// threads); "already initialized" by another handle in this process is fine.
 fn initialize(pkcs11: &Pkcs11) -> Result<(), CryptokiError> {
@@ -785,6 +811,30 @@ mod tests {
         assert!(delays.windows(2).all(|pair| pair[1] >= pair[0]));
         assert_eq!(delays[9], RECONNECT_MAX);
         assert_eq!(outage.map(|outage| outage.failures), Some(10));
+    }
+
+    #[test]
+    fn only_pin_refusals_are_remembered() {
+        let refusal = |return_value| {
+            login_error(
+                "token",
+                CryptokiError::Pkcs11(return_value, cryptoki::context::Function::Login),
+            )
+        };
+        for pin_refusal in [
+            RvError::PinIncorrect,
+            RvError::PinLocked,
+            RvError::PinExpired,
+        ] {
+            assert!(refuses_the_pin(&refusal(pin_refusal)), "{pin_refusal:?}");
+        }
+        for other in [
+            RvError::OperationActive,
+            RvError::UserAnotherAlreadyLoggedIn,
+            RvError::DeviceError,
+        ] {
+            assert!(!refuses_the_pin(&refusal(other)), "{other:?}");
+        }
     }
 
     #[test]

@@ -81,8 +81,13 @@ pub struct IssuingCa {
     pub signer: Arc<dyn CaSigner>,
     /// The issuing certificate.
     pub certificate: Certificate,
-    /// Issuing certificate then root, PEM.
+    /// Issuing certificate, any intermediate CAs, then root, PEM.
     pub chain_pem: String,
+    /// The earliest notAfter on the path: the issuing certificate's, an
+    /// intermediate's or the root's. A leaf never outlives its path, or it
+    /// would stop validating before its own notAfter while its holder saw
+    /// no reason to renew.
+    pub path_not_after: OffsetDateTime,
 }
 
 /// Everything issuance needs, built once at start.
@@ -364,7 +369,7 @@ impl Issuer {
         policy_is_stored: bool,
     ) -> Result<PreparedCertificate, ServiceError> {
         let token_id = lineage.token_id.clone();
-        let issuer_not_after = certificate_not_after(&self.parts.ca.certificate)?;
+        let issuer_not_after = self.parts.ca.path_not_after;
         let not_before = now
             .checked_sub(time::Duration::seconds(
                 self.parts.settings.backdate_seconds,

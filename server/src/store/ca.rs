@@ -128,9 +128,28 @@ impl Store {
         })
     }
 
-    /// Records the CA once (audit `ca.initialized`) and drops the key
-    /// reservations; [`StoreError::CaAlreadyInitialized`] if a CA is already
-    /// recorded.
+    /// Changes the key type of `label`'s reservation, for a rerun of `init`
+    /// that asks for another type before any key was generated under it.
+    pub fn retype_ca_key_reservation(
+        &self,
+        label: &str,
+        key_type: KeyType,
+    ) -> Result<(), StoreError> {
+        let (label, key_type) = (label.to_owned(), key_type.as_str().to_owned());
+        self.write(move |conn| {
+            diesel::update(
+                ca_key_reservations::table.filter(ca_key_reservations::label.eq(&label)),
+            )
+            .set(ca_key_reservations::key_type.eq(&key_type))
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            Ok(())
+        })
+    }
+
+    /// Records the CA once (audit `ca.initialized`) and drops the
+    /// reservations of its keys; [`StoreError::CaAlreadyInitialized`] if a
+    /// CA is already recorded.
     pub fn save_ca_state(
         &self,
         state: &CaState,
@@ -157,6 +176,12 @@ impl Store {
             "pending_import": state.issuing_der.is_none(),
         });
         let event = NewAuditEvent::new(CA_INITIALIZED, actor, "ca", data);
+        let ca_labels: Vec<String> = state
+            .root_key_label
+            .iter()
+            .chain([&state.issuing_key_label])
+            .cloned()
+            .collect();
         self.write(move |conn| {
             match diesel::insert_into(ca_state::table)
                 .values(&row)
@@ -165,10 +190,14 @@ impl Store {
                 Err(e) if is_unique_violation(&e) => return Err(StoreError::CaAlreadyInitialized),
                 other => other.map_err(StoreError::query)?,
             };
-            // The keys are the CA's now, named by the row just written.
-            diesel::delete(ca_key_reservations::table)
-                .execute(conn)
-                .map_err(StoreError::query)?;
+            // The CA keys are named by the row just written now. Other
+            // reservations (the token-signing key's) stay: they are that
+            // key's only record.
+            diesel::delete(
+                ca_key_reservations::table.filter(ca_key_reservations::label.eq_any(&ca_labels)),
+            )
+            .execute(conn)
+            .map_err(StoreError::query)?;
             audit::append(conn, &event, now)?;
             Ok(())
         })

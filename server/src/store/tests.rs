@@ -1297,9 +1297,24 @@ fn ca_key_reservations_hold_until_the_ca_is_recorded(db: &TestDb) {
         .expect("reserve again");
     assert_eq!(again, root);
     let issuing = store
-        .reserve_ca_key("ca-issuing", KeyType::EcP256, b"id-3", NOW)
+        .reserve_ca_key("ca-issuing", KeyType::Ed25519, b"id-3", NOW)
         .expect("reserve another label");
     assert_eq!(issuing.key_id, b"id-3");
+    // Nothing was generated under it (the token had no Ed25519, say): the
+    // rerun asks for another type and keeps the id.
+    store
+        .retype_ca_key_reservation("ca-issuing", KeyType::EcP256)
+        .expect("retype");
+    let issuing = store
+        .reserve_ca_key("ca-issuing", KeyType::EcP256, b"id-7", NOW)
+        .expect("reserve again");
+    assert_eq!(
+        (issuing.key_type, issuing.key_id.as_slice()),
+        (KeyType::EcP256, &b"id-3"[..])
+    );
+    let token_key = store
+        .reserve_ca_key("token-signing", KeyType::Ed25519, b"id-5", NOW)
+        .expect("reserve a key that is not the CA's");
 
     let state = CaState {
         root_der: b"root".to_vec(),
@@ -1318,8 +1333,12 @@ fn ca_key_reservations_hold_until_the_ca_is_recorded(db: &TestDb) {
         .expect("reserve after the CA is recorded");
     assert_eq!(
         fresh.key_id, b"id-4",
-        "recording the CA drops the reservations"
+        "recording the CA drops its keys' reservations"
     );
+    let kept = store
+        .reserve_ca_key("token-signing", KeyType::Ed25519, b"id-6", NOW)
+        .expect("reserve the token key again");
+    assert_eq!(kept, token_key, "other reservations stay");
 }
 
 // ----------------------------------------------- back-end specific tests

@@ -1,5 +1,11 @@
 //! Bootstrap and admin tokens: JWTs signed by the server's Ed25519 token key.
 //!
+//! The key lives on the HSM (`tokens.signing_key = "hsm"`, what `init`
+//! sets up; a JWS is then assembled here and only its signature is made
+//! on the token) or, for set-ups from before that, in a PKCS#8 file
+//! (`"file"`). Verification needs only the public key, so it never touches
+//! the HSM.
+//!
 //! Verification follows one fixed order (see `docs/ISSUANCE.md`):
 //! 1. [`UnverifiedHeader`] reads `alg` and `kid` without trusting them;
 //! 2. the key is chosen by `kid` (today: the server's own key);
@@ -14,13 +20,17 @@
 //! `kind` claim, so one can never be replayed as the other.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine as _;
-use certmint::wire::Identity;
+use certmint::wire::{Identity, KeyType};
+use der::Decode as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::KeyPair as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::hsm::{CaSigner, HsmError};
 
 /// Allowed clock difference between the minting and the verifying host.
 pub const LEEWAY_SECONDS: i64 = 30;
@@ -183,6 +193,12 @@ pub enum TokenKeyError {
         #[source]
         source: std::io::Error,
     },
+    /// The HSM key named for token signing is not an Ed25519 key.
+    #[error("token signing key {label:?} on the HSM is not an Ed25519 key")]
+    NotEd25519 {
+        /// The key's label.
+        label: String,
+    },
     /// The key file does not hold a PKCS#8 Ed25519 key.
     #[error("token signing key {path} is not a PKCS#8 Ed25519 PEM key")]
     Invalid {
@@ -191,9 +207,30 @@ pub enum TokenKeyError {
     },
 }
 
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The claims or header would not encode, or the file key refused (a
+    /// bug).
+    #[error("token encoding failed: {0}")]
+    Encoding(String),
+    /// The HSM holding the token key could not sign.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+}
+
+/// Where the token key signs.
+enum TokenSigner {
+    /// A PKCS#8 key read from a file (older set-ups).
+    File(EncodingKey),
+    /// An Ed25519 key on the HSM.
+    Hsm(Arc<dyn CaSigner>),
+}
+
 /// The server's token key: signs and verifies bootstrap and admin tokens.
 pub struct TokenAuthority {
-    encoding_key: EncodingKey,
+    signer: TokenSigner,
     decoding_key: DecodingKey,
     key_id: String,
     issuer: String,
@@ -226,7 +263,32 @@ pub fn create_signing_key_file(path: &Path) -> Result<(), TokenKeyError> {
 }
 
 impl TokenAuthority {
-    /// Loads the signing key; `issuer` is the server's public URL.
+    /// Uses the Ed25519 key `signer` on the HSM; `issuer` is the server's
+    /// public URL.
+    pub fn from_hsm_key(signer: Arc<dyn CaSigner>, issuer: &str) -> Result<Self, TokenKeyError> {
+        let unusable = || TokenKeyError::NotEd25519 {
+            label: signer.label().to_owned(),
+        };
+        if signer.key_type() != KeyType::Ed25519 {
+            return Err(unusable());
+        }
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(signer.subject_public_key_info())
+            .map_err(|_| unusable())?;
+        let public_key = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(unusable)?
+            .to_vec();
+        Ok(Self {
+            decoding_key: DecodingKey::from_ed_der(&public_key),
+            key_id: key_id_of(&public_key),
+            issuer: issuer.to_owned(),
+            signer: TokenSigner::Hsm(signer),
+        })
+    }
+
+    /// Loads the signing key from a PKCS#8 file; `issuer` is the server's
+    /// public URL.
     pub fn load(path: &Path, issuer: &str) -> Result<Self, TokenKeyError> {
         let invalid = || TokenKeyError::Invalid {
             path: path.display().to_string(),
@@ -242,11 +304,10 @@ impl TokenAuthority {
         let key_pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
             .map_err(|_| invalid())?;
         let public_key = key_pair.public_key().as_ref().to_vec();
-        let digest = ring::digest::digest(&ring::digest::SHA256, &public_key);
         Ok(Self {
-            encoding_key: EncodingKey::from_ed_der(&pkcs8),
+            signer: TokenSigner::File(EncodingKey::from_ed_der(&pkcs8)),
             decoding_key: DecodingKey::from_ed_der(&public_key),
-            key_id: hex::encode(&digest.as_ref()[..12]),
+            key_id: key_id_of(&public_key),
             issuer: issuer.to_owned(),
         })
     }
@@ -265,7 +326,7 @@ impl TokenAuthority {
         audience: &str,
         issued_at: OffsetDateTime,
         expires_at: OffsetDateTime,
-    ) -> Result<String, TokenError> {
+    ) -> Result<String, MintError> {
         let claims = BootstrapClaims {
             registered: self.registered(id, id, audience, KIND_BOOTSTRAP, issued_at, expires_at),
             policy: policy.to_owned(),
@@ -283,7 +344,7 @@ impl TokenAuthority {
         audience: &str,
         issued_at: OffsetDateTime,
         expires_at: OffsetDateTime,
-    ) -> Result<String, TokenError> {
+    ) -> Result<String, MintError> {
         let claims = AdminClaims {
             registered: self.registered(id, subject, audience, KIND_ADMIN, issued_at, expires_at),
             role,
@@ -311,11 +372,25 @@ impl TokenAuthority {
         }
     }
 
-    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
+    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, MintError> {
         let mut header = Header::new(TOKEN_ALGORITHM);
         header.kid = Some(self.key_id.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding_key)
-            .map_err(|error| TokenError::Malformed(format!("signing failed: {error}")))
+        match &self.signer {
+            TokenSigner::File(key) => jsonwebtoken::encode(&header, claims, key)
+                .map_err(|error| MintError::Encoding(error.to_string())),
+            TokenSigner::Hsm(signer) => {
+                // JWS compact serialization (RFC 7515 §7.1): the token signs
+                // base64url(header) "." base64url(claims); EdDSA signatures
+                // are the raw 64 bytes (RFC 8037 §3.1), as the token returns
+                // them.
+                let signing_input = format!("{}.{}", json_part(&header)?, json_part(claims)?);
+                let signature = signer.sign(signing_input.as_bytes())?;
+                Ok(format!(
+                    "{signing_input}.{}",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
+                ))
+            }
+        }
     }
 
     /// Verifies a bootstrap token for `audience` at `now`.
@@ -396,6 +471,19 @@ impl TokenAuthority {
         serde_json::from_value(data.claims)
             .map_err(|_| TokenError::Malformed("claims do not decode".into()))
     }
+}
+
+/// A JWS header or payload segment: base64url of the JSON, unpadded.
+fn json_part<T: Serialize + ?Sized>(value: &T) -> Result<String, MintError> {
+    serde_json::to_vec(value)
+        .map(|json| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+        .map_err(|error| MintError::Encoding(error.to_string()))
+}
+
+/// The `kid` of a public key: the first 12 bytes of its SHA-256, in hex.
+fn key_id_of(public_key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+    hex::encode(&digest.as_ref()[..12])
 }
 
 fn check_times(issued_at: i64, expires_at: i64, now: OffsetDateTime) -> Result<(), TokenError> {

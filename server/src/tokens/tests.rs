@@ -247,3 +247,100 @@ fn fail_garbage() {
         ));
     }
 }
+
+/// An Ed25519 [`CaSigner`] in memory, standing in for the HSM key (the
+/// token tests in `hsm` and the end-to-end suite use real tokens).
+struct InMemoryEd25519 {
+    key_pair: ring::signature::Ed25519KeyPair,
+    spki: Vec<u8>,
+}
+
+impl InMemoryEd25519 {
+    fn from_pkcs8(pkcs8: &[u8]) -> Self {
+        use der::Encode as _;
+        let key_pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).unwrap();
+        let spki = spki::SubjectPublicKeyInfoOwned {
+            algorithm: spki::AlgorithmIdentifierOwned {
+                oid: der::asn1::ObjectIdentifier::new_unwrap("1.3.101.112"),
+                parameters: None,
+            },
+            subject_public_key: der::asn1::BitString::from_bytes(key_pair.public_key().as_ref())
+                .unwrap(),
+        }
+        .to_der()
+        .unwrap();
+        Self { key_pair, spki }
+    }
+}
+
+impl CaSigner for InMemoryEd25519 {
+    fn key_type(&self) -> KeyType {
+        KeyType::Ed25519
+    }
+    fn label(&self) -> &str {
+        "token-signing"
+    }
+    fn subject_public_key_info(&self) -> &[u8] {
+        &self.spki
+    }
+    fn signature_algorithm(&self) -> &[u8] {
+        &[]
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        Ok(self.key_pair.sign(message).as_ref().to_vec())
+    }
+}
+
+#[test]
+fn ok_tokens_signed_by_an_hsm_key_verify_like_file_key_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key.pem");
+    create_signing_key_file(&path).unwrap();
+    let pem = std::fs::read_to_string(&path).unwrap();
+    let (_, pkcs8) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+    let file_authority = TokenAuthority::load(&path, ISSUER).unwrap();
+    let hsm_authority =
+        TokenAuthority::from_hsm_key(Arc::new(InMemoryEd25519::from_pkcs8(&pkcs8)), ISSUER)
+            .unwrap();
+    assert_eq!(hsm_authority.key_id(), file_authority.key_id());
+
+    let token = bootstrap(&hsm_authority, ENROLL, 10);
+    let header = UnverifiedHeader::parse(&token).unwrap();
+    assert_eq!(header.alg, "EdDSA");
+    assert_eq!(header.kid.as_deref(), Some(hsm_authority.key_id()));
+    // Each verifies the other's tokens: same key, same JWS.
+    let claims = file_authority
+        .verify_bootstrap(&token, ENROLL, NOW)
+        .expect("a JWS assembled around the HSM signature verifies");
+    assert_eq!(claims.identity, identity());
+    file_authority
+        .verify_bootstrap(&bootstrap(&file_authority, ENROLL, 10), ENROLL, NOW)
+        .unwrap();
+    hsm_authority
+        .verify_bootstrap(&bootstrap(&file_authority, ENROLL, 10), ENROLL, NOW)
+        .unwrap();
+}
+
+#[test]
+fn fail_hsm_token_key_that_is_not_ed25519() {
+    struct P256;
+    impl CaSigner for P256 {
+        fn key_type(&self) -> KeyType {
+            KeyType::EcP256
+        }
+        fn label(&self) -> &str {
+            "not-ed25519"
+        }
+        fn subject_public_key_info(&self) -> &[u8] {
+            &[]
+        }
+        fn signature_algorithm(&self) -> &[u8] {
+            &[]
+        }
+        fn sign(&self, _: &[u8]) -> Result<Vec<u8>, HsmError> {
+            unreachable!("never asked to sign")
+        }
+    }
+    let error = TokenAuthority::from_hsm_key(Arc::new(P256), ISSUER).unwrap_err();
+    assert!(matches!(error, TokenKeyError::NotEd25519 { .. }), "{error}");
+}
