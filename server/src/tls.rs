@@ -21,7 +21,7 @@ use der::asn1::BitString;
 use der::{Any, Decode as _};
 use prometheus_client::metrics::gauge::Gauge;
 use ring::signature::KeyPair as _;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier as _};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -229,6 +229,7 @@ pub fn issue(
     for block in split_pem(&bundle.chain_pem) {
         chain.push(pem_to_der(&block)?);
     }
+    verify_as_clients_will(&chain, names)?;
     let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()));
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)
         .map_err(|error| internal(&format!("rustls refused the key: {error}")))?;
@@ -241,6 +242,50 @@ pub fn issue(
         not_after: bundle.not_after,
         serial: bundle.serial,
     })
+}
+
+/// Checks the server's own chain (leaf first, root last) the way its clients
+/// will, with rustls' webpki verifier: serverAuth, every configured name,
+/// every link and constraint up to the root. A chain that would fail there
+/// (an expired intermediate, nameConstraints that leave out the server's
+/// names, a restrictive EKU) stops `serve` at start with the reason, instead
+/// of failing every client's handshake with a bare alert.
+fn verify_as_clients_will(chain: &[Vec<u8>], names: &[String]) -> Result<(), ServiceError> {
+    let (Some(leaf), Some(root)) = (chain.first(), chain.last()) else {
+        return Err(internal("the server certificate chain is empty"));
+    };
+    let refused = |what: String| {
+        ServiceError::Setup(format!(
+            "the server's own certificate would be refused by its clients: {what}"
+        ))
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root.clone()))
+        .map_err(|error| refused(format!("the root is not a usable trust anchor: {error}")))?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|error| refused(error.to_string()))?;
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..chain.len().saturating_sub(1)]
+        .iter()
+        .map(|der| CertificateDer::from(der.as_slice()))
+        .collect();
+    for name in names {
+        let server_name = rustls_pki_types::ServerName::try_from(name.as_str())
+            .map_err(|error| refused(format!("{name:?} is not a server name: {error}")))?;
+        verifier
+            .verify_server_cert(
+                &CertificateDer::from(leaf.as_slice()),
+                &intermediates,
+                &server_name,
+                &[],
+                UnixTime::now(),
+            )
+            .map_err(|error| refused(format!("for {name}: {error}")))?;
+    }
+    Ok(())
 }
 
 /// The built-in policy the server's own certificates are recorded under.

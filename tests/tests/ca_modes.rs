@@ -359,6 +359,31 @@ backend_tests! {
         enroll_one(&server, "resumed-external");
     }
 
+    fn fail_serve_when_clients_would_refuse_its_own_certificate(backend: Backend) {
+        let Some(pending) = TestServer::builder(backend).external_root(true).init_external_root()
+        else {
+            return;
+        };
+        // A chain that imports fine (every link and constraint holds) but
+        // whose intermediate only permits names under corp.example: the
+        // server's own certificate for localhost and 127.0.0.1 would fail
+        // every client's handshake.
+        let hierarchy = OfflineRoot::with_intermediate_extensions(
+            "basicConstraints=critical,CA:TRUE,pathlen:1\n\
+             keyUsage=critical,keyCertSign,cRLSign\n\
+             nameConstraints=critical,permitted;DNS:corp.example,permitted;IP:10.0.0.0/255.0.0.0\n",
+        );
+        let import = pending.import_chain(&hierarchy.chain_for(pending.csr_pem()));
+        assert!(import.success(), "import-chain failed:\n{}", import.text);
+        let serve = pending.try_serve();
+        assert!(serve.failed(), "serve must refuse to start (status {:?}):\n{}", serve.status, serve.text);
+        assert!(
+            serve.text.contains("would be refused by its clients: for localhost"),
+            "serve must say why:\n{}",
+            serve.text
+        );
+    }
+
     fn ok_external_root_through_an_intermediate_ca(backend: Backend) {
         let Some(pending) = TestServer::builder(backend).external_root(true).init_external_root()
         else {
