@@ -179,6 +179,9 @@ impl Agent {
         // refused, so a transient failure retries it instead of going back
         // to waiting for the schedule.
         let mut renew_now = false;
+        // Whether a valid certificate is known to be in place: seen on disk
+        // or just installed. With `--once`, a stop exits 0 only then.
+        let mut in_place = false;
         loop {
             let current_session = match &session {
                 Some(session) => session.clone(),
@@ -189,7 +192,7 @@ impl Agent {
                             Ok(connected) => connected,
                             Err(signal) => {
                                 tracing::info!("{signal}: stopping");
-                                return Exit::Ok;
+                                return self.stopped(in_place);
                             }
                         };
                     match connected {
@@ -199,7 +202,7 @@ impl Agent {
                         }
                         Err(error) => match self.after_failure(error, None, signals).await {
                             Err(exit) => return exit,
-                            Ok(Wake::Stop) => return Exit::Ok,
+                            Ok(Wake::Stop) => return self.stopped(in_place),
                             Ok(Wake::RenewNow) => {
                                 renew_now = true;
                                 continue;
@@ -210,9 +213,14 @@ impl Agent {
                 }
             };
             let now = OffsetDateTime::now_utc();
-            let action = match enroll_instead.take() {
-                Some(reason) => Action::Enroll(reason),
-                None => match self.workload.inspect(&current_session.anchors, now) {
+            let on_disk = match enroll_instead.take() {
+                Some(reason) => Err(reason),
+                None => Ok(self.workload.inspect(&current_session.anchors, now)),
+            };
+            in_place = matches!(on_disk, Ok(OnDisk::Valid(_)));
+            let action = match on_disk {
+                Err(reason) => Action::Enroll(reason),
+                Ok(on_disk) => match on_disk {
                     OnDisk::Missing => Action::Enroll("no certificate yet".into()),
                     OnDisk::Unusable(reason) => {
                         Action::Enroll(format!("the files on disk are unusable: {reason}"))
@@ -261,10 +269,11 @@ impl Agent {
                 match finish_in_flight(request, &mut signals.stop, grace, what).await {
                     InFlight::Done(outcome) => (outcome, false),
                     InFlight::FinishedThenStop(outcome) => (outcome, true),
-                    InFlight::NotStarted | InFlight::Abandoned => return Exit::Ok,
+                    InFlight::NotStarted | InFlight::Abandoned => return self.stopped(in_place),
                 };
             match outcome {
                 Ok(meta) => {
+                    in_place = true;
                     renew_now = false;
                     self.backoff.reset();
                     // Also when stopping: the new files are in place, and a
@@ -288,7 +297,7 @@ impl Agent {
                     tracing::warn!(
                         "the {what} failed; stopping as asked, without retrying: {error}"
                     );
-                    return Exit::Ok;
+                    return self.stopped(in_place);
                 }
                 Err(error) => {
                     let cure = matches!(
@@ -306,13 +315,20 @@ impl Agent {
                     }
                     match self.after_failure(error, not_after, signals).await {
                         Err(exit) => return exit,
-                        Ok(Wake::Stop) => return Exit::Ok,
+                        Ok(Wake::Stop) => return self.stopped(in_place),
                         Ok(Wake::RenewNow) => renew_now = true,
                         Ok(Wake::Timer) => {}
                     }
                 }
             }
         }
+    }
+
+    /// The exit after a stop: `--once` promises a valid certificate in
+    /// place when it exits 0, so it exits [`Exit::Stopped`] unless one is
+    /// (`in_place`); the long-running agent always exits 0 on a stop.
+    fn stopped(&self, in_place: bool) -> Exit {
+        stop_exit(self.once, in_place)
     }
 
     /// Enrolls or renews; logs the result on one line.
@@ -452,6 +468,15 @@ impl Agent {
     }
 }
 
+/// See [`Agent::stopped`].
+fn stop_exit(once: bool, in_place: bool) -> Exit {
+    if once && !in_place {
+        Exit::Stopped
+    } else {
+        Exit::Ok
+    }
+}
+
 /// Logs a final failure on one line; the exit it leads to.
 fn stop_for(error: &WorkloadError) -> Exit {
     let code = error.code().map(ToString::to_string).unwrap_or_default();
@@ -471,5 +496,18 @@ async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
             tracing::info!("SIGHUP: renewing now");
             Wake::RenewNow
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_once_without_a_certificate_in_place_exits_stopped() {
+        assert_eq!(stop_exit(true, false), Exit::Stopped);
+        assert_eq!(stop_exit(true, true), Exit::Ok);
+        assert_eq!(stop_exit(false, false), Exit::Ok);
+        assert_eq!(stop_exit(false, true), Exit::Ok);
     }
 }
