@@ -80,13 +80,7 @@ pub fn initialize(
         });
     }
     let root_key = reserved_key(hsm, store, &options.root_key_label, options.key_type, now)?;
-    let issuing_key = reserved_key(
-        hsm,
-        store,
-        &options.issuing_key_label,
-        options.key_type,
-        now,
-    )?;
+    let issuing_key = issuing_key(hsm, store, options, now)?;
     let root_subject = subject(&format!("{} Root CA", options.name))?;
     let root_spki = spki_of(root_key.as_ref())?;
     let root = sign_ca(
@@ -155,13 +149,7 @@ pub fn initialize_for_external_root(
             root_fingerprint: existing.root().map(fingerprint),
         });
     }
-    let issuing_key = reserved_key(
-        hsm,
-        store,
-        &options.issuing_key_label,
-        options.key_type,
-        now,
-    )?;
+    let issuing_key = issuing_key(hsm, store, options, now)?;
     let info = CertReqInfo {
         version: RequestVersion::V1,
         subject: subject(&format!("{} Issuing CA", options.name))?,
@@ -193,6 +181,22 @@ pub fn initialize_for_external_root(
     Ok(InitOutcome::AwaitingExternalRoot {
         csr_pem: pem("CERTIFICATE REQUEST", &csr_der)?,
     })
+}
+
+/// The issuing CA's key, reserved like every CA key.
+fn issuing_key(
+    hsm: &Hsm,
+    store: &Store,
+    options: &CaOptions,
+    now: OffsetDateTime,
+) -> Result<Arc<dyn CaSigner>, ServiceError> {
+    reserved_key(
+        hsm,
+        store,
+        &options.issuing_key_label,
+        options.key_type,
+        now,
+    )
 }
 
 /// The Ed25519 key labelled `label` that signs bootstrap and admin tokens

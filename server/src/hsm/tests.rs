@@ -118,19 +118,25 @@ fn fixture() -> Option<&'static Fixture> {
         .as_ref()
 }
 
-/// A logged-in handle with a pool of `pool_size` sessions, plus the read
-/// guard that keeps the module from being reset under the test.
+/// A logged-in handle with a pool of `pool_size` sessions, plus the guard
+/// that gives the test the token to itself.
 fn open_hsm(pool_size: usize) -> Option<(Hsm, RwLockWriteGuard<'static, ()>)> {
+    let (fixture, guard) = exclusive_fixture()?;
+    let hsm = Hsm::open(&config(fixture, pool_size)).expect("open the test token");
+    Some((hsm, guard))
+}
+
+/// The shared token, held exclusively. SoftHSM2's file backend fails
+/// C_GenerateKeyPair with CKR_GENERAL_ERROR when another thread uses the
+/// token at the same time (SoftHSMv2 #573), and some tests reset the module
+/// for everyone, so token tests take turns. Concurrency inside one test
+/// (the signing pool tests) is what the tests measure.
+fn exclusive_fixture() -> Option<(&'static Fixture, RwLockWriteGuard<'static, ()>)> {
     let fixture = fixture()?;
-    // Exclusive: SoftHSM2's file backend fails C_GenerateKeyPair with
-    // CKR_GENERAL_ERROR when another thread uses the token at the same time
-    // (SoftHSMv2 #573), so token tests take turns. Concurrency inside one
-    // test (the signing pool tests) is what the tests measure.
     let guard = MODULE_RESET
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let hsm = Hsm::open(&config(fixture, pool_size)).expect("open the test token");
-    Some((hsm, guard))
+    Some((fixture, guard))
 }
 
 fn config(fixture: &Fixture, pool_size: usize) -> HsmConfig {
@@ -337,13 +343,10 @@ fn ok_sixteen_threads_sign_through_four_sessions() {
 
 #[test]
 fn finalized_module_is_reinitialized_transparently() {
-    let Some(fixture) = fixture() else {
+    // Exclusive: finalizing the module closes every session in the process.
+    let Some((fixture, _exclusive)) = exclusive_fixture() else {
         return;
     };
-    // Exclusive: finalizing the module closes every session in the process.
-    let _exclusive = MODULE_RESET
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let hsm = Hsm::open(&config(fixture, 2)).expect("open");
     let signer = hsm
         .generate_key_pair("ok-survives-reset", KeyType::EcP256, TEST_KEY_ID)
@@ -374,12 +377,9 @@ fn ok_ping_on_a_fresh_handle() {
 
 #[test]
 fn fail_init_token_twice_is_already_exists() {
-    let Some(fixture) = fixture() else {
+    let Some((fixture, _guard)) = exclusive_fixture() else {
         return;
     };
-    let _guard = MODULE_RESET
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let error = init_token(
         &fixture.module_path,
         TOKEN_LABEL,
@@ -392,12 +392,9 @@ fn fail_init_token_twice_is_already_exists() {
 
 #[test]
 fn fail_open_unknown_token_is_token_not_found() {
-    let Some(fixture) = fixture() else {
+    let Some((fixture, _guard)) = exclusive_fixture() else {
         return;
     };
-    let _guard = MODULE_RESET
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut config = config(fixture, 1);
     config.token_label = "fail-no-such-token".to_owned();
     let error = Hsm::open(&config).expect_err("no such token");
@@ -649,13 +646,10 @@ impl Drop for RestoreUserPin<'_> {
 
 #[test]
 fn ok_finalize_waits_for_the_call_in_flight() {
-    let Some(fixture) = fixture() else {
+    // Exclusive: finalizing the module closes every session in the process.
+    let Some((fixture, _exclusive)) = exclusive_fixture() else {
         return;
     };
-    // Exclusive: finalizing the module closes every session in the process.
-    let _exclusive = MODULE_RESET
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let hsm = Hsm::open(&config(fixture, 2)).expect("open");
     let (started, call_started) = std::sync::mpsc::channel();
     let pool = Arc::clone(&hsm.pool);
@@ -779,12 +773,9 @@ fn fail_found_key_pair_that_was_extractable_is_unusable() {
 
 #[test]
 fn ok_init_token_sets_the_user_pin_an_interrupted_init_left_unset() {
-    let Some(fixture) = fixture() else {
+    let Some((fixture, _guard)) = exclusive_fixture() else {
         return;
     };
-    let _guard = MODULE_RESET
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let label = "ok-half-initialized";
     // An earlier init that stopped right after C_InitToken: the token has
     // its label and SO PIN but no user PIN.
