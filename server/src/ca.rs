@@ -14,7 +14,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 
 use certmint::wire::KeyType;
-use const_oid::db::rfc5280::{ANY_EXTENDED_KEY_USAGE, ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+use const_oid::db::rfc5280::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
 use der::asn1::BitString;
 use der::{Decode as _, DecodePem as _, Encode as _};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
@@ -208,12 +208,19 @@ pub fn token_signing_key(
     label: &str,
     now: OffsetDateTime,
 ) -> Result<Arc<dyn CaSigner>, ServiceError> {
-    if !hsm.supported_key_types()?.contains(&KeyType::Ed25519) {
-        return Err(ServiceError::Setup(
-            "the token cannot make Ed25519 keys for signing tokens; set tokens.signing_key = \"file\" in the config and run init again".into(),
-        ));
-    }
+    require_ed25519_for_tokens(hsm)?;
     reserved_key(hsm, store, label, KeyType::Ed25519, now)
+}
+
+/// Refuses a token that cannot make the Ed25519 token-signing key, with
+/// the way out.
+pub fn require_ed25519_for_tokens(hsm: &Hsm) -> Result<(), ServiceError> {
+    if hsm.supported_key_types()?.contains(&KeyType::Ed25519) {
+        return Ok(());
+    }
+    Err(ServiceError::Setup(
+        "the token cannot make Ed25519 keys for signing tokens; set tokens.signing_key = \"file\" in the config and run init again".into(),
+    ))
 }
 
 /// The CA key labelled `label`: the one an earlier, interrupted `init`
@@ -391,16 +398,15 @@ fn check_ca_certificate(
     }
     // Verifiers (webpki among them) apply a CA certificate's EKU to the
     // whole path below it: certmint issues client certificates and its own
-    // server certificate through this chain, so it must allow both.
+    // server certificate through this chain, so it must name both.
+    // anyExtendedKeyUsage is not enough: webpki matches exact purposes.
     let extended_key_usage = tbs
         .get_extension::<ExtendedKeyUsage>()
         .map_err(|error| refuse(format!("extendedKeyUsage does not decode: {error}")))?;
     if let Some((_, ExtendedKeyUsage(purposes))) = extended_key_usage {
-        let allows =
-            |purpose| purposes.contains(&purpose) || purposes.contains(&ANY_EXTENDED_KEY_USAGE);
-        if !(allows(ID_KP_SERVER_AUTH) && allows(ID_KP_CLIENT_AUTH)) {
+        if !(purposes.contains(&ID_KP_SERVER_AUTH) && purposes.contains(&ID_KP_CLIENT_AUTH)) {
             return Err(refuse(
-                "its extendedKeyUsage does not allow both serverAuth and clientAuth, which the certificates below it need".into(),
+                "its extendedKeyUsage does not name both serverAuth and clientAuth, which the certificates below it need".into(),
             ));
         }
     }

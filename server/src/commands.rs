@@ -114,6 +114,7 @@ fn parse_key_type(text: &str) -> Result<KeyType, String> {
 
 /// `certmint-server init`.
 pub fn init(args: &InitArgs) -> Result<(), CommandError> {
+    init_command_logging();
     if args.config.exists() {
         println!(
             "config {} exists; using it unchanged",
@@ -177,6 +178,11 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
         }
     }
     let hsm = open_hsm(&config, pin)?;
+    // Before any CA key exists: a token that cannot hold the token key
+    // should stop init here, not after the CA is made.
+    if config.tokens.signing_key == TokenKeyStore::Hsm {
+        ca::require_ed25519_for_tokens(&hsm)?;
+    }
     let options = CaOptions {
         name: config.ca.name.clone(),
         key_type: config.ca.key_type,
@@ -305,6 +311,7 @@ fn open_hsm(config: &Config, pin: SecretString) -> Result<Hsm, CommandError> {
 
 /// `certmint-server ca import-chain`.
 pub fn import_chain(config_path: &Path, chain: &Path) -> Result<(), CommandError> {
+    init_command_logging();
     let config = Config::load(config_path)?;
     let store = Store::open(&config.database_url(), 2)?;
     let hsm = open_hsm(&config, config.hsm_pin()?)?;
@@ -322,13 +329,15 @@ pub fn admin_token(
     subject: &str,
     ttl: certmint::Duration,
 ) -> Result<(), CommandError> {
+    init_command_logging();
     let config = Config::load(config_path)?;
     let ttl_seconds = admin_token_ttl_seconds(ttl)?;
     let hsm = match config.tokens.signing_key {
         TokenKeyStore::Hsm => Some(open_hsm(&config, config.hsm_pin()?)?),
         TokenKeyStore::File => None,
     };
-    let authority = token_authority(&config, hsm.as_ref())?;
+    let store = Store::open(&config.database_url(), 1)?;
+    let authority = token_authority(&config, hsm.as_ref(), &store)?;
     let now = SystemClock.now();
     let token = authority.mint_admin(
         &crate::random::hex_id()?,
@@ -343,9 +352,16 @@ pub fn admin_token(
     Ok(())
 }
 
-/// The token authority `tokens.signing_key` names: the HSM key (`hsm` must
-/// be open) or the key file.
-fn token_authority(config: &Config, hsm: Option<&Hsm>) -> Result<TokenAuthority, CommandError> {
+/// The token authority `tokens.signing_key` names: the key file, or the
+/// HSM key (`hsm` must be open) that `init` generated. The HSM key is found
+/// by its label *and* the `CKA_ID` init recorded for it, with the
+/// protection checks of a CA key, so no other object under the label (a
+/// CA key after a config edit, a planted key) can sign tokens.
+fn token_authority(
+    config: &Config,
+    hsm: Option<&Hsm>,
+    store: &Store,
+) -> Result<TokenAuthority, CommandError> {
     let issuer = &config.server.public_url;
     match (config.tokens.signing_key, hsm) {
         (TokenKeyStore::File, _) => Ok(TokenAuthority::load(
@@ -354,12 +370,15 @@ fn token_authority(config: &Config, hsm: Option<&Hsm>) -> Result<TokenAuthority,
         )?),
         (TokenKeyStore::Hsm, Some(hsm)) => {
             let label = &config.tokens.signing_key_label;
-            let signer = hsm.signer(label).map_err(|error| match error {
-                hsm::HsmError::KeyNotFound { .. } => CommandError(format!(
-                    "no token signing key {label:?} on the token: run `certmint-server init` (it creates it)"
-                )),
-                other => other.into(),
-            })?;
+            let not_made = || {
+                CommandError(format!(
+                    "no token signing key {label:?} made by init on this token: run `certmint-server init` (it creates it)"
+                ))
+            };
+            let reservation = store.ca_key_reservation(label)?.ok_or_else(not_made)?;
+            let signer = hsm
+                .find_generated_key_pair(label, &reservation.key_id, KeyType::Ed25519)?
+                .ok_or_else(not_made)?;
             Ok(TokenAuthority::from_hsm_key(signer, issuer)?)
         }
         (TokenKeyStore::Hsm, None) => Err(CommandError(
@@ -380,6 +399,18 @@ fn admin_token_ttl_seconds(ttl: certmint::Duration) -> Result<i64, CommandError>
         )));
     }
     Ok(ttl_seconds)
+}
+
+/// Logging for the one-shot commands (`init`, `admin-token`, `ca
+/// import-chain`): warnings and errors to stderr, so stdout keeps only what
+/// the command prints (an admin token, say); `CERTMINT_LOG` overrides.
+fn init_command_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTMINT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn init_logging(format: LogFormat) {
@@ -414,7 +445,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     let store = Store::open(&config.database_url(), config.database.pool_size)?;
     let hsm = open_hsm(&config, config.hsm_pin()?)?;
     let loaded = ca::load(&hsm, &store)?;
-    let token_authority = Arc::new(token_authority(&config, Some(&hsm))?);
+    let token_authority = Arc::new(token_authority(&config, Some(&hsm), &store)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut metrics = Metrics::new();
     metrics.register_group_commit(store.clone());
@@ -452,7 +483,13 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         },
     ));
     let server_ttl = config.server.tls_certificate_ttl.as_seconds();
-    let first = tls::issue(&issuer, &config.server.names, server_ttl)?;
+    let public_host = config.public_host();
+    let first = tls::issue(
+        &issuer,
+        &config.server.names,
+        public_host.as_deref(),
+        server_ttl,
+    )?;
     tracing::info!(cert.serial = %first.serial, "server certificate issued");
     let first_renewal = first.renew_after;
     let resolver = ServerCertificate::new(first, metrics.server_certificate_expiry());
@@ -460,6 +497,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         issuer.clone(),
         resolver.clone(),
         config.server.names.clone(),
+        public_host,
         server_ttl,
         first_renewal,
     );
@@ -530,6 +568,7 @@ fn spawn_renewal(
     issuer: Arc<Issuer>,
     resolver: Arc<ServerCertificate>,
     names: Vec<String>,
+    public_host: Option<String>,
     ttl_seconds: u64,
     first_renewal: time::OffsetDateTime,
 ) {
@@ -539,7 +578,7 @@ fn spawn_renewal(
         loop {
             let wait = (renew_at - SystemClock.now()).max(time::Duration::ZERO);
             std::thread::sleep(wait.unsigned_abs());
-            match tls::issue(&issuer, &names, ttl_seconds) {
+            match tls::issue(&issuer, &names, public_host.as_deref(), ttl_seconds) {
                 Ok(renewed) => {
                     tracing::info!(cert.serial = %renewed.serial, "server certificate renewed");
                     failures = 0;

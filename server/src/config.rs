@@ -380,6 +380,17 @@ impl Config {
         url.clone()
     }
 
+    /// The host of `server.public_url`, the name agents connect to (an IPv6
+    /// address without its brackets), if the URL has one.
+    pub fn public_host(&self) -> Option<String> {
+        let uri: actix_web::http::Uri = self.server.public_url.parse().ok()?;
+        uri.host().map(|host| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        })
+    }
+
     /// Audience of bootstrap tokens: the enroll endpoint's public URL.
     pub fn enroll_audience(&self) -> String {
         format!("{}/v1/enroll", self.server.public_url.trim_end_matches('/'))
@@ -619,6 +630,24 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let error = Config::load(&path).unwrap_err().to_string();
         assert!(error.contains("tokens.signing_key_label"), "{error}");
+    }
+
+    #[test]
+    fn public_host_is_the_url_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certmint.toml");
+        std::fs::write(&path, render_commented(&sample())).unwrap();
+        let mut config = Config::load(&path).unwrap();
+        for (url, host) in [
+            ("https://ca.example:8443", Some("ca.example")),
+            ("https://ca.example/", Some("ca.example")),
+            ("https://[::1]:8443", Some("::1")),
+            ("https://10.0.0.7:8443", Some("10.0.0.7")),
+            ("not a url", None),
+        ] {
+            config.server.public_url = url.to_owned();
+            assert_eq!(config.public_host().as_deref(), host, "{url}");
+        }
     }
 
     #[test]

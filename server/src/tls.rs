@@ -197,10 +197,14 @@ pub struct IssuedServerCertificate {
     pub serial: String,
 }
 
-/// Issues a new server certificate for `names` (DNS names or IP addresses).
+/// Issues a new server certificate for `names` (DNS names or IP addresses)
+/// and checks it as its clients will, also for `public_host` (the host of
+/// `server.public_url`, which agents connect to). A certificate that fails
+/// the check is revoked (cessationOfOperation) and never served.
 pub fn issue(
     issuer: &Issuer,
     names: &[String],
+    public_host: Option<&str>,
     ttl_seconds: u64,
 ) -> Result<IssuedServerCertificate, ServiceError> {
     let rng = ring::rand::SystemRandom::new();
@@ -229,7 +233,14 @@ pub fn issue(
     for block in split_pem(&bundle.chain_pem) {
         chain.push(pem_to_der(&block)?);
     }
-    verify_as_clients_will(&chain, names)?;
+    let client_names = names.iter().map(String::as_str).chain(public_host);
+    if let Err(refusal) = verify_as_clients_will(&chain, client_names) {
+        if let Err(error) = issuer.withdraw_internal(&bundle.serial) {
+            tracing::warn!(cert.serial = %bundle.serial, error = %error,
+                "could not revoke the refused server certificate");
+        }
+        return Err(refusal);
+    }
     let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()));
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)
         .map_err(|error| internal(&format!("rustls refused the key: {error}")))?;
@@ -249,8 +260,12 @@ pub fn issue(
 /// every link and constraint up to the root. A chain that would fail there
 /// (an expired intermediate, nameConstraints that leave out the server's
 /// names, a restrictive EKU) stops `serve` at start with the reason, instead
-/// of failing every client's handshake with a bare alert.
-fn verify_as_clients_will(chain: &[Vec<u8>], names: &[String]) -> Result<(), ServiceError> {
+/// of failing every client's handshake with a bare alert. A wildcard name
+/// is checked with a made-up name it covers.
+fn verify_as_clients_will<'a>(
+    chain: &[Vec<u8>],
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ServiceError> {
     let (Some(leaf), Some(root)) = (chain.first(), chain.last()) else {
         return Err(internal("the server certificate chain is empty"));
     };
@@ -273,7 +288,11 @@ fn verify_as_clients_will(chain: &[Vec<u8>], names: &[String]) -> Result<(), Ser
         .map(|der| CertificateDer::from(der.as_slice()))
         .collect();
     for name in names {
-        let server_name = rustls_pki_types::ServerName::try_from(name.as_str())
+        let probe = match name.strip_prefix("*.") {
+            Some(parent) => format!("certmint-self-check.{parent}"),
+            None => name.to_owned(),
+        };
+        let server_name = rustls_pki_types::ServerName::try_from(probe.as_str())
             .map_err(|error| refused(format!("{name:?} is not a server name: {error}")))?;
         verifier
             .verify_server_cert(

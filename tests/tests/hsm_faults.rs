@@ -198,6 +198,39 @@ fn sign_duration(server: &TestServer) -> (f64, f64) {
 }
 
 backend_tests! {
+    fn fail_token_mint_while_the_token_key_cannot_sign_is_503_and_stores_nothing(backend: Backend) {
+        on_hsm_sim(backend, "fail_token_mint_while_the_token_key_cannot_sign_is_503_and_stores_nothing", |server| {
+            let policy = fault_policy(server, "mint-fault");
+            let pattern = format!("*.{policy}.internal");
+            let mint = serde_json::json!({
+                "policy": policy,
+                "identity": identity(&[&pattern], &[], &[]),
+                "ttl": "10m",
+                "max_uses": 1,
+            });
+            let tokens_of_policy = || {
+                let page: serde_json::Value = server.admin_get("/v1/admin/tokens?limit=500").json();
+                page["items"]
+                    .as_array()
+                    .map(|items| items.iter().filter(|item| item["policy"] == policy.as_str()).count())
+                    .unwrap_or_default()
+            };
+
+            // The token-signing key is on the HSM: a token that cannot sign
+            // means no bootstrap token, a 503, and no row for a JWT nobody got.
+            hsm_sim(server, &[
+                "fault", "set", "--failure-rate", "1", "--failure-code", "CKR_DEVICE_ERROR",
+                "--fail-function", "C_Sign",
+            ]);
+            assert_hsm_unavailable(&server.admin_post("/v1/admin/tokens", &mint));
+            assert_eq!(tokens_of_policy(), 0, "a refused mint stores no token");
+
+            hsm_sim(server, &["fault", "clear"]);
+            server.admin_post("/v1/admin/tokens", &mint).assert_status(201);
+            assert_eq!(tokens_of_policy(), 1);
+        });
+    }
+
     fn fail_sign_fault_is_503_with_retry_after_and_refunds_the_token_use(backend: Backend) {
         on_hsm_sim(backend, "fail_sign_fault_is_503_with_retry_after_and_refunds_the_token_use", |server| {
             let policy = fault_policy(server, "sign-fault");

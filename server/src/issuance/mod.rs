@@ -36,7 +36,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use certmint::wire::{
-    CertificateBundle, EnrollRequest, EvaluateRequest, EvaluateResponse, Identity, Verdict,
+    CertificateBundle, EnrollRequest, EvaluateRequest, EvaluateResponse, Identity,
+    RevocationReason, Verdict,
 };
 use der::{Decode as _, Encode as _};
 use time::OffsetDateTime;
@@ -250,6 +251,19 @@ impl Issuer {
             false,
         )?;
         self.sign(prepared)
+    }
+
+    /// Revokes a certificate the server issued to itself and will not use
+    /// (its TLS certificate failed the server's own path check), so the
+    /// inventory shows it withdrawn rather than live.
+    pub fn withdraw_internal(&self, serial: &str) -> Result<(), ServiceError> {
+        self.parts.store.revoke_certificate(
+            serial,
+            RevocationReason::CessationOfOperation,
+            "system:server-tls",
+            self.parts.clock.now(),
+        )?;
+        Ok(())
     }
 
     /// `POST /v1/admin/policies/{name}/evaluate`: the same checks, no token

@@ -128,6 +128,27 @@ impl Store {
         })
     }
 
+    /// The reservation recorded for `label`, if any.
+    pub fn ca_key_reservation(&self, label: &str) -> Result<Option<CaKeyReservation>, StoreError> {
+        let label = label.to_owned();
+        let row: Option<CaKeyReservationRow> = self.read(move |conn| {
+            ca_key_reservations::table
+                .filter(ca_key_reservations::label.eq(&label))
+                .select(CaKeyReservationRow::as_select())
+                .get_result(conn)
+                .optional()
+                .map_err(StoreError::query)
+        })?;
+        row.map(|row| {
+            Ok(CaKeyReservation {
+                key_type: key_type_from_name(&row.key_type, "ca_key_reservations")?,
+                label: row.label,
+                key_id: row.key_id,
+            })
+        })
+        .transpose()
+    }
+
     /// Changes the key type of `label`'s reservation, for a rerun of `init`
     /// that asks for another type before any key was generated under it.
     pub fn retype_ca_key_reservation(

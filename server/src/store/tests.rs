@@ -1315,6 +1315,11 @@ fn ca_key_reservations_hold_until_the_ca_is_recorded(db: &TestDb) {
     let token_key = store
         .reserve_ca_key("token-signing", KeyType::Ed25519, b"id-5", NOW)
         .expect("reserve a key that is not the CA's");
+    assert_eq!(
+        store.ca_key_reservation("token-signing").expect("read"),
+        Some(token_key.clone())
+    );
+    assert_eq!(store.ca_key_reservation("nothing").expect("read"), None);
 
     let state = CaState {
         root_der: b"root".to_vec(),

@@ -193,6 +193,19 @@ pub enum TokenKeyError {
         #[source]
         source: std::io::Error,
     },
+    /// The HSM key's private half did not sign for its public half: the
+    /// public key object was replaced or belongs to another key.
+    #[error("token signing key {label:?}: the public key on the token does not verify the private key's signature")]
+    HalvesDisagree {
+        /// The key's label.
+        label: String,
+    },
+    /// The HSM could not sign the challenge.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// No randomness for the challenge.
+    #[error(transparent)]
+    Entropy(#[from] crate::random::EntropyError),
     /// The HSM key named for token signing is not an Ed25519 key.
     #[error("token signing key {label:?} on the HSM is not an Ed25519 key")]
     NotEd25519 {
@@ -265,6 +278,11 @@ pub fn create_signing_key_file(path: &Path) -> Result<(), TokenKeyError> {
 impl TokenAuthority {
     /// Uses the Ed25519 key `signer` on the HSM; `issuer` is the server's
     /// public URL.
+    ///
+    /// The verifying key comes from the token's public key object, which a
+    /// session without the PIN could replace; so the private key first
+    /// signs a random challenge that must verify under it. Tokens are then
+    /// verified only with a public key proven to belong to the private one.
     pub fn from_hsm_key(signer: Arc<dyn CaSigner>, issuer: &str) -> Result<Self, TokenKeyError> {
         let unusable = || TokenKeyError::NotEd25519 {
             label: signer.label().to_owned(),
@@ -279,6 +297,14 @@ impl TokenAuthority {
             .as_bytes()
             .ok_or_else(unusable)?
             .to_vec();
+        let mut challenge = [0u8; 32];
+        crate::random::fill(&mut challenge)?;
+        let signature = signer.sign(&challenge)?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public_key)
+            .verify(&challenge, &signature)
+            .map_err(|_| TokenKeyError::HalvesDisagree {
+                label: signer.label().to_owned(),
+            })?;
         Ok(Self {
             decoding_key: DecodingKey::from_ed_der(&public_key),
             key_id: key_id_of(&public_key),

@@ -322,6 +322,29 @@ fn ok_tokens_signed_by_an_hsm_key_verify_like_file_key_tokens() {
 }
 
 #[test]
+fn fail_hsm_token_key_whose_public_half_was_replaced() {
+    // The public key object on the token holds another key's point, as a
+    // session without the PIN could arrange: the challenge does not verify.
+    let pkcs8 = |seed: &Path| {
+        create_signing_key_file(seed).unwrap();
+        let pem = std::fs::read_to_string(seed).unwrap();
+        der::pem::decode_vec(pem.as_bytes()).unwrap().1
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let genuine = InMemoryEd25519::from_pkcs8(&pkcs8(&dir.path().join("a.pem")));
+    let planted = InMemoryEd25519::from_pkcs8(&pkcs8(&dir.path().join("b.pem")));
+    let swapped = InMemoryEd25519 {
+        key_pair: genuine.key_pair,
+        spki: planted.spki,
+    };
+    let error = TokenAuthority::from_hsm_key(Arc::new(swapped), ISSUER).unwrap_err();
+    assert!(
+        matches!(error, TokenKeyError::HalvesDisagree { .. }),
+        "{error}"
+    );
+}
+
+#[test]
 fn fail_hsm_token_key_that_is_not_ed25519() {
     struct P256;
     impl CaSigner for P256 {
