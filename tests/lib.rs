@@ -1011,6 +1011,9 @@ pub struct ServerOptions {
     /// operator would after an interrupted set-up. The first run's output
     /// is kept in `init-interrupted.log`. hsm-sim only.
     pub interrupt_first_init: Vec<String>,
+    /// How many `init`s run at the same moment (replicas that each run
+    /// `init` at start); every one must succeed.
+    pub concurrent_inits: usize,
 }
 
 impl Default for ServerOptions {
@@ -1022,6 +1025,7 @@ impl Default for ServerOptions {
             external_root: false,
             tls_certificate_ttl: None,
             interrupt_first_init: Vec::new(),
+            concurrent_inits: 1,
         }
     }
 }
@@ -1054,6 +1058,13 @@ impl ServerOptions {
     /// External-root mode (or not).
     pub fn external_root(mut self, external_root: bool) -> Self {
         self.external_root = external_root;
+        self
+    }
+
+    /// `count` `init`s at the same moment (see
+    /// [`ServerOptions::concurrent_inits`]).
+    pub fn concurrent_inits(mut self, count: usize) -> Self {
+        self.concurrent_inits = count.max(1);
         self
     }
 
@@ -1124,7 +1135,7 @@ impl ServerBuilder {
         }
         let prepared = Prepared::new(self.backend, self.options)?;
         prepared.run_interrupted_init(None);
-        let init = prepared.init(None);
+        let init = prepared.init_concurrently();
         assert!(
             init.success(),
             "certmint-server init failed in {}:\n{}",
@@ -1310,6 +1321,43 @@ impl Prepared {
             self.options.interrupt_first_init,
             init.text
         );
+    }
+
+    /// [`ServerOptions::concurrent_inits`] `init`s at once; asserts each
+    /// one succeeded and returns the output of one that reports the root.
+    fn init_concurrently(&self) -> CommandOutput {
+        let count = self.options.concurrent_inits;
+        if count <= 1 {
+            return self.init(None);
+        }
+        let outputs: Vec<CommandOutput> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..count)
+                .map(|_| scope.spawn(|| self.init(None)))
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().expect("init thread"))
+                .collect()
+        });
+        for output in &outputs {
+            assert!(
+                output.success(),
+                "one of {count} concurrent inits failed in {}:\n{}",
+                self.dir.display(),
+                output.text
+            );
+        }
+        let created = outputs
+            .iter()
+            .filter(|output| output.text.contains("created CA"))
+            .count();
+        assert_eq!(
+            created, 1,
+            "exactly one of {count} concurrent inits creates the CA"
+        );
+        outputs
+            .into_iter()
+            .find(|output| output.text.contains("root fingerprint"))
+            .expect("an init reported the root")
     }
 
     /// The first `init` (it also initialises the token); `external_csr`

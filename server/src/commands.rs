@@ -144,11 +144,23 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
             std::fs::create_dir_all(parent)?;
         }
         // 0600: `database.url` may hold a PostgreSQL password.
-        crate::files::create(&args.config, text.as_bytes(), crate::files::Readers::Owner)?;
-        println!("wrote config {}", args.config.display());
+        match crate::files::create(&args.config, text.as_bytes(), crate::files::Readers::Owner) {
+            Ok(()) => println!("wrote config {}", args.config.display()),
+            // Another init started at the same moment wrote it first.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => println!(
+                "config {} exists; using it unchanged",
+                args.config.display()
+            ),
+            Err(error) => return Err(error.into()),
+        }
     }
     let config = Config::load(&args.config)?;
     let pin = config.hsm_pin()?;
+    let store = Store::open(&config.database_url(), 2)?;
+    println!("database ready ({:?})", store.backend());
+    // Held to the end: inits started together (an init container per
+    // replica) take turns instead of racing for the token and the keys.
+    let _one_init_at_a_time = store.lock_for_init()?;
     if args.init_token {
         let so_pin = std::env::var("CERTMINT_HSM_SO_PIN").map_err(|_| {
             CommandError("--init-token needs the SO PIN in $CERTMINT_HSM_SO_PIN".into())
@@ -166,8 +178,6 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
             Err(error) => return Err(error.into()),
         }
     }
-    let store = Store::open(&config.database_url(), 2)?;
-    println!("database ready ({:?})", store.backend());
     if config.tokens.signing_key == TokenKeyStore::File {
         let key_file = config.resolve(&config.tokens.signing_key_file);
         if key_file.exists() {

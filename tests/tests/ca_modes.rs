@@ -305,6 +305,22 @@ fn fail_init_never_replaces_another_file_at_the_csr_path() {
 }
 
 backend_tests! {
+    fn ok_inits_started_together_make_one_ca(backend: Backend) {
+        // Replicas that each run init at start (an init container per pod)
+        // against one database and token: they take turns, one makes the
+        // token, keys and CA, the others find them.
+        let options = ServerOptions::default().concurrent_inits(3);
+        let Some(server) = TestServer::builder(backend).options(options).start() else {
+            return;
+        };
+        assert_eq!(
+            private_key_labels(&server.list_private_keys()),
+            ["certmint-issuing", "certmint-root", TOKEN_SIGNING_KEY_LABEL],
+            "one key per label, however many inits ran"
+        );
+        enroll_one(&server, "together");
+    }
+
     fn ok_init_interrupted_after_key_generation_finishes_on_rerun(backend: Backend) {
         let options = ServerOptions {
             token: Token::HsmSim,

@@ -13,6 +13,7 @@ use diesel::prelude::*;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use super::connection::DbConnection;
 use super::models::{CaKeyReservationRow, CaStateRow};
 use super::schema::{ca_key_reservations, ca_state};
 use super::{audit, is_unique_violation, key_type_from_name, sha256_hex, unix, Store, StoreError};
@@ -42,6 +43,36 @@ pub struct CaState {
     pub issuing_key_type: KeyType,
     /// CSR for the issuing key awaiting an external signature, DER.
     pub pending_csr_der: Option<Vec<u8>>,
+}
+
+/// Key of the PostgreSQL advisory lock `init` holds (ASCII `cm-init!`).
+const INIT_LOCK_KEY: i64 = 0x636d_2d69_6e69_7421;
+
+/// Held by one `init` at a time (see [`Store::lock_for_init`]); released
+/// when dropped.
+pub struct InitLock {
+    held: HeldInitLock,
+}
+
+enum HeldInitLock {
+    /// The connection holding the session-level advisory lock.
+    Postgres(diesel::r2d2::PooledConnection<super::connection::Manager>),
+    /// The locked file beside the database (`flock`, released on close;
+    /// none for an in-memory database).
+    Sqlite { _locked: Option<std::fs::File> },
+}
+
+impl Drop for InitLock {
+    fn drop(&mut self) {
+        if let HeldInitLock::Postgres(conn) = &mut self.held {
+            if let DbConnection::Postgres(conn) = &mut **conn {
+                use diesel::connection::SimpleConnection as _;
+                // Closing the connection would release it too; the pool
+                // keeps connections open, so unlock explicitly.
+                let _ = conn.batch_execute(&format!("SELECT pg_advisory_unlock({INIT_LOCK_KEY})"));
+            }
+        }
+    }
 }
 
 /// A key `init` reserved before generating it: the token object labelled
@@ -86,6 +117,29 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Waits until no other `init` works on this database, and keeps them
+    /// out until the returned lock is dropped. Replicas that all run `init`
+    /// at start (an init container per pod) then take turns: the first
+    /// initialises the token and the CA, the others find them made. On
+    /// PostgreSQL a session advisory lock, on SQLite an exclusive `flock`
+    /// on `<database>.init-lock`.
+    pub fn lock_for_init(&self) -> Result<InitLock, StoreError> {
+        use diesel::connection::SimpleConnection as _;
+        let mut conn = self.connection()?;
+        let held = match &mut *conn {
+            DbConnection::Postgres(postgres) => {
+                postgres
+                    .batch_execute(&format!("SELECT pg_advisory_lock({INIT_LOCK_KEY})"))
+                    .map_err(StoreError::query)?;
+                HeldInitLock::Postgres(conn)
+            }
+            DbConnection::Sqlite(sqlite) => HeldInitLock::Sqlite {
+                _locked: super::lock_beside_sqlite_file(sqlite, "init-lock")?,
+            },
+        };
+        Ok(InitLock { held })
     }
 
     /// Reserves `label` for a key of `key_type` that will carry `key_id`,

@@ -77,7 +77,7 @@ use time::OffsetDateTime;
 use self::connection::{DbConnection, Manager, Target};
 use self::statements::LockAuditHead;
 
-pub use self::ca::{CaKeyReservation, CaState};
+pub use self::ca::{CaKeyReservation, CaState, InitLock};
 pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};
 pub use self::group_commit::GroupCommitCounts;
 pub use self::tokens::NewToken;
@@ -487,10 +487,14 @@ fn run_migrations(conn: &mut DbConnection) -> Result<(), StoreError> {
 
     let migration_error = |source| StoreError::Migration { source };
     let applied = match conn {
-        DbConnection::Sqlite(conn) => conn
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(|versions| versions.len())
-            .map_err(migration_error)?,
+        // Processes opening one new file together (a server starting while
+        // an admin command runs) migrate one at a time.
+        DbConnection::Sqlite(conn) => {
+            let _one_at_a_time = lock_beside_sqlite_file(conn, "migration-lock")?;
+            conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|versions| versions.len())
+                .map_err(migration_error)?
+        }
         // dialect: replicas share one PostgreSQL; serialise their migrations.
         DbConnection::Postgres(conn) => {
             conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
@@ -509,6 +513,37 @@ fn run_migrations(conn: &mut DbConnection) -> Result<(), StoreError> {
         tracing::info!(store.migrations_applied = applied, "database migrated");
     }
     Ok(())
+}
+
+/// An exclusive `flock` on `<database file>.<suffix>`, waited for: how
+/// processes sharing one SQLite file take turns at work SQLite's own
+/// locking does not cover (migrations, `init`). Released when the file is
+/// closed. `None` for an in-memory database, which no other process sees.
+fn lock_beside_sqlite_file(
+    conn: &mut diesel::SqliteConnection,
+    suffix: &str,
+) -> Result<Option<std::fs::File>, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct DatabaseFile {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        file: String,
+    }
+    let main: DatabaseFile =
+        diesel::sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .get_result(conn)
+            .map_err(StoreError::query)?;
+    if main.file.is_empty() {
+        return Ok(None);
+    }
+    let unavailable = |error| StoreError::unavailable("lock file", error);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{}.{suffix}", main.file))
+        .map_err(unavailable)?;
+    file.lock().map_err(unavailable)?;
+    Ok(Some(file))
 }
 
 /// The transaction helper every write goes through.

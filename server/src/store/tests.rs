@@ -218,6 +218,7 @@ backend_tests!(
     fail_corrupt_stored_json,
     ca_state_once_and_external_import,
     ca_key_reservations_hold_until_the_ca_is_recorded,
+    one_init_at_a_time,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1344,6 +1345,27 @@ fn ca_key_reservations_hold_until_the_ca_is_recorded(db: &TestDb) {
         .reserve_ca_key("token-signing", KeyType::Ed25519, b"id-6", NOW)
         .expect("reserve the token key again");
     assert_eq!(kept, token_key, "other reservations stay");
+}
+
+fn one_init_at_a_time(db: &TestDb) {
+    let store = &db.store;
+    let first = store.lock_for_init().expect("first lock");
+    let (acquired, released) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| {
+            let _lock = store.lock_for_init().expect("second lock");
+            std::time::Instant::now()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let released = std::time::Instant::now();
+        drop(first);
+        (second.join().expect("second init"), released)
+    });
+    assert!(
+        acquired >= released,
+        "the second init got the lock while the first held it"
+    );
+    // Released again: a third takes it at once.
+    drop(store.lock_for_init().expect("third lock"));
 }
 
 // ----------------------------------------------- back-end specific tests
