@@ -160,13 +160,7 @@ impl Store {
             reserved_at: unix(now),
         };
         let reserved = self.write(move |conn| {
-            let earlier = ca_key_reservations::table
-                .filter(ca_key_reservations::label.eq(&row.label))
-                .select(CaKeyReservationRow::as_select())
-                .get_result(conn)
-                .optional()
-                .map_err(StoreError::query)?;
-            if let Some(earlier) = earlier {
+            if let Some(earlier) = reservation_row(conn, &row.label)? {
                 return Ok(earlier);
             }
             diesel::insert_into(ca_key_reservations::table)
@@ -175,32 +169,14 @@ impl Store {
                 .map_err(StoreError::query)?;
             Ok(row)
         })?;
-        Ok(CaKeyReservation {
-            key_type: key_type_from_name(&reserved.key_type, "ca_key_reservations")?,
-            label: reserved.label,
-            key_id: reserved.key_id,
-        })
+        reservation_from_row(reserved)
     }
 
     /// The reservation recorded for `label`, if any.
     pub fn ca_key_reservation(&self, label: &str) -> Result<Option<CaKeyReservation>, StoreError> {
-        let label = label.to_owned();
-        let row: Option<CaKeyReservationRow> = self.read(move |conn| {
-            ca_key_reservations::table
-                .filter(ca_key_reservations::label.eq(&label))
-                .select(CaKeyReservationRow::as_select())
-                .get_result(conn)
-                .optional()
-                .map_err(StoreError::query)
-        })?;
-        row.map(|row| {
-            Ok(CaKeyReservation {
-                key_type: key_type_from_name(&row.key_type, "ca_key_reservations")?,
-                label: row.label,
-                key_id: row.key_id,
-            })
-        })
-        .transpose()
+        self.read(|conn| reservation_row(conn, label))?
+            .map(reservation_from_row)
+            .transpose()
     }
 
     /// Changes the key type of `label`'s reservation, for a rerun of `init`
@@ -328,6 +304,27 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The reservation row for `label`, if any.
+fn reservation_row(
+    conn: &mut DbConnection,
+    label: &str,
+) -> Result<Option<CaKeyReservationRow>, StoreError> {
+    ca_key_reservations::table
+        .filter(ca_key_reservations::label.eq(label))
+        .select(CaKeyReservationRow::as_select())
+        .get_result(conn)
+        .optional()
+        .map_err(StoreError::query)
+}
+
+fn reservation_from_row(row: CaKeyReservationRow) -> Result<CaKeyReservation, StoreError> {
+    Ok(CaKeyReservation {
+        key_type: key_type_from_name(&row.key_type, "ca_key_reservations")?,
+        label: row.label,
+        key_id: row.key_id,
+    })
 }
 
 /// Stores certificates as one column: their DER encodings back to back
