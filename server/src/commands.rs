@@ -342,12 +342,16 @@ pub fn admin_token(
     init_command_logging();
     let config = Config::load(config_path)?;
     let ttl_seconds = admin_token_ttl_seconds(ttl)?;
-    let hsm = match config.tokens.signing_key {
-        TokenKeyStore::Hsm => Some(open_hsm(&config, config.hsm_pin()?)?),
-        TokenKeyStore::File => None,
+    // The HSM key is found through the database's record of it; a key file
+    // needs neither.
+    let authority = match config.tokens.signing_key {
+        TokenKeyStore::Hsm => {
+            let hsm = open_hsm(&config, config.hsm_pin()?)?;
+            let store = Store::open(&config.database_url(), 1)?;
+            token_authority(&config, Some((&hsm, &store)))?
+        }
+        TokenKeyStore::File => token_authority(&config, None)?,
     };
-    let store = Store::open(&config.database_url(), 1)?;
-    let authority = token_authority(&config, hsm.as_ref(), &store)?;
     let now = SystemClock.now();
     let token = authority.mint_admin(
         &crate::random::hex_id()?,
@@ -363,22 +367,21 @@ pub fn admin_token(
 }
 
 /// The token authority `tokens.signing_key` names: the key file, or the
-/// HSM key (`hsm` must be open) that `init` generated. The HSM key is found
+/// HSM key (the HSM and the store must be given) that `init` generated. The HSM key is found
 /// by its label *and* the `CKA_ID` init recorded for it, with the
 /// protection checks of a CA key, so no other object under the label (a
 /// CA key after a config edit, a planted key) can sign tokens.
 fn token_authority(
     config: &Config,
-    hsm: Option<&Hsm>,
-    store: &Store,
+    hsm_key: Option<(&Hsm, &Store)>,
 ) -> Result<TokenAuthority, CommandError> {
     let issuer = &config.server.public_url;
-    match (config.tokens.signing_key, hsm) {
+    match (config.tokens.signing_key, hsm_key) {
         (TokenKeyStore::File, _) => Ok(TokenAuthority::load(
             &config.resolve(&config.tokens.signing_key_file),
             issuer,
         )?),
-        (TokenKeyStore::Hsm, Some(hsm)) => {
+        (TokenKeyStore::Hsm, Some((hsm, store))) => {
             let label = &config.tokens.signing_key_label;
             let not_made = || {
                 CommandError(format!(
@@ -455,7 +458,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     let store = Store::open(&config.database_url(), config.database.pool_size)?;
     let hsm = open_hsm(&config, config.hsm_pin()?)?;
     let loaded = ca::load(&hsm, &store)?;
-    let token_authority = Arc::new(token_authority(&config, Some(&hsm), &store)?);
+    let token_authority = Arc::new(token_authority(&config, Some((&hsm, &store)))?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut metrics = Metrics::new();
     metrics.register_group_commit(store.clone());

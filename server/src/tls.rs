@@ -198,9 +198,10 @@ pub struct IssuedServerCertificate {
 }
 
 /// Issues a new server certificate for `names` (DNS names or IP addresses)
-/// and checks it as its clients will, also for `public_host` (the host of
-/// `server.public_url`, which agents connect to). A certificate that fails
-/// the check is revoked (cessationOfOperation) and never served.
+/// and checks it as its clients will; a certificate that fails the check
+/// (or cannot be served for another reason) is revoked
+/// (cessationOfOperation) and never served. `public_host`, the host of
+/// `server.public_url`, is checked too, with a warning only.
 pub fn issue(
     issuer: &Issuer,
     names: &[String],
@@ -229,26 +230,44 @@ pub fn issue(
     }
     let request = VerifiedCsr::for_own_key(subject_public_key_info, requested)?;
     let bundle = issuer.issue_internal(request, &server_policy(ttl_seconds)?, ttl_seconds)?;
-    let mut chain = vec![pem_to_der(&bundle.certificate_pem)?];
-    for block in split_pem(&bundle.chain_pem) {
-        chain.push(pem_to_der(&block)?);
-    }
-    let client_names = names.iter().map(String::as_str).chain(public_host);
-    if let Err(refusal) = verify_as_clients_will(&chain, client_names) {
-        if let Err(error) = issuer.withdraw_internal(&bundle.serial) {
-            tracing::warn!(cert.serial = %bundle.serial, error = %error,
-                "could not revoke the refused server certificate");
+    // From here the certificate is issued and recorded: if it cannot be
+    // served, it is revoked rather than left live in the inventory.
+    let servable = (|| {
+        let mut chain = vec![pem_to_der(&bundle.certificate_pem)?];
+        for block in split_pem(&bundle.chain_pem) {
+            chain.push(pem_to_der(&block)?);
         }
-        return Err(refusal);
-    }
-    let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()));
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)
-        .map_err(|error| internal(&format!("rustls refused the key: {error}")))?;
-    Ok(IssuedServerCertificate {
-        key: CertifiedKey::new(
+        verify_as_clients_will(&chain, names.iter().map(String::as_str))?;
+        if let Some(host) = public_host {
+            // Only a warning: server.public_url is the tokens' issuer and
+            // audience, and may name a TCP load balancer's address; agents
+            // connect to their own server_url.
+            if let Err(refusal) = verify_as_clients_will(&chain, [host]) {
+                tracing::warn!(
+                    "the host of server.public_url ({host}) is not in the server certificate (server.names); agents that connect to it will refuse the handshake: {refusal}"
+                );
+            }
+        }
+        let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()));
+        let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)
+            .map_err(|error| internal(&format!("rustls refused the key: {error}")))?;
+        Ok::<_, ServiceError>(CertifiedKey::new(
             chain.into_iter().map(CertificateDer::from).collect(),
             signing_key,
-        ),
+        ))
+    })();
+    let key = match servable {
+        Ok(key) => key,
+        Err(refusal) => {
+            if let Err(error) = issuer.withdraw_internal(&bundle.serial) {
+                tracing::warn!(cert.serial = %bundle.serial, error = %error,
+                    "could not revoke the server certificate that cannot be served");
+            }
+            return Err(refusal);
+        }
+    };
+    Ok(IssuedServerCertificate {
+        key,
         renew_after: bundle.renew_after,
         not_after: bundle.not_after,
         serial: bundle.serial,

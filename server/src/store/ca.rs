@@ -126,13 +126,27 @@ impl Store {
     /// PostgreSQL a session advisory lock, on SQLite an exclusive `flock`
     /// on `<database>.init-lock`.
     pub fn lock_for_init(&self) -> Result<InitLock, StoreError> {
-        use diesel::connection::SimpleConnection as _;
         let mut conn = self.connection()?;
         let held = match &mut *conn {
             DbConnection::Postgres(postgres) => {
-                postgres
-                    .batch_execute(&format!("SELECT pg_advisory_lock({INIT_LOCK_KEY})"))
-                    .map_err(StoreError::query)?;
+                #[derive(diesel::QueryableByName)]
+                struct Taken {
+                    #[diesel(sql_type = diesel::sql_types::Bool)]
+                    taken: bool,
+                }
+                // Polled rather than blocking in pg_advisory_lock, so a
+                // statement_timeout cannot fail the wait and the operator
+                // is told what it waits for. Needs a direct connection (or
+                // session pooling): a transaction-pooling proxy would hand
+                // the lock to whatever session comes next.
+                super::wait_for("another init holds this database's init lock", || {
+                    diesel::sql_query(format!(
+                        "SELECT pg_try_advisory_lock({INIT_LOCK_KEY}) AS taken"
+                    ))
+                    .get_result::<Taken>(postgres)
+                    .map(|row| row.taken)
+                    .map_err(StoreError::query)
+                })?;
                 HeldInitLock::Postgres(conn)
             }
             DbConnection::Sqlite(sqlite) => HeldInitLock::Sqlite {

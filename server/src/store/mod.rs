@@ -490,10 +490,19 @@ fn run_migrations(conn: &mut DbConnection) -> Result<(), StoreError> {
         // Processes opening one new file together (a server starting while
         // an admin command runs) migrate one at a time.
         DbConnection::Sqlite(conn) => {
-            let _one_at_a_time = lock_beside_sqlite_file(conn, "migration-lock")?;
-            conn.run_pending_migrations(SQLITE_MIGRATIONS)
-                .map(|versions| versions.len())
+            // Only when there is something to do: an up-to-date database in
+            // a read-only directory still opens.
+            if conn
+                .has_pending_migration(SQLITE_MIGRATIONS)
                 .map_err(migration_error)?
+            {
+                let _one_at_a_time = lock_beside_sqlite_file(conn, "migration-lock")?;
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|versions| versions.len())
+                    .map_err(migration_error)?
+            } else {
+                0
+            }
         }
         // dialect: replicas share one PostgreSQL; serialise their migrations.
         DbConnection::Postgres(conn) => {
@@ -535,15 +544,72 @@ fn lock_beside_sqlite_file(
     if main.file.is_empty() {
         return Ok(None);
     }
+    let path = format!("{}.{suffix}", main.file);
     let unavailable = |error| StoreError::unavailable("lock file", error);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(format!("{}.{suffix}", main.file))
-        .map_err(unavailable)?;
-    file.lock().map_err(unavailable)?;
+    // Opened read-only when it exists (flock needs no write access), so a
+    // file left by a command run as root does not stop the service user;
+    // created readable by all when it does not.
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::File::open(&path).map_err(unavailable)?
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
+        Err(error) => return Err(unavailable(error)),
+    };
+    wait_for(&format!("another process holds {path}"), || {
+        match file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(error)) => Err(unavailable(error)),
+        }
+    })?;
     Ok(Some(file))
+}
+
+/// How long [`wait_for`] waits for a lock another process holds.
+const LOCK_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// Polls `try_take` until it takes the lock, saying once (as a warning)
+/// that it is waiting for `holder`, and giving up after [`LOCK_WAIT`] with
+/// [`StoreError::Unavailable`]: a lock held by a process that hung should
+/// stop the waiter with a reason, not hang it silently.
+pub(super) fn wait_for(
+    holder: &str,
+    mut try_take: impl FnMut() -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut warned = false;
+    loop {
+        if try_take()? {
+            return Ok(());
+        }
+        if !warned {
+            tracing::warn!(
+                "{holder}; waiting (at most {} min)",
+                LOCK_WAIT.as_secs() / 60
+            );
+            warned = true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::unavailable(
+                "lock",
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{holder} still")),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The transaction helper every write goes through.
