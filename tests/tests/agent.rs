@@ -21,7 +21,10 @@ use certmint_e2e::workload::{
     certmint, echo_client, openssl_s_client, openssl_s_server, read_generation, spki_fingerprint,
     EchoServer, Workload,
 };
-use certmint_e2e::{backend_tests, identity, make_csr, policy_json, TestServer};
+use certmint_e2e::{
+    backend_tests, identity, make_csr, pem_chain, policy_json, run_test_on, Backend, OfflineRoot,
+    TestServer,
+};
 use serde_json::{json, Value};
 
 const EXIT_OK: i32 = 0;
@@ -56,6 +59,61 @@ fn enroll_once(workload: &Workload) -> String {
     );
     let generation = workload.current().unwrap_or_else(|error| panic!("{error}"));
     generation.serial()
+}
+
+/// The agent under a CA whose issuing certificate hangs below an offline
+/// root through an intermediate: it pins the root, installs leaf plus both
+/// CA certificates, `certmint status` finds the files usable, and renewal
+/// over mutual TLS works through the intermediate. SQLite only: the
+/// database plays no part in path building.
+#[test]
+fn ok_agent_enrolls_and_renews_through_an_intermediate_ca() {
+    let Some(pending) = TestServer::builder(Backend::Sqlite)
+        .external_root(true)
+        .init_external_root()
+    else {
+        return;
+    };
+    let hierarchy = OfflineRoot::with_intermediate();
+    let server = pending.complete_with(&hierarchy);
+    run_test_on(
+        Some(&server),
+        "ok_agent_enrolls_and_renews_through_an_intermediate_ca",
+        |server| {
+            let policy = workload_policy(server, "deep", "6s");
+            let dns = format!("w.{policy}.test");
+            let workload = workload(server, &policy, &dns);
+            let first = enroll_once(&workload);
+            let generation = workload.current().unwrap_or_else(|error| panic!("{error}"));
+            assert_eq!(
+                pem_chain(&generation.cert_pem).len(),
+                3,
+                "cert.pem is the leaf, the issuing CA and the intermediate:\n{}",
+                generation.cert_pem
+            );
+            let status = certmint(
+                &["status", "--dir", &workload.path("").display().to_string()],
+                &[],
+            );
+            assert_eq!(
+                status.code,
+                Some(EXIT_OK),
+                "status:\n{}{}",
+                status.stdout,
+                status.stderr
+            );
+
+            // Past renew_after: the restart renews over mutual TLS, presenting
+            // the chain through the intermediate.
+            std::thread::sleep(Duration::from_millis(4500));
+            let second = enroll_once(&workload);
+            assert_ne!(second, first, "a due certificate is renewed");
+            assert_eq!(
+                server.certificate(&second).predecessor.as_deref(),
+                Some(first.as_str())
+            );
+        },
+    );
 }
 
 /// A CA that is not certmint's, and a client certificate it issued, written
