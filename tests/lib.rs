@@ -1563,6 +1563,25 @@ impl PendingCa {
         }
     }
 
+    /// Runs `sql` on this CA's PostgreSQL database (`psql -At`) and
+    /// returns its output; `None` on SQLite, which the harness does not
+    /// read behind the server's back.
+    pub fn postgres_query(&self, sql: &str) -> Option<String> {
+        let database = self.prepared.database.as_ref()?;
+        let output = Command::new("psql")
+            .arg(&database.url)
+            .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     /// `pkcs11-tool --list-objects --type privkey` on this CA's token.
     pub fn list_private_keys(&self) -> String {
         list_private_keys(

@@ -398,6 +398,13 @@ backend_tests! {
             "serve must say why:\n{}",
             serve.text
         );
+        // The refused certificate was issued and recorded before the check:
+        // it is revoked, not left live in the inventory.
+        if let Some(statuses) = pending.postgres_query(
+            "SELECT status FROM certificates WHERE policy = 'certmint-server-tls'",
+        ) {
+            assert_eq!(statuses, "revoked", "the refused server certificate");
+        }
     }
 
     fn ok_external_root_through_an_intermediate_ca(backend: Backend) {
