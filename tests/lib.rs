@@ -2666,6 +2666,10 @@ fn https_client(root_pem: &str) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(REQUEST_TIMEOUT)
+        // See the SDK's IDLE_CONNECTION_REUSE: a test that sleeps about
+        // 5 s between requests would otherwise race the server's
+        // keep-alive close.
+        .pool_idle_timeout(certmint::client::IDLE_CONNECTION_REUSE)
         .build()
         .expect("build the HTTPS client")
 }
@@ -2696,6 +2700,10 @@ fn mtls_client(root_pem: &str, certificate_pem: &str, key_pem: &str) -> reqwest:
     reqwest::blocking::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(REQUEST_TIMEOUT)
+        // See the SDK's IDLE_CONNECTION_REUSE: a test that sleeps about
+        // 5 s between requests would otherwise race the server's
+        // keep-alive close.
+        .pool_idle_timeout(certmint::client::IDLE_CONNECTION_REUSE)
         .build()
         .expect("build the mTLS client")
 }

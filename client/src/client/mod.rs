@@ -329,9 +329,18 @@ fn http_client(
         .use_preconfigured_tls(config)
         .timeout(options.timeout)
         .connect_timeout(options.timeout.min(StdDuration::from_secs(10)))
+        // The server (actix-web) closes an idle keep-alive connection after
+        // 5 s; a request sent on it at that instant fails mid-flight
+        // (hyper's IncompleteMessage). Connections idle longer than this are
+        // not reused, so the race cannot happen.
+        .pool_idle_timeout(IDLE_CONNECTION_REUSE)
         .build()
         .map_err(Error::transport)
 }
+
+/// How long an idle connection may wait for reuse: well inside the
+/// server's 5 s keep-alive.
+pub const IDLE_CONNECTION_REUSE: StdDuration = StdDuration::from_secs(2);
 
 fn normalise_base_url(url: &str) -> Result<String, Error> {
     let trimmed = url.trim().trim_end_matches('/');
