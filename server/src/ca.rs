@@ -201,14 +201,14 @@ fn issuing_key(
 
 /// The Ed25519 key labelled `label` that signs bootstrap and admin tokens
 /// (`tokens.signing_key = "hsm"`): generated on the token the first time,
-/// found again under its reservation on every later `init`.
+/// found again under its reservation on every later `init`. `init` calls
+/// [`require_ed25519_for_tokens`] first, before it makes any CA key.
 pub fn token_signing_key(
     hsm: &Hsm,
     store: &Store,
     label: &str,
     now: OffsetDateTime,
 ) -> Result<Arc<dyn CaSigner>, ServiceError> {
-    require_ed25519_for_tokens(hsm)?;
     reserved_key(hsm, store, label, KeyType::Ed25519, now)
 }
 
@@ -513,18 +513,13 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
 /// but was not always (imported, then locked down) is accepted with a
 /// warning: it may exist outside the token.
 fn check_key_protection(label: &str, protection: KeyProtection) -> Result<(), ServiceError> {
-    if !protection.sensitive || protection.extractable {
+    if !protection.stays_on_token() {
         return Err(ServiceError::Setup(format!(
-            "the issuing key {label:?} can leave the token (CKA_SENSITIVE={}, CKA_EXTRACTABLE={}); certmint signs only with keys that cannot",
-            protection.sensitive, protection.extractable
+            "the issuing key {label:?} can leave the token or sign without a login (CKA_PRIVATE={}, CKA_SENSITIVE={}, CKA_EXTRACTABLE={}); certmint signs only with keys that stay on the token and need the PIN",
+            protection.private, protection.sensitive, protection.extractable
         )));
     }
-    if !protection.private {
-        return Err(ServiceError::Setup(format!(
-            "the issuing key {label:?} is not a private object (CKA_PRIVATE=false), so it signs without a login; certmint signs only with keys that need the PIN"
-        )));
-    }
-    if !protection.always_sensitive || !protection.never_extractable {
+    if !protection.generated_on_token() {
         tracing::warn!(
             hsm.key_label = label,
             always_sensitive = protection.always_sensitive,

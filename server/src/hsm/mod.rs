@@ -167,6 +167,19 @@ pub struct KeyProtection {
     pub never_extractable: bool,
 }
 
+impl KeyProtection {
+    /// The key signs only after login and cannot leave the token.
+    pub fn stays_on_token(&self) -> bool {
+        self.private && self.sensitive && !self.extractable
+    }
+
+    /// [`KeyProtection::stays_on_token`], and it never could leave: it was
+    /// generated on the token that way.
+    pub fn generated_on_token(&self) -> bool {
+        self.stays_on_token() && self.always_sensitive && self.never_extractable
+    }
+}
+
 impl Hsm {
     /// Loads the module (once per process), initializes it with OS
     /// locking, finds the token by label and logs in.
@@ -314,13 +327,7 @@ impl Hsm {
             let Some(private) = find_unique(session, &private_template, label)? else {
                 return Ok(None);
             };
-            let protection = read_protection(session, private)?;
-            if !(protection.private
-                && protection.sensitive
-                && !protection.extractable
-                && protection.always_sensitive
-                && protection.never_extractable)
-            {
+            if !read_protection(session, private)?.generated_on_token() {
                 return Err(HsmError::UnusableKey {
                     label: label.to_owned(),
                     reason: "it was not generated private, sensitive and non-extractable",

@@ -31,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -234,10 +235,13 @@ pub(super) struct SessionPool {
     module: Arc<Module>,
     token_label: String,
     pin: SecretString,
-    /// Held across `C_Login`; `true` once the token refused the PIN (see
-    /// [`HsmError::LoginSuspended`]). Serializing logins means a wrong PIN
-    /// costs the token exactly one failed attempt, not one per session.
-    login_refused: Mutex<bool>,
+    /// Held across `C_Login`. Serializing logins means a wrong PIN costs
+    /// the token exactly one failed attempt, not one per session.
+    login: Mutex<()>,
+    /// Set (under `login`) once the token refused the PIN (see
+    /// [`HsmError::LoginSuspended`]); read without a lock on every
+    /// operation, which is the signing hot path.
+    login_refused: AtomicBool,
     /// Test seam: how many `C_Login` calls the pool has sent.
     #[cfg(test)]
     login_attempts: std::sync::atomic::AtomicUsize,
@@ -316,7 +320,8 @@ impl SessionPool {
             module,
             token_label: token_label.to_owned(),
             pin,
-            login_refused: Mutex::new(false),
+            login: Mutex::new(()),
+            login_refused: AtomicBool::new(false),
             #[cfg(test)]
             login_attempts: std::sync::atomic::AtomicUsize::new(0),
             capacity: capacity.max(1),
@@ -367,10 +372,8 @@ impl SessionPool {
         };
         let _calls = self.module.enter()?;
         // Not even a session is touched while the PIN is known to be wrong.
-        if *lock(&self.login_refused) {
-            return Err(HsmError::LoginSuspended {
-                token_label: self.token_label.clone(),
-            });
+        if self.login_refused.load(Ordering::Acquire) {
+            return Err(self.login_suspended());
         }
         let mut lease = self.acquire(check)?;
         match self.attempt(&lease, &work) {
@@ -574,16 +577,20 @@ impl SessionPool {
         }
     }
 
+    fn login_suspended(&self) -> HsmError {
+        HsmError::LoginSuspended {
+            token_label: self.token_label.clone(),
+        }
+    }
+
     /// `C_Login` as the user. Login state is per token and application, so
     /// "already logged in" (by another session) is success. Refusals that
     /// are not device faults are PIN problems and become [`HsmError::Login`]
     /// once, then [`HsmError::LoginSuspended`] without another `C_Login`.
     fn login(&self, session: &Session) -> Result<(), HsmError> {
-        let mut refused = lock(&self.login_refused);
-        if *refused {
-            return Err(HsmError::LoginSuspended {
-                token_label: self.token_label.clone(),
-            });
+        let _one_login_at_a_time = lock(&self.login);
+        if self.login_refused.load(Ordering::Acquire) {
+            return Err(self.login_suspended());
         }
         #[cfg(test)]
         self.login_attempts
@@ -593,7 +600,7 @@ impl SessionPool {
             Err(error) => {
                 let error = login_error(&self.token_label, error);
                 if refuses_the_pin(&error) {
-                    *refused = true;
+                    self.login_refused.store(true, Ordering::Release);
                     tracing::error!(
                         hsm.token_label = %self.token_label,
                         error = %error,
