@@ -348,9 +348,9 @@ pub fn admin_token(
         TokenKeyStore::Hsm => {
             let hsm = open_hsm(&config, config.hsm_pin()?)?;
             let store = Store::open(&config.database_url(), 1)?;
-            token_authority(&config, Some((&hsm, &store)))?
+            hsm_token_authority(&config, &hsm, &store)?
         }
-        TokenKeyStore::File => token_authority(&config, None)?,
+        TokenKeyStore::File => file_token_authority(&config)?,
     };
     let now = SystemClock.now();
     let token = authority.mint_admin(
@@ -366,38 +366,37 @@ pub fn admin_token(
     Ok(())
 }
 
-/// The token authority `tokens.signing_key` names: the key file, or the
-/// HSM key (the HSM and the store must be given) that `init` generated. The HSM key is found
-/// by its label *and* the `CKA_ID` init recorded for it, with the
-/// protection checks of a CA key, so no other object under the label (a
-/// CA key after a config edit, a planted key) can sign tokens.
-fn token_authority(
+/// The token authority of `tokens.signing_key = "file"`.
+fn file_token_authority(config: &Config) -> Result<TokenAuthority, CommandError> {
+    Ok(TokenAuthority::load(
+        &config.resolve(&config.tokens.signing_key_file),
+        &config.server.public_url,
+    )?)
+}
+
+/// The token authority of `tokens.signing_key = "hsm"`: the key `init`
+/// generated, found by its label *and* the `CKA_ID` init recorded for it,
+/// with the protection checks of a CA key, so no other object under the
+/// label (a CA key after a config edit, a planted key) can sign tokens.
+fn hsm_token_authority(
     config: &Config,
-    hsm_key: Option<(&Hsm, &Store)>,
+    hsm: &Hsm,
+    store: &Store,
 ) -> Result<TokenAuthority, CommandError> {
-    let issuer = &config.server.public_url;
-    match (config.tokens.signing_key, hsm_key) {
-        (TokenKeyStore::File, _) => Ok(TokenAuthority::load(
-            &config.resolve(&config.tokens.signing_key_file),
-            issuer,
-        )?),
-        (TokenKeyStore::Hsm, Some((hsm, store))) => {
-            let label = &config.tokens.signing_key_label;
-            let not_made = || {
-                CommandError(format!(
-                    "no token signing key {label:?} made by init on this token: run `certmint-server init` (it creates it)"
-                ))
-            };
-            let reservation = store.ca_key_reservation(label)?.ok_or_else(not_made)?;
-            let signer = hsm
-                .find_generated_key_pair(label, &reservation.key_id, KeyType::Ed25519)?
-                .ok_or_else(not_made)?;
-            Ok(TokenAuthority::from_hsm_key(signer, issuer)?)
-        }
-        (TokenKeyStore::Hsm, None) => Err(CommandError(
-            "tokens.signing_key = \"hsm\" needs the HSM open".into(),
-        )),
-    }
+    let label = &config.tokens.signing_key_label;
+    let not_made = || {
+        CommandError(format!(
+            "no token signing key {label:?} made by init on this token: run `certmint-server init` (it creates it)"
+        ))
+    };
+    let reservation = store.ca_key_reservation(label)?.ok_or_else(not_made)?;
+    let signer = hsm
+        .find_generated_key_pair(label, &reservation.key_id, KeyType::Ed25519)?
+        .ok_or_else(not_made)?;
+    Ok(TokenAuthority::from_hsm_key(
+        signer,
+        &config.server.public_url,
+    )?)
 }
 
 /// Longest admin token: they cannot be revoked one by one (only by
@@ -418,18 +417,20 @@ fn admin_token_ttl_seconds(ttl: certmint::Duration) -> Result<i64, CommandError>
 /// import-chain`): warnings and errors to stderr, so stdout keeps only what
 /// the command prints (an admin token, say); `CERTMINT_LOG` overrides.
 fn init_command_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTMINT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter("warn"))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
+/// `CERTMINT_LOG`, else `default`.
+fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("CERTMINT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTMINT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(log_filter("info"));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -458,7 +459,10 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     let store = Store::open(&config.database_url(), config.database.pool_size)?;
     let hsm = open_hsm(&config, config.hsm_pin()?)?;
     let loaded = ca::load(&hsm, &store)?;
-    let token_authority = Arc::new(token_authority(&config, Some((&hsm, &store)))?);
+    let token_authority = Arc::new(match config.tokens.signing_key {
+        TokenKeyStore::Hsm => hsm_token_authority(&config, &hsm, &store)?,
+        TokenKeyStore::File => file_token_authority(&config)?,
+    });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut metrics = Metrics::new();
     metrics.register_group_commit(store.clone());

@@ -237,12 +237,15 @@ pub fn issue(
         for block in split_pem(&bundle.chain_pem) {
             chain.push(pem_to_der(&block)?);
         }
-        verify_as_clients_will(&chain, names.iter().map(String::as_str))?;
+        let clients = ClientView::of(&chain)?;
+        for name in names {
+            clients.accept(name)?;
+        }
         if let Some(host) = public_host {
             // Only a warning: server.public_url is the tokens' issuer and
             // audience, and may name a TCP load balancer's address; agents
             // connect to their own server_url.
-            if let Err(refusal) = verify_as_clients_will(&chain, [host]) {
+            if let Err(refusal) = clients.accept(host) {
                 tracing::warn!(
                     "the host of server.public_url ({host}) is not in the server certificate (server.names); agents that connect to it will refuse the handshake: {refusal}"
                 );
@@ -274,56 +277,68 @@ pub fn issue(
     })
 }
 
-/// Checks the server's own chain (leaf first, root last) the way its clients
-/// will, with rustls' webpki verifier: serverAuth, every configured name,
-/// every link and constraint up to the root. A chain that would fail there
-/// (an expired intermediate, nameConstraints that leave out the server's
-/// names, a restrictive EKU) stops `serve` at start with the reason, instead
-/// of failing every client's handshake with a bare alert. A wildcard name
-/// is checked with a made-up name it covers.
-fn verify_as_clients_will<'a>(
-    chain: &[Vec<u8>],
-    names: impl IntoIterator<Item = &'a str>,
-) -> Result<(), ServiceError> {
-    let (Some(leaf), Some(root)) = (chain.first(), chain.last()) else {
-        return Err(internal("the server certificate chain is empty"));
-    };
-    let refused = |what: String| {
-        ServiceError::Setup(format!(
-            "the server's own certificate would be refused by its clients: {what}"
-        ))
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(root.clone()))
-        .map_err(|error| refused(format!("the root is not a usable trust anchor: {error}")))?;
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|error| refused(error.to_string()))?;
-    let intermediates: Vec<CertificateDer<'_>> = chain[1..chain.len().saturating_sub(1)]
-        .iter()
-        .map(|der| CertificateDer::from(der.as_slice()))
-        .collect();
-    for name in names {
+/// The server's own chain (leaf first, root last) as its clients will see
+/// it, through rustls' webpki verifier: serverAuth, every link and
+/// constraint up to the root. A chain that would fail there (an expired
+/// intermediate, nameConstraints that leave out the server's names, a
+/// restrictive EKU) stops `serve` at start with the reason, instead of
+/// failing every client's handshake with a bare alert.
+struct ClientView<'a> {
+    verifier: Arc<rustls::client::WebPkiServerVerifier>,
+    leaf: CertificateDer<'a>,
+    intermediates: Vec<CertificateDer<'a>>,
+}
+
+impl<'a> ClientView<'a> {
+    fn of(chain: &'a [Vec<u8>]) -> Result<Self, ServiceError> {
+        let (Some(leaf), Some(root)) = (chain.first(), chain.last()) else {
+            return Err(internal("the server certificate chain is empty"));
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(root.clone()))
+            .map_err(|error| refused(format!("the root is not a usable trust anchor: {error}")))?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|error| refused(error.to_string()))?;
+        Ok(ClientView {
+            verifier,
+            leaf: CertificateDer::from(leaf.as_slice()),
+            intermediates: chain[1..chain.len().saturating_sub(1)]
+                .iter()
+                .map(|der| CertificateDer::from(der.as_slice()))
+                .collect(),
+        })
+    }
+
+    /// Whether a client connecting to `name` accepts the chain. A wildcard
+    /// name is checked with a made-up name it covers.
+    fn accept(&self, name: &str) -> Result<(), ServiceError> {
         let probe = match name.strip_prefix("*.") {
             Some(parent) => format!("certmint-self-check.{parent}"),
             None => name.to_owned(),
         };
         let server_name = rustls_pki_types::ServerName::try_from(probe.as_str())
             .map_err(|error| refused(format!("{name:?} is not a server name: {error}")))?;
-        verifier
+        self.verifier
             .verify_server_cert(
-                &CertificateDer::from(leaf.as_slice()),
-                &intermediates,
+                &self.leaf,
+                &self.intermediates,
                 &server_name,
                 &[],
                 UnixTime::now(),
             )
-            .map_err(|error| refused(format!("for {name}: {error}")))?;
+            .map(|_| ())
+            .map_err(|error| refused(format!("for {name}: {error}")))
     }
-    Ok(())
+}
+
+fn refused(what: String) -> ServiceError {
+    ServiceError::Setup(format!(
+        "the server's own certificate would be refused by its clients: {what}"
+    ))
 }
 
 /// The built-in policy the server's own certificates are recorded under.
