@@ -191,6 +191,14 @@ struct EnrollArgs {
     /// PID of `cfssl serve`, to report its CPU time per signature.
     #[arg(long)]
     cfssl_pid: Option<u32>,
+    /// PEM root that signed cfssl's TLS certificate, for an https
+    /// --cfssl-url (cfssl serve -tls-cert/-tls-key).
+    #[arg(long)]
+    cfssl_root: Option<PathBuf>,
+    /// How cfssl was set up, named in the report (e.g. "plain HTTP, no
+    /// database").
+    #[arg(long, default_value = "plain HTTP, no database")]
+    cfssl_setup: String,
     /// Split the timed requests into R rounds, each running certmint then
     /// cfssl on its own slice of CSRs; the report adds per-round ratios and
     /// their median.
@@ -276,6 +284,8 @@ struct Report {
     certmint_writes_per_commit: Option<f64>,
     raw_c_sign: Option<csign::SignResult>,
     cfssl: Option<HttpReport>,
+    /// How the cfssl reference was set up (`--cfssl-setup`).
+    cfssl_setup: Option<String>,
     /// Throughput ratio over all rounds together.
     certmint_over_cfssl: Option<f64>,
     /// Each round's throughputs and ratio.
@@ -371,11 +381,19 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         .cfssl_url
         .as_ref()
         .map(|url| format!("{}/api/v1/cfssl/sign", url.trim_end_matches('/')));
+    let cfssl_tls = match &args.cfssl_root {
+        Some(root) => Some(Arc::new(tls_config(root)?)),
+        None => None,
+    };
     let cfssl_client = || -> Result<Client, BoxError> {
-        Ok(Client::builder()
+        let builder = Client::builder()
             .pool_max_idle_per_host(1)
-            .timeout(Duration::from_secs(120))
-            .build()?)
+            .timeout(Duration::from_secs(120));
+        let builder = match &cfssl_tls {
+            Some(tls) => builder.use_preconfigured_tls((**tls).clone()),
+            None => builder,
+        };
+        Ok(builder.build()?)
     };
     let enroll_url = format!("{base}/v1/enroll");
     let metrics_before = metrics::scrape(&admin, &base)?;
@@ -496,6 +514,7 @@ fn enroll(args: &EnrollArgs) -> Result<bool, BoxError> {
         certmint_stages,
         certmint_writes_per_commit,
         raw_c_sign,
+        cfssl_setup: cfssl.as_ref().map(|_| args.cfssl_setup.clone()),
         cfssl,
         certmint_over_cfssl,
         rounds: round_reports,
@@ -801,6 +820,9 @@ fn print_table(report: &Report) {
             sign.result.max_ms,
             sign.threads
         );
+    }
+    if let Some(setup) = &report.cfssl_setup {
+        println!("cfssl: {setup}");
     }
     println!();
     if let Some(ratio) = report.certmint_over_cfssl {

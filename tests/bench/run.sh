@@ -21,6 +21,14 @@
 #   CERTMINT_BENCH_SIGN_COUNT   signatures in the raw C_Sign phase (4000)
 #   CERTMINT_BENCH_REQUESTS     timed requests (renew: holders)   (2000)
 #   CERTMINT_BENCH_CONCURRENCY  space-separated concurrencies     ("8")
+#   CERTMINT_BENCH_CFSSL        enroll: how cfssl runs             (plain)
+#                               plain:   plain HTTP, no database (the bar
+#                                        set for certmint)
+#                               durable: HTTPS (-tls-cert) and every
+#                                        certificate recorded in SQLite
+#                                        (-db-config; WAL, synchronous=FULL,
+#                                        as certmint), i.e. the transport and
+#                                        durability certmint pays for
 #   CERTMINT_BENCH_ROUNDS       enroll: alternate certmint and cfssl R times
 #                               on N/R requests each; adds the median ratio (1)
 #   CERTMINT_BENCH_WARMUP       warm-up requests per worker       (5)
@@ -48,6 +56,11 @@ PORT=${CERTMINT_BENCH_PORT:-18443}
 CFSSL_PORT=${CFSSL_BENCH_PORT:-18888}
 CFSSL=${CFSSL:-cfssl}
 TOKEN=${CERTMINT_BENCH_TOKEN:-softhsm2}
+CFSSL_SETUP=${CERTMINT_BENCH_CFSSL:-plain}
+case "$CFSSL_SETUP" in
+    plain | durable) ;;
+    *) echo "run.sh: CERTMINT_BENCH_CFSSL must be plain or durable" >&2; exit 2 ;;
+esac
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -67,6 +80,7 @@ TOOLS=(curl)
 PORTS=("$PORT")
 if [ "$MODE" = enroll ]; then
     TOOLS+=("$CFSSL" cfssljson)
+    [ "$CFSSL_SETUP" = durable ] && TOOLS+=(sqlite3)
     PORTS+=("$CFSSL_PORT")
 fi
 for tool in "${TOOLS[@]}"; do
@@ -145,19 +159,64 @@ fi
 SERVER_PID=$!
 "$SERVER_BIN" admin-token --config "$DIR/certmint.toml" >"$DIR/admin.jwt"
 
-# --- cfssl with a software P-256 CA, no database, no policy (enroll mode) ---
+# --- cfssl with a software P-256 CA, no policy (enroll mode) ----------------
+CFSSL_SCHEME=http
+CFSSL_ARGS=()
 if [ "$MODE" = enroll ]; then
     mkdir -p "$DIR/cfssl"
     cat >"$DIR/cfssl/ca-csr.json" <<'EOF'
 {"CN": "cfssl bench CA", "key": {"algo": "ecdsa", "size": 256}, "names": [{"O": "certmint-bench"}]}
 EOF
     cat >"$DIR/cfssl/config.json" <<'EOF'
-{"signing": {"default": {"expiry": "24h", "usages": ["digital signature", "client auth"]}}}
+{"signing": {"default": {"expiry": "24h", "usages": ["digital signature", "client auth"]},
+             "profiles": {"tls": {"expiry": "24h", "usages": ["digital signature", "server auth"]}}}}
 EOF
     (cd "$DIR/cfssl" && "$CFSSL" genkey -initca ca-csr.json 2>/dev/null | cfssljson -bare ca)
-    "$CFSSL" serve -address 127.0.0.1 -port "$CFSSL_PORT" \
-        -ca "$DIR/cfssl/ca.pem" -ca-key "$DIR/cfssl/ca-key.pem" \
-        -config "$DIR/cfssl/config.json" >"$DIR/cfssl.log" 2>&1 &
+    CFSSL_SERVE=(-address 127.0.0.1 -port "$CFSSL_PORT"
+        -ca "$DIR/cfssl/ca.pem" -ca-key "$DIR/cfssl/ca-key.pem" -config "$DIR/cfssl/config.json")
+    if [ "$CFSSL_SETUP" = durable ]; then
+        # HTTPS with a P-256 server certificate from the same CA, and every
+        # signed certificate inserted into cfssl's certdb (its 1.2 schema),
+        # SQLite in WAL mode with synchronous=FULL set on each of cfssl's
+        # connections (go-sqlite3 DSN parameters): each commit is synced,
+        # as certmint's are.
+        cat >"$DIR/cfssl/tls-csr.json" <<'EOF'
+{"CN": "127.0.0.1", "hosts": ["127.0.0.1"], "key": {"algo": "ecdsa", "size": 256}}
+EOF
+        (cd "$DIR/cfssl" && "$CFSSL" gencert -ca ca.pem -ca-key ca-key.pem -config config.json \
+            -profile tls tls-csr.json 2>/dev/null | cfssljson -bare tls)
+        sqlite3 "$DIR/cfssl/certs.db" >/dev/null <<'EOF'
+PRAGMA journal_mode = WAL;
+CREATE TABLE certificates (
+  serial_number            blob NOT NULL,
+  authority_key_identifier blob NOT NULL,
+  ca_label                 blob,
+  status                   blob NOT NULL,
+  reason                   int,
+  expiry                   timestamp,
+  revoked_at               timestamp,
+  pem                      blob NOT NULL,
+  PRIMARY KEY(serial_number, authority_key_identifier)
+);
+CREATE TABLE ocsp_responses (
+  serial_number            blob NOT NULL,
+  authority_key_identifier blob NOT NULL,
+  body                     blob NOT NULL,
+  expiry                   timestamp,
+  PRIMARY KEY(serial_number, authority_key_identifier),
+  FOREIGN KEY(serial_number, authority_key_identifier)
+    REFERENCES certificates(serial_number, authority_key_identifier)
+);
+EOF
+        printf '{"driver": "sqlite3", "data_source": "%s?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=10000"}\n' \
+            "$DIR/cfssl/certs.db" >"$DIR/cfssl/db-config.json"
+        CFSSL_SERVE+=(-tls-cert "$DIR/cfssl/tls.pem" -tls-key "$DIR/cfssl/tls-key.pem"
+            -db-config "$DIR/cfssl/db-config.json")
+        CFSSL_SCHEME=https
+        CFSSL_ARGS=(--cfssl-root "$DIR/cfssl/ca.pem"
+            --cfssl-setup "HTTPS, every certificate recorded in SQLite (WAL, synchronous=FULL)")
+    fi
+    "$CFSSL" serve "${CFSSL_SERVE[@]}" >"$DIR/cfssl.log" 2>&1 &
     CFSSL_PID=$!
 fi
 
@@ -165,7 +224,8 @@ fi
 ready() {
     curl -fsS --cacert "$DIR/root.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 || return 1
     if [ -n "$CFSSL_PID" ]; then
-        curl -fsS "http://127.0.0.1:$CFSSL_PORT/api/v1/cfssl/scaninfo" >/dev/null 2>&1 || return 1
+        curl -fsS --cacert "$DIR/cfssl/ca.pem" "$CFSSL_SCHEME://127.0.0.1:$CFSSL_PORT/api/v1/cfssl/scaninfo" \
+            >/dev/null 2>&1 || return 1
     fi
 }
 for _ in $(seq 1 300); do
@@ -197,9 +257,12 @@ for c in $CONCURRENCY; do
             --requests "$REQUESTS" --concurrency "$c" --warmup "$WARMUP" \
             --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
             --sign-count "${CERTMINT_BENCH_SIGN_COUNT:-4000}" \
-            --cfssl-url "http://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
-            --rounds "${CERTMINT_BENCH_ROUNDS:-1}" \
+            --cfssl-url "$CFSSL_SCHEME://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
+            "${CFSSL_ARGS[@]}" --rounds "${CERTMINT_BENCH_ROUNDS:-1}" \
             "${JSON[@]}" || status=$?
+        if [ "$CFSSL_SETUP" = durable ]; then
+            echo "== cfssl's certdb holds $(sqlite3 "$DIR/cfssl/certs.db" 'SELECT count(*) FROM certificates') certificates" >&2
+        fi
     fi
     echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     echo >&2
