@@ -67,6 +67,36 @@ pub enum InitOutcome {
     },
 }
 
+/// Key types a CA key may have. `rsa-2048` is left out on purpose: CA keys
+/// live for years (3650 days for the root by default), past 2030, when
+/// NIST SP 800-57 retires 112-bit strength. Leaf policies may still allow it.
+pub const CA_KEY_TYPES: [KeyType; 5] = [
+    KeyType::EcP256,
+    KeyType::EcP384,
+    KeyType::Rsa3072,
+    KeyType::Rsa4096,
+    KeyType::Ed25519,
+];
+
+/// `--key-type` / `ca.key_type`: one of [`CA_KEY_TYPES`].
+pub fn parse_ca_key_type(text: &str) -> Result<KeyType, String> {
+    KeyType::parse(text)
+        .filter(|key_type| CA_KEY_TYPES.contains(key_type))
+        .ok_or_else(|| {
+            let allowed: Vec<&str> = CA_KEY_TYPES.iter().map(|k| k.as_str()).collect();
+            format!(
+                "{text:?} is not a CA key type; expected one of {}",
+                allowed.join(", ")
+            )
+        })
+}
+
+fn require_ca_key_type(key_type: KeyType) -> Result<(), ServiceError> {
+    parse_ca_key_type(key_type.as_str())
+        .map(drop)
+        .map_err(|reason| ServiceError::Setup(format!("ca.key_type: {reason}")))
+}
+
 /// Creates a root and an issuing CA on the token.
 pub fn initialize(
     hsm: &Hsm,
@@ -79,6 +109,7 @@ pub fn initialize(
             root_fingerprint: existing.root().map(fingerprint),
         });
     }
+    require_ca_key_type(options.key_type)?;
     let root_key = reserved_key(hsm, store, &options.root_key_label, options.key_type, now)?;
     let issuing_key = issuing_key(hsm, store, options, now)?;
     let root_subject = subject(&format!("{} Root CA", options.name))?;
@@ -149,6 +180,7 @@ pub fn initialize_for_external_root(
             root_fingerprint: existing.root().map(fingerprint),
         });
     }
+    require_ca_key_type(options.key_type)?;
     let issuing_key = issuing_key(hsm, store, options, now)?;
     let info = CertReqInfo {
         version: RequestVersion::V1,
@@ -583,6 +615,33 @@ mod tests {
         always_sensitive: true,
         never_extractable: true,
     };
+
+    #[test]
+    fn ok_every_documented_ca_key_type_parses() {
+        for text in ["ec-p256", "ec-p384", "rsa-3072", "rsa-4096", "ed25519"] {
+            let key_type = parse_ca_key_type(text).expect("a CA key type");
+            assert_eq!(key_type.as_str(), text);
+            require_ca_key_type(key_type).expect("allowed at init");
+        }
+    }
+
+    #[test]
+    fn fail_rsa_2048_and_unknown_types_are_not_ca_key_types() {
+        for text in ["rsa-2048", "rsa-1024", "p256", ""] {
+            let reason = parse_ca_key_type(text).expect_err(text);
+            assert!(
+                reason.contains("expected one of ec-p256, ec-p384, rsa-3072, rsa-4096, ed25519"),
+                "{reason}"
+            );
+        }
+        // A config file can still name it: init refuses before any key exists.
+        match require_ca_key_type(KeyType::Rsa2048) {
+            Err(ServiceError::Setup(reason)) => {
+                assert!(reason.starts_with("ca.key_type: \"rsa-2048\""), "{reason}")
+            }
+            other => panic!("rsa-2048 accepted for a CA key: {other:?}"),
+        }
+    }
 
     #[test]
     fn ok_key_generated_on_the_token_is_used() {

@@ -97,7 +97,7 @@ pub struct InitArgs {
     #[arg(long, default_value = "certmint")]
     pub ca_name: String,
     /// CA key type: ec-p256, ec-p384, rsa-3072, rsa-4096 or ed25519.
-    #[arg(long, default_value = "ec-p256", value_parser = parse_key_type)]
+    #[arg(long, default_value = "ec-p256", value_parser = ca::parse_ca_key_type)]
     pub key_type: KeyType,
     /// Initialise an empty token slot first (SO PIN from $CERTMINT_HSM_SO_PIN).
     #[arg(long)]
@@ -105,11 +105,6 @@ pub struct InitArgs {
     /// Create only the issuing key and write its CSR here, for an external root.
     #[arg(long)]
     pub external_root_csr: Option<PathBuf>,
-}
-
-fn parse_key_type(text: &str) -> Result<KeyType, String> {
-    KeyType::parse(text)
-        .ok_or_else(|| "expected ec-p256, ec-p384, rsa-3072, rsa-4096 or ed25519".to_owned())
 }
 
 /// `certmint-server init`.

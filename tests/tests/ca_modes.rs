@@ -262,6 +262,29 @@ fn ok_ca_key_type_ed25519_signs_with_ed25519() {
     );
 }
 
+#[test]
+fn fail_init_refuses_rsa_2048_for_ca_keys() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("certmint.toml");
+    let output = std::process::Command::new(certmint_e2e::server_binary())
+        .arg("init")
+        .arg("--config")
+        .arg(&config)
+        .args(["--key-type", "rsa-2048"])
+        .output()
+        .expect("run certmint-server init");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "a usage error:\n{stderr}");
+    assert!(
+        stderr.contains("\"rsa-2048\" is not a CA key type; expected one of ec-p256, ec-p384, rsa-3072, rsa-4096, ed25519"),
+        "the error must list the CA key types:\n{stderr}"
+    );
+    assert!(
+        !config.exists(),
+        "nothing is written for a refused command line"
+    );
+}
+
 /// hsm-sim faults that let `init` generate its keys and then fail the
 /// first signature: the set-up dies between key generation and recording
 /// the CA, which used to leave labels taken that every rerun refused.
