@@ -124,7 +124,7 @@ problem_codes! {
     /// The certificate was never issued (its signing is pending or failed).
     CertificateNotIssued => "certificate.not_issued",
 
-    /// The certificate presented for renewal or self-revocation is revoked.
+    /// The certificate presented for renewal is revoked.
     CertificateRevoked => "certificate.revoked",
     /// The certificate presented for renewal has expired: enroll again.
     CertificateExpired => "certificate.expired",

@@ -545,7 +545,8 @@ signing_key = "hsm"
 [issuance]
 # Backdating of notBefore to absorb client clock skew.
 # backdate = "60s"
-# renew_after = not_before + renew_fraction * lifetime, ± renew_jitter * lifetime
+# renew_after = issued_at + (renew_fraction ± renew_jitter) * (not_after - issued_at),
+# where issued_at = not_before + backdate
 # renew_fraction = 0.6667
 # renew_jitter = 0.05
 "#,

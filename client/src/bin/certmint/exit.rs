@@ -30,8 +30,8 @@ pub enum Exit {
     CertificateExpired = 8,
     /// `status`: the files on disk are not usable for mutual TLS.
     NotUsable = 9,
-    /// `enroll`: stopped by SIGTERM/SIGINT before a certificate was
-    /// installed, while no request was in flight or by abandoning one (a
+    /// `enroll`, `agent --once`: stopped by SIGTERM/SIGINT before a
+    /// certificate was installed, while no request was in flight or by abandoning one (a
     /// second signal, or the grace period ran out; the server may have
     /// used the token). Not 0: a boot script must not go on as if the
     /// files were in place.
