@@ -140,6 +140,12 @@ problem_codes! {
     RenewalChainTooOld => "renewal.chain_too_old",
     /// The CSR's names differ from the names of the certificate being renewed.
     RenewalIdentityMismatch => "renewal.identity_mismatch",
+    /// The CSR's key is the key of the certificate being renewed: every
+    /// renewal needs a fresh key.
+    RenewalKeyNotRotated => "renewal.key_not_rotated",
+    /// A holder may not revoke with this reason (`ca_compromise`,
+    /// `privilege_withdrawn`): those are an administrator's to assert.
+    RevocationReasonNotAllowed => "revocation.reason_not_allowed",
 
     /// No bootstrap token with that id.
     TokenNotFound => "token.not_found",

@@ -94,7 +94,7 @@ impl Admin {
     ) -> Result<Policy, ServiceError> {
         validate_policy_name(&spec.name)
             .map_err(|reason| ServiceError::invalid(ProblemCode::PolicyInvalid, reason))?;
-        CompiledPolicy::compile(spec, 1)?;
+        CompiledPolicy::compile_new_version(spec, 1)?;
         Ok(self.store.create_policy(spec, access.actor(), self.now())?)
     }
 
@@ -115,7 +115,7 @@ impl Admin {
                 ),
             ));
         }
-        CompiledPolicy::compile(spec, 0)?;
+        CompiledPolicy::compile_new_version(spec, 0)?;
         Ok(self
             .store
             .replace_policy(spec, access.actor(), self.now())?)

@@ -33,10 +33,8 @@ use time::OffsetDateTime;
 use crate::error::ServiceError;
 use crate::issuance::csr::VerifiedCsr;
 use crate::issuance::Issuer;
+pub use crate::policy::SERVER_POLICY_NAME;
 use crate::policy::{CompiledPolicy, RequestedNames};
-
-/// Name recorded as the "policy" of the server's own certificates.
-pub const SERVER_POLICY_NAME: &str = "certmint-server-tls";
 
 /// Holds the current server certificate for rustls.
 #[derive(Debug)]

@@ -802,6 +802,27 @@ backend_tests! {
             .assert_problem(409, "policy.already_exists");
     }
 
+    fn fail_unrenewable_or_server_named_policies(server: &TestServer) {
+        let name = server.unique("server-only");
+        let mut spec = policy_json(&name, DNS_PATTERNS, &[], &[]);
+        spec["extended_key_usage"] = json!(["server_auth"]);
+        let response = server.admin_post("/v1/admin/policies", &spec);
+        response.assert_problem(422, "policy.invalid");
+        assert!(response.text.contains("renewal.allowed"), "{}", response.text);
+        // Without renewal a server-only policy is fine, and a replacement
+        // must keep to the same rule.
+        spec["renewal"] = json!({ "allowed": false });
+        server.admin_post("/v1/admin/policies", &spec).assert_status(201);
+        spec["renewal"] = json!({ "allowed": true });
+        server
+            .admin_put(&format!("/v1/admin/policies/{name}"), &spec)
+            .assert_problem(422, "policy.invalid");
+        let reserved = policy_json("certmint-server-tls", DNS_PATTERNS, &[], &[]);
+        let response = server.admin_post("/v1/admin/policies", &reserved);
+        response.assert_problem(422, "policy.invalid");
+        assert!(response.text.contains("reserved"), "{}", response.text);
+    }
+
     fn fail_bad_admin_parameters(server: &TestServer) {
         for (path, status, code) in [
             ("/v1/admin/certificates?status=bogus", 400, "request.invalid_parameter"),

@@ -145,6 +145,29 @@ backend_tests! {
         response.assert_problem(403, "renewal.identity_mismatch");
     }
 
+    fn fail_renewal_that_keeps_the_key(server: &TestServer) {
+        let (_, enrolled) = enroll(server, |_| {});
+        let key = rcgen::KeyPair::from_pem(&enrolled.key_pem).expect("the enrolled key");
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = certmint_e2e::sans(NAMES, &[], &[]);
+        let same_key_csr = params
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .expect("a CSR for the enrolled key");
+        let holder = server.holder(&enrolled.presented_chain(), &enrolled.key_pem);
+        let response = server.request(
+            Auth::Holder(&holder),
+            "POST",
+            "/v1/renew",
+            Some(RequestBody::Json(json!({ "csr": same_key_csr }))),
+        );
+        response.assert_problem(403, "renewal.key_not_rotated");
+        assert!(response.text.contains(&enrolled.bundle.serial), "{}", response.text);
+        // The certificate is still good for a renewal with a fresh key.
+        let (response, _) = renew(server, &enrolled, NAMES);
+        response.assert_status(201);
+    }
+
     fn fail_renewal_of_a_revoked_certificate(server: &TestServer) {
         let (_, enrolled) = enroll(server, |_| {});
         server
@@ -223,6 +246,14 @@ backend_tests! {
         let revoke = |body: Value| {
             server.request(Auth::Holder(&holder), "POST", "/v1/revoke", Some(RequestBody::Json(body)))
         };
+        // Reasons only an administrator may assert are refused, and change
+        // nothing.
+        for reason in ["ca_compromise", "privilege_withdrawn"] {
+            let response = revoke(json!({ "reason": reason }));
+            response.assert_problem(403, "revocation.reason_not_allowed");
+            assert!(response.text.contains(reason), "{}", response.text);
+        }
+        assert_eq!(server.certificate(&enrolled.bundle.serial).status, CertificateStatus::Issued);
         let response = revoke(json!({ "reason": "cessation_of_operation" }));
         response.assert_status(200);
         let info: CertificateInfo = response.json();

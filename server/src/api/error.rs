@@ -72,6 +72,8 @@ pub fn status_and_title(code: &ProblemCode) -> (StatusCode, &'static str) {
         C::RenewalNotAllowed => (StatusCode::FORBIDDEN, "Renewal not allowed"),
         C::RenewalChainTooOld => (StatusCode::FORBIDDEN, "Renewal chain too old"),
         C::RenewalIdentityMismatch => (StatusCode::FORBIDDEN, "Names differ from the certificate"),
+        C::RenewalKeyNotRotated => (StatusCode::FORBIDDEN, "Renewal needs a fresh key"),
+        C::RevocationReasonNotAllowed => (StatusCode::FORBIDDEN, "Revocation reason not allowed"),
         C::HsmUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "HSM unavailable"),
         C::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
         C::ServerCertificateExpired => (

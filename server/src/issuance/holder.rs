@@ -82,6 +82,18 @@ pub enum HolderError {
         /// Names in the certificate.
         current: String,
     },
+    /// The CSR's key is the presented certificate's key.
+    #[error("the CSR's key is the key of certificate {serial}; renewal needs a fresh key")]
+    KeyNotRotated {
+        /// Serial of the presented certificate.
+        serial: String,
+    },
+    /// A reason only an administrator may give.
+    #[error("a holder may revoke with unspecified, key_compromise, affiliation_changed, superseded or cessation_of_operation, not {reason}; ask an administrator")]
+    ReasonNotAllowed {
+        /// The reason asked for.
+        reason: String,
+    },
 }
 
 impl HolderError {
@@ -95,6 +107,8 @@ impl HolderError {
             HolderError::RenewalNotAllowed { .. } => ProblemCode::RenewalNotAllowed,
             HolderError::ChainTooOld { .. } => ProblemCode::RenewalChainTooOld,
             HolderError::IdentityMismatch { .. } => ProblemCode::RenewalIdentityMismatch,
+            HolderError::KeyNotRotated { .. } => ProblemCode::RenewalKeyNotRotated,
+            HolderError::ReasonNotAllowed { .. } => ProblemCode::RevocationReasonNotAllowed,
         }
     }
 }
@@ -119,6 +133,12 @@ impl Issuer {
                 current: describe(&record.info.identity),
             }
             .into());
+        }
+        // The key is what a stolen certificate gives away: a renewal that
+        // kept it would extend the thief's certificate along with the
+        // holder's.
+        if reuses_key(&record, &csr) {
+            return Err(HolderError::KeyNotRotated { serial }.into());
         }
         let ttl = request.ttl.map(|ttl| ttl.as_seconds());
         let chain_started_at = record.chain_started_at;
@@ -182,6 +202,13 @@ impl Issuer {
     ) -> Result<CertificateInfo, ServiceError> {
         let now = self.parts.clock.now();
         let record = self.presented_record(presented)?;
+        if !holder_may_revoke_with(reason) {
+            let reason = serde_json::to_value(reason)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(HolderError::ReasonNotAllowed { reason }.into());
+        }
         let serial = record.info.serial;
         let actor = format!("certificate:{serial}");
         Ok(self
@@ -208,6 +235,34 @@ impl Issuer {
             return Err(HolderError::Unknown.into());
         }
         Ok(record)
+    }
+}
+
+/// Reasons a subscriber can know to be true of its own certificate (those
+/// Let's Encrypt accepts from subscribers); `ca_compromise` and
+/// `privilege_withdrawn` are for an administrator to assert.
+fn holder_may_revoke_with(reason: RevocationReason) -> bool {
+    match reason {
+        RevocationReason::Unspecified
+        | RevocationReason::KeyCompromise
+        | RevocationReason::AffiliationChanged
+        | RevocationReason::Superseded
+        | RevocationReason::CessationOfOperation => true,
+        RevocationReason::CaCompromise | RevocationReason::PrivilegeWithdrawn => false,
+    }
+}
+
+/// Whether the CSR asks for the key the presented certificate already
+/// certifies. `record` holds the presented DER ([`Issuer::presented_record`]).
+fn reuses_key(record: &CertificateRecord, csr: &csr::VerifiedCsr) -> bool {
+    let Some(der) = record.certificate_der.as_deref() else {
+        return false;
+    };
+    match Certificate::from_der(der) {
+        Ok(certificate) => {
+            certificate.tbs_certificate().subject_public_key_info() == &csr.subject_public_key_info
+        }
+        Err(_) => false,
     }
 }
 

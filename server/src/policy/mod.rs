@@ -96,6 +96,10 @@ const KIND_POLICY: &str = "policy";
 /// Longest policy name.
 const MAX_POLICY_NAME_LEN: usize = 63;
 
+/// Name recorded as the "policy" of the server's own TLS certificates;
+/// administrators cannot create a policy of that name.
+pub const SERVER_POLICY_NAME: &str = "certmint-server-tls";
+
 /// A policy that passed validation, ready to evaluate requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPolicy {
@@ -191,6 +195,48 @@ impl CompiledPolicy {
             renewal_allowed: spec.renewal.allowed,
             max_chain_age: spec.renewal.max_chain_age.map(|age| age.as_seconds()),
         })
+    }
+
+    /// [`CompiledPolicy::compile`] plus the rules only a new version must
+    /// meet: what administrators write through the API. Versions stored
+    /// before a rule existed still load with `compile`.
+    ///
+    /// - The name is not [`SERVER_POLICY_NAME`], which the server's own TLS
+    ///   certificates are recorded under.
+    /// - Renewal needs `client_auth`: a holder renews by presenting its
+    ///   certificate as a TLS client certificate, and a certificate without
+    ///   clientAuth fails that handshake (with a bare TLS alert, no problem
+    ///   document), so such a policy would issue certificates that can never
+    ///   renew nor revoke themselves.
+    pub fn compile_new_version(
+        spec: &PolicySpec,
+        version: i64,
+    ) -> Result<CompiledPolicy, PolicyError> {
+        let mut problems = Vec::new();
+        if spec.name == SERVER_POLICY_NAME {
+            problems.push(format!(
+                "name {SERVER_POLICY_NAME:?}: is reserved for the server's own TLS certificates"
+            ));
+        }
+        let client_auth = spec
+            .extended_key_usage
+            .iter()
+            .any(|usage| ExtendedKeyUsage::parse(usage) == Some(ExtendedKeyUsage::ClientAuth));
+        if spec.renewal.allowed && !client_auth {
+            problems.push(
+                "renewal.allowed: holders renew over mutual TLS, which needs client_auth in \
+                 extended_key_usage; add client_auth or set renewal.allowed = false"
+                    .to_owned(),
+            );
+        }
+        match CompiledPolicy::compile(spec, version) {
+            Ok(compiled) if problems.is_empty() => Ok(compiled),
+            Ok(_) => Err(PolicyError::Invalid(problems)),
+            Err(PolicyError::Invalid(mut found)) => {
+                found.append(&mut problems);
+                Err(PolicyError::Invalid(found))
+            }
+        }
     }
 
     /// The policy's name.

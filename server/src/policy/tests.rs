@@ -506,6 +506,51 @@ fn fail_compile_lists_every_problem() {
 }
 
 #[test]
+fn new_versions_meet_the_write_time_rules() {
+    let problems = |overrides: Value| match CompiledPolicy::compile_new_version(&spec(overrides), 1)
+    {
+        Ok(_) => 0,
+        Err(PolicyError::Invalid(problems)) => problems.len(),
+    };
+    // (case, overrides, problems as a new version, compiles as a stored one)
+    let cases = [
+        ("ok_client_and_server_auth_with_renewal", json!({}), 0),
+        (
+            "ok_server_auth_only_without_renewal",
+            json!({ "extended_key_usage": ["server_auth"], "renewal": { "allowed": false } }),
+            0,
+        ),
+        (
+            "fail_server_auth_only_with_renewal",
+            json!({ "extended_key_usage": ["server_auth"] }),
+            1,
+        ),
+        (
+            "fail_server_auth_only_with_default_renewal",
+            json!({ "extended_key_usage": ["server_auth"], "renewal": {} }),
+            1,
+        ),
+        (
+            "fail_reserved_server_policy_name",
+            json!({ "name": super::SERVER_POLICY_NAME }),
+            1,
+        ),
+        (
+            "fail_both_and_a_compile_problem",
+            json!({ "name": super::SERVER_POLICY_NAME, "extended_key_usage": ["server_auth"], "key_types": [] }),
+            3,
+        ),
+    ];
+    for (case, overrides, expected) in cases {
+        assert_eq!(problems(overrides.clone()), expected, "{case}");
+        if expected < 3 {
+            // Versions stored before these rules existed still load.
+            CompiledPolicy::compile(&spec(overrides), 1).unwrap_or_else(|e| panic!("{case}: {e}"));
+        }
+    }
+}
+
+#[test]
 fn ok_compiled_policy_exposes_its_settings() {
     let compiled = policy(json!({
         "key_types": ["ed25519", "ec-p256", "ed25519"],
