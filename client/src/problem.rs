@@ -55,7 +55,8 @@ problem_codes! {
     /// A path or query parameter is invalid (bad cursor, bad filter).
     RequestInvalidParameter => "request.invalid_parameter",
 
-    /// The CSR is not a parseable PKCS#10 request.
+    /// The CSR is not a parseable PKCS#10 request, or asks for more than 100
+    /// subject alternative names.
     CsrMalformed => "csr.malformed",
     /// The CSR's self-signature does not verify (no proof of possession).
     CsrBadSignature => "csr.bad_signature",

@@ -543,10 +543,11 @@ signing_key = "hsm"
 # max_ttl = "30d"
 
 [issuance]
-# Backdating of notBefore to absorb client clock skew.
+# Backdating of notBefore to absorb client clock skew; it counts toward the
+# policy's maximum lifetime and is at most a tenth of it.
 # backdate = "60s"
 # renew_after = issued_at + (renew_fraction ± renew_jitter) * (not_after - issued_at),
-# where issued_at = not_before + backdate
+# where issued_at is when the request was decided
 # renew_fraction = 0.6667
 # renew_jitter = 0.05
 "#,

@@ -391,7 +391,7 @@ backend_tests! {
         }
         for bundle in &long_bundles {
             let lifetime = bundle.not_after - bundle.not_before;
-            assert!(lifetime >= time::Duration::hours(48), "48h policy issued {lifetime}");
+            assert_eq!(lifetime, time::Duration::hours(48), "48h policy issued {lifetime}");
         }
         let short_serials: BTreeSet<String> = short_bundles.iter().map(|b| b.serial.clone()).collect();
         let long_serials: BTreeSet<String> = long_bundles.iter().map(|b| b.serial.clone()).collect();

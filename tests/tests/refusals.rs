@@ -82,6 +82,13 @@ backend_tests! {
         server
             .enroll(&relabelled, &minted.token)
             .assert_problem(400, "csr.malformed");
+        // More than 100 names: refused once, not with a refusal per name.
+        let many: Vec<String> = (0..101).map(|n| format!("w{n}.payments.internal")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let (crowded, _) = make_csr("ec-p256", &many, &[], &[]);
+        let response = server.enroll(&crowded, &minted.token);
+        response.assert_problem(400, "csr.malformed");
+        assert!(response.text.contains("at most 100"), "{}", response.text);
         assert_token_unused(server, &minted.token, "api.payments.internal");
     }
 
@@ -387,16 +394,15 @@ backend_tests! {
             .enroll_with(&json!({"csr": csr, "token": minted.token, "ttl": "forever"}))
             .assert_problem(400, "request.malformed");
         assert_inventory_empty(server, &policy);
-        // Within the max: issued with exactly that lifetime (plus backdating).
+        // At the max: notAfter - notBefore is exactly the policy's max, the
+        // backdate included (DESIGN.md: never longer than the policy's max).
         let response = server.enroll_with(&json!({"csr": csr, "token": minted.token, "ttl": "72h"}));
         response.assert_status(201);
         let bundle: CertificateBundle = response.json();
         let lifetime = bundle.not_after - bundle.not_before;
-        assert!(
-            lifetime >= time::Duration::hours(72)
-                && lifetime <= time::Duration::hours(72) + time::Duration::minutes(10),
-            "{lifetime}"
-        );
+        assert_eq!(lifetime, time::Duration::hours(72), "{bundle:?}");
+        let ahead = bundle.not_after - time::OffsetDateTime::now_utc();
+        assert!(ahead > time::Duration::hours(71), "the backdate is still there: {bundle:?}");
     }
 
     fn fail_disabled_policy(server: &TestServer) {

@@ -181,6 +181,11 @@ fn signed_info(csr_der: &[u8]) -> Result<&[u8], CsrError> {
         .map_err(malformed)
 }
 
+/// Most subjectAltName entries a CSR may ask for (Let's Encrypt's limit): a
+/// workload certificate names a handful, and thousands would make every
+/// refusal (one per name) and every certificate that large.
+pub const MAX_NAMES: usize = 100;
+
 fn requested_names(request: &CertReq) -> Result<RequestedNames, CsrError> {
     let mut names = RequestedNames::default();
     for attribute in request.info.attributes.iter() {
@@ -202,6 +207,12 @@ fn requested_names(request: &CertReq) -> Result<RequestedNames, CsrError> {
                 }
             }
         }
+    }
+    let count = names.dns.len() + names.ip.len() + names.uri.len();
+    if count > MAX_NAMES {
+        return Err(CsrError::Malformed(format!(
+            "the CSR asks for {count} subject alternative names; at most {MAX_NAMES} are allowed"
+        )));
     }
     Ok(names)
 }
@@ -255,6 +266,40 @@ mod tests {
     use x509_cert::attr::Attribute;
 
     use super::*;
+
+    fn csr_naming(dns_count: usize, ips: &[&str]) -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let dns: Vec<String> = (0..dns_count).map(|n| format!("w{n}.test")).collect();
+        let mut params = rcgen::CertificateParams::new(dns).expect("params");
+        for ip in ips {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(ip.parse().expect("an address")));
+        }
+        params
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .expect("csr")
+    }
+
+    #[test]
+    fn ok_up_to_max_names() {
+        let verified = verify(&csr_naming(MAX_NAMES - 1, &["10.0.0.1"])).expect("100 names");
+        assert_eq!(
+            verified.names.dns.len() + verified.names.ip.len(),
+            MAX_NAMES
+        );
+    }
+
+    #[test]
+    fn fail_more_than_max_names() {
+        match verify(&csr_naming(MAX_NAMES, &["10.0.0.1"])) {
+            Err(CsrError::Malformed(detail)) => {
+                assert!(detail.contains("101 subject alternative names"), "{detail}")
+            }
+            other => panic!("101 names accepted: {other:?}"),
+        }
+    }
 
     /// A CSR for `a.test` whose attributes (extensionRequest and a
     /// challengePassword) are encoded out of DER order and signed that way,

@@ -194,6 +194,8 @@ pub struct PreparedCertificate {
     policy_version: i64,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// When the request was decided: `not_before` plus the backdate.
+    issued_at: OffsetDateTime,
 }
 
 impl Issuer {
@@ -384,15 +386,15 @@ impl Issuer {
     ) -> Result<PreparedCertificate, ServiceError> {
         let token_id = lineage.token_id.clone();
         let issuer_not_after = self.parts.ca.path_not_after;
-        let not_before = now
-            .checked_sub(time::Duration::seconds(
-                self.parts.settings.backdate_seconds,
-            ))
-            .ok_or_else(|| ServiceError::Setup("issuance.backdate is out of range".into()))?;
-        let ttl = i64::try_from(ttl_seconds).unwrap_or(i64::MAX);
-        let wanted_not_after = now
-            .checked_add(time::Duration::seconds(ttl))
-            .unwrap_or(issuer_not_after);
+        let window = validity_window(
+            now,
+            ttl_seconds,
+            policy.ttl_max(),
+            self.parts.settings.backdate_seconds,
+        )
+        .ok_or_else(|| ServiceError::Setup("issuance.backdate is out of range".into()))?;
+        let not_before = window.not_before;
+        let wanted_not_after = window.not_after.unwrap_or(issuer_not_after);
         let not_after = wanted_not_after
             .min(issuer_not_after)
             .min(lineage.latest_not_after.unwrap_or(issuer_not_after));
@@ -455,6 +457,7 @@ impl Issuer {
                         policy_version: policy.version(),
                         not_before,
                         not_after,
+                        issued_at: now,
                     })
                 }
                 Err(StoreError::SerialCollision { .. }) => {
@@ -505,6 +508,7 @@ impl Issuer {
             policy_version,
             not_before,
             not_after,
+            issued_at,
             token_id: _,
         } = prepared;
         let tbs_der = unsigned.tbs_der().to_vec();
@@ -529,11 +533,7 @@ impl Issuer {
             chain_pem: self.parts.ca.chain_pem.clone(),
             not_before,
             not_after,
-            renew_after: renew_after(
-                not_before + time::Duration::seconds(self.parts.settings.backdate_seconds),
-                not_after,
-                &self.parts.settings,
-            ),
+            renew_after: renew_after(issued_at, not_after, &self.parts.settings),
             policy,
             policy_version,
         })
@@ -608,8 +608,9 @@ pub(crate) fn leaf_names(request: &VerifiedCsr) -> LeafNames {
         }
     }
     for ip in &request.names.ip {
-        if !names.ip.contains(ip) {
-            names.ip.push(*ip);
+        let canonical = policy::canonical_ip_address(*ip);
+        if !names.ip.contains(&canonical) {
+            names.ip.push(canonical);
         }
     }
     for uri in &request.names.uri {
@@ -636,6 +637,47 @@ pub fn random_serial() -> Result<[u8; 16], ServiceError> {
     crate::random::fill(&mut serial)?;
     serial[0] = (serial[0] & 0x7f).max(1);
     Ok(serial)
+}
+
+/// A certificate's validity before the CA path and the renewal chain clamp
+/// `not_after` (`None`: past what time can hold).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ValidityWindow {
+    not_before: OffsetDateTime,
+    not_after: Option<OffsetDateTime>,
+}
+
+/// The validity of a certificate decided at `now` for `ttl_seconds` under a
+/// policy whose longest lifetime is `max_seconds`: `notBefore` is backdated
+/// by `backdate_seconds` to absorb client clock skew, and the backdate
+/// counts toward the maximum (as Let's Encrypt counts it), so `notAfter -
+/// notBefore` never exceeds the policy's max: a certificate asked for at
+/// the maximum gives up the backdate at its end. The backdate is at most a
+/// tenth of the maximum, so a very short-lived policy (seconds, minutes)
+/// keeps nine tenths of its lifetime ahead. `None` when the backdate cannot
+/// be represented.
+fn validity_window(
+    now: OffsetDateTime,
+    ttl_seconds: u64,
+    max_seconds: u64,
+    backdate_seconds: i64,
+) -> Option<ValidityWindow> {
+    let max = i64::try_from(max_seconds).unwrap_or(i64::MAX);
+    let backdate = backdate_seconds.clamp(0, max / 10);
+    let not_before = now.checked_sub(time::Duration::seconds(backdate))?;
+    let ttl = i64::try_from(ttl_seconds).unwrap_or(i64::MAX);
+    let not_after = match (
+        now.checked_add(time::Duration::seconds(ttl)),
+        not_before.checked_add(time::Duration::seconds(max)),
+    ) {
+        (Some(wanted), Some(longest)) => Some(wanted.min(longest)),
+        (Some(wanted), None) => Some(wanted),
+        (None, longest) => longest,
+    };
+    Some(ValidityWindow {
+        not_before,
+        not_after,
+    })
 }
 
 /// `renew_after`: `issued_at + fraction × lifetime ± jitter × lifetime`,
@@ -696,6 +738,89 @@ mod tests {
             renew_fraction: 2.0 / 3.0,
             renew_jitter: jitter,
         }
+    }
+
+    #[test]
+    fn ok_validity_never_exceeds_the_policy_max() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("a time");
+        let at = |seconds: i64| now + time::Duration::seconds(seconds);
+        let window = |ttl, max| validity_window(now, ttl, max, 60).expect("a window");
+        // (case, ttl, max, not_before, not_after): seconds from now.
+        let cases = [
+            (
+                "ok_short_ttl_keeps_its_lifetime_ahead",
+                3600,
+                86_400,
+                -60,
+                3600,
+            ),
+            (
+                "ok_ttl_at_max_gives_up_the_backdate_at_the_end",
+                86_400,
+                86_400,
+                -60,
+                86_340,
+            ),
+            (
+                "ok_ttl_just_under_max_is_clamped_too",
+                86_380,
+                86_400,
+                -60,
+                86_340,
+            ),
+            (
+                "ok_policy_under_ten_backdates_loses_a_tenth",
+                60,
+                60,
+                -6,
+                54,
+            ),
+            (
+                "ok_ten_minute_policy_keeps_the_full_backdate",
+                600,
+                600,
+                -60,
+                540,
+            ),
+            ("ok_tiny_policy", 12, 12, -1, 11),
+        ];
+        for (case, ttl, max, not_before, not_after) in cases {
+            let got = window(ttl, max);
+            assert_eq!(got.not_before, at(not_before), "{case}");
+            assert_eq!(got.not_after, Some(at(not_after)), "{case}");
+            let lifetime = (got.not_after.expect(case) - got.not_before).whole_seconds();
+            assert!(
+                lifetime <= i64::try_from(max).expect("small"),
+                "{case}: {lifetime}"
+            );
+        }
+        // Beyond what time can hold: no notAfter, the CA path decides.
+        let endless = window(u64::MAX, u64::MAX);
+        assert_eq!((endless.not_before, endless.not_after), (at(-60), None));
+        // A zero backdate is allowed; a negative one is treated as zero.
+        let none = validity_window(now, 3600, 86_400, -5).expect("a window");
+        assert_eq!(none.not_before, now);
+    }
+
+    #[test]
+    fn ok_leaf_names_carry_ipv4_mapped_addresses_as_ipv4_once() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).expect("params");
+        for ip in ["::ffff:10.20.0.5", "10.20.0.5", "2001:db8::1"] {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(ip.parse().expect("an address")));
+        }
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .expect("csr");
+        let names = leaf_names(&csr::verify(&csr).expect("verifies"));
+        let expected: Vec<std::net::IpAddr> = ["10.20.0.5", "2001:db8::1"]
+            .iter()
+            .map(|ip| ip.parse().expect("an address"))
+            .collect();
+        assert_eq!(names.ip, expected);
     }
 
     #[test]
