@@ -463,6 +463,10 @@ mod stop_during_enrollment {
                 Workload::spawn_enroll,
             );
         }
+
+        fn ok_agent_keeps_an_issued_certificate_until_it_can_write_it(backend: Backend) {
+            keeps_an_issued_certificate_until_it_can_write_it(backend);
+        }
     }
 
     /// Starts a workload with a single-use token through `start`, sends
@@ -538,5 +542,76 @@ mod stop_during_enrollment {
             let fault = server.hsm_sim(&["fault", "clear"]);
             assert!(fault.success(), "{}", fault.text);
         });
+    }
+
+    /// The output directory vanishes while a single-use token's enrollment
+    /// is being signed: the agent cannot write what the server issued. It
+    /// keeps the key and certificate and writes them once the directory is
+    /// back, instead of exiting (the token is spent and the key existed only
+    /// in memory) or enrolling again.
+    fn keeps_an_issued_certificate_until_it_can_write_it(backend: Backend) {
+        let server = TestServer::builder(backend)
+            .options(ServerOptions::default().token(Token::HsmSim))
+            .start();
+        let test = "ok_agent_keeps_an_issued_certificate_until_it_can_write_it";
+        run_test_on(server.as_ref(), test, |server| {
+            let policy = workload_policy(server, "unwritable", "1h");
+            let dns = format!("w.{policy}.test");
+            let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+            let workload = Workload::new(server, &token.token, &[&dns], "");
+            let fault = server.hsm_sim(&["fault", "set", "--latency", HSM_LATENCY]);
+            assert!(fault.success(), "{}", fault.text);
+
+            let mut process = workload.spawn_agent();
+            let pending = format!("policy={policy}&status=pending");
+            process.wait_for(
+                "the enrollment to reach the HSM",
+                Duration::from_secs(30),
+                || !server.certificates(&pending).is_empty(),
+            );
+            let out = workload.path("");
+            std::fs::remove_dir_all(&out).expect("remove the output directory");
+            process.wait_for("the failed write", Duration::from_secs(30), || {
+                process_log_contains(&workload, "could not be written")
+            });
+            let fault = server.hsm_sim(&["fault", "clear"]);
+            assert!(fault.success(), "{}", fault.text);
+            std::fs::create_dir(&out).expect("recreate the output directory");
+            process.wait_for("the certificate in place", Duration::from_secs(30), || {
+                workload.current().is_ok()
+            });
+
+            let serial = workload.current().expect("in place").serial();
+            let inventory: Vec<(String, CertificateStatus)> = server
+                .certificates(&format!("policy={policy}"))
+                .into_iter()
+                .map(|info| (info.serial, info.status))
+                .collect();
+            assert_eq!(
+                inventory,
+                vec![(serial.clone(), CertificateStatus::Issued)],
+                "one enrollment"
+            );
+            let response = server.admin_get(&format!("/v1/admin/tokens/{}", token.id));
+            assert_eq!(response.json::<TokenInfo>().uses, 1);
+            assert_eq!(
+                workload.hook_serials(),
+                vec![serial],
+                "the reload hook ran for it"
+            );
+            let log = workload.agent_log();
+            assert!(log.contains("installed after retrying"), "{log}");
+            let partial: Vec<_> = std::fs::read_dir(&out)
+                .expect("list the output directory")
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with(".."))
+                .collect();
+            assert_eq!(partial.len(), 2, "..data and one generation: {partial:?}");
+            assert_eq!(process.stop(), Some(EXIT_OK), "{log}");
+        });
+    }
+
+    fn process_log_contains(workload: &Workload, text: &str) -> bool {
+        workload.agent_log().contains(text)
     }
 }

@@ -49,7 +49,9 @@ use crate::enroll::schedule::{self, Backoff};
 use crate::enroll::stop::{
     self, finish_in_flight, unless_stopped, InFlight, StopRequests as _, StopSignals,
 };
-use crate::enroll::workload::{self, Installed, OnDisk, Session, Token, Workload, WorkloadError};
+use crate::enroll::workload::{
+    self, Installed, OnDisk, ReadyGeneration, Session, Token, Workload, WorkloadError,
+};
 use crate::exit::Exit;
 use agent_config::AgentConfig;
 
@@ -182,7 +184,50 @@ impl Agent {
         // Whether a valid certificate is known to be in place: seen on disk
         // or just installed. With `--once`, a stop exits 0 only then.
         let mut in_place = false;
+        // An issued certificate whose files could not be written (disk
+        // full, I/O error): written again with backoff, never asked for
+        // again, since the server has already spent a token use or a
+        // renewal on it and the key exists only here.
+        let mut not_installed: Option<Box<ReadyGeneration>> = None;
         loop {
+            if let Some(ready) = not_installed.take() {
+                if ready.meta.not_after <= OffsetDateTime::now_utc() {
+                    tracing::error!(
+                        cert.serial = %ready.meta.serial,
+                        "the issued certificate expired before it could be written; dropping it"
+                    );
+                } else {
+                    match self.workload.write(*ready) {
+                        Ok(meta) => {
+                            in_place = true;
+                            renew_now = false;
+                            self.backoff.reset();
+                            self.log_installed("installed after retrying", &meta);
+                            self.hooks.run(&self.workload.output, &meta.serial).await;
+                            if self.once {
+                                return Exit::Ok;
+                            }
+                        }
+                        Err(WorkloadError::NotInstalled { ready, source }) => {
+                            let serial = ready.meta.serial.clone();
+                            not_installed = Some(ready);
+                            let message = format!(
+                                "could not write the issued certificate {serial}: {source}"
+                            );
+                            match self
+                                .retry_later(&message, Exit::Failure, None, signals)
+                                .await
+                            {
+                                Err(exit) => return exit,
+                                Ok(Wake::Stop) => return self.stopped(in_place),
+                                Ok(_) => {}
+                            }
+                        }
+                        Err(error) => return stop_for(&error),
+                    }
+                    continue;
+                }
+            }
             let current_session = match &session {
                 Some(session) => session.clone(),
                 None => {
@@ -290,6 +335,19 @@ impl Agent {
                 }
                 // Asked to stop: no retry and no re-enrollment; a final
                 // refusal keeps its documented exit code.
+                Err(WorkloadError::NotInstalled { ready, source }) if !stopping => {
+                    tracing::error!(
+                        cert.serial = %ready.meta.serial,
+                        "the issued certificate could not be written; keeping it to write again: {source}"
+                    );
+                    not_installed = Some(ready);
+                    let what = "the issued certificate is not written yet";
+                    match self.retry_later(what, Exit::Failure, None, signals).await {
+                        Err(exit) => return exit,
+                        Ok(Wake::Stop) => return self.stopped(in_place),
+                        Ok(_) => {}
+                    }
+                }
                 Err(error) if stopping => {
                     if !error.is_transient() {
                         return stop_for(&error);
@@ -382,19 +440,34 @@ impl Agent {
         if !error.is_transient() {
             return Err(stop_for(&error));
         }
+        let what = format!("server unreachable: {error}");
+        self.retry_later(&what, Exit::Unreachable, not_after, signals)
+            .await
+    }
+
+    /// Waits with backoff before trying again after a transient failure
+    /// (`what` says which), or gives up in `--once` mode past the deadline
+    /// with `give_up`.
+    async fn retry_later(
+        &mut self,
+        what: &str,
+        give_up: Exit,
+        not_after: Option<OffsetDateTime>,
+        signals: &mut Signals,
+    ) -> Result<Wake, Exit> {
         let mut delay = self.backoff.next_delay(schedule::random_unit());
         if let Some(not_after) = not_after {
             delay = schedule::before_expiry(OffsetDateTime::now_utc(), not_after, delay);
         }
         if let Some(deadline) = self.deadline {
             if tokio::time::Instant::now() + delay >= deadline {
-                tracing::error!("server still unreachable after the retry budget: {error}");
-                return Err(Exit::Unreachable);
+                tracing::error!("giving up after the retry budget: {what}");
+                return Err(give_up);
             }
         }
         tracing::warn!(
             retry.attempt = self.backoff.failures(),
-            "server unreachable, retrying in {delay:.1?}: {error}"
+            "retrying in {delay:.1?}: {what}"
         );
         Ok(sleep(delay, signals).await)
     }

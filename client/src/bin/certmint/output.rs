@@ -256,16 +256,8 @@ impl OutputDir {
         }
     }
 
-    /// Installs a complete generation and makes it current atomically;
-    /// returns its directory.
-    pub fn install(&self, generation: &Generation<'_>) -> Result<PathBuf, OutputError> {
-        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-        let name = format!("..{nanos}-{}", sanitise(&generation.meta.serial));
-        let dir = self.root.join(&name);
-        DirBuilder::new()
-            .mode(DIR_MODE)
-            .create(&dir)
-            .map_err(io_error("create the generation directory", &dir))?;
+    /// Writes and syncs every file of a generation into the new `dir`.
+    fn write_generation(dir: &Path, generation: &Generation<'_>) -> Result<(), OutputError> {
         let meta_json = serde_json::to_string_pretty(generation.meta).map_err(|error| {
             OutputError::BadMeta {
                 path: dir.join(META_FILE),
@@ -281,7 +273,31 @@ impl OutputDir {
         for (file, text, mode) in contents {
             write_synced(&dir.join(file), text.as_bytes(), mode)?;
         }
-        sync_dir(&dir)?;
+        sync_dir(dir)
+    }
+
+    /// Installs a complete generation and makes it current atomically;
+    /// returns its directory.
+    pub fn install(&self, generation: &Generation<'_>) -> Result<PathBuf, OutputError> {
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        let name = format!("..{nanos}-{}", sanitise(&generation.meta.serial));
+        let dir = self.root.join(&name);
+        DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&dir)
+            .map_err(io_error("create the generation directory", &dir))?;
+        let written = Self::write_generation(&dir, generation);
+        if let Err(error) = written {
+            // Leave no partial generation (a half-written key) behind; the
+            // caller keeps what it was given and may try again.
+            if let Err(cleanup) = fs::remove_dir_all(&dir) {
+                tracing::warn!(
+                    "could not remove the partial generation {}: {cleanup}",
+                    dir.display()
+                );
+            }
+            return Err(error);
+        }
 
         let previous = fs::read_link(self.root.join(DATA_LINK)).ok();
         let tmp = self.root.join(DATA_LINK_TMP);

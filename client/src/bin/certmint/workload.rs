@@ -86,6 +86,16 @@ pub enum WorkloadError {
     /// Local trust state contradicts the configuration.
     #[error("trust: {0}")]
     Trust(String),
+    /// The server issued a certificate (spending a token use, or a
+    /// renewal) that could not be written; `ready` holds it with its key,
+    /// so the caller can write it again rather than ask for another.
+    #[error("could not install the issued certificate {}: {source}", .ready.meta.serial)]
+    NotInstalled {
+        /// The checked generation, key included.
+        ready: Box<ReadyGeneration>,
+        /// Why writing it failed.
+        source: OutputError,
+    },
     /// The server returned a certificate this agent will not install.
     #[error("refusing the issued certificate: {0}")]
     BadIssue(String),
@@ -118,7 +128,9 @@ impl WorkloadError {
             WorkloadError::Trust(_) => Exit::TrustFailure,
             WorkloadError::NoToken(_) => Exit::TokenRefused,
             WorkloadError::Usage(_) | WorkloadError::Key(_) => Exit::Usage,
-            WorkloadError::Output(_) | WorkloadError::BadIssue(_) => Exit::Failure,
+            WorkloadError::Output(_)
+            | WorkloadError::NotInstalled { .. }
+            | WorkloadError::BadIssue(_) => Exit::Failure,
         }
     }
 }
@@ -287,8 +299,8 @@ impl Workload {
     }
 
     /// Checks the issued bundle against our key, anchors and the `requested`
-    /// names, then installs it. Synchronous on purpose: see
-    /// [`OutputDir::install`].
+    /// names, then installs it ([`WorkloadError::NotInstalled`] when only
+    /// the writing failed).
     fn install(
         &self,
         session: &Session,
@@ -296,6 +308,36 @@ impl Workload {
         requested: &Names,
         bundle: &CertificateBundle,
     ) -> Result<Meta, WorkloadError> {
+        let ready = self.check_issued(session, key_pem, requested, bundle)?;
+        self.write(ready)
+    }
+
+    /// Writes a checked generation and makes it current. Synchronous on
+    /// purpose: see [`OutputDir::install`].
+    pub fn write(&self, ready: ReadyGeneration) -> Result<Meta, WorkloadError> {
+        match self.output.install(&Generation {
+            key_pem: &ready.key_pem,
+            cert_pem: &ready.cert_pem,
+            ca_pem: &ready.ca_pem,
+            meta: &ready.meta,
+        }) {
+            Ok(_) => Ok(ready.meta),
+            Err(source) => Err(WorkloadError::NotInstalled {
+                ready: Box::new(ready),
+                source,
+            }),
+        }
+    }
+
+    /// What the server issued, checked against our key, anchors and the
+    /// `requested` names, ready to write.
+    fn check_issued(
+        &self,
+        session: &Session,
+        key_pem: &str,
+        requested: &Names,
+        bundle: &CertificateBundle,
+    ) -> Result<ReadyGeneration, WorkloadError> {
         let leaf = certificates_from_pem(&bundle.certificate_pem)?;
         let chain = certificates_from_pem(&bundle.chain_pem)?;
         if leaf.len() != 1 {
@@ -361,13 +403,32 @@ impl Workload {
             names: checked.names,
             received_at: OffsetDateTime::now_utc(),
         };
-        self.output.install(&Generation {
-            key_pem,
-            cert_pem: &cert_pem,
-            ca_pem: &ca_pem,
-            meta: &meta,
-        })?;
-        Ok(meta)
+        Ok(ReadyGeneration {
+            key_pem: key_pem.to_owned(),
+            cert_pem,
+            ca_pem,
+            meta,
+        })
+    }
+}
+
+/// An issued certificate that passed every check, with its key, not yet
+/// written.
+pub struct ReadyGeneration {
+    /// Private key, PKCS#8 PEM (secret; never logged).
+    key_pem: String,
+    cert_pem: String,
+    ca_pem: String,
+    /// What `meta.json` will say.
+    pub meta: Meta,
+}
+
+impl fmt::Debug for ReadyGeneration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyGeneration")
+            .field("serial", &self.meta.serial)
+            .field("key_pem", &REDACTED)
+            .finish_non_exhaustive()
     }
 }
 
