@@ -634,7 +634,8 @@ mod tests {
                 "{reason}"
             );
         }
-        // A config file can still name it: init refuses before any key exists.
+        // A config file can still name it: init refuses before reserving a CA
+        // key, after finding no CA (a rerun beside an existing CA still passes).
         match require_ca_key_type(KeyType::Rsa2048) {
             Err(ServiceError::Setup(reason)) => {
                 assert!(reason.starts_with("ca.key_type: \"rsa-2048\""), "{reason}")

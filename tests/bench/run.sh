@@ -99,6 +99,9 @@ fi
 [ -e "$MODULE" ] || { echo "run.sh: PKCS#11 module $MODULE not found" >&2; exit 1; }
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/certmint-bench.XXXXXX")
+case "$DIR" in
+    *[\"\\]*) echo "run.sh: TMPDIR must not hold a quote or a backslash: $DIR" >&2; rmdir "$DIR"; exit 2 ;;
+esac
 SERVER_PID=
 CFSSL_PID=
 cleanup() {
@@ -249,7 +252,7 @@ for c in $CONCURRENCY; do
             --server "https://127.0.0.1:$PORT" --root "$DIR/root.pem" \
             --admin-token-file "$DIR/admin.jwt" --server-pid "$SERVER_PID" \
             --requests "$REQUESTS" --concurrency "$c" --warmup "$WARMUP" \
-            "${JSON[@]}" || status=$?
+            ${JSON[@]+"${JSON[@]}"} || status=$?
     else
         "$BENCH_BIN" enroll \
             --server "https://127.0.0.1:$PORT" --root "$DIR/root.pem" \
@@ -258,8 +261,8 @@ for c in $CONCURRENCY; do
             --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
             --sign-count "${CERTMINT_BENCH_SIGN_COUNT:-4000}" \
             --cfssl-url "$CFSSL_SCHEME://127.0.0.1:$CFSSL_PORT" --cfssl-pid "$CFSSL_PID" \
-            "${CFSSL_ARGS[@]}" --rounds "${CERTMINT_BENCH_ROUNDS:-1}" \
-            "${JSON[@]}" || status=$?
+            ${CFSSL_ARGS[@]+"${CFSSL_ARGS[@]}"} --rounds "${CERTMINT_BENCH_ROUNDS:-1}" \
+            ${JSON[@]+"${JSON[@]}"} || status=$?
         if [ "$CFSSL_SETUP" = durable ]; then
             echo "== cfssl's certdb holds $(sqlite3 "$DIR/cfssl/certs.db" 'SELECT count(*) FROM certificates') certificates" >&2
         fi

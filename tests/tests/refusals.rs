@@ -395,7 +395,7 @@ backend_tests! {
             .assert_problem(400, "request.malformed");
         assert_inventory_empty(server, &policy);
         // At the max: notAfter - notBefore is exactly the policy's max, the
-        // backdate included (DESIGN.md: never longer than the policy's max).
+        // backdate included (README, "Certificate profile").
         let response = server.enroll_with(&json!({"csr": csr, "token": minted.token, "ttl": "72h"}));
         response.assert_status(201);
         let bundle: CertificateBundle = response.json();

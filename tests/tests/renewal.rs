@@ -260,6 +260,7 @@ backend_tests! {
         assert_eq!(info.serial, enrolled.bundle.serial);
         assert_eq!(info.status, CertificateStatus::Revoked);
         revoke(json!({})).assert_problem(409, "certificate.already_revoked");
+        revoke(json!({ "reason": "ca_compromise" })).assert_problem(409, "certificate.already_revoked");
         let (response, _) = renew(server, &enrolled, NAMES);
         response.assert_problem(403, "certificate.revoked");
         let events = server.audit_events();

@@ -202,7 +202,8 @@ impl Issuer {
     ) -> Result<CertificateInfo, ServiceError> {
         let now = self.parts.clock.now();
         let record = self.presented_record(presented)?;
-        if !holder_may_revoke_with(reason) {
+        // An already revoked certificate gets its 409 from the store first.
+        if record.info.status == CertificateStatus::Issued && !holder_may_revoke_with(reason) {
             let reason = serde_json::to_value(reason)
                 .ok()
                 .and_then(|value| value.as_str().map(str::to_owned))

@@ -608,9 +608,8 @@ pub(crate) fn leaf_names(request: &VerifiedCsr) -> LeafNames {
         }
     }
     for ip in &request.names.ip {
-        let canonical = policy::canonical_ip_address(*ip);
-        if !names.ip.contains(&canonical) {
-            names.ip.push(canonical);
+        if !names.ip.contains(ip) {
+            names.ip.push(*ip);
         }
     }
     for uri in &request.names.uri {
@@ -800,27 +799,6 @@ mod tests {
         // A zero backdate is allowed; a negative one is treated as zero.
         let none = validity_window(now, 3600, 86_400, -5).expect("a window");
         assert_eq!(none.not_before, now);
-    }
-
-    #[test]
-    fn ok_leaf_names_carry_ipv4_mapped_addresses_as_ipv4_once() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).expect("params");
-        for ip in ["::ffff:10.20.0.5", "10.20.0.5", "2001:db8::1"] {
-            params
-                .subject_alt_names
-                .push(rcgen::SanType::IpAddress(ip.parse().expect("an address")));
-        }
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|csr| csr.pem())
-            .expect("csr");
-        let names = leaf_names(&csr::verify(&csr).expect("verifies"));
-        let expected: Vec<std::net::IpAddr> = ["10.20.0.5", "2001:db8::1"]
-            .iter()
-            .map(|ip| ip.parse().expect("an address"))
-            .collect();
-        assert_eq!(names.ip, expected);
     }
 
     #[test]

@@ -626,13 +626,6 @@ pub fn canonical_dns_name(name: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
-/// The form of a requested IP address that [`evaluate`] approves: an
-/// IPv4-mapped IPv6 address (`::ffff:10.0.0.5`) is the IPv4 address it
-/// maps, so the certificate names what the policy and token allowed, once.
-pub fn canonical_ip_address(address: IpAddr) -> IpAddr {
-    ip::canonical_addr(address)
-}
-
 /// Validates a requested URI the way [`evaluate`] does and returns the form
 /// it approves: scheme and host lower-cased, the port as a plain number.
 /// The certificate must carry this form: `SPIFFE://Prod.Example.ORG/…` is
