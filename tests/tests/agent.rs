@@ -318,6 +318,37 @@ backend_tests! {
         assert_eq!(server.certificate(&second).predecessor.as_deref(), Some(first.as_str()));
     }
 
+    fn ok_agent_once_exits_0_when_a_due_renewal_cannot_reach_the_server(server: &TestServer) {
+        let policy = workload_policy(server, "once-down", "30s");
+        let dns = format!("w.{policy}.test");
+        let workload = Workload::new(
+            server,
+            &server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1).token,
+            &[&dns],
+            "",
+        );
+        let first = enroll_once(&workload);
+        // The server moves away: the agent knows the CA from its ca.pem,
+        // finds its certificate due (renew_after is two thirds of the 27 s
+        // ahead of it) but still valid, and cannot reach anyone.
+        let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
+        let moved = config.replace(
+            server.base_url(),
+            &format!("https://127.0.0.1:{}", certmint_e2e::workload::free_port()),
+        );
+        std::fs::write(&workload.config, moved).expect("write agent.toml");
+        std::thread::sleep(Duration::from_secs(19));
+        let run = workload.agent_once("3s");
+        assert_eq!(
+            run.code,
+            Some(EXIT_OK),
+            "a valid certificate is in place, so --once succeeds:\n{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("stays in place"), "{}", run.stderr);
+        assert_eq!(workload.current().expect("in place").serial(), first);
+    }
+
     fn fail_wrong_root_fingerprint_refuses_first_contact(server: &TestServer) {
         let policy = workload_policy(server, "pin", "1h");
         let dns = format!("w.{policy}.test");

@@ -209,13 +209,13 @@ impl Agent {
                             }
                         }
                         Err(WorkloadError::NotInstalled { ready, source }) => {
-                            let serial = ready.meta.serial.clone();
-                            not_installed = Some(ready);
-                            let message = format!(
-                                "could not write the issued certificate {serial}: {source}"
+                            let what = format!(
+                                "could not write the issued certificate {}",
+                                ready.meta.serial
                             );
+                            not_installed = Some(ready);
                             match self
-                                .retry_later(&message, Exit::Failure, None, signals)
+                                .retry_later(&what, &source, Exit::Failure, None, signals)
                                 .await
                             {
                                 Err(exit) => return exit,
@@ -245,20 +245,26 @@ impl Agent {
                             session = Some(connected.clone());
                             connected
                         }
-                        Err(error) => match self.after_failure(error, None, signals).await {
-                            Err(exit) => return exit,
-                            Ok(Wake::Stop) => return self.stopped(in_place),
-                            Ok(Wake::RenewNow) => {
-                                renew_now = true;
-                                continue;
+                        Err(error) => {
+                            match self.after_failure(error, None, in_place, signals).await {
+                                Err(exit) => return exit,
+                                Ok(Wake::Stop) => return self.stopped(in_place),
+                                Ok(Wake::RenewNow) => {
+                                    renew_now = true;
+                                    continue;
+                                }
+                                Ok(Wake::Timer) => continue,
                             }
-                            Ok(Wake::Timer) => continue,
-                        },
+                        }
                     }
                 }
             };
             let now = OffsetDateTime::now_utc();
-            let on_disk = match enroll_instead.take() {
+            // Kept until the recovery enrollment gets an answer: a server
+            // that is briefly unreachable must not turn it back into the
+            // renewal that was refused.
+            let recovering = enroll_instead.take();
+            let on_disk = match recovering.clone() {
                 Some(reason) => Err(reason),
                 None => Ok(self.workload.inspect(&current_session.anchors, now)),
             };
@@ -320,6 +326,8 @@ impl Agent {
                 Ok(meta) => {
                     in_place = true;
                     renew_now = false;
+                    // A later refusal of the same kind may be cured again.
+                    reenrolled = false;
                     self.backoff.reset();
                     // Also when stopping: the new files are in place, and a
                     // workload that outlives the agent must load them; no
@@ -340,9 +348,15 @@ impl Agent {
                         cert.serial = %ready.meta.serial,
                         "the issued certificate could not be written; keeping it to write again: {source}"
                     );
+                    let what = format!(
+                        "the issued certificate {} is not written",
+                        ready.meta.serial
+                    );
                     not_installed = Some(ready);
-                    let what = "the issued certificate is not written yet";
-                    match self.retry_later(what, Exit::Failure, None, signals).await {
+                    match self
+                        .retry_later(&what, &source, Exit::Failure, None, signals)
+                        .await
+                    {
                         Err(exit) => return exit,
                         Ok(Wake::Stop) => return self.stopped(in_place),
                         Ok(_) => {}
@@ -371,7 +385,13 @@ impl Agent {
                         enroll_instead = Some(format!("renewal refused: {error}"));
                         continue;
                     }
-                    match self.after_failure(error, not_after, signals).await {
+                    if error.is_transient() && recovering.is_some() {
+                        enroll_instead = recovering;
+                    }
+                    match self
+                        .after_failure(error, not_after, in_place, signals)
+                        .await
+                    {
                         Err(exit) => return exit,
                         Ok(Wake::Stop) => return self.stopped(in_place),
                         Ok(Wake::RenewNow) => renew_now = true,
@@ -430,27 +450,35 @@ impl Agent {
     }
 
     /// A transient failure: wait with backoff and say what woke us, or give
-    /// up in `--once` mode past the deadline. A final one: `Err(exit)`.
+    /// up in `--once` mode past the deadline: exit 0 when a valid
+    /// certificate is still `in_place` (what `--once` promises), else
+    /// [`Exit::Unreachable`]. A final one: `Err(exit)`.
     async fn after_failure(
         &mut self,
         error: WorkloadError,
         not_after: Option<OffsetDateTime>,
+        in_place: bool,
         signals: &mut Signals,
     ) -> Result<Wake, Exit> {
         if !error.is_transient() {
             return Err(stop_for(&error));
         }
-        let what = format!("server unreachable: {error}");
-        self.retry_later(&what, Exit::Unreachable, not_after, signals)
+        let give_up = if in_place {
+            Exit::Ok
+        } else {
+            Exit::Unreachable
+        };
+        self.retry_later("server unreachable", &error, give_up, not_after, signals)
             .await
     }
 
     /// Waits with backoff before trying again after a transient failure
-    /// (`what` says which), or gives up in `--once` mode past the deadline
-    /// with `give_up`.
+    /// (`what` failed, because of `cause`), or gives up in `--once` mode
+    /// past the deadline with `give_up`.
     async fn retry_later(
         &mut self,
         what: &str,
+        cause: &dyn std::fmt::Display,
         give_up: Exit,
         not_after: Option<OffsetDateTime>,
         signals: &mut Signals,
@@ -461,13 +489,19 @@ impl Agent {
         }
         if let Some(deadline) = self.deadline {
             if tokio::time::Instant::now() + delay >= deadline {
-                tracing::error!("giving up after the retry budget: {what}");
+                if give_up == Exit::Ok {
+                    tracing::warn!(
+                        "{what} after the retry budget; the current certificate is valid and stays in place: {cause}"
+                    );
+                } else {
+                    tracing::error!("{what} after the retry budget: {cause}");
+                }
                 return Err(give_up);
             }
         }
         tracing::warn!(
             retry.attempt = self.backoff.failures(),
-            "retrying in {delay:.1?}: {what}"
+            "{what}, retrying in {delay:.1?}: {cause}"
         );
         Ok(sleep(delay, signals).await)
     }
