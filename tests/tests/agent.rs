@@ -498,6 +498,10 @@ mod stop_during_enrollment {
         fn ok_agent_keeps_an_issued_certificate_until_it_can_write_it(backend: Backend) {
             keeps_an_issued_certificate_until_it_can_write_it(backend);
         }
+
+        fn ok_sighup_during_a_renewal_does_not_renew_twice(backend: Backend) {
+            sighup_during_a_renewal(backend);
+        }
     }
 
     /// Starts a workload with a single-use token through `start`, sends
@@ -638,6 +642,51 @@ mod stop_during_enrollment {
                 .filter(|entry| entry.file_name().to_string_lossy().starts_with(".."))
                 .collect();
             assert_eq!(partial.len(), 2, "..data and one generation: {partial:?}");
+            assert_eq!(process.stop(), Some(EXIT_OK), "{log}");
+        });
+    }
+
+    /// SIGHUP asks for a renewal; a second SIGHUP while that renewal is
+    /// being signed asks for the same thing and must not cause another.
+    fn sighup_during_a_renewal(backend: Backend) {
+        let server = TestServer::builder(backend)
+            .options(ServerOptions::default().token(Token::HsmSim))
+            .start();
+        let test = "ok_sighup_during_a_renewal_does_not_renew_twice";
+        run_test_on(server.as_ref(), test, |server| {
+            let policy = workload_policy(server, "hup", "1h");
+            let dns = format!("w.{policy}.test");
+            let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+            let workload = Workload::new(server, &token.token, &[&dns], "");
+            let mut process = workload.spawn_agent();
+            process.wait_for("the first certificate", Duration::from_secs(30), || {
+                workload.current().is_ok()
+            });
+            let fault = server.hsm_sim(&["fault", "set", "--latency", HSM_LATENCY]);
+            assert!(fault.success(), "{}", fault.text);
+            process.signal("HUP");
+            let pending = format!("policy={policy}&status=pending");
+            process.wait_for(
+                "the renewal to reach the HSM",
+                Duration::from_secs(30),
+                || !server.certificates(&pending).is_empty(),
+            );
+            process.signal("HUP");
+            let issued = format!("policy={policy}&status=issued");
+            process.wait_for("the renewal", Duration::from_secs(30), || {
+                server.certificates(&issued).len() >= 2
+            });
+            let fault = server.hsm_sim(&["fault", "clear"]);
+            assert!(fault.success(), "{}", fault.text);
+            // Time for a second renewal, if one were coming.
+            std::thread::sleep(Duration::from_secs(3));
+            let log = workload.agent_log();
+            assert_eq!(
+                server.certificates(&format!("policy={policy}")).len(),
+                2,
+                "{log}"
+            );
+            assert!(log.contains("SIGHUP during the renewal"), "{log}");
             assert_eq!(process.stop(), Some(EXIT_OK), "{log}");
         });
     }

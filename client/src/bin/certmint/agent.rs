@@ -90,6 +90,10 @@ pub async fn run(args: Args) -> Exit {
             return Exit::Failure;
         }
     };
+    if let Err(error) = output.repair_links() {
+        // The generation itself is intact; the next install retries.
+        tracing::warn!("output directory: cannot repair the file links: {error}");
+    }
     let signals = match Signals::new() {
         Ok(signals) => signals,
         Err(error) => {
@@ -333,6 +337,9 @@ impl Agent {
                     // workload that outlives the agent must load them; no
                     // later start would run the hook for this generation.
                     self.hooks.run(&self.workload.output, &meta.serial).await;
+                    // A SIGHUP that arrived while this renewal ran asked for
+                    // what just happened: do not renew a second time.
+                    let _ = drain_renew_requests(signals).await;
                     if stopping {
                         tracing::info!("stopping after the in-flight {what}");
                         return Exit::Ok;
@@ -592,6 +599,19 @@ fn stop_for(error: &WorkloadError) -> Exit {
 }
 
 /// Sleeps for `duration` unless a signal comes first.
+/// Consumes a SIGHUP that is already pending, without waiting; true if
+/// there was one.
+async fn drain_renew_requests(signals: &mut Signals) -> bool {
+    let pending = matches!(
+        tokio::time::timeout(StdDuration::ZERO, signals.hup.recv()).await,
+        Ok(Some(()))
+    );
+    if pending {
+        tracing::info!("SIGHUP during the renewal: already renewed");
+    }
+    pending
+}
+
 async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
     tokio::select! {
         () = tokio::time::sleep(duration) => Wake::Timer,
@@ -609,6 +629,23 @@ async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn drain_finds_only_a_pending_sighup() {
+        let mut signals = Signals::new().expect("signal handlers");
+        assert!(
+            !drain_renew_requests(&mut signals).await,
+            "nothing pending yet"
+        );
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP)
+            .expect("send SIGHUP to ourselves");
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+        assert!(
+            drain_renew_requests(&mut signals).await,
+            "the SIGHUP is pending"
+        );
+        assert!(!drain_renew_requests(&mut signals).await, "and consumed");
+    }
 
     #[test]
     fn only_once_without_a_certificate_in_place_exits_stopped() {

@@ -316,6 +316,20 @@ impl OutputDir {
     }
 
     /// Makes `<root>/<file>` a symlink to `..data/<file>` unless it already is.
+    /// Points every stable name (`key.pem`, …) at `..data` again when a
+    /// generation is current: a crash between the `..data` switch and the
+    /// links of a first install, or a name removed by hand, would otherwise
+    /// stay broken until the next renewal. Nothing to do without `..data`.
+    pub fn repair_links(&self) -> Result<(), OutputError> {
+        if fs::read_link(self.root.join(DATA_LINK)).is_err() {
+            return Ok(());
+        }
+        for file in FILES {
+            self.ensure_link(file)?;
+        }
+        sync_dir(&self.root)
+    }
+
     fn ensure_link(&self, file: &str) -> Result<(), OutputError> {
         let path = self.root.join(file);
         let wanted = Path::new(DATA_LINK).join(file);
@@ -467,6 +481,32 @@ mod tests {
         let current = out.current().unwrap().unwrap();
         assert_eq!(current.meta.unwrap().serial, "01");
         assert_eq!(current.cert_pem, "cert 01");
+    }
+
+    #[test]
+    fn ok_repair_links_restores_missing_and_wrong_names() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        let out = OutputDir::open_or_create(root).unwrap();
+        out.repair_links()
+            .expect("nothing to repair before a first install");
+        assert!(fs::symlink_metadata(root.join(KEY_FILE)).is_err());
+        install(&out, "01");
+        fs::remove_file(root.join(KEY_FILE)).unwrap();
+        // A plain file where a link belongs (removing the link first, so
+        // the write does not go through it into the generation).
+        fs::remove_file(root.join(CERT_FILE)).unwrap();
+        fs::write(root.join(CERT_FILE), "stale").unwrap();
+        out.repair_links().unwrap();
+        for file in FILES {
+            assert_eq!(
+                fs::read_link(root.join(file)).unwrap(),
+                Path::new(DATA_LINK).join(file),
+                "{file}"
+            );
+        }
+        assert_eq!(fs::read_to_string(root.join(KEY_FILE)).unwrap(), "key 01");
+        assert_eq!(fs::read_to_string(root.join(CERT_FILE)).unwrap(), "cert 01");
     }
 
     #[test]
