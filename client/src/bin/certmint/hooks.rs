@@ -12,6 +12,7 @@
 //! - The hook environment names the files and the serial, never the key.
 
 use std::os::fd::AsFd as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -191,7 +192,10 @@ async fn run_command(
         .env("CERTMINT_SERIAL", serial)
         // Never hand the bootstrap token to a hook.
         .env_remove("CERTMINT_TOKEN")
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // Its own process group, so a timeout kills what a `sh -c` hook
+        // started too, not only the shell.
+        .process_group(0);
     // The hook's stdout joins our stderr: stdout carries `enroll`'s summary.
     if let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() {
         command.stdout(Stdio::from(stderr));
@@ -209,6 +213,8 @@ async fn run_command(
             Err(source) => return Err(HookError::Spawn { program, source }),
         }
         if tokio::time::Instant::now() >= deadline {
+            let group = rustix::process::Pid::from_child(&child);
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             let _ = child.kill();
             let _ = child.wait();
             return Err(HookError::TimedOut { program, timeout });
@@ -297,6 +303,44 @@ mod tests {
         assert!(hooks(&["sh", "-c", &script], 5_000).run(&out, "abcd").await);
         let written = std::fs::read_to_string(marker).unwrap();
         assert_eq!(written, format!("abcd {}", out.path(CERT_FILE).display()));
+    }
+
+    #[tokio::test]
+    async fn fail_hung_hook_is_killed_with_what_it_started() {
+        let temp = tempfile::tempdir().unwrap();
+        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let pid_file = temp.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let result = run_command(
+            &["sh".into(), "-c".into(), script],
+            StdDuration::from_millis(500),
+            &out,
+            "01",
+        )
+        .await;
+        assert!(
+            matches!(result, Err(HookError::TimedOut { .. })),
+            "{result:?}"
+        );
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        // Gone, or a zombie waiting for a reaper: either way not running.
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit(") ").next().map(|rest| !rest.starts_with('Z')))
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + StdDuration::from_secs(3);
+        while running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(StdDuration::from_millis(50));
+        }
+        assert!(
+            !running(),
+            "the hook's background sleep {pid} survived the timeout"
+        );
     }
 
     #[tokio::test]
