@@ -349,6 +349,37 @@ backend_tests! {
         assert_eq!(workload.current().expect("in place").serial(), first);
     }
 
+    fn ok_agent_runs_a_failed_reload_hook_again(server: &TestServer) {
+        let policy = workload_policy(server, "hook", "1h");
+        let dns = format!("w.{policy}.test");
+        let workload = workload(server, &policy, &dns);
+        // The first run fails (the workload cannot reload yet); later
+        // runs record the serial as the standard hook does.
+        let flag = workload.dir.path().join("first-run-done");
+        let script = format!(
+            "if [ -e {flag} ]; then echo \"$CERTMINT_SERIAL\" >> {log}; else touch {flag}; exit 1; fi",
+            flag = flag.display(),
+            log = workload.hook_log.display()
+        );
+        let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
+        let command_line = config
+            .lines()
+            .find(|line| line.starts_with("command = "))
+            .expect("a reload command");
+        let config = config.replace(command_line, &format!("command = [\"sh\", \"-c\", {script:?}]"));
+        std::fs::write(&workload.config, config).expect("write agent.toml");
+        let mut process = workload.spawn_agent();
+        process.wait_for("the hook to succeed on a retry", Duration::from_secs(30), || {
+            !workload.hook_serials().is_empty()
+        });
+        let serial = workload.current().expect("in place").serial();
+        assert_eq!(workload.hook_serials(), vec![serial], "the retry ran for the installed certificate");
+        let log = workload.agent_log();
+        assert!(log.contains("running the reload hook again"), "{log}");
+        assert_eq!(server.certificates(&format!("policy={policy}")).len(), 1, "no renewal: {log}");
+        assert_eq!(process.stop(), Some(EXIT_OK), "{log}");
+    }
+
     fn fail_wrong_root_fingerprint_refuses_first_contact(server: &TestServer) {
         let policy = workload_policy(server, "pin", "1h");
         let dns = format!("w.{policy}.test");
@@ -659,8 +690,11 @@ mod stop_during_enrollment {
             let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
             let workload = Workload::new(server, &token.token, &[&dns], "");
             let mut process = workload.spawn_agent();
+            // Asleep until its renewal time: the first install (and its
+            // hook) is over, so the SIGHUP below is not one that arrived
+            // during it, which would rightly be absorbed.
             process.wait_for("the first certificate", Duration::from_secs(30), || {
-                workload.current().is_ok()
+                process_log_contains(&workload, "certificate valid; renewal at")
             });
             let fault = server.hsm_sim(&["fault", "set", "--latency", HSM_LATENCY]);
             assert!(fault.success(), "{}", fault.text);

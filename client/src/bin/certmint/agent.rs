@@ -117,6 +117,8 @@ pub async fn run(args: Args) -> Exit {
             signal: config.reload.signal.clone(),
         },
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+        hook_backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+        hook_due: None,
         deadline: args
             .once
             .then(|| tokio::time::Instant::now() + args.retry_for.to_std()),
@@ -164,6 +166,13 @@ struct Agent {
     workload: Workload,
     hooks: Hooks,
     backoff: Backoff,
+    /// Retries of a failed reload hook, apart from the server's backoff.
+    hook_backoff: Backoff,
+    /// Serial of the installed certificate whose reload hook failed: run
+    /// again with backoff, since the next renewal's hook would come only
+    /// after this certificate's predecessor, which the workload still
+    /// serves, has expired.
+    hook_due: Option<String>,
     /// `--once`: give up on transient failures after this instant.
     deadline: Option<tokio::time::Instant>,
     once: bool,
@@ -207,7 +216,7 @@ impl Agent {
                             renew_now = false;
                             self.backoff.reset();
                             self.log_installed("installed after retrying", &meta);
-                            self.hooks.run(&self.workload.output, &meta.serial).await;
+                            self.reload(&meta.serial).await;
                             if self.once {
                                 return Exit::Ok;
                             }
@@ -300,6 +309,25 @@ impl Agent {
                         ))
                     }
                     OnDisk::Valid(installed) if renew_now => Action::Renew(Box::new(installed)),
+                    OnDisk::Valid(installed)
+                        if self.hook_due.as_deref() == Some(installed.meta.serial.as_str()) =>
+                    {
+                        let wait = schedule::wait_until(now, self.renewal_time(&installed.meta));
+                        let delay = self
+                            .hook_backoff
+                            .next_delay(schedule::random_unit())
+                            .min(wait);
+                        tracing::warn!(
+                            cert.serial = %installed.meta.serial,
+                            "running the reload hook again in {delay:.1?}"
+                        );
+                        match sleep(delay, signals).await {
+                            Wake::Stop => return Exit::Ok,
+                            Wake::RenewNow => renew_now = true,
+                            Wake::Timer => self.reload(&installed.meta.serial).await,
+                        }
+                        continue;
+                    }
                     OnDisk::Valid(installed) => {
                         match self.wait_for_renewal(&installed.meta, now, signals).await {
                             Wake::Stop => return Exit::Ok,
@@ -336,7 +364,7 @@ impl Agent {
                     // Also when stopping: the new files are in place, and a
                     // workload that outlives the agent must load them; no
                     // later start would run the hook for this generation.
-                    self.hooks.run(&self.workload.output, &meta.serial).await;
+                    self.reload(&meta.serial).await;
                     // A SIGHUP that arrived while this renewal ran asked for
                     // what just happened: do not renew a second time.
                     let _ = drain_renew_requests(signals).await;
@@ -433,6 +461,16 @@ impl Agent {
                 self.log_installed("renewed", &meta);
                 Ok(meta)
             }
+        }
+    }
+
+    /// Runs the reload hooks for `serial`; remembers a failure to retry.
+    async fn reload(&mut self, serial: &str) {
+        if self.hooks.run(&self.workload.output, serial).await {
+            self.hook_due = None;
+            self.hook_backoff.reset();
+        } else {
+            self.hook_due = Some(serial.to_owned());
         }
     }
 
