@@ -18,6 +18,10 @@ use crate::enroll::output::Meta;
 /// Latest point of the lifetime at which a renewal is scheduled.
 pub const MAX_LIFETIME_FRACTION: f64 = 0.9;
 
+/// A renewal waits at least this fraction of the certificate's lifetime
+/// after the certificate was received (by this host's clock).
+pub const MIN_LIFETIME_FRACTION_BEFORE_RENEWAL: f64 = 0.1;
+
 /// A uniformly distributed number in `[0, 1)` from the system CSPRNG; the
 /// schedule does not need cryptographic randomness, but ring's generator is
 /// already here and never blocks after boot. Falls back to 0.5 (no jitter)
@@ -39,6 +43,12 @@ pub fn random_unit() -> f64 {
 /// The lifetime runs from when the certificate became usable here
 /// (`max(not_before, received_at)`) to `not_after`: with short lifetimes
 /// the server's backdating of `not_before` would otherwise dwarf it.
+///
+/// A certificate that is due the moment it arrives (by this host's clock)
+/// waits a tenth of its lifetime instead: `renew_after` comes from the
+/// server's clock, and a host clock running ahead by most of a lifetime
+/// would otherwise find every new certificate due at once and renew in a
+/// loop.
 pub fn renewal_time(meta: &Meta, jitter: f64, unit: f64) -> OffsetDateTime {
     let start = meta.not_before.max(meta.received_at).min(meta.not_after);
     let lifetime = (meta.not_after - start).as_seconds_f64();
@@ -46,7 +56,17 @@ pub fn renewal_time(meta: &Meta, jitter: f64, unit: f64) -> OffsetDateTime {
     let shift = lifetime * jitter * (unit.clamp(0.0, 1.0) * 2.0 - 1.0);
     let target = meta.renew_after + time::Duration::seconds_f64(shift);
     let cap = start + time::Duration::seconds_f64(lifetime * MAX_LIFETIME_FRACTION);
-    target.min(cap)
+    let scheduled = target.min(cap);
+    if scheduled > meta.received_at {
+        return scheduled;
+    }
+    // Due the moment it arrived: this host's clock is ahead of the
+    // server's (or the server asks for it back at once, which would loop
+    // just the same).
+    let full_lifetime = (meta.not_after - meta.not_before).as_seconds_f64().max(0.0);
+    let floor = meta.received_at
+        + time::Duration::seconds_f64(full_lifetime * MIN_LIFETIME_FRACTION_BEFORE_RENEWAL);
+    floor.min(meta.not_after.max(meta.received_at))
 }
 
 /// How long from `now` until `at`; zero when `at` has passed.
@@ -183,6 +203,28 @@ mod tests {
             renewal_time(&late, 0.0, 0.5),
             T0 + time::Duration::milliseconds(5400)
         );
+    }
+
+    #[test]
+    fn ok_a_host_clock_ahead_of_the_server_does_not_renew_at_once() {
+        // Issued at T0 by the server's clock for 1 h, renew_after at 40 min;
+        // this host's clock runs 50 min ahead, so it received it at
+        // "T0 + 50 min": the hint is already past here.
+        let received = T0 + time::Duration::minutes(50);
+        let m = Meta {
+            not_after: T0 + time::Duration::hours(1),
+            renew_after: T0 + time::Duration::minutes(40),
+            ..meta(T0, received, 3600, 2400)
+        };
+        let at = renewal_time(&m, 0.0, 0.5);
+        assert_eq!(
+            at,
+            received + time::Duration::minutes(6),
+            "a tenth of the lifetime later"
+        );
+        // With a sane clock the floor changes nothing.
+        let sane = meta(T0, T0, 3600, 2400);
+        assert_eq!(renewal_time(&sane, 0.0, 0.5), sane.renew_after);
     }
 
     #[test]
