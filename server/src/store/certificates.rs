@@ -217,7 +217,10 @@ impl Store {
     /// Step 3 of issuance: stores the signed DER and marks the `pending` row
     /// `issued` (audit `certificate.issued`). Fails with
     /// [`StoreError::CertificateNotPending`] unless exactly one pending row
-    /// had this serial, so it never runs twice.
+    /// had this serial, so it never runs twice; with
+    /// [`StoreError::PredecessorRevoked`] for a renewal whose predecessor
+    /// was revoked while it was being signed (the caller abandons it: nobody
+    /// has received it).
     pub fn complete_issuance(
         &self,
         serial: &str,
@@ -237,6 +240,11 @@ impl Store {
             .execute(conn)
             .map_err(StoreError::query)?;
             if updated != 1 {
+                if let Some(predecessor) = pending_renewal_of(conn, &serial)? {
+                    return Err(StoreError::PredecessorRevoked {
+                        serial: predecessor,
+                    });
+                }
                 return Err(not_pending(conn, &serial)?);
             }
             audit::append(conn, &event, now)?;
@@ -469,6 +477,20 @@ impl Store {
 }
 
 /// The error for a serial that is not (or no longer) pending.
+/// The predecessor of `serial` when it is a pending renewal: then the only
+/// reason [`MarkIssued`] changed nothing is that the predecessor is no
+/// longer issued.
+fn pending_renewal_of(conn: &mut DbConnection, serial: &str) -> Result<Option<String>, StoreError> {
+    let predecessor: Option<Option<String>> = certificates::table
+        .filter(certificates::serial.eq(serial))
+        .filter(certificates::status.eq(status_name(CertificateStatus::Pending)))
+        .select(certificates::predecessor)
+        .get_result(conn)
+        .optional()
+        .map_err(StoreError::query)?;
+    Ok(predecessor.flatten())
+}
+
 fn not_pending(conn: &mut DbConnection, serial: &str) -> Result<StoreError, StoreError> {
     let status: Option<String> = certificates::table
         .filter(certificates::serial.eq(serial))

@@ -100,7 +100,8 @@ pub(super) struct ConsumeTokenUse<'a> {
 }
 
 /// Marks a pending certificate issued, with its DER: must change exactly
-/// one row.
+/// one row. A renewal whose predecessor is no longer `issued` (revoked
+/// while the HSM signed) changes none.
 #[derive(Debug)]
 pub(super) struct MarkIssued<'a> {
     pub(super) serial: &'a str,
@@ -202,6 +203,12 @@ where
         out.push_bind_param::<Text, _>(self.serial)?;
         out.push_sql(" AND status = ");
         out.push_bind_param::<Text, _>(status_name(CertificateStatus::Pending))?;
+        out.push_sql(
+            " AND (predecessor IS NULL OR EXISTS (SELECT 1 FROM certificates AS earlier \
+             WHERE earlier.serial = certificates.predecessor AND earlier.status = ",
+        );
+        out.push_bind_param::<Text, _>(status_name(CertificateStatus::Issued))?;
+        out.push_sql("))");
         Ok(())
     }
 }

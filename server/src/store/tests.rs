@@ -206,6 +206,7 @@ backend_tests!(
     certificate_read_has_pem_once_issued,
     renewal_record_keeps_lineage,
     fail_renewal_of_a_predecessor_revoked_meanwhile,
+    fail_renewal_whose_predecessor_is_revoked_while_it_is_signed,
     policy_versions_create_replace_disable,
     concurrent_replaces_produce_distinct_versions,
     list_policies_pages_with_cursor,
@@ -755,6 +756,43 @@ fn fail_renewal_of_a_predecessor_revoked_meanwhile(db: &TestDb) {
         .expect("read")
         .expect("exists");
     assert_eq!(revoked.status, CertificateStatus::Revoked);
+}
+
+fn fail_renewal_whose_predecessor_is_revoked_while_it_is_signed(db: &TestDb) {
+    let store = &db.store;
+    let first = new_cert(&serial(10), "payments", None);
+    issue(store, &first);
+    let renewed = NewCertificate {
+        predecessor: Some(first.serial.clone()),
+        chain_started_at: first.chain_started_at,
+        ..new_cert(&serial(11), "payments", None)
+    };
+    store
+        .begin_issuance(&renewed, None, ACTOR, NOW)
+        .expect("the intent is recorded");
+    // The HSM signs; meanwhile the holder's certificate is revoked.
+    store
+        .revoke_certificate(&first.serial, RevocationReason::KeyCompromise, ACTOR, NOW)
+        .expect("revoke");
+    let err = store
+        .complete_issuance(&renewed.serial, &fake_der("11"), NOW)
+        .expect_err("the predecessor is revoked");
+    assert!(
+        matches!(&err, StoreError::PredecessorRevoked { serial } if *serial == first.serial),
+        "{err:?}"
+    );
+    let pending = store
+        .certificate(&renewed.serial)
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        pending.status,
+        CertificateStatus::Pending,
+        "left for abandon_issuance"
+    );
+    // An enrollment (no predecessor) completes as before.
+    let fresh = new_cert(&serial(12), "payments", None);
+    issue(store, &fresh);
 }
 
 fn certificate_read_has_pem_once_issued(db: &TestDb) {
