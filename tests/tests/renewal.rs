@@ -127,6 +127,40 @@ backend_tests! {
         assert_eq!(renewal.actor, format!("certificate:{}", serials[0]));
     }
 
+    fn fail_successors_of_a_key_compromised_certificate_are_revoked_too(server: &TestServer) {
+        let (_, first) = enroll(server, |_| {});
+        let (response, key_pem) = renew(server, &first, NAMES);
+        response.assert_status(201);
+        let second = Enrolled { key_pem, bundle: response.json() };
+        // Someone else holding the first key renewed it too: a fork.
+        let (response, _) = renew(server, &first, NAMES);
+        response.assert_status(201);
+        let fork: CertificateBundle = response.json();
+        server
+            .admin_post(
+                &format!("/v1/admin/certificates/{}/revoke", first.bundle.serial),
+                &json!({ "reason": "key_compromise" }),
+            )
+            .assert_status(200);
+        for serial in [&first.bundle.serial, &second.bundle.serial, &fork.serial] {
+            assert_eq!(server.certificate(serial).status, CertificateStatus::Revoked, "{serial}");
+        }
+        let (response, _) = renew(server, &second, NAMES);
+        response.assert_problem(403, "certificate.revoked");
+        // Another reason revokes only the certificate named.
+        let (_, other) = enroll(server, |_| {});
+        let (response, _) = renew(server, &other, NAMES);
+        response.assert_status(201);
+        let successor: CertificateBundle = response.json();
+        server
+            .admin_post(
+                &format!("/v1/admin/certificates/{}/revoke", other.bundle.serial),
+                &json!({ "reason": "superseded" }),
+            )
+            .assert_status(200);
+        assert_eq!(server.certificate(&successor.serial).status, CertificateStatus::Issued);
+    }
+
     fn fail_renewal_without_a_client_certificate(server: &TestServer) {
         let (csr, _) = make_csr("ec-p256", NAMES, &[], &[]);
         server

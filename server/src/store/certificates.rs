@@ -401,7 +401,12 @@ impl Store {
         )
     }
 
-    /// Revokes an issued certificate (audit `certificate.revoked`).
+    /// Revokes an issued certificate (audit `certificate.revoked`). For
+    /// `key_compromise`, also every issued certificate renewed from it,
+    /// directly or through others (each audited with `cascaded_from`):
+    /// their renewals were authorized by the compromised key, and a thief
+    /// holding it could have renewed too. Other reasons revoke only this
+    /// certificate; its successor (new key) stays valid.
     ///
     /// [`StoreError::CertificateNotFound`], [`StoreError::CertificateAlreadyRevoked`],
     /// or [`StoreError::CertificateNotIssued`] for pending and failed rows.
@@ -441,21 +446,10 @@ impl Store {
                     },
                 });
             }
-            diesel::insert_into(certificate_revocations::table)
-                .values(RevocationRow {
-                    serial: serial.clone(),
-                    revoked_at: unix(now),
-                    reason: reason_name(reason).to_owned(),
-                    revoked_by: actor.clone(),
-                })
-                .execute(conn)
-                .map_err(StoreError::query)?;
-            let data = json!({ "reason": reason_name(reason), "reason_code": reason.code() });
-            audit::append(
-                conn,
-                &NewAuditEvent::new(CERTIFICATE_REVOKED, &actor, &serial, data),
-                now,
-            )?;
+            record_revocation(conn, &serial, reason, &actor, None, now)?;
+            if reason == RevocationReason::KeyCompromise {
+                revoke_descendants(conn, &serial, reason, &actor, now)?;
+            }
             let (row, revocation) =
                 full_row(conn, &serial)?.ok_or_else(|| StoreError::CertificateNotFound {
                     serial: serial.clone(),
@@ -477,6 +471,72 @@ impl Store {
 }
 
 /// The error for a serial that is not (or no longer) pending.
+/// The revocation row and audit event of `serial`, already marked revoked;
+/// `cascaded_from` names the certificate whose revocation caused it.
+fn record_revocation(
+    conn: &mut DbConnection,
+    serial: &str,
+    reason: RevocationReason,
+    actor: &str,
+    cascaded_from: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    diesel::insert_into(certificate_revocations::table)
+        .values(RevocationRow {
+            serial: serial.to_owned(),
+            revoked_at: unix(now),
+            reason: reason_name(reason).to_owned(),
+            revoked_by: actor.to_owned(),
+        })
+        .execute(conn)
+        .map_err(StoreError::query)?;
+    let mut data = json!({ "reason": reason_name(reason), "reason_code": reason.code() });
+    if let Some(origin) = cascaded_from {
+        data["cascaded_from"] = json!(origin);
+    }
+    audit::append(
+        conn,
+        &NewAuditEvent::new(CERTIFICATE_REVOKED, actor, serial, data),
+        now,
+    )?;
+    Ok(())
+}
+
+/// Revokes every issued certificate renewed from `root`, generation by
+/// generation. Renewal chains are acyclic (a successor is inserted after
+/// its predecessor exists), so the walk ends; pending renewals need no
+/// revocation, since their final write requires an issued predecessor.
+fn revoke_descendants(
+    conn: &mut DbConnection,
+    root: &str,
+    reason: RevocationReason,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let mut frontier = vec![root.to_owned()];
+    while !frontier.is_empty() {
+        let children: Vec<String> = certificates::table
+            .filter(certificates::predecessor.eq_any(&frontier))
+            .filter(certificates::status.eq(status_name(CertificateStatus::Issued)))
+            .select(certificates::serial)
+            .load(conn)
+            .map_err(StoreError::query)?;
+        for child in &children {
+            diesel::update(
+                certificates::table
+                    .filter(certificates::serial.eq(child))
+                    .filter(certificates::status.eq(status_name(CertificateStatus::Issued))),
+            )
+            .set(certificates::status.eq(status_name(CertificateStatus::Revoked)))
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            record_revocation(conn, child, reason, actor, Some(root), now)?;
+        }
+        frontier = children;
+    }
+    Ok(())
+}
+
 /// The predecessor of `serial` when it is a pending renewal: then the only
 /// reason [`MarkIssued`] changed nothing is that the predecessor is no
 /// longer issued.

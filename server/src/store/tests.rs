@@ -207,6 +207,7 @@ backend_tests!(
     renewal_record_keeps_lineage,
     fail_renewal_of_a_predecessor_revoked_meanwhile,
     fail_renewal_whose_predecessor_is_revoked_while_it_is_signed,
+    key_compromise_revokes_every_renewal_from_the_certificate,
     policy_versions_create_replace_disable,
     concurrent_replaces_produce_distinct_versions,
     list_policies_pages_with_cursor,
@@ -793,6 +794,78 @@ fn fail_renewal_whose_predecessor_is_revoked_while_it_is_signed(db: &TestDb) {
     // An enrollment (no predecessor) completes as before.
     let fresh = new_cert(&serial(12), "payments", None);
     issue(store, &fresh);
+}
+
+fn key_compromise_revokes_every_renewal_from_the_certificate(db: &TestDb) {
+    let store = &db.store;
+    let renewal_of = |parent: &NewCertificate, n: usize| NewCertificate {
+        predecessor: Some(parent.serial.clone()),
+        chain_started_at: parent.chain_started_at,
+        ..new_cert(&serial(n), "payments", None)
+    };
+    // a → b → c, and a fork a → d (someone else renewed a as well).
+    let a = new_cert(&serial(20), "payments", None);
+    issue(store, &a);
+    let b = renewal_of(&a, 21);
+    issue(store, &b);
+    let c = renewal_of(&b, 22);
+    issue(store, &c);
+    let d = renewal_of(&a, 23);
+    issue(store, &d);
+    // Another chain, revoked for another reason: its successor stays valid.
+    let e = new_cert(&serial(24), "payments", None);
+    issue(store, &e);
+    let f = renewal_of(&e, 25);
+    issue(store, &f);
+    store
+        .revoke_certificate(&e.serial, RevocationReason::Superseded, ACTOR, NOW)
+        .expect("revoke e");
+    let status = |cert: &NewCertificate| {
+        store
+            .certificate(&cert.serial)
+            .expect("read")
+            .expect("exists")
+            .status
+    };
+    assert_eq!(
+        status(&f),
+        CertificateStatus::Issued,
+        "superseded does not cascade"
+    );
+
+    let revoked = store
+        .revoke_certificate(&a.serial, RevocationReason::KeyCompromise, ACTOR, NOW)
+        .expect("revoke a");
+    assert_eq!(revoked.serial, a.serial);
+    for cert in [&a, &b, &c, &d] {
+        assert_eq!(status(cert), CertificateStatus::Revoked, "{}", cert.serial);
+    }
+    let cascaded: Vec<(String, String)> = all_audit(store)
+        .into_iter()
+        .filter(|event| event.kind == "certificate.revoked")
+        .filter_map(|event| {
+            let origin = event.data.get("cascaded_from")?.as_str()?.to_owned();
+            Some((event.subject, origin))
+        })
+        .collect();
+    let mut subjects: Vec<String> = cascaded
+        .iter()
+        .map(|(subject, _)| subject.clone())
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        vec![b.serial.clone(), c.serial.clone(), d.serial.clone()]
+    );
+    assert!(
+        cascaded.iter().all(|(_, origin)| *origin == a.serial),
+        "{cascaded:?}"
+    );
+    let info = store.certificate(&c.serial).expect("read").expect("exists");
+    assert_eq!(
+        info.revocation_reason,
+        Some(RevocationReason::KeyCompromise)
+    );
 }
 
 fn certificate_read_has_pem_once_issued(db: &TestDb) {
@@ -1626,13 +1699,15 @@ fn schema_parity_between_sqlite_and_postgres() {
     );
     // Dropped by 2026-12-01-000000_drop_unused_certificate_indexes: indexes
     // no query uses, which every issuance would otherwise write.
-    for dropped in [
-        "certificates_token_id_idx",
-        "certificates_predecessor_idx",
-        "certificates_not_after_idx",
-    ] {
+    for dropped in ["certificates_token_id_idx", "certificates_not_after_idx"] {
         assert!(!lite_indexes.contains(dropped), "{lite_indexes:?}");
     }
+    // Back with 2026-12-04-000000_certificate_predecessor_index: the
+    // key-compromise cascade walks renewals by predecessor.
+    assert!(
+        lite_indexes.contains("certificates_predecessor_idx"),
+        "{lite_indexes:?}"
+    );
     assert_eq!(lite_indexes, pg_indexes);
 
     let lite_fks = names(
