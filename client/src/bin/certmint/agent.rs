@@ -43,7 +43,7 @@ use time::OffsetDateTime;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::enroll::hooks::Hooks;
-use crate::enroll::output::{Meta, OutputDir};
+use crate::enroll::output::{Meta, OutputDir, OutputError};
 use crate::enroll::rfc3339;
 use crate::enroll::schedule::{self, Backoff};
 use crate::enroll::stop::{
@@ -222,19 +222,12 @@ impl Agent {
                             }
                         }
                         Err(WorkloadError::NotInstalled { ready, source }) => {
-                            let what = format!(
-                                "could not write the issued certificate {}",
-                                ready.meta.serial
-                            );
-                            not_installed = Some(ready);
-                            match self
-                                .retry_later(&what, &source, Exit::Failure, None, signals)
-                                .await
-                            {
-                                Err(exit) => return exit,
-                                Ok(Wake::Stop) => return self.stopped(in_place),
-                                Ok(_) => {}
+                            let waited =
+                                self.wait_to_write_again(&ready, &source, in_place, signals);
+                            if let Some(exit) = waited.await {
+                                return exit;
                             }
+                            not_installed = Some(ready);
                         }
                         Err(error) => return stop_for(&error),
                     }
@@ -383,19 +376,11 @@ impl Agent {
                         cert.serial = %ready.meta.serial,
                         "the issued certificate could not be written; keeping it to write again: {source}"
                     );
-                    let what = format!(
-                        "the issued certificate {} is not written",
-                        ready.meta.serial
-                    );
-                    not_installed = Some(ready);
-                    match self
-                        .retry_later(&what, &source, Exit::Failure, None, signals)
-                        .await
-                    {
-                        Err(exit) => return exit,
-                        Ok(Wake::Stop) => return self.stopped(in_place),
-                        Ok(_) => {}
+                    let waited = self.wait_to_write_again(&ready, &source, in_place, signals);
+                    if let Some(exit) = waited.await {
+                        return exit;
                     }
+                    not_installed = Some(ready);
                 }
                 Err(error) if stopping => {
                     if !error.is_transient() {
@@ -461,6 +446,29 @@ impl Agent {
                 self.log_installed("renewed", &meta);
                 Ok(meta)
             }
+        }
+    }
+
+    /// Waits with backoff before writing `ready` again; `Some(exit)` when
+    /// the agent stops instead (the certificate is then lost).
+    async fn wait_to_write_again(
+        &mut self,
+        ready: &ReadyGeneration,
+        source: &OutputError,
+        in_place: bool,
+        signals: &mut Signals,
+    ) -> Option<Exit> {
+        let what = format!(
+            "could not write the issued certificate {}",
+            ready.meta.serial
+        );
+        match self
+            .retry_later(&what, source, Exit::Failure, None, signals)
+            .await
+        {
+            Err(exit) => Some(exit),
+            Ok(Wake::Stop) => Some(self.stopped(in_place)),
+            Ok(_) => None,
         }
     }
 
