@@ -576,6 +576,12 @@ backend_tests! {
         server
             .enroll(&csr, &minted.token)
             .assert_problem(401, "token.revoked");
+        // Names the policy refuses: still the token's own refusal, not the
+        // policy's (which would tell a dead token what the policy allows).
+        let (outside, _) = make_csr("ec-p256", &["api.evil.example"], &[], &[]);
+        server
+            .enroll(&outside, &minted.token)
+            .assert_problem(401, "token.revoked");
         server
             .admin_get(&format!("/v1/admin/tokens/{}", certmint_e2e::random_hex(16)))
             .assert_problem(404, "token.not_found");
@@ -589,6 +595,10 @@ backend_tests! {
         let (again, _) = make_csr("ec-p256", &["api.payments.internal"], &[], &[]);
         server
             .enroll(&again, &minted.token)
+            .assert_problem(401, "token.used");
+        let (outside, _) = make_csr("ec-p256", &["api.evil.example"], &[], &[]);
+        server
+            .enroll(&outside, &minted.token)
             .assert_problem(401, "token.used");
         let info = server.admin_get(&format!("/v1/admin/tokens/{}", minted.id));
         info.assert_status(200);

@@ -222,7 +222,8 @@ impl Issuer {
             now,
         )?;
         let ttl = request.ttl.map(|ttl| ttl.as_seconds());
-        let lineage = Lineage::first(Some(claims.registered.jti.clone()), now);
+        let jti = claims.registered.jti.clone();
+        let lineage = Lineage::first(Some(jti.clone()), now);
         let prepared = self.prepare_under_policy(&claims.policy, &csr, lineage, now, |policy| {
             match policy::evaluate(policy, &csr.issuance_request(ttl, Some(&claims.identity))) {
                 Decision::Allow { ttl_seconds } => Ok(Decided {
@@ -231,8 +232,33 @@ impl Issuer {
                 }),
                 Decision::Deny(refusals) => Err(ServiceError::denied(refusals)),
             }
-        })?;
-        self.sign(prepared)
+        });
+        match prepared {
+            Ok(prepared) => self.sign(prepared),
+            Err(refusal) => Err(self.token_refusal_first(&jti, now, refusal)),
+        }
+    }
+
+    /// The token's own state is checked only in the issuance transaction,
+    /// after the policy: a revoked, expired or used-up token would otherwise
+    /// get the policy's refusals, which name what it allows, instead of its
+    /// own. Read only when something was refused, so a successful
+    /// enrollment pays nothing for it.
+    fn token_refusal_first(
+        &self,
+        jti: &str,
+        now: OffsetDateTime,
+        refusal: ServiceError,
+    ) -> ServiceError {
+        match self.parts.store.check_token_usable(jti, now) {
+            Err(
+                token @ (StoreError::TokenNotFound { .. }
+                | StoreError::TokenRevoked { .. }
+                | StoreError::TokenExpired { .. }
+                | StoreError::TokenUsedUp { .. }),
+            ) => token.into(),
+            _ => refusal,
+        }
     }
 
     /// Issues a certificate the server requested for itself (its TLS

@@ -83,6 +83,21 @@ impl Store {
             .transpose()
     }
 
+    /// Whether token `id` has a use left at `now`, without consuming it:
+    /// `Ok(())`, or the refusal its use would get ([`StoreError::TokenNotFound`],
+    /// `TokenRevoked`, `TokenExpired`, `TokenUsedUp`). Only a hint: the
+    /// conditional update in the issuance transaction is what counts.
+    pub fn check_token_usable(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        let row = self.read(|conn| token_row(conn, id))?;
+        match row {
+            None => Err(StoreError::TokenNotFound { id: id.to_owned() }),
+            Some(row) => match refusal_for(row, now)? {
+                Some(refusal) => Err(refusal),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Tokens, newest first (ties broken by id, descending).
     pub fn list_tokens(
         &self,
@@ -175,30 +190,40 @@ pub(super) fn consume_use(
     let Some(row) = token_row(conn, id)? else {
         return Err(StoreError::TokenNotFound { id: id.to_owned() });
     };
-    let what = format!("token {id:?}");
+    match refusal_for(row, now)? {
+        Some(refusal) => Err(refusal),
+        // The conditional update missed a row that now passes every check:
+        // only possible if `consumed` were miscounted.
+        None => Err(StoreError::corrupt(format!(
+            "token {id:?}: use not consumed"
+        ))),
+    }
+}
+
+/// Why a use of the token in `row` is refused at `now`, if it is.
+fn refusal_for(row: TokenRow, now: OffsetDateTime) -> Result<Option<StoreError>, StoreError> {
+    let what = format!("token {:?}", row.id);
     if let Some(revoked_at) = row.revoked_at {
-        return Err(StoreError::TokenRevoked {
+        return Ok(Some(StoreError::TokenRevoked {
             id: row.id,
             revoked_at: from_unix(revoked_at, &what)?,
-        });
+        }));
     }
-    if row.expires_at <= now_unix {
-        return Err(StoreError::TokenExpired {
+    if row.expires_at <= unix(now) {
+        return Ok(Some(StoreError::TokenExpired {
             id: row.id,
             expires_at: from_unix(row.expires_at, &what)?,
             now,
-        });
+        }));
     }
     if row.uses >= row.max_uses {
-        return Err(StoreError::TokenUsedUp {
+        return Ok(Some(StoreError::TokenUsedUp {
             max_uses: u32::try_from(row.max_uses)
                 .map_err(|_| StoreError::corrupt(format!("{what}: max_uses out of range")))?,
             id: row.id,
-        });
+        }));
     }
-    // The conditional update missed a row that now passes every check:
-    // only possible if `consumed` were miscounted.
-    Err(StoreError::corrupt(format!("{what}: use not consumed")))
+    Ok(None)
 }
 
 /// Gives back one use of token `id` (its certificate was never signed).
