@@ -120,6 +120,10 @@ pub struct RegisteredClaims {
     pub iat: i64,
     /// Expiry (unix seconds).
     pub exp: i64,
+    /// Not before (unix seconds): never set by this server, honoured when
+    /// present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// `bootstrap` or `admin`.
     pub kind: String,
 }
@@ -394,6 +398,7 @@ impl TokenAuthority {
             sub: subject.to_owned(),
             iat: issued_at.unix_timestamp(),
             exp: expires_at.unix_timestamp(),
+            nbf: None,
             kind: kind.to_owned(),
         }
     }
@@ -427,7 +432,7 @@ impl TokenAuthority {
         now: OffsetDateTime,
     ) -> Result<BootstrapClaims, TokenError> {
         let claims: BootstrapClaims = self.verify(token, audience, KIND_BOOTSTRAP)?;
-        check_times(claims.registered.iat, claims.registered.exp, now)?;
+        check_times(&claims.registered, now)?;
         Ok(claims)
     }
 
@@ -439,7 +444,7 @@ impl TokenAuthority {
         now: OffsetDateTime,
     ) -> Result<AdminClaims, TokenError> {
         let claims: AdminClaims = self.verify(token, audience, KIND_ADMIN)?;
-        check_times(claims.registered.iat, claims.registered.exp, now)?;
+        check_times(&claims.registered, now)?;
         Ok(claims)
     }
 
@@ -512,7 +517,11 @@ fn key_id_of(public_key: &[u8]) -> String {
     hex::encode(&digest.as_ref()[..12])
 }
 
-fn check_times(issued_at: i64, expires_at: i64, now: OffsetDateTime) -> Result<(), TokenError> {
+/// `iat` and `nbf` (whichever is later) not past `now` and `exp` not
+/// reached, each with [`LEEWAY_SECONDS`].
+fn check_times(claims: &RegisteredClaims, now: OffsetDateTime) -> Result<(), TokenError> {
+    let issued_at = claims.iat.max(claims.nbf.unwrap_or(claims.iat));
+    let expires_at = claims.exp;
     let at = |unix: i64| {
         OffsetDateTime::from_unix_timestamp(unix)
             .map_err(|_| TokenError::Malformed("time claim out of range".into()))

@@ -104,6 +104,40 @@ fn fail_issued_in_the_future() {
 }
 
 #[test]
+fn fail_before_its_nbf() {
+    // This server never sets nbf; a token that carries one is honoured.
+    let (_dir, authority) = new_authority();
+    let mut registered = authority.registered(
+        "tok-nbf",
+        "tok-nbf",
+        ENROLL,
+        KIND_BOOTSTRAP,
+        NOW,
+        NOW + time::Duration::minutes(30),
+    );
+    registered.nbf = Some((NOW + time::Duration::minutes(10)).unix_timestamp());
+    let token = authority
+        .sign(&BootstrapClaims {
+            registered,
+            policy: "payments".into(),
+            identity: identity(),
+        })
+        .unwrap();
+    assert!(matches!(
+        authority.verify_bootstrap(&token, ENROLL, NOW),
+        Err(TokenError::NotYetValid { .. })
+    ));
+    let later = NOW + time::Duration::minutes(11);
+    let claims = authority
+        .verify_bootstrap(&token, ENROLL, later)
+        .expect("valid from nbf");
+    assert_eq!(
+        claims.registered.nbf,
+        Some((NOW + time::Duration::minutes(10)).unix_timestamp())
+    );
+}
+
+#[test]
 fn fail_wrong_audience() {
     let (_dir, authority) = new_authority();
     let token = bootstrap(&authority, "https://other.test/v1/enroll", 10);
