@@ -26,7 +26,8 @@
 //!
 //! Invariant: no caller sees `Ok` before the COMMIT that made its changes
 //! durable (`synchronous=FULL`) has returned; when a COMMIT fails, every body
-//! in the batch gets the error, and none of their changes exist.
+//! in the batch gets the error, refused ones included (what refused them may
+//! have been rolled back too), and none of their changes exist.
 //! Bodies see the uncommitted changes of earlier bodies in the same batch,
 //! exactly as if the transactions had run one after another. Bodies must not
 //! write through the [`super::Store`] themselves (that would wait on this
@@ -154,9 +155,12 @@ enum Ran {
     /// The body succeeded and its savepoint was released: the caller is
     /// answered with this once the batch's COMMIT has returned.
     Succeeded(Answer),
-    /// The body failed and was rolled back to its savepoint; its caller has
-    /// its error already.
-    Failed,
+    /// The body failed and was rolled back to its savepoint: its caller is
+    /// answered with its error once the batch's COMMIT has returned, or
+    /// with the COMMIT's error if that failed (what the body saw, e.g. a
+    /// token use consumed by an earlier body, was then rolled back too, so
+    /// its refusal would be wrong; "unavailable, retry" is right).
+    Failed(Answer),
     /// The savepoint statements failed or the body panicked: the
     /// transaction is unusable and the whole batch must be rolled back. The
     /// caller has its error (or its panic) already.
@@ -212,10 +216,14 @@ where
                 let undone = RollbackToSavepoint
                     .execute(connection)
                     .and_then(|_| ReleaseSavepoint.execute(connection));
-                answer(&reply, Err(error));
                 match undone {
-                    Ok(_) => Ran::Failed,
-                    Err(_) => Ran::BrokeBatch,
+                    Ok(_) => Ran::Failed(Box::new(move |outcome: Result<(), &str>| {
+                        answer(&reply, Err(outcome.map_or_else(commit_failed, |()| error)));
+                    })),
+                    Err(_) => {
+                        answer(&reply, Err(error));
+                        Ran::BrokeBatch
+                    }
                 }
             }
         }
@@ -233,15 +241,15 @@ fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, count
             first.refuse(StoreError::query(error));
             continue;
         }
-        let mut committable = Vec::new();
+        // Every body's answer waits for the batch's outcome.
+        let mut answers = Vec::new();
         let mut broken = false;
         let mut next = Some(first);
         let mut bodies = 0;
         while let Some(job) = next.take() {
             bodies += 1;
             match job.run(&mut connection) {
-                Ran::Succeeded(answer) => committable.push(answer),
-                Ran::Failed => {}
+                Ran::Succeeded(answer) | Ran::Failed(answer) => answers.push(answer),
                 Ran::BrokeBatch => {
                     broken = true;
                     break;
@@ -266,7 +274,7 @@ fn run_writer(mut connection: DbConnection, queue: Receiver<Box<dyn Job>>, count
         };
         counts.batches.fetch_add(1, Ordering::Relaxed);
         counts.writes.fetch_add(bodies as u64, Ordering::Relaxed);
-        for answer in committable {
+        for answer in answers {
             answer(outcome.as_ref().map(|_| ()).map_err(String::as_str));
         }
     }
@@ -410,6 +418,60 @@ mod tests {
         assert_eq!(refused, 8, "one of each pair of duplicate ids is refused");
         // 8 winners, each with both rows; the 8 losers left no second row.
         assert_eq!(count(&manager), 16);
+    }
+
+    #[test]
+    fn fail_a_refused_body_hears_of_a_failed_commit_not_its_own_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, manager) = writer(&dir);
+        // A foreign key checked at COMMIT: a body can break it and still
+        // succeed, so the COMMIT of its batch fails.
+        manager
+            .connect()
+            .unwrap()
+            .batch_execute(
+                "CREATE TABLE parents (id INTEGER PRIMARY KEY); \
+                 CREATE TABLE children (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL \
+                   REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)",
+            )
+            .unwrap();
+        writer.write(|conn| insert(conn, 1)).unwrap();
+        let writer = Arc::new(writer);
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let orphan = {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                writer.write(move |conn| {
+                    started.send(()).unwrap();
+                    hold.recv().unwrap();
+                    conn.batch_execute("INSERT INTO children (id, parent) VALUES (1, 42)")
+                        .map_err(StoreError::query)
+                })
+            })
+        };
+        running.recv().unwrap();
+        // Refused on its own (id 1 exists), in the same batch.
+        let duplicate = {
+            let writer = writer.clone();
+            std::thread::spawn(move || writer.write(|conn| insert(conn, 1)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        release.send(()).unwrap();
+        let orphan = orphan.join().unwrap();
+        let duplicate = duplicate.join().unwrap();
+        assert!(
+            matches!(orphan, Err(StoreError::Unavailable { .. })),
+            "{orphan:?}"
+        );
+        assert!(
+            matches!(duplicate, Err(StoreError::Unavailable { .. })),
+            "{duplicate:?}"
+        );
+        assert_eq!(writer.counts().batches, 2, "{:?}", writer.counts());
+        // The writer goes on.
+        writer.write(|conn| insert(conn, 2)).unwrap();
+        assert_eq!(count(&manager), 2);
     }
 
     #[test]
