@@ -400,6 +400,30 @@ pub enum RevocationReason {
 }
 
 impl RevocationReason {
+    /// Every reason, in CRLReason order.
+    pub const ALL: [RevocationReason; 7] = [
+        Self::Unspecified,
+        Self::KeyCompromise,
+        Self::CaCompromise,
+        Self::AffiliationChanged,
+        Self::Superseded,
+        Self::CessationOfOperation,
+        Self::PrivilegeWithdrawn,
+    ];
+
+    /// The wire name (`key_compromise`, …), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "key_compromise",
+            Self::CaCompromise => "ca_compromise",
+            Self::AffiliationChanged => "affiliation_changed",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessation_of_operation",
+            Self::PrivilegeWithdrawn => "privilege_withdrawn",
+        }
+    }
+
     /// The RFC 5280 CRLReason number.
     pub fn code(self) -> u8 {
         match self {
@@ -554,6 +578,13 @@ impl std::fmt::Display for KeyType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revocation_reason_names_are_the_serde_names() {
+        for reason in RevocationReason::ALL {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+    }
 
     #[test]
     fn debug_forms_never_show_a_bootstrap_token() {

@@ -204,11 +204,10 @@ impl Issuer {
         let record = self.presented_record(presented)?;
         // An already revoked certificate gets its 409 from the store first.
         if record.info.status == CertificateStatus::Issued && !holder_may_revoke_with(reason) {
-            let reason = serde_json::to_value(reason)
-                .ok()
-                .and_then(|value| value.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            return Err(HolderError::ReasonNotAllowed { reason }.into());
+            return Err(HolderError::ReasonNotAllowed {
+                reason: reason.as_str().to_owned(),
+            }
+            .into());
         }
         let serial = record.info.serial;
         let actor = format!("certificate:{serial}");
@@ -278,9 +277,8 @@ fn refuse_unless_current(
             serial: info.serial.clone(),
             reason: info
                 .revocation_reason
-                .and_then(|reason| serde_json::to_value(reason).ok())
-                .and_then(|value| value.as_str().map(str::to_owned))
-                .unwrap_or_else(|| "unspecified".into()),
+                .map_or("unspecified", RevocationReason::as_str)
+                .to_owned(),
         }),
         CertificateStatus::Issued if now >= info.not_after => Err(HolderError::Expired {
             serial: info.serial.clone(),

@@ -485,12 +485,12 @@ fn record_revocation(
         .values(RevocationRow {
             serial: serial.to_owned(),
             revoked_at: unix(now),
-            reason: reason_name(reason).to_owned(),
+            reason: reason.as_str().to_owned(),
             revoked_by: actor.to_owned(),
         })
         .execute(conn)
         .map_err(StoreError::query)?;
-    let mut data = json!({ "reason": reason_name(reason), "reason_code": reason.code() });
+    let mut data = json!({ "reason": reason.as_str(), "reason_code": reason.code() });
     if let Some(origin) = cascaded_from {
         data["cascaded_from"] = json!(origin);
     }
@@ -674,30 +674,9 @@ fn parse_status(name: &str, what: &str) -> Result<CertificateStatus, StoreError>
     .ok_or_else(|| StoreError::corrupt(format!("{what}: unknown status {name:?}")))
 }
 
-/// The stored name of a revocation reason (the wire name).
-fn reason_name(reason: RevocationReason) -> &'static str {
-    match reason {
-        RevocationReason::Unspecified => "unspecified",
-        RevocationReason::KeyCompromise => "key_compromise",
-        RevocationReason::CaCompromise => "ca_compromise",
-        RevocationReason::AffiliationChanged => "affiliation_changed",
-        RevocationReason::Superseded => "superseded",
-        RevocationReason::CessationOfOperation => "cessation_of_operation",
-        RevocationReason::PrivilegeWithdrawn => "privilege_withdrawn",
-    }
-}
-
 fn parse_reason(name: &str, what: &str) -> Result<RevocationReason, StoreError> {
-    [
-        RevocationReason::Unspecified,
-        RevocationReason::KeyCompromise,
-        RevocationReason::CaCompromise,
-        RevocationReason::AffiliationChanged,
-        RevocationReason::Superseded,
-        RevocationReason::CessationOfOperation,
-        RevocationReason::PrivilegeWithdrawn,
-    ]
-    .into_iter()
-    .find(|reason| reason_name(*reason) == name)
-    .ok_or_else(|| StoreError::corrupt(format!("{what}: unknown revocation reason {name:?}")))
+    RevocationReason::ALL
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+        .ok_or_else(|| StoreError::corrupt(format!("{what}: unknown revocation reason {name:?}")))
 }
