@@ -92,9 +92,13 @@ pub fn parse_ca_key_type(text: &str) -> Result<KeyType, String> {
 }
 
 fn require_ca_key_type(key_type: KeyType) -> Result<(), ServiceError> {
-    parse_ca_key_type(key_type.as_str())
-        .map(drop)
-        .map_err(|reason| ServiceError::Setup(format!("ca.key_type: {reason}")))
+    if CA_KEY_TYPES.contains(&key_type) {
+        return Ok(());
+    }
+    let reason = parse_ca_key_type(key_type.as_str())
+        .err()
+        .unwrap_or_default();
+    Err(ServiceError::Setup(format!("ca.key_type: {reason}")))
 }
 
 /// Creates a root and an issuing CA on the token.

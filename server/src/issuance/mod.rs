@@ -196,6 +196,8 @@ pub struct PreparedCertificate {
     not_after: OffsetDateTime,
     /// When the request was decided: `not_before` plus the backdate.
     issued_at: OffsetDateTime,
+    /// The certificate a renewal replaces.
+    predecessor: Option<String>,
 }
 
 impl Issuer {
@@ -484,6 +486,7 @@ impl Issuer {
                         not_before,
                         not_after,
                         issued_at: now,
+                        predecessor: lineage.predecessor.clone(),
                     })
                 }
                 Err(StoreError::SerialCollision { .. }) => {
@@ -535,6 +538,7 @@ impl Issuer {
             not_before,
             not_after,
             issued_at,
+            predecessor,
             token_id: _,
         } = prepared;
         let tbs_der = unsigned.tbs_der().to_vec();
@@ -546,9 +550,12 @@ impl Issuer {
         self.check_signed(&certificate, &tbs_der, &request, &names)?;
         let now = self.parts.clock.now();
         let started = std::time::Instant::now();
-        self.parts
-            .store
-            .complete_issuance(&serial, &certificate_der, now)?;
+        self.parts.store.complete_issuance(
+            &serial,
+            predecessor.as_deref(),
+            &certificate_der,
+            now,
+        )?;
         self.parts
             .metrics
             .database("complete_issuance", started.elapsed().as_secs_f64());

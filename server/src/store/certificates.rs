@@ -186,16 +186,7 @@ impl Store {
                 // The holder's certificate was checked before this
                 // transaction; a revocation committed since must still stop
                 // the renewal.
-                let still_issued = ConfirmIssued {
-                    serial: predecessor,
-                }
-                .execute(conn)
-                .map_err(StoreError::query)?;
-                if still_issued != 1 {
-                    return Err(StoreError::PredecessorRevoked {
-                        serial: predecessor.clone(),
-                    });
-                }
+                confirm_still_issued(conn, predecessor)?;
             }
             match (InsertCertificate { row: &row }).execute(conn) {
                 Err(e) if is_unique_violation(&e) => {
@@ -218,12 +209,13 @@ impl Store {
     /// `issued` (audit `certificate.issued`). Fails with
     /// [`StoreError::CertificateNotPending`] unless exactly one pending row
     /// had this serial, so it never runs twice; with
-    /// [`StoreError::PredecessorRevoked`] for a renewal whose predecessor
-    /// was revoked while it was being signed (the caller abandons it: nobody
-    /// has received it).
+    /// [`StoreError::PredecessorRevoked`] for a renewal (`predecessor`) whose
+    /// predecessor was revoked while it was being signed (the caller abandons
+    /// it: nobody has received it).
     pub fn complete_issuance(
         &self,
         serial: &str,
+        predecessor: Option<&str>,
         certificate_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
@@ -231,7 +223,11 @@ impl Store {
         let event = NewAuditEvent::new(CERTIFICATE_ISSUED, SYSTEM_ACTOR, serial, data);
         let serial = serial.to_owned();
         let certificate_der = certificate_der.to_vec();
+        let predecessor = predecessor.map(str::to_owned);
         self.write(move |conn| {
+            if let Some(predecessor) = &predecessor {
+                confirm_still_issued(conn, predecessor)?;
+            }
             let updated = MarkIssued {
                 serial: &serial,
                 certificate_der: &certificate_der,
@@ -240,11 +236,6 @@ impl Store {
             .execute(conn)
             .map_err(StoreError::query)?;
             if updated != 1 {
-                if let Some(predecessor) = pending_renewal_of(conn, &serial)? {
-                    return Err(StoreError::PredecessorRevoked {
-                        serial: predecessor,
-                    });
-                }
                 return Err(not_pending(conn, &serial)?);
             }
             audit::append(conn, &event, now)?;
@@ -420,15 +411,7 @@ impl Store {
         let serial = serial.to_owned();
         let actor = actor.to_owned();
         self.write(move |conn| {
-            let updated = diesel::update(
-                certificates::table
-                    .filter(certificates::serial.eq(&serial))
-                    .filter(certificates::status.eq(status_name(CertificateStatus::Issued))),
-            )
-            .set(certificates::status.eq(status_name(CertificateStatus::Revoked)))
-            .execute(conn)
-            .map_err(StoreError::query)?;
-            if updated != 1 {
+            if mark_revoked(conn, &serial)? != 1 {
                 let Some((row, revocation)) = full_row(conn, &serial)? else {
                     return Err(StoreError::CertificateNotFound {
                         serial: serial.clone(),
@@ -470,7 +453,18 @@ impl Store {
     }
 }
 
-/// The error for a serial that is not (or no longer) pending.
+/// Marks `serial` revoked if it is issued; how many rows changed (0 or 1).
+fn mark_revoked(conn: &mut DbConnection, serial: &str) -> Result<usize, StoreError> {
+    diesel::update(
+        certificates::table
+            .filter(certificates::serial.eq(serial))
+            .filter(certificates::status.eq(status_name(CertificateStatus::Issued))),
+    )
+    .set(certificates::status.eq(status_name(CertificateStatus::Revoked)))
+    .execute(conn)
+    .map_err(StoreError::query)
+}
+
 /// The revocation row and audit event of `serial`, already marked revoked;
 /// `cascaded_from` names the certificate whose revocation caused it.
 fn record_revocation(
@@ -522,14 +516,7 @@ fn revoke_descendants(
             .load(conn)
             .map_err(StoreError::query)?;
         for child in &children {
-            diesel::update(
-                certificates::table
-                    .filter(certificates::serial.eq(child))
-                    .filter(certificates::status.eq(status_name(CertificateStatus::Issued))),
-            )
-            .set(certificates::status.eq(status_name(CertificateStatus::Revoked)))
-            .execute(conn)
-            .map_err(StoreError::query)?;
+            mark_revoked(conn, child)?;
             record_revocation(conn, child, reason, actor, Some(root), now)?;
         }
         frontier = children;
@@ -537,20 +524,24 @@ fn revoke_descendants(
     Ok(())
 }
 
-/// The predecessor of `serial` when it is a pending renewal: then the only
-/// reason [`MarkIssued`] changed nothing is that the predecessor is no
-/// longer issued.
-fn pending_renewal_of(conn: &mut DbConnection, serial: &str) -> Result<Option<String>, StoreError> {
-    let predecessor: Option<Option<String>> = certificates::table
-        .filter(certificates::serial.eq(serial))
-        .filter(certificates::status.eq(status_name(CertificateStatus::Pending)))
-        .select(certificates::predecessor)
-        .get_result(conn)
-        .optional()
-        .map_err(StoreError::query)?;
-    Ok(predecessor.flatten())
+/// A renewal's predecessor is still `issued` ([`StoreError::PredecessorRevoked`]
+/// otherwise). [`ConfirmIssued`] writes the row, so on PostgreSQL it waits
+/// for a revocation in flight instead of reading around it.
+fn confirm_still_issued(conn: &mut DbConnection, predecessor: &str) -> Result<(), StoreError> {
+    let still_issued = ConfirmIssued {
+        serial: predecessor,
+    }
+    .execute(conn)
+    .map_err(StoreError::query)?;
+    if still_issued != 1 {
+        return Err(StoreError::PredecessorRevoked {
+            serial: predecessor.to_owned(),
+        });
+    }
+    Ok(())
 }
 
+/// The error for a serial that is not (or no longer) pending.
 fn not_pending(conn: &mut DbConnection, serial: &str) -> Result<StoreError, StoreError> {
     let status: Option<String> = certificates::table
         .filter(certificates::serial.eq(serial))

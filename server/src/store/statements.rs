@@ -100,8 +100,7 @@ pub(super) struct ConsumeTokenUse<'a> {
 }
 
 /// Marks a pending certificate issued, with its DER: must change exactly
-/// one row. A renewal whose predecessor is no longer `issued` (revoked
-/// while the HSM signed) changes none.
+/// one row.
 #[derive(Debug)]
 pub(super) struct MarkIssued<'a> {
     pub(super) serial: &'a str,
@@ -109,8 +108,8 @@ pub(super) struct MarkIssued<'a> {
     pub(super) issued_at_unix: i64,
 }
 
-/// Confirms, inside a renewal's intent transaction, that its predecessor is
-/// still issued: changes exactly one row (to the value it has) or none. On
+/// Confirms, inside a renewal's intent and final transactions, that its
+/// predecessor is still issued: changes exactly one row (to the value it has) or none. On
 /// PostgreSQL the write also takes the row lock a concurrent revocation
 /// needs, so one of the two waits for the other.
 #[derive(Debug)]
@@ -203,12 +202,6 @@ where
         out.push_bind_param::<Text, _>(self.serial)?;
         out.push_sql(" AND status = ");
         out.push_bind_param::<Text, _>(status_name(CertificateStatus::Pending))?;
-        out.push_sql(
-            " AND (predecessor IS NULL OR EXISTS (SELECT 1 FROM certificates AS earlier \
-             WHERE earlier.serial = certificates.predecessor AND earlier.status = ",
-        );
-        out.push_bind_param::<Text, _>(status_name(CertificateStatus::Issued))?;
-        out.push_sql("))");
         Ok(())
     }
 }

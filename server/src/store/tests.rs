@@ -290,7 +290,12 @@ fn issue(store: &Store, cert: &NewCertificate) {
         .begin_issuance(cert, cert.token_id.as_deref(), ACTOR, NOW)
         .expect("begin issuance");
     store
-        .complete_issuance(&cert.serial, &fake_der(&cert.serial), NOW)
+        .complete_issuance(
+            &cert.serial,
+            cert.predecessor.as_deref(),
+            &fake_der(&cert.serial),
+            NOW,
+        )
         .expect("complete issuance");
 }
 
@@ -648,10 +653,10 @@ fn fail_complete_issuance_twice(db: &TestDb) {
         .begin_issuance(&cert, None, ACTOR, NOW)
         .expect("begin");
     store
-        .complete_issuance(&cert.serial, &fake_der("x"), NOW)
+        .complete_issuance(&cert.serial, None, &fake_der("x"), NOW)
         .expect("first completion");
     let err = store
-        .complete_issuance(&cert.serial, &fake_der("y"), NOW)
+        .complete_issuance(&cert.serial, None, &fake_der("y"), NOW)
         .expect_err("second completion");
     assert!(
         matches!(
@@ -664,7 +669,7 @@ fn fail_complete_issuance_twice(db: &TestDb) {
         "{err:?}"
     );
     let err = store
-        .complete_issuance(&serial(99), &fake_der("z"), NOW)
+        .complete_issuance(&serial(99), None, &fake_der("z"), NOW)
         .expect_err("unknown serial");
     assert!(
         matches!(err, StoreError::CertificateNotFound { .. }),
@@ -701,7 +706,12 @@ fn renewal_record_keeps_lineage(db: &TestDb) {
         )
         .expect("begin renewal");
     store
-        .complete_issuance(&renewed.serial, &fake_der("7"), later)
+        .complete_issuance(
+            &renewed.serial,
+            renewed.predecessor.as_deref(),
+            &fake_der("7"),
+            later,
+        )
         .expect("complete renewal");
     let record = store
         .certificate_record(&renewed.serial)
@@ -776,7 +786,12 @@ fn fail_renewal_whose_predecessor_is_revoked_while_it_is_signed(db: &TestDb) {
         .revoke_certificate(&first.serial, RevocationReason::KeyCompromise, ACTOR, NOW)
         .expect("revoke");
     let err = store
-        .complete_issuance(&renewed.serial, &fake_der("11"), NOW)
+        .complete_issuance(
+            &renewed.serial,
+            renewed.predecessor.as_deref(),
+            &fake_der("11"),
+            NOW,
+        )
         .expect_err("the predecessor is revoked");
     assert!(
         matches!(&err, StoreError::PredecessorRevoked { serial } if *serial == first.serial),
@@ -881,7 +896,7 @@ fn certificate_read_has_pem_once_issued(db: &TestDb) {
     assert_eq!(pending.status, CertificateStatus::Pending);
     assert_eq!(pending.certificate_pem, None);
     store
-        .complete_issuance(&cert.serial, &fake_der("5"), NOW)
+        .complete_issuance(&cert.serial, None, &fake_der("5"), NOW)
         .expect("complete");
     let issued = store
         .certificate(&cert.serial)

@@ -214,9 +214,9 @@ impl Agent {
                         Ok(meta) => {
                             in_place = true;
                             renew_now = false;
-                            self.backoff.reset();
+                            reenrolled = false;
                             self.log_installed("installed after retrying", &meta);
-                            self.reload(&meta.serial).await;
+                            self.installed(&meta, signals).await;
                             if self.once {
                                 return Exit::Ok;
                             }
@@ -353,14 +353,10 @@ impl Agent {
                     renew_now = false;
                     // A later refusal of the same kind may be cured again.
                     reenrolled = false;
-                    self.backoff.reset();
                     // Also when stopping: the new files are in place, and a
                     // workload that outlives the agent must load them; no
                     // later start would run the hook for this generation.
-                    self.reload(&meta.serial).await;
-                    // A SIGHUP that arrived while this renewal ran asked for
-                    // what just happened: do not renew a second time.
-                    let _ = drain_renew_requests(signals).await;
+                    self.installed(&meta, signals).await;
                     if stopping {
                         tracing::info!("stopping after the in-flight {what}");
                         return Exit::Ok;
@@ -470,6 +466,15 @@ impl Agent {
             Ok(Wake::Stop) => Some(self.stopped(in_place)),
             Ok(_) => None,
         }
+    }
+
+    /// After a new generation is in place: backoff reset, reload hooks, and
+    /// any SIGHUP that arrived meanwhile consumed (it asked for what just
+    /// happened: no second renewal).
+    async fn installed(&mut self, meta: &Meta, signals: &mut Signals) {
+        self.backoff.reset();
+        self.reload(&meta.serial).await;
+        drain_renew_requests(signals).await;
     }
 
     /// Runs the reload hooks for `serial`; remembers a failure to retry.
@@ -644,7 +649,6 @@ fn stop_for(error: &WorkloadError) -> Exit {
     error.exit()
 }
 
-/// Sleeps for `duration` unless a signal comes first.
 /// Consumes a SIGHUP that is already pending, without waiting; true if
 /// there was one.
 async fn drain_renew_requests(signals: &mut Signals) -> bool {
@@ -658,6 +662,7 @@ async fn drain_renew_requests(signals: &mut Signals) -> bool {
     pending
 }
 
+/// Sleeps for `duration` unless a signal comes first.
 async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
     tokio::select! {
         () = tokio::time::sleep(duration) => Wake::Timer,
