@@ -5,27 +5,30 @@
 //! `MultiBackend` and friends to the module that declares it.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::r2d2::{HandleError, ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
-use diesel::Connection;
+use diesel::{Connection, RunQueryDsl};
 
 use super::{sqlite_directory, Backend, StoreError};
 
-/// Settings applied to every SQLite connection as it is opened.
+/// Settings applied to every SQLite connection as it is opened, after
+/// `busy_timeout` (so that they wait for other connections instead of
+/// failing) and the switch to WAL ([`enter_wal_mode`]).
 ///
-/// `busy_timeout` comes first so that switching to WAL waits for other
-/// connections instead of failing; `synchronous=FULL` makes every commit
-/// durable (a certificate a client received is never lost on power failure).
-/// `temp_store = MEMORY` keeps the group-commit writer's savepoint
-/// sub-journals in RAM rather than spilling them to temporary files.
-const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; \
-     PRAGMA journal_mode = WAL; \
-     PRAGMA synchronous = FULL; \
+/// `synchronous=FULL` makes every commit durable (a certificate a client
+/// received is never lost on power failure). `temp_store = MEMORY` keeps the
+/// group-commit writer's savepoint sub-journals in RAM rather than spilling
+/// them to temporary files.
+const SQLITE_PRAGMAS: &str = "PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; \
      PRAGMA temp_store = MEMORY;";
+
+/// How long a connection waits for other connections' locks.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to either back end.
 #[derive(diesel::MultiConnection)]
@@ -109,6 +112,10 @@ pub(super) enum ConnectError {
     /// A health check on a pooled connection failed.
     #[error("database connection check failed")]
     Check(#[source] diesel::result::Error),
+    /// SQLite kept another journal mode (e.g. on a file system without the
+    /// shared memory WAL needs).
+    #[error("SQLite refused WAL mode; the journal mode stays {0:?}")]
+    NotWal(String),
     /// The SQLite path is not valid UTF-8.
     #[error("SQLite path is not valid UTF-8")]
     PathEncoding,
@@ -123,6 +130,12 @@ impl ManageConnection for Manager {
             Target::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(sqlite_path(path)?)
                     .map_err(ConnectError::Connect)?;
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {};",
+                    SQLITE_BUSY_TIMEOUT.as_millis()
+                ))
+                .map_err(ConnectError::Setup)?;
+                enter_wal_mode(&mut conn)?;
                 conn.batch_execute(SQLITE_PRAGMAS)
                     .map_err(ConnectError::Setup)?;
                 Ok(DbConnection::Sqlite(conn))
@@ -141,6 +154,42 @@ impl ManageConnection for Manager {
         conn.is_broken()
     }
 }
+
+/// Puts the database in WAL mode (a no-op once it is; the mode is stored in
+/// the file).
+///
+/// The switch reads the file and then upgrades to a write lock, and SQLite
+/// refuses that upgrade at once, without waiting out `busy_timeout`, while
+/// another connection holds a read lock: it could deadlock otherwise. That
+/// happens when processes open one new file together (a server and an admin
+/// command, or replicas), so the refused switch is retried, as SQLite's
+/// documentation advises for this case, for as long as a lock is waited for.
+fn enter_wal_mode(conn: &mut SqliteConnection) -> Result<(), ConnectError> {
+    #[derive(diesel::QueryableByName)]
+    struct JournalMode {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        journal_mode: String,
+    }
+    let give_up = Instant::now() + SQLITE_BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match diesel::sql_query("PRAGMA journal_mode = WAL").get_result::<JournalMode>(conn) {
+            Ok(mode) if mode.journal_mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => return Err(ConnectError::NotWal(mode.journal_mode)),
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message() == SQLITE_BUSY_MESSAGE && Instant::now() < give_up =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(error) => return Err(ConnectError::Setup(error)),
+        }
+    }
+}
+
+/// `sqlite3_errstr(SQLITE_BUSY)`: diesel reports SQLite's result code only
+/// through its message.
+const SQLITE_BUSY_MESSAGE: &str = "database is locked";
 
 fn sqlite_path(path: &Path) -> Result<&str, ConnectError> {
     path.to_str().ok_or(ConnectError::PathEncoding)

@@ -1738,3 +1738,33 @@ fn schema_parity_between_sqlite_and_postgres() {
     assert_eq!(lite_fks, pg_fks);
     assert!(!lite_fks.is_empty());
 }
+
+#[test]
+fn sqlite_stores_opened_together_on_a_new_file_all_open() {
+    // Processes started together (a server and an `init`, or replicas of a
+    // test harness) open one new file at once. Switching it to WAL needs
+    // the write lock, and SQLite answers a lock upgrade that could deadlock
+    // with SQLITE_BUSY at once, without waiting out `busy_timeout`.
+    const OPENERS: usize = 4;
+    for round in 0..25 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("certmint.db").display());
+        let start = Barrier::new(OPENERS);
+        std::thread::scope(|scope| {
+            let openers: Vec<_> = (0..OPENERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        Store::open(&url, 1).map(drop)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let outcome = opener.join().expect("opener thread");
+                if let Err(err) = outcome {
+                    panic!("round {round}: {}", crate::error::with_causes(&err));
+                }
+            }
+        });
+    }
+}
