@@ -32,7 +32,7 @@ macro_rules! command_error_from {
     ($($source:ty),*) => {$(
         impl From<$source> for CommandError {
             fn from(error: $source) -> Self {
-                CommandError(error.to_string())
+                CommandError(crate::error::with_causes(&error))
             }
         }
     )*};

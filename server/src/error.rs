@@ -105,3 +105,55 @@ impl From<MintError> for ServiceError {
         }
     }
 }
+
+/// An error's message followed by its causes, for an operator reading a
+/// command's output (`database unavailable: connect: database is locked`).
+/// A cause already spelled out in the message before it is not repeated.
+/// Never for API responses: causes are driver text, meant for logs.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let message = current.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = current.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {what}")]
+    struct Outer {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read: {source}")]
+    struct SpelledOut {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn with_causes_appends_each_cause_once() {
+        let error = Outer {
+            what: "connect",
+            source: std::io::Error::other("database is locked"),
+        };
+        assert_eq!(with_causes(&error), "outer: connect: database is locked");
+        // A message that already names its cause does not get it twice.
+        let spelled_out = SpelledOut {
+            source: std::io::Error::other("permission denied"),
+        };
+        assert_eq!(with_causes(&spelled_out), "cannot read: permission denied");
+    }
+}
