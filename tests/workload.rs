@@ -42,7 +42,19 @@ pub struct Run {
 
 /// Runs `certmint <args>` to completion with extra environment.
 pub fn certmint(args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_certmint(Command::new(certmint_binary()), args, env)
+}
+
+/// [`certmint`] as another user (`uid`, with `gid` as its only group);
+/// needs root.
+pub fn certmint_as(uid: u32, gid: u32, args: &[&str]) -> Run {
+    use std::os::unix::process::CommandExt as _;
     let mut command = Command::new(certmint_binary());
+    command.uid(uid).gid(gid);
+    run_certmint(command, args, &[])
+}
+
+fn run_certmint(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Run {
     command
         .args(args)
         .env_remove("CERTMINT_TOKEN")

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use certmint_e2e::cli::admin;
 use certmint_e2e::workload::{
-    certmint, echo_client, openssl_s_client, openssl_s_server, read_generation, spki_fingerprint,
-    EchoServer, Workload,
+    certmint, certmint_as, echo_client, openssl_s_client, openssl_s_server, read_generation,
+    spki_fingerprint, EchoServer, Workload,
 };
 use certmint_e2e::{
     backend_tests, identity, make_csr, pem_chain, policy_json, run_test_on, Backend, OfflineRoot,
@@ -46,6 +46,18 @@ fn workload_policy(server: &TestServer, prefix: &str, ttl: &str) -> String {
 fn workload(server: &TestServer, policy: &str, dns: &str) -> Workload {
     let token = server.mint_token(policy, &identity(&[dns], &[], &[]), 1);
     Workload::new(server, &token.token, &[dns], "")
+}
+
+/// Whether this process runs as root (reads its own status file: the e2e
+/// crate forbids `unsafe`, which `geteuid` needs without a library).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+            .unwrap_or(false)
+    })
 }
 
 /// Runs `agent --once` and asserts it left a valid generation.
@@ -378,6 +390,76 @@ backend_tests! {
         assert!(log.contains("running the reload hook again"), "{log}");
         assert_eq!(server.certificates(&format!("policy={policy}")).len(), 1, "no renewal: {log}");
         assert_eq!(process.stop(), Some(EXIT_OK), "{log}");
+    }
+
+    fn ok_a_workload_running_as_another_user_reads_its_files_through_a_group(server: &TestServer) {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        use std::os::unix::process::CommandExt as _;
+        const NOBODY: u32 = 65_534;
+        const WORKLOAD_GROUP: u32 = 4_343;
+        if !running_as_root() {
+            // Reading as another user needs root; CI runs as root.
+            eprintln!("note: not root; the group test runs only as root");
+            return;
+        }
+        let policy = workload_policy(server, "grp", "1h");
+        let dns = format!("w.{policy}.test");
+        let workload = workload(server, &policy, &dns);
+        // The temporary directory is 0700; the workload user must pass it.
+        std::fs::set_permissions(workload.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let text = std::fs::read_to_string(&workload.config).unwrap()
+            .replace("output_dir = \"out\"\n", &format!("output_dir = \"out\"\ngroup = \"{WORKLOAD_GROUP}\"\n"));
+        std::fs::write(&workload.config, text).unwrap();
+        enroll_once(&workload);
+
+        let generation = workload.current().unwrap_or_else(|error| panic!("{error}"));
+        let key = generation.dir.join("key.pem");
+        let owned = |path: &Path| {
+            let meta = std::fs::metadata(path).unwrap();
+            (meta.gid(), meta.mode() & 0o777)
+        };
+        assert_eq!(owned(&workload.out), (WORKLOAD_GROUP, 0o750));
+        assert_eq!(owned(&generation.dir), (WORKLOAD_GROUP, 0o750));
+        assert_eq!(owned(&key), (WORKLOAD_GROUP, 0o640));
+        let read_as = |gid: u32, path: &Path| {
+            std::process::Command::new("cat").arg(path).uid(NOBODY).gid(gid).output().unwrap()
+        };
+        // A member of the group reads the key through the stable name; anyone
+        // else is refused.
+        let member = read_as(WORKLOAD_GROUP, &workload.path("key.pem"));
+        assert!(member.status.success(), "{}", String::from_utf8_lossy(&member.stderr));
+        assert_eq!(String::from_utf8_lossy(&member.stdout), generation.key_pem);
+        assert!(!read_as(NOBODY, &workload.path("key.pem")).status.success(), "others must not read the key");
+        assert!(!read_as(NOBODY, &workload.path("cert.pem")).status.success(), "others must not enter the directory");
+        let status = certmint(&["status", "--dir", &workload.out.display().to_string()], &[]);
+        assert_eq!(status.code, Some(EXIT_OK), "{}{}", status.stdout, status.stderr);
+        assert!(!status.stdout.contains("warn"), "a group-readable key is fine:\n{}", status.stdout);
+
+        // `certmint enroll` run by a user who may not give files to the group
+        // fails before it sends the token, saying why.
+        let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, &token.token).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        for path in [&token_file, &out] {
+            std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let args = [
+            "enroll", "--server", server.base_url(), "--root-fingerprint", server.root_fingerprint(),
+            "--token-file", &token_file.display().to_string(), "--dns", &dns,
+            "--out", &out.display().to_string(), "--group", &WORKLOAD_GROUP.to_string(),
+        ];
+        let refused = certmint_as(NOBODY, NOBODY, &args);
+        assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+        assert!(refused.stderr.contains("gid 4343") && refused.stderr.contains("member"), "{}", refused.stderr);
+        assert!(read_generation(&out).is_err(), "nothing may be written");
+        // The token was not spent: root, who may, enrolls with it.
+        let run = certmint(&args, &[]);
+        assert_eq!(run.code, Some(EXIT_OK), "{}", run.stderr);
+        assert_eq!(owned(&read_generation(&out).unwrap().dir.join("key.pem")), (WORKLOAD_GROUP, 0o640));
     }
 
     fn fail_wrong_root_fingerprint_refuses_first_contact(server: &TestServer) {

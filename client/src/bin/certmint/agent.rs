@@ -83,7 +83,7 @@ pub async fn run(args: Args) -> Exit {
             return Exit::Usage;
         }
     };
-    let output = match OutputDir::open_or_create(&config.output_dir) {
+    let output = match OutputDir::open_or_create(&config.output_dir, config.group.clone()) {
         Ok(output) => output,
         Err(error) => {
             tracing::error!("output directory: {error}");

@@ -16,6 +16,7 @@ use certmint::Duration;
 use serde::Deserialize;
 
 use crate::enroll::keys::{KeyType, Names};
+use crate::enroll::output::FileGroup;
 pub use crate::enroll::workload::TrustSource;
 
 /// Default first retry delay after a failure.
@@ -72,6 +73,8 @@ struct RawConfig {
     #[serde(default)]
     token_file: Option<PathBuf>,
     output_dir: PathBuf,
+    #[serde(default)]
+    group: Option<String>,
     #[serde(default)]
     key_type: KeyType,
     #[serde(default)]
@@ -138,6 +141,9 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     /// The workload's output directory.
     pub output_dir: PathBuf,
+    /// A group that may read the files too (the workload's, when it runs
+    /// as another user).
+    pub group: Option<FileGroup>,
     /// Key type for every new key.
     pub key_type: KeyType,
     /// Requested lifetime (policy default when absent).
@@ -209,6 +215,11 @@ impl AgentConfig {
                     .into(),
             )),
         };
+        let group = raw
+            .group
+            .map(|spec| spec.parse::<FileGroup>())
+            .transpose()
+            .map_err(|reason| invalid("group", reason))?;
         raw.names
             .to_sans()
             .map_err(|error| invalid("names", error.to_string()))?;
@@ -268,6 +279,7 @@ impl AgentConfig {
             trust,
             token_file: raw.token_file.map(resolve),
             output_dir: resolve(raw.output_dir),
+            group,
             key_type: raw.key_type,
             ttl: raw.ttl,
             request_timeout: raw
@@ -336,6 +348,7 @@ mod tests {
         assert_eq!(config.backoff_max, std::time::Duration::from_secs(300));
         assert_eq!(config.jitter, DEFAULT_JITTER);
         assert!(config.token_file.is_none());
+        assert!(config.group.is_none());
         assert_eq!(
             config.reload,
             Reload {
@@ -365,6 +378,18 @@ mod tests {
             Path::new("/run/nginx.pid")
         );
         assert_eq!(config.names.ip, ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn ok_group_by_name_or_number() {
+        // Group 0 is named `root` on every Linux system.
+        let by_name = parse(&with_top("group = \"root\"\n")).unwrap();
+        assert_eq!(by_name.group.as_ref().map(FileGroup::gid), Some(0));
+        assert_eq!(by_name.group.unwrap().to_string(), "root (gid 0)");
+        // A number needs no name.
+        let by_number = parse(&with_top("group = \"4242\"\n")).unwrap();
+        assert_eq!(by_number.group.as_ref().map(FileGroup::gid), Some(4242));
+        assert_eq!(by_number.group.unwrap().to_string(), "gid 4242");
     }
 
     fn error_text(text: &str) -> String {
@@ -435,6 +460,12 @@ mod tests {
                 minimal() + "[reload]\nsignal = \"BOGUS\"\npid_file = \"x.pid\"\n",
                 Some("reload.signal"),
             ),
+            (
+                "unknown group",
+                with_top("group = \"no-such-group-certmint\"\n"),
+                Some("group"),
+            ),
+            ("empty group", with_top("group = \"\"\n"), Some("group")),
             (
                 "empty argv",
                 minimal() + "[reload]\ncommand = []\n",

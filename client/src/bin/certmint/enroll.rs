@@ -40,7 +40,7 @@ use certmint::Duration;
 use crate::exit::Exit;
 use hooks::{Hooks, ReloadSignal};
 use keys::{KeyType, Names};
-use output::{OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
+use output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
 use schedule::Backoff;
 use stop::{finish_in_flight, unless_stopped, InFlight, StopRequests, StopSignals};
 use workload::{Token, TrustSource, Workload, WorkloadError};
@@ -86,6 +86,11 @@ pub struct Args {
     /// Output directory (created 0700 when missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Let this group (name or gid) read the files: for a workload running
+    /// as another user. Directories become 0750 and the key 0640, owned by
+    /// the group; certmint must run as root or as a member of it.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<FileGroup>,
     /// Keep retrying an unreachable server (or 5xx answers) for this long.
     #[arg(long, value_name = "DURATION")]
     retry_for: Option<Duration>,
@@ -178,7 +183,7 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
         ttl: args.ttl,
         names,
         request_timeout: args.timeout.to_std(),
-        output: OutputDir::open_or_create(&args.out)?,
+        output: OutputDir::open_or_create(&args.out, args.group)?,
     };
     let hooks = Hooks {
         command: (!args.reload_command.is_empty()).then_some(args.reload_command),

@@ -294,7 +294,7 @@ mod tests {
     #[tokio::test]
     async fn ok_command_sees_the_file_paths_and_serial() {
         let temp = tempfile::tempdir().unwrap();
-        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         let marker = temp.path().join("hook.out");
         let script = format!(
             "printf '%s %s' \"$CERTMINT_SERIAL\" \"$CERTMINT_CERT_FILE\" > {}",
@@ -308,7 +308,7 @@ mod tests {
     #[tokio::test]
     async fn fail_hung_hook_is_killed_with_what_it_started() {
         let temp = tempfile::tempdir().unwrap();
-        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         let pid_file = temp.path().join("child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
         let result = run_command(
@@ -346,7 +346,7 @@ mod tests {
     #[tokio::test]
     async fn fail_commands_that_fail_hang_or_do_not_exist() {
         let temp = tempfile::tempdir().unwrap();
-        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         assert!(!hooks(&["false"], 5_000).run(&out, "01").await);
         assert!(matches!(
             run_command(

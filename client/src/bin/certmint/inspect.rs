@@ -36,6 +36,8 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
 use x509_cert::Certificate;
 
+/// Key mode bits that earn a warning: group write, and any access by others.
+const KEY_MODE_TOO_OPEN: u32 = 0o027;
 /// id-kp-serverAuth (RFC 5280 §4.2.1.12).
 const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
 /// id-kp-clientAuth.
@@ -271,12 +273,14 @@ fn files_layer(inputs: &Inputs) -> Result<(Parsed, Layer), Layer> {
     );
     let mut status = Status::Ok;
     // A key file others can read is a leak waiting to happen, but it still
-    // works, so it warns rather than fails.
+    // works, so it warns rather than fails. Group read is how a workload
+    // running as another user reads it (`group` in the agent's settings).
     if let Some(mode) = inputs.key.mode {
-        if mode & 0o077 != 0 {
+        if mode & KEY_MODE_TOO_OPEN != 0 {
             status = Status::Warn;
             detail = format!(
-                "{} is readable by group or others (mode {:04o}): chmod 600 it; {detail}",
+                "{} is readable by others or writable by more than its owner (mode {:04o}): \
+                 chmod 600 (or 640 for a group) it; {detail}",
                 inputs.key.path,
                 mode & 0o7777
             );
@@ -921,6 +925,19 @@ mod tests {
         });
         let report = inspect(&inputs(&pki), now(), Role::Any);
         assert_status(&report, "eku", Status::Fail);
+    }
+
+    #[test]
+    fn ok_group_readable_key_warn_group_writable_key() {
+        let pki = pki_with(|_| {});
+        let mut inputs = inputs(&pki);
+        inputs.key.mode = Some(0o640);
+        let report = inspect(&inputs, now(), Role::Any);
+        assert_status(&report, "files", Status::Ok);
+        inputs.key.mode = Some(0o660);
+        let report = inspect(&inputs, now(), Role::Any);
+        assert_status(&report, "files", Status::Warn);
+        assert!(report.layer("files").detail.contains("0660"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! <out>/                      0700, created by certmint when missing
-//!   ..<nanos>-<serial>/       one generation: key.pem (0600, PKCS#8),
+//!   ..<nanos>-<serial>/       one generation (0700): key.pem (0600, PKCS#8),
 //!                             cert.pem (leaf then intermediates), ca.pem (root),
 //!                             meta.json (serial, dates, renew_after, policy)
 //!   ..data -> ..<nanos>-<serial>   switched by rename(2) of `..data.tmp`
@@ -29,6 +29,11 @@
 //!   older generations are removed.
 //! - Writes are synchronous (no `.await` inside), so cancelling the task
 //!   that called [`OutputDir::install`] cannot stop it half-way.
+//!
+//! With a [`FileGroup`] (a workload running as another user, e.g. nginx),
+//! directories are 0750 and the key 0640, all owned by that group; a file
+//! is given to the group before it is made group-readable and before its
+//! first byte is written.
 //!
 //! One agent per output directory: two writers racing on `..data` would each
 //! stay consistent, but could prune each other's previous generation.
@@ -59,8 +64,15 @@ const FILES: [&str; 4] = [KEY_FILE, CERT_FILE, CA_FILE, META_FILE];
 
 /// Mode of the output directory and of generation directories.
 const DIR_MODE: u32 = 0o700;
+/// [`DIR_MODE`] with a [`FileGroup`].
+const GROUP_DIR_MODE: u32 = 0o750;
 /// Mode of the private key.
 const KEY_MODE: u32 = 0o600;
+/// [`KEY_MODE`] with a [`FileGroup`].
+const GROUP_KEY_MODE: u32 = 0o640;
+/// Name of the file that proves, at start, that files can be given to the
+/// group (so an install never fails on it after the token is spent).
+const GROUP_PROBE: &str = "..group-probe.tmp";
 /// Mode of public files (certificates, metadata).
 const PUBLIC_MODE: u32 = 0o644;
 
@@ -97,6 +109,57 @@ fn io_error<'a>(
         action,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// A group that may read the files besides their owner: the group of a
+/// workload that runs as another user than certmint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileGroup {
+    /// As given (a name or a number), for messages.
+    name: String,
+    gid: u32,
+}
+
+impl FileGroup {
+    /// The group's id.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+}
+
+impl std::str::FromStr for FileGroup {
+    type Err = String;
+
+    /// A group name (looked up through the system's name service) or a
+    /// numeric gid (used as is; it need not have a name).
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("a group name or gid is required".into());
+        }
+        let gid = match spec.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match nix::unistd::Group::from_name(spec) {
+                Ok(Some(group)) => group.gid.as_raw(),
+                Ok(None) => return Err(format!("no group named {spec:?}")),
+                Err(errno) => return Err(format!("cannot look up group {spec:?}: {errno}")),
+            },
+        };
+        Ok(Self {
+            name: spec.to_owned(),
+            gid,
+        })
+    }
+}
+
+impl std::fmt::Display for FileGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name == self.gid.to_string() {
+            write!(f, "gid {}", self.gid)
+        } else {
+            write!(f, "{} (gid {})", self.name, self.gid)
+        }
     }
 }
 
@@ -168,15 +231,25 @@ impl std::fmt::Debug for Current {
 #[derive(Clone, Debug)]
 pub struct OutputDir {
     root: PathBuf,
+    group: Option<FileGroup>,
 }
 
 impl OutputDir {
-    /// Opens `root`, creating it (mode 0700, parents as needed) when missing.
-    /// An existing directory keeps its mode: the operator may have chosen
-    /// e.g. 0750 with a group on purpose.
-    pub fn open_or_create(root: &Path) -> Result<Self, OutputError> {
+    /// Opens `root`, creating it (mode 0700, or 0750 owned by `group`;
+    /// parents as needed, like `mkdir -p`) when missing. An existing directory keeps its mode
+    /// and owner: the operator may have chosen them on purpose; a warning
+    /// says when `group` cannot enter it.
+    ///
+    /// With a `group`, files are given to it once here, as a probe: when
+    /// this process may not (it is neither root nor a member), that is an
+    /// error now rather than after a token is spent.
+    pub fn open_or_create(root: &Path, group: Option<FileGroup>) -> Result<Self, OutputError> {
+        let out = Self {
+            root: root.to_path_buf(),
+            group,
+        };
         match fs::metadata(root) {
-            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.is_dir() => out.warn_unless_group_can_enter(&meta),
             Ok(_) => {
                 return Err(OutputError::Io {
                     action: "use as the output directory",
@@ -185,20 +258,108 @@ impl OutputDir {
                 })
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                // Missing parents get the default mode, as with `mkdir -p`:
+                // the secrets are guarded by `root` itself, and the group
+                // must be able to pass through the parents to reach it.
+                if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs::create_dir_all(parent)
+                        .map_err(io_error("create the parent directories of", root))?;
+                }
                 DirBuilder::new()
-                    .recursive(true)
                     .mode(DIR_MODE)
                     .create(root)
                     .map_err(io_error("create the output directory", root))?;
-                // `mode` is filtered by the umask; set it exactly.
-                fs::set_permissions(root, fs::Permissions::from_mode(DIR_MODE))
-                    .map_err(io_error("set the mode of", root))?;
+                // `mode` is filtered by the umask; set it exactly, after
+                // the group (never group-open with the wrong group).
+                out.seal_dir(root)?;
             }
             Err(error) => return Err(io_error("inspect the output directory", root)(error)),
         }
-        Ok(Self {
-            root: root.to_path_buf(),
+        if out.group.is_some() {
+            out.probe_group()?;
+        }
+        Ok(out)
+    }
+
+    fn dir_mode(&self) -> u32 {
+        if self.group.is_some() {
+            GROUP_DIR_MODE
+        } else {
+            DIR_MODE
+        }
+    }
+
+    fn key_mode(&self) -> u32 {
+        if self.group.is_some() {
+            GROUP_KEY_MODE
+        } else {
+            KEY_MODE
+        }
+    }
+
+    /// Gives the open `file` (named `path` in errors) to the group, if
+    /// there is one. Through the descriptor, so that nothing swapped in at
+    /// `path` meanwhile (a symlink) is given away instead.
+    fn share_with_group(&self, file: &File, path: &Path) -> Result<(), OutputError> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        std::os::unix::fs::fchown(file, None, Some(group.gid())).map_err(|source| OutputError::Io {
+            action: "give to the group",
+            path: path.to_path_buf(),
+            source: io::Error::new(
+                source.kind(),
+                format!("{group}: {source} (certmint must run as root or as a member of it)"),
+            ),
         })
+    }
+
+    /// Sets the group and then the mode of the directory this process just
+    /// created at `path`; never follows a symlink put in its place.
+    fn seal_dir(&self, path: &Path) -> Result<(), OutputError> {
+        use nix::fcntl::OFlag;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
+            .open(path)
+            .map_err(io_error("open the directory", path))?;
+        self.share_with_group(&dir, path)?;
+        dir.set_permissions(fs::Permissions::from_mode(self.dir_mode()))
+            .map_err(io_error("set the mode of", path))
+    }
+
+    fn probe_group(&self) -> Result<(), OutputError> {
+        let probe = self.root.join(GROUP_PROBE);
+        remove_if_present(&probe)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(KEY_MODE)
+            .open(&probe)
+            .map_err(io_error("create", &probe))?;
+        let shared = self.share_with_group(&file, &probe);
+        drop(file);
+        remove_if_present(&probe)?;
+        shared
+    }
+
+    fn warn_unless_group_can_enter(&self, meta: &fs::Metadata) {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(group) = &self.group else {
+            return;
+        };
+        let mode = meta.mode();
+        let by_group = meta.gid() == group.gid && mode & 0o010 != 0;
+        if !by_group && mode & 0o001 == 0 {
+            tracing::warn!(
+                "output directory {} (mode {:04o}, gid {}) cannot be entered by group {group}: \
+                 its workload will not read the files; chgrp/chmod it, or remove it and let \
+                 certmint create it",
+                self.root.display(),
+                mode & 0o7777,
+                meta.gid()
+            );
+        }
     }
 
     /// The directory.
@@ -257,7 +418,7 @@ impl OutputDir {
     }
 
     /// Writes and syncs every file of a generation into the new `dir`.
-    fn write_generation(dir: &Path, generation: &Generation<'_>) -> Result<(), OutputError> {
+    fn write_generation(&self, dir: &Path, generation: &Generation<'_>) -> Result<(), OutputError> {
         let meta_json = serde_json::to_string_pretty(generation.meta).map_err(|error| {
             OutputError::BadMeta {
                 path: dir.join(META_FILE),
@@ -265,13 +426,13 @@ impl OutputDir {
             }
         })?;
         let contents = [
-            (KEY_FILE, generation.key_pem, KEY_MODE),
+            (KEY_FILE, generation.key_pem, self.key_mode()),
             (CERT_FILE, generation.cert_pem, PUBLIC_MODE),
             (CA_FILE, generation.ca_pem, PUBLIC_MODE),
             (META_FILE, meta_json.as_str(), PUBLIC_MODE),
         ];
         for (file, text, mode) in contents {
-            write_synced(&dir.join(file), text.as_bytes(), mode)?;
+            self.write_synced(&dir.join(file), text.as_bytes(), mode)?;
         }
         sync_dir(dir)
     }
@@ -286,7 +447,9 @@ impl OutputDir {
             .mode(DIR_MODE)
             .create(&dir)
             .map_err(io_error("create the generation directory", &dir))?;
-        let written = Self::write_generation(&dir, generation);
+        let written = self
+            .seal_dir(&dir)
+            .and_then(|()| self.write_generation(&dir, generation));
         if let Err(error) = written {
             // Leave no partial generation (a half-written key) behind; the
             // caller keeps what it was given and may try again.
@@ -344,6 +507,24 @@ impl OutputDir {
         fs::rename(&tmp, &path).map_err(io_error("replace", &path))
     }
 
+    fn write_synced(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<(), OutputError> {
+        // create_new with the owner-only part of the mode: the file never
+        // exists with a wider mode or for the wrong group, not even for an
+        // instant (the key is private to its owner from its first byte, and
+        // group-readable only once the group is the right one).
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o700)
+            .open(path)
+            .map_err(io_error("create", path))?;
+        self.share_with_group(&file, path)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_error("set the mode of", path))?;
+        file.write_all(bytes).map_err(io_error("write", path))?;
+        file.sync_all().map_err(io_error("fsync", path))
+    }
+
     /// Removes generations other than `current` and `previous`. Failures are
     /// logged, not returned: the new generation is already in place.
     fn prune(&self, current: &str, previous: Option<&Path>) {
@@ -378,21 +559,6 @@ fn sanitise(serial: &str) -> String {
         .filter(char::is_ascii_alphanumeric)
         .take(40)
         .collect()
-}
-
-fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), OutputError> {
-    // create_new + mode: the file never exists with a wider mode, not even
-    // for an instant (the key is 0600 from its first byte).
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_error("create", path))?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_error("set the mode of", path))?;
-    file.write_all(bytes).map_err(io_error("write", path))?;
-    file.sync_all().map_err(io_error("fsync", path))
 }
 
 fn sync_dir(path: &Path) -> Result<(), OutputError> {
@@ -459,7 +625,7 @@ mod tests {
     fn ok_creates_the_directory_0700_and_the_key_0600() {
         let temp = tempfile::tempdir().unwrap();
         let root = temp.path().join("a/b/out");
-        let out = OutputDir::open_or_create(&root).unwrap();
+        let out = OutputDir::open_or_create(&root, None).unwrap();
         assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
         let generation = install(&out, "01");
         assert_eq!(
@@ -483,11 +649,66 @@ mod tests {
         assert_eq!(current.cert_pem, "cert 01");
     }
 
+    /// A gid this process may give files to: any gid as root (one that is
+    /// not its own, so the test sees a change), else its own group.
+    fn shareable_group() -> FileGroup {
+        let gid = if nix::unistd::geteuid().is_root() {
+            4242
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        gid.to_string().parse().unwrap()
+    }
+
+    #[test]
+    fn ok_group_owns_everything_and_reads_the_key() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("parent/out");
+        let group = shareable_group();
+        let out = OutputDir::open_or_create(&root, Some(group.clone())).unwrap();
+        let owned = |path: &Path| {
+            let meta = fs::metadata(path).unwrap();
+            (meta.gid(), meta.mode() & 0o777)
+        };
+        assert_eq!(owned(&root), (group.gid(), 0o750));
+        // The parent is passable, like `mkdir -p` makes it.
+        assert_eq!(owned(&temp.path().join("parent")).1 & 0o011, 0o011);
+        assert!(!root.join(GROUP_PROBE).exists());
+        let generation = install(&out, "01");
+        assert_eq!(owned(&generation), (group.gid(), 0o750));
+        assert_eq!(owned(&generation.join(KEY_FILE)), (group.gid(), 0o640));
+        assert_eq!(owned(&generation.join(CERT_FILE)), (group.gid(), 0o644));
+        assert_eq!(owned(&root.join(KEY_FILE)), (group.gid(), 0o640));
+        // Without a group nothing is opened to one.
+        let private = OutputDir::open_or_create(&temp.path().join("private"), None).unwrap();
+        let generation = install(&private, "02");
+        assert_eq!(owned(&generation).1, 0o700);
+        assert_eq!(owned(&generation.join(KEY_FILE)).1, 0o600);
+    }
+
+    #[test]
+    fn ok_an_existing_directory_keeps_its_owner_and_mode_with_a_group() {
+        let temp = tempfile::tempdir().unwrap();
+        fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        let before = fs::metadata(temp.path()).unwrap().gid();
+        let out = OutputDir::open_or_create(temp.path(), Some(shareable_group())).unwrap();
+        let meta = fs::metadata(temp.path()).unwrap();
+        assert_eq!((meta.gid(), meta.mode() & 0o777), (before, 0o711));
+        install(&out, "01");
+    }
+
+    #[test]
+    fn fail_unknown_group_names() {
+        let error = "no-such-group-certmint".parse::<FileGroup>().unwrap_err();
+        assert!(error.contains("no group named"), "{error}");
+        assert!("".parse::<FileGroup>().is_err());
+    }
+
     #[test]
     fn ok_repair_links_restores_missing_and_wrong_names() {
         let temp = tempfile::tempdir().unwrap();
         let root = temp.path();
-        let out = OutputDir::open_or_create(root).unwrap();
+        let out = OutputDir::open_or_create(root, None).unwrap();
         out.repair_links()
             .expect("nothing to repair before a first install");
         assert!(fs::symlink_metadata(root.join(KEY_FILE)).is_err());
@@ -512,7 +733,7 @@ mod tests {
     #[test]
     fn ok_keeps_only_the_current_and_the_previous_generation() {
         let temp = tempfile::tempdir().unwrap();
-        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         let first = install(&out, "01");
         let second = install(&out, "02");
         assert_eq!(generations(temp.path()).len(), 2);
@@ -532,7 +753,7 @@ mod tests {
     fn ok_replaces_plain_files_left_by_an_older_tool() {
         let temp = tempfile::tempdir().unwrap();
         fs::write(temp.path().join(CERT_FILE), "old").unwrap();
-        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         install(&out, "01");
         assert_eq!(
             fs::read_to_string(temp.path().join(CERT_FILE)).unwrap(),
@@ -543,7 +764,7 @@ mod tests {
     #[test]
     fn ok_an_empty_directory_has_no_current_generation() {
         let temp = tempfile::tempdir().unwrap();
-        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         assert!(out.current().unwrap().is_none());
         assert!(out.ca_pem().unwrap().is_none());
     }
@@ -554,7 +775,7 @@ mod tests {
         let file = temp.path().join("out");
         fs::write(&file, "x").unwrap();
         assert!(matches!(
-            OutputDir::open_or_create(&file),
+            OutputDir::open_or_create(&file, None),
             Err(OutputError::Io { .. })
         ));
     }
@@ -565,7 +786,7 @@ mod tests {
     #[test]
     fn ok_concurrent_readers_always_see_matching_pairs() {
         let temp = tempfile::tempdir().unwrap();
-        let out = OutputDir::open_or_create(temp.path()).unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         install(&out, "0");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
