@@ -392,6 +392,34 @@ backend_tests! {
         assert_eq!(process.stop(), Some(EXIT_OK), "{log}");
     }
 
+    fn ok_reload_hooks_that_did_not_succeed_run_at_the_next_start(server: &TestServer) {
+        let policy = workload_policy(server, "rehook", "1h");
+        let dns = format!("w.{policy}.test");
+        let workload = workload(server, &policy, &dns);
+        // A boot-time enroll whose hook fails (the workload was not up yet).
+        let run = certmint(
+            &[
+                "enroll", "--server", server.base_url(), "--root-fingerprint", server.root_fingerprint(),
+                "--token-file", &workload.token_file.display().to_string(), "--dns", &dns,
+                "--out", &workload.out.display().to_string(), "--", "sh", "-c", "exit 1",
+            ],
+            &[],
+        );
+        assert_eq!(run.code, Some(EXIT_OK), "{}", run.stderr);
+        assert!(run.stderr.contains("reload hook failed"), "{}", run.stderr);
+        let serial = workload.current().expect("in place").serial();
+        // The agent started afterwards runs its hook for that certificate
+        // without renewing it, once.
+        let first = workload.agent_once("30s");
+        assert_eq!(first.code, Some(EXIT_OK), "{}", first.stderr);
+        assert!(first.stderr.contains("not recorded as having run"), "{}", first.stderr);
+        assert_eq!(workload.hook_serials(), vec![serial.clone()]);
+        let second = workload.agent_once("30s");
+        assert_eq!(second.code, Some(EXIT_OK), "{}", second.stderr);
+        assert_eq!(workload.hook_serials(), vec![serial], "a recorded hook does not run again");
+        assert_eq!(server.certificates(&format!("policy={policy}")).len(), 1, "no renewal");
+    }
+
     fn ok_a_workload_running_as_another_user_reads_its_files_through_a_group(server: &TestServer) {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         use std::os::unix::process::CommandExt as _;
@@ -753,6 +781,7 @@ mod stop_during_enrollment {
                 .expect("list the output directory")
                 .filter_map(Result::ok)
                 .filter(|entry| entry.file_name().to_string_lossy().starts_with(".."))
+                .filter(|entry| entry.file_name() != "..reloaded")
                 .collect();
             assert_eq!(partial.len(), 2, "..data and one generation: {partial:?}");
             assert_eq!(process.stop(), Some(EXIT_OK), "{log}");

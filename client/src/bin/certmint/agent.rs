@@ -101,6 +101,12 @@ pub async fn run(args: Args) -> Exit {
             return Exit::Failure;
         }
     };
+    let hooks = Hooks {
+        command: config.reload.command.clone(),
+        timeout: config.reload.timeout,
+        signal: config.reload.signal.clone(),
+    };
+    let hook_due = hooks_not_run_for_current(&output, &hooks);
     let mut agent = Agent {
         workload: Workload {
             server: config.server.clone(),
@@ -111,14 +117,10 @@ pub async fn run(args: Args) -> Exit {
             request_timeout: config.request_timeout,
             output,
         },
-        hooks: Hooks {
-            command: config.reload.command.clone(),
-            timeout: config.reload.timeout,
-            signal: config.reload.signal.clone(),
-        },
+        hooks,
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
         hook_backoff: Backoff::new(config.backoff_initial, config.backoff_max),
-        hook_due: None,
+        hook_due,
         deadline: args
             .once
             .then(|| tokio::time::Instant::now() + args.retry_for.to_std()),
@@ -133,6 +135,25 @@ pub async fn run(args: Args) -> Exit {
         tracing::error!(exit.code = exit as u8, "certmint agent stopped");
     }
     exit
+}
+
+/// The serial of the certificate in place when its reload hooks are not
+/// recorded as having succeeded: they failed, or the agent stopped (crash,
+/// power loss, a restart) between writing the files and running them. The
+/// workload may still serve the previous certificate, so they run again.
+fn hooks_not_run_for_current(output: &OutputDir, hooks: &Hooks) -> Option<String> {
+    if hooks.command.is_none() && hooks.signal.is_none() {
+        return None;
+    }
+    let serial = output.current().ok().flatten()?.meta?.serial;
+    if output.reloaded_serial().as_deref() == Some(serial.as_str()) {
+        return None;
+    }
+    tracing::info!(
+        cert.serial = %serial,
+        "the reload hooks are not recorded as having run for the certificate in place; running them"
+    );
+    Some(serial)
 }
 
 /// What to do next.

@@ -167,6 +167,12 @@ impl Hooks {
                 }
             }
         }
+        if ok {
+            if let Err(error) = out.record_reloaded(serial) {
+                // The hooks did run; at worst a restart runs them again.
+                tracing::warn!("cannot record that the reload hooks ran: {error}");
+            }
+        }
         ok
     }
 }

@@ -9,6 +9,7 @@
 //!                             cert.pem (leaf then intermediates), ca.pem (root),
 //!                             meta.json (serial, dates, renew_after, policy)
 //!   ..data -> ..<nanos>-<serial>   switched by rename(2) of `..data.tmp`
+//!   ..reloaded                serial whose reload hooks last succeeded
 //!   key.pem  -> ..data/key.pem     stable paths, created once
 //!   cert.pem -> ..data/cert.pem
 //!   ca.pem   -> ..data/ca.pem
@@ -70,6 +71,10 @@ const GROUP_DIR_MODE: u32 = 0o750;
 const KEY_MODE: u32 = 0o600;
 /// [`KEY_MODE`] with a [`FileGroup`].
 const GROUP_KEY_MODE: u32 = 0o640;
+/// Serial of the certificate whose reload hooks last succeeded, so that a
+/// restart can tell that they did not (a failure, or a crash or power loss
+/// between install and hook) and run them.
+const RELOADED_FILE: &str = "..reloaded";
 /// Name of the file that proves, at start, that files can be given to the
 /// group (so an install never fails on it after the token is spent).
 const GROUP_PROBE: &str = "..group-probe.tmp";
@@ -417,6 +422,24 @@ impl OutputDir {
         }
     }
 
+    /// The serial whose reload hooks last succeeded ([`Self::record_reloaded`]),
+    /// if any was recorded.
+    pub fn reloaded_serial(&self) -> Option<String> {
+        let text = fs::read_to_string(self.root.join(RELOADED_FILE)).ok()?;
+        Some(text.trim().to_owned()).filter(|serial| !serial.is_empty())
+    }
+
+    /// Records that the reload hooks succeeded for `serial`. Replaced in one
+    /// rename, so a crash leaves the old record or the new one.
+    pub fn record_reloaded(&self, serial: &str) -> Result<(), OutputError> {
+        let tmp = self.root.join(format!("{RELOADED_FILE}.tmp"));
+        remove_if_present(&tmp)?;
+        self.write_synced(&tmp, format!("{serial}\n").as_bytes(), PUBLIC_MODE)?;
+        let path = self.root.join(RELOADED_FILE);
+        fs::rename(&tmp, &path).map_err(io_error("replace", &path))?;
+        sync_dir(&self.root)
+    }
+
     /// Writes and syncs every file of a generation into the new `dir`.
     fn write_generation(&self, dir: &Path, generation: &Generation<'_>) -> Result<(), OutputError> {
         let meta_json = serde_json::to_string_pretty(generation.meta).map_err(|error| {
@@ -759,6 +782,21 @@ mod tests {
             fs::read_to_string(temp.path().join(CERT_FILE)).unwrap(),
             "cert 01"
         );
+    }
+
+    #[test]
+    fn ok_the_reloaded_serial_survives_reopening_and_pruning() {
+        let temp = tempfile::tempdir().unwrap();
+        let out = OutputDir::open_or_create(temp.path(), None).unwrap();
+        assert_eq!(out.reloaded_serial(), None);
+        out.record_reloaded("01").unwrap();
+        out.record_reloaded("02").unwrap();
+        for serial in ["03", "04", "05"] {
+            install(&out, serial);
+        }
+        let reopened = OutputDir::open_or_create(temp.path(), None).unwrap();
+        assert_eq!(reopened.reloaded_serial().as_deref(), Some("02"));
+        assert!(!temp.path().join("..reloaded.tmp").exists());
     }
 
     #[test]
