@@ -239,61 +239,12 @@ fn send_signal(signal: ReloadSignal, pid_file: &Path) -> Result<i32, HookError> 
     let pid = parse_pid(&text).map_err(pid_error)?;
     let target = rustix::process::Pid::from_raw(pid)
         .ok_or_else(|| pid_error(format!("{pid} is not a process id")))?;
-    // A pid file outlives its process when that process dies uncleanly,
-    // and the kernel reuses pids: a process younger than the file did not
-    // write it, and a signal it does not expect (HUP) may kill it.
-    if let Ok(written) = std::fs::metadata(pid_file).and_then(|meta| meta.modified()) {
-        if let Some(started) = process_start(pid) {
-            if started > written + PID_FILE_CLOCK_SLACK {
-                return Err(pid_error(format!(
-                    "stale: pid {pid} belongs to a process started {}s after the file was \
-                     last written; the process that wrote it is gone",
-                    started
-                        .duration_since(written)
-                        .unwrap_or_default()
-                        .as_secs()
-                )));
-            }
-        }
-    }
     rustix::process::kill_process(target, signal.to_rustix()).map_err(|error| HookError::Kill {
         signal: signal.name(),
         pid,
         source: error.into(),
     })?;
     Ok(pid)
-}
-
-/// How much later than a pid file's mtime a process may seem to have
-/// started and still be its writer: the boot time in `/proc/stat` is whole
-/// seconds, and file systems round mtimes.
-const PID_FILE_CLOCK_SLACK: StdDuration = StdDuration::from_secs(2);
-
-/// When process `pid` started, from `/proc` (Linux); `None` where that
-/// cannot be read (no such process, no procfs, another OS), in which case
-/// the pid file is trusted as before.
-fn process_start(pid: i32) -> Option<std::time::SystemTime> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let boot = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks_per_second = rustix::param::clock_ticks_per_second();
-    start_from_proc(&stat, &boot, ticks_per_second)
-}
-
-/// The start time in `/proc/<pid>/stat` (field 22, clock ticks after boot)
-/// added to `btime` in `/proc/stat`. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted after its last `)`.
-fn start_from_proc(stat: &str, boot: &str, ticks_per_second: u64) -> Option<std::time::SystemTime> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    // Field 3 (state) is the first after the name; field 22 is the 20th.
-    let ticks: u64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
-    let btime: u64 = boot
-        .lines()
-        .find_map(|line| line.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    let since_boot = StdDuration::from_secs_f64(ticks as f64 / ticks_per_second.max(1) as f64);
-    Some(std::time::UNIX_EPOCH + StdDuration::from_secs(btime) + since_boot)
 }
 
 /// The pid on the first line of a pid file: positive, and not our own
@@ -439,49 +390,5 @@ mod tests {
             send_signal(ReloadSignal::Hup, &temp.path().join("missing.pid")),
             Err(HookError::PidFile { .. })
         ));
-    }
-
-    #[test]
-    fn fail_a_pid_file_older_than_its_process_is_stale() {
-        let temp = tempfile::tempdir().unwrap();
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid_file = temp.path().join("child.pid");
-        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
-        // Written a minute before this process started: left by another
-        // process that had the same pid.
-        let minute_ago = std::time::SystemTime::now() - StdDuration::from_secs(60);
-        std::fs::File::options()
-            .write(true)
-            .open(&pid_file)
-            .unwrap()
-            .set_modified(minute_ago)
-            .unwrap();
-        let error = send_signal(ReloadSignal::Term, &pid_file).unwrap_err();
-        assert!(error.to_string().contains("stale"), "{error}");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the process must not be signalled"
-        );
-        // Rewritten by its process: signalled.
-        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
-        send_signal(ReloadSignal::Term, &pid_file).unwrap();
-        use std::os::unix::process::ExitStatusExt as _;
-        assert_eq!(child.wait().unwrap().signal(), Some(15));
-    }
-
-    #[test]
-    fn ok_process_start_counts_fields_after_the_last_parenthesis() {
-        // A command name with spaces and parentheses, start at 12345 ticks.
-        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
-        let boot = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
-        let started = start_from_proc(stat, boot, 100).unwrap();
-        let expected =
-            std::time::UNIX_EPOCH + StdDuration::from_millis(1_700_000_000_000 + 123_450);
-        assert_eq!(started, expected);
-        assert_eq!(start_from_proc("garbage", boot, 100), None);
-        assert_eq!(start_from_proc(stat, "cpu 1\n", 100), None);
-        // This very process started before now.
-        let own = process_start(i32::try_from(std::process::id()).unwrap()).unwrap();
-        assert!(own <= std::time::SystemTime::now() + PID_FILE_CLOCK_SLACK);
     }
 }
