@@ -106,6 +106,11 @@ pub(super) enum ConnectError {
     /// The driver refused to connect.
     #[error("cannot connect to the database")]
     Connect(#[source] diesel::ConnectionError),
+    /// libpq refused to connect; its message with the URL and password
+    /// taken out (libpq quotes the URI, or a malformed part of it such as
+    /// a bad percent-escape in the password, in some of its errors).
+    #[error("cannot connect to the database: {0}")]
+    Postgres(String),
     /// The connection opened but its settings could not be applied.
     #[error("cannot configure the database connection")]
     Setup(#[source] diesel::result::Error),
@@ -142,7 +147,7 @@ impl ManageConnection for Manager {
             }
             Target::Postgres(url) => PgConnection::establish(url)
                 .map(DbConnection::Postgres)
-                .map_err(ConnectError::Connect),
+                .map_err(|error| ConnectError::Postgres(redact_url(&error.to_string(), url))),
         }
     }
 
@@ -191,6 +196,56 @@ fn enter_wal_mode(conn: &mut SqliteConnection) -> Result<(), ConnectError> {
 /// through its message.
 const SQLITE_BUSY_MESSAGE: &str = "database is locked";
 
+/// `message` without the database URL and without its password, raw or
+/// percent-decoded, wherever libpq quoted them.
+fn redact_url(message: &str, url: &str) -> String {
+    let mut redacted = message.replace(url, "<database.url>");
+    if let Some(password) = url_password(url) {
+        let decoded = percent_decode(password);
+        for secret in [password, decoded.as_str()] {
+            if !secret.is_empty() {
+                redacted = redacted.replace(secret, "<password>");
+            }
+        }
+    }
+    redacted
+}
+
+/// The password of `scheme://user:password@host…`, as written.
+fn url_password(url: &str) -> Option<&str> {
+    let after_scheme = &url[url.find("://")? + 3..];
+    let authority_end = after_scheme.find(['/', '?']).unwrap_or(after_scheme.len());
+    let authority = &after_scheme[..authority_end];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, password)| password)
+}
+
+/// Percent-decoding that keeps anything malformed as it is (the raw form
+/// is redacted too).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escape = bytes
+            .get(index + 1..index + 3)
+            .filter(|_| bytes[index] == b'%')
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escape {
+            Some(byte) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
 fn sqlite_path(path: &Path) -> Result<&str, ConnectError> {
     path.to_str().ok_or(ConnectError::PathEncoding)
 }
@@ -203,5 +258,36 @@ impl HandleError<ConnectError> for TracingErrorHandler {
     fn handle_error(&self, error: ConnectError) {
         let cause = std::error::Error::source(&error).map(ToString::to_string);
         tracing::warn!(error = %error, error.cause = cause.as_deref(), "database connection failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_takes_out_the_url_and_the_password_in_any_form() {
+        let url = "postgres://certmint:s%3Ecret%zz@db.internal:5432/certmint";
+        let message =
+            format!("invalid percent-encoded token: \"s%3Ecret%zz\" in {url}; also s>cret%zz");
+        let redacted = redact_url(&message, url);
+        assert!(!redacted.contains("s%3Ecret"), "{redacted}");
+        assert!(!redacted.contains("s>cret"), "{redacted}");
+        assert!(redacted.contains("<database.url>"), "{redacted}");
+        assert_eq!(url_password("postgres://u@h/db"), None);
+        assert_eq!(url_password("postgres://h/db?user=a@b"), None);
+        assert_eq!(url_password("postgres://u:p@ss@h/db"), Some("p@ss"));
+    }
+
+    #[test]
+    fn a_refused_postgres_connection_never_shows_the_password() {
+        // A stray `%` in a password: libpq quotes the malformed token.
+        let url = "postgres://postgres:pa%ss@127.0.0.1:1/x?connect_timeout=2";
+        let manager = Manager::new(Target::parse(url).expect("url"));
+        let Err(error) = manager.connect() else {
+            panic!("nothing listens on port 1");
+        };
+        let text = crate::error::with_causes(&error);
+        assert!(!text.contains("pa%ss") && !text.contains("%ss"), "{text}");
     }
 }
