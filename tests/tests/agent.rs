@@ -408,6 +408,21 @@ backend_tests! {
         assert_eq!(run.code, Some(EXIT_OK), "{}", run.stderr);
         assert!(run.stderr.contains("reload hook failed"), "{}", run.stderr);
         let serial = workload.current().expect("in place").serial();
+        // `agent --once` (a boot unit the workload starts after) tries the
+        // hook once and exits 0 even when it fails again: it never waits
+        // on a workload that is not up yet.
+        let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
+        let command_line = config
+            .lines()
+            .find(|line| line.starts_with("command = "))
+            .expect("a reload command")
+            .to_owned();
+        std::fs::write(&workload.config, config.replace(&command_line, r#"command = ["false"]"#))
+            .expect("write agent.toml");
+        let failing = workload.agent_once("30s");
+        assert_eq!(failing.code, Some(EXIT_OK), "{}", failing.stderr);
+        assert!(failing.stderr.contains("reload hook failed"), "{}", failing.stderr);
+        std::fs::write(&workload.config, config).expect("write agent.toml");
         // The agent started afterwards runs its hook for that certificate
         // without renewing it, once.
         let first = workload.agent_once("30s");

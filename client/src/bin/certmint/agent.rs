@@ -94,6 +94,10 @@ pub async fn run(args: Args) -> Exit {
         // The generation itself is intact; the next install retries.
         tracing::warn!("output directory: cannot repair the file links: {error}");
     }
+    if let Err(error) = output.align_current_access() {
+        // The next install writes a generation with the right access.
+        tracing::warn!("output directory: cannot apply `group` to the files in place: {error}");
+    }
     let signals = match Signals::new() {
         Ok(signals) => signals,
         Err(error) => {
@@ -296,6 +300,17 @@ impl Agent {
                 None => Ok(self.workload.inspect(&current_session.anchors, now)),
             };
             in_place = matches!(on_disk, Ok(OnDisk::Valid(_)));
+            // A failed hook is retried only while its certificate is not
+            // yet due for renewal (a renewal runs the hooks anyway), so a
+            // hook that keeps failing never holds back a renewal.
+            let retry_hook = match &on_disk {
+                Ok(OnDisk::Valid(installed))
+                    if self.hook_due.as_deref() == Some(installed.meta.serial.as_str()) =>
+                {
+                    !self.renewal_due(&installed.meta)
+                }
+                _ => false,
+            };
             let action = match on_disk {
                 Err(reason) => Action::Enroll(reason),
                 Ok(on_disk) => match on_disk {
@@ -323,9 +338,15 @@ impl Agent {
                         ))
                     }
                     OnDisk::Valid(installed) if renew_now => Action::Renew(Box::new(installed)),
-                    OnDisk::Valid(installed)
-                        if self.hook_due.as_deref() == Some(installed.meta.serial.as_str()) =>
-                    {
+                    OnDisk::Valid(installed) if retry_hook && self.once => {
+                        // `--once` (a boot-time unit that services start
+                        // after) runs the hooks due from an earlier run once
+                        // and exits 0 either way: never waits on them.
+                        self.reload(&installed.meta.serial).await;
+                        self.hook_due = None;
+                        continue;
+                    }
+                    OnDisk::Valid(installed) if retry_hook => {
                         let wait = schedule::wait_until(now, self.renewal_time(&installed.meta));
                         let delay = self
                             .hook_backoff

@@ -167,7 +167,11 @@ impl Hooks {
                 }
             }
         }
-        if ok {
+        // Only real hooks are recorded: a run with none configured (an
+        // `enroll` without a reload command) must not tell a later agent
+        // that has hooks that they already ran.
+        let configured = self.command.is_some() || self.signal.is_some();
+        if ok && configured {
             if let Err(error) = out.record_reloaded(serial) {
                 // The hooks did run; at worst a restart runs them again.
                 tracing::warn!("cannot record that the reload hooks ran: {error}");

@@ -516,6 +516,46 @@ impl OutputDir {
         sync_dir(&self.root)
     }
 
+    /// Brings the current generation's group and modes in line with this
+    /// directory's setting, so that adding or removing `group` takes
+    /// effect at the next start rather than at the next renewal. Files
+    /// first, then the directory: when the group is removed the key is
+    /// private again before anything else changes. Nothing to do without
+    /// `..data`.
+    pub fn align_current_access(&self) -> Result<(), OutputError> {
+        use nix::fcntl::OFlag;
+        let Ok(target) = fs::read_link(self.root.join(DATA_LINK)) else {
+            return Ok(());
+        };
+        let generation = self.root.join(target);
+        let files = [
+            (KEY_FILE, self.key_mode()),
+            (CERT_FILE, PUBLIC_MODE),
+            (CA_FILE, PUBLIC_MODE),
+            (META_FILE, PUBLIC_MODE),
+        ];
+        for (file, mode) in files {
+            let path = generation.join(file);
+            let handle = match OpenOptions::new()
+                .read(true)
+                .custom_flags(OFlag::O_NOFOLLOW.bits())
+                .open(&path)
+            {
+                Ok(handle) => handle,
+                // meta.json is optional (see `current`).
+                Err(error) if error.kind() == io::ErrorKind::NotFound && file == META_FILE => {
+                    continue
+                }
+                Err(error) => return Err(io_error("open", &path)(error)),
+            };
+            self.share_with_group(&handle, &path)?;
+            handle
+                .set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_error("set the mode of", &path))?;
+        }
+        self.seal_dir(&generation)
+    }
+
     fn ensure_link(&self, file: &str) -> Result<(), OutputError> {
         let path = self.root.join(file);
         let wanted = Path::new(DATA_LINK).join(file);
@@ -710,6 +750,29 @@ mod tests {
     }
 
     #[test]
+    fn ok_adding_or_removing_the_group_aligns_the_current_generation() {
+        let temp = tempfile::tempdir().unwrap();
+        let owned = |path: &Path| {
+            let meta = fs::metadata(path).unwrap();
+            (meta.gid(), meta.mode() & 0o777)
+        };
+        let private = OutputDir::open_or_create(temp.path(), None).unwrap();
+        private
+            .align_current_access()
+            .expect("nothing installed yet");
+        let generation = install(&private, "01");
+        let group = shareable_group();
+        let shared = OutputDir::open_or_create(temp.path(), Some(group.clone())).unwrap();
+        shared.align_current_access().unwrap();
+        assert_eq!(owned(&generation), (group.gid(), 0o750));
+        assert_eq!(owned(&generation.join(KEY_FILE)), (group.gid(), 0o640));
+        assert_eq!(owned(&generation.join(CA_FILE)), (group.gid(), 0o644));
+        private.align_current_access().unwrap();
+        assert_eq!(owned(&generation).1, 0o700);
+        assert_eq!(owned(&generation.join(KEY_FILE)).1, 0o600);
+    }
+
+    #[test]
     fn ok_an_existing_directory_keeps_its_owner_and_mode_with_a_group() {
         let temp = tempfile::tempdir().unwrap();
         fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o711)).unwrap();
@@ -785,7 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn ok_the_reloaded_serial_survives_reopening_and_pruning() {
+    fn ok_the_reloaded_serial_survives_reopening_and_installs() {
         let temp = tempfile::tempdir().unwrap();
         let out = OutputDir::open_or_create(temp.path(), None).unwrap();
         assert_eq!(out.reloaded_serial(), None);
