@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> Exit {
         // The generation itself is intact; the next install retries.
         tracing::warn!("output directory: cannot repair the file links: {error}");
     }
-    if let Err(error) = output.align_current_access() {
+    if let Err(error) = output.align_access() {
         // The next install writes a generation with the right access.
         tracing::warn!("output directory: cannot apply `group` to the files in place: {error}");
     }
@@ -311,6 +311,16 @@ impl Agent {
                 }
                 _ => false,
             };
+            if let Ok(OnDisk::Valid(installed)) = &on_disk {
+                let serial = installed.meta.serial.as_str();
+                if !retry_hook && self.hook_due.as_deref() == Some(serial) {
+                    // Due for renewal with the hooks still failing: try them
+                    // once before each renewal attempt (paced by its
+                    // backoff), so a server outage does not also keep the
+                    // workload on the previous certificate.
+                    self.reload(serial).await;
+                }
+            }
             let action = match on_disk {
                 Err(reason) => Action::Enroll(reason),
                 Ok(on_disk) => match on_disk {

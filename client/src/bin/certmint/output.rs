@@ -322,15 +322,20 @@ impl OutputDir {
     /// Sets the group and then the mode of the directory this process just
     /// created at `path`; never follows a symlink put in its place.
     fn seal_dir(&self, path: &Path) -> Result<(), OutputError> {
-        use nix::fcntl::OFlag;
-        let dir = OpenOptions::new()
-            .read(true)
-            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
-            .open(path)
-            .map_err(io_error("open the directory", path))?;
+        let dir = self.open_dir_nofollow(path)?;
         self.share_with_group(&dir, path)?;
         dir.set_permissions(fs::Permissions::from_mode(self.dir_mode()))
             .map_err(io_error("set the mode of", path))
+    }
+
+    /// Opens the directory at `path`, refusing a symlink in its place.
+    fn open_dir_nofollow(&self, path: &Path) -> Result<File, OutputError> {
+        use nix::fcntl::OFlag;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
+            .open(path)
+            .map_err(io_error("open the directory", path))
     }
 
     fn probe_group(&self) -> Result<(), OutputError> {
@@ -516,18 +521,36 @@ impl OutputDir {
         sync_dir(&self.root)
     }
 
-    /// Brings the current generation's group and modes in line with this
+    /// Brings every kept generation's group and modes in line with this
     /// directory's setting, so that adding or removing `group` takes
-    /// effect at the next start rather than at the next renewal. Files
-    /// first, then the directory: when the group is removed the key is
-    /// private again before anything else changes. Nothing to do without
-    /// `..data`.
-    pub fn align_current_access(&self) -> Result<(), OutputError> {
-        use nix::fcntl::OFlag;
-        let Ok(target) = fs::read_link(self.root.join(DATA_LINK)) else {
-            return Ok(());
-        };
-        let generation = self.root.join(target);
+    /// effect at the next start rather than at the next renewal (the
+    /// previous generation's key is still valid, so it counts too). Files
+    /// first, then their directory: when the group is removed each key is
+    /// private again before anything else changes.
+    ///
+    /// Only real directories found in the output directory are touched,
+    /// and their files are opened relative to them without following
+    /// symlinks and without blocking (a FIFO is skipped), so nothing
+    /// planted there redirects a chown or chmod elsewhere.
+    pub fn align_access(&self) -> Result<(), OutputError> {
+        let entries = fs::read_dir(&self.root).map_err(io_error("list", &self.root))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_generation = name.to_str().is_some_and(|name| {
+                name.starts_with("..") && name != DATA_LINK && !name.ends_with(".tmp")
+            });
+            // `file_type` comes from readdir and does not follow symlinks.
+            if is_generation && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                self.align_generation(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn align_generation(&self, generation: &Path) -> Result<(), OutputError> {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::Mode;
+        let dir = self.open_dir_nofollow(generation)?;
         let files = [
             (KEY_FILE, self.key_mode()),
             (CERT_FILE, PUBLIC_MODE),
@@ -536,24 +559,29 @@ impl OutputDir {
         ];
         for (file, mode) in files {
             let path = generation.join(file);
-            let handle = match OpenOptions::new()
-                .read(true)
-                .custom_flags(OFlag::O_NOFOLLOW.bits())
-                .open(&path)
-            {
-                Ok(handle) => handle,
+            let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+            let handle = match openat(&dir, file, flags, Mode::empty()) {
+                Ok(fd) => File::from(fd),
                 // meta.json is optional (see `current`).
-                Err(error) if error.kind() == io::ErrorKind::NotFound && file == META_FILE => {
-                    continue
-                }
-                Err(error) => return Err(io_error("open", &path)(error)),
+                Err(nix::errno::Errno::ENOENT) if file == META_FILE => continue,
+                Err(errno) => return Err(io_error("open", &path)(errno.into())),
             };
+            let is_file = handle
+                .metadata()
+                .map_err(io_error("inspect", &path))?
+                .is_file();
+            if !is_file {
+                tracing::warn!(path = %path.display(), "not a regular file; its access is left alone");
+                continue;
+            }
             self.share_with_group(&handle, &path)?;
             handle
                 .set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(io_error("set the mode of", &path))?;
         }
-        self.seal_dir(&generation)
+        self.share_with_group(&dir, generation)?;
+        dir.set_permissions(fs::Permissions::from_mode(self.dir_mode()))
+            .map_err(io_error("set the mode of", generation))
     }
 
     fn ensure_link(&self, file: &str) -> Result<(), OutputError> {
@@ -750,26 +778,37 @@ mod tests {
     }
 
     #[test]
-    fn ok_adding_or_removing_the_group_aligns_the_current_generation() {
+    fn ok_adding_or_removing_the_group_aligns_the_kept_generations() {
         let temp = tempfile::tempdir().unwrap();
         let owned = |path: &Path| {
             let meta = fs::metadata(path).unwrap();
             (meta.gid(), meta.mode() & 0o777)
         };
         let private = OutputDir::open_or_create(temp.path(), None).unwrap();
-        private
-            .align_current_access()
-            .expect("nothing installed yet");
-        let generation = install(&private, "01");
+        private.align_access().expect("nothing installed yet");
+        let previous = install(&private, "01");
+        let current = install(&private, "02");
+        // Something planted in the directory is never followed: a symlink
+        // named like a generation, pointing at a directory outside.
+        let outside = tempfile::tempdir().unwrap();
+        let outside_key = outside.path().join(KEY_FILE);
+        fs::write(&outside_key, "not ours").unwrap();
+        fs::set_permissions(&outside_key, fs::Permissions::from_mode(0o600)).unwrap();
+        symlink(outside.path(), temp.path().join("..planted")).unwrap();
         let group = shareable_group();
         let shared = OutputDir::open_or_create(temp.path(), Some(group.clone())).unwrap();
-        shared.align_current_access().unwrap();
-        assert_eq!(owned(&generation), (group.gid(), 0o750));
-        assert_eq!(owned(&generation.join(KEY_FILE)), (group.gid(), 0o640));
-        assert_eq!(owned(&generation.join(CA_FILE)), (group.gid(), 0o644));
-        private.align_current_access().unwrap();
-        assert_eq!(owned(&generation).1, 0o700);
-        assert_eq!(owned(&generation.join(KEY_FILE)).1, 0o600);
+        shared.align_access().unwrap();
+        for generation in [&previous, &current] {
+            assert_eq!(owned(generation), (group.gid(), 0o750));
+            assert_eq!(owned(&generation.join(KEY_FILE)), (group.gid(), 0o640));
+            assert_eq!(owned(&generation.join(CA_FILE)), (group.gid(), 0o644));
+        }
+        assert_eq!(owned(&outside_key).1, 0o600);
+        private.align_access().unwrap();
+        for generation in [&previous, &current] {
+            assert_eq!(owned(generation).1, 0o700);
+            assert_eq!(owned(&generation.join(KEY_FILE)).1, 0o600);
+        }
     }
 
     #[test]
