@@ -150,6 +150,19 @@ problem_codes! {
 
     /// No bootstrap token with that id.
     TokenNotFound => "token.not_found",
+    /// A provisioner's token names a policy the provisioner may not use.
+    TokenPolicyNotAllowed => "token.policy_not_allowed",
+    /// A provisioner's token lives longer than the provisioner allows.
+    TokenLifetimeTooLong => "token.lifetime_too_long",
+    /// The provisioner that signed the token is disabled.
+    TokenIssuerDisabled => "token.issuer_disabled",
+
+    /// No provisioner by that name.
+    ProvisionerNotFound => "provisioner.not_found",
+    /// A provisioner by that name exists (names are never reused).
+    ProvisionerAlreadyExists => "provisioner.already_exists",
+    /// The provisioner cannot be registered (name, key or lifetime).
+    ProvisionerInvalid => "provisioner.invalid",
 
     /// The HSM could not sign right now; retry after the indicated delay.
     HsmUnavailable => "hsm.unavailable",

@@ -336,6 +336,54 @@ impl std::fmt::Debug for MintedToken {
     }
 }
 
+/// `POST /v1/admin/provisioners`: register an external token issuer. An
+/// orchestrator keeps the private key and signs bootstrap tokens itself;
+/// the server verifies them with `public_key_pem`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewProvisioner {
+    /// Unique name; the `iss` claim of its tokens.
+    pub name: String,
+    /// The public key, SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC
+    /// KEY-----`): P-256 (tokens signed ES256), P-384 (ES384) or Ed25519
+    /// (EdDSA).
+    pub public_key_pem: String,
+    /// Policies its tokens may enroll under (each must exist).
+    pub policies: Vec<String>,
+    /// Longest lifetime (`exp - iat`) of a token; default 5m, at most 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl: Option<Duration>,
+}
+
+/// A registered provisioner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionerInfo {
+    /// Name, and `iss` of its tokens.
+    pub name: String,
+    /// The one JWS algorithm its tokens may use (from the key type).
+    pub algorithm: String,
+    /// The `kid` its tokens may carry: hex SHA-256 of the
+    /// SubjectPublicKeyInfo DER, first 12 bytes.
+    pub key_id: String,
+    /// The public key, SubjectPublicKeyInfo PEM.
+    pub public_key_pem: String,
+    /// Policies its tokens may enroll under.
+    pub policies: Vec<String>,
+    /// Longest token lifetime accepted.
+    pub max_token_ttl: Duration,
+    /// Registration time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Who registered it.
+    pub created_by: String,
+    /// When it was disabled; its tokens are refused from then on.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disabled_at: Option<OffsetDateTime>,
+}
+
 /// A bootstrap token as listed (never with the JWT itself).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {

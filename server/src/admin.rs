@@ -1,5 +1,5 @@
-//! Admin services: policies, bootstrap tokens, certificate inventory and
-//! revocation, audit. Called by the admin API handlers; no HTTP here.
+//! Admin services: policies, bootstrap tokens, provisioners (external
+//! token issuers), certificate inventory and revocation, audit. Called by the admin API handlers; no HTTP here.
 //!
 //! Invariants: every write goes through the store together with its audit
 //! event; a policy is compiled (fully validated) before it is stored; a
@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use certmint::wire::{
-    AuditEvent, CertificateInfo, CertificateStatus, MintTokenRequest, MintedToken, Page, Policy,
-    PolicySpec, RevocationReason, TokenInfo,
+    AuditEvent, CertificateInfo, CertificateStatus, MintTokenRequest, MintedToken, NewProvisioner,
+    Page, Policy, PolicySpec, ProvisionerInfo, RevocationReason, TokenInfo,
 };
 use certmint::ProblemCode;
 use time::OffsetDateTime;
@@ -18,11 +18,18 @@ use time::OffsetDateTime;
 use crate::clock::Clock;
 use crate::error::ServiceError;
 use crate::policy::{validate_policy_name, CompiledPolicy, Decision};
-use crate::store::{CertificateFilter, ExpiryWindow, NewToken, Store, StoreError};
+use crate::store::{
+    CertificateFilter, ExpiryWindow, NewProvisionerRecord, NewToken, Store, StoreError,
+};
+use crate::tokens::provisioner::ProvisionerKey;
 use crate::tokens::TokenAuthority;
 
 /// Largest `max_uses` a bootstrap token may have.
 pub const MAX_TOKEN_USES: u32 = 10_000;
+/// A provisioner token's longest lifetime unless registered otherwise.
+pub const DEFAULT_PROVISIONER_TOKEN_TTL_SECONDS: u64 = 300;
+/// The longest lifetime a provisioner may allow its tokens.
+pub const MAX_PROVISIONER_TOKEN_TTL_SECONDS: u64 = 3600;
 /// Largest page an admin list returns.
 pub const MAX_PAGE_SIZE: u32 = 500;
 
@@ -256,6 +263,78 @@ impl Admin {
         }
     }
 
+    /// Registers a provisioner: an external issuer of bootstrap tokens.
+    pub fn register_provisioner(
+        &self,
+        access: &WriteAccess,
+        request: &NewProvisioner,
+    ) -> Result<ProvisionerInfo, ServiceError> {
+        let invalid = |detail: String| ServiceError::invalid(ProblemCode::ProvisionerInvalid, detail);
+        validate_policy_name(&request.name)
+            .map_err(|reason| invalid(format!("name {:?} {reason}", request.name)))?;
+        let key = ProvisionerKey::from_pem(&request.public_key_pem)
+            .map_err(|error| invalid(error.to_string()))?;
+        if request.policies.is_empty() {
+            return Err(invalid("policies must name at least one policy".into()));
+        }
+        for policy in &request.policies {
+            // Typos are caught now rather than as refusals at enrollment.
+            self.policy(policy)?;
+        }
+        let mut policies = request.policies.clone();
+        policies.sort();
+        policies.dedup();
+        let ttl = request
+            .max_token_ttl
+            .map_or(DEFAULT_PROVISIONER_TOKEN_TTL_SECONDS, |ttl| ttl.as_seconds());
+        if !(1..=MAX_PROVISIONER_TOKEN_TTL_SECONDS).contains(&ttl) {
+            return Err(invalid(format!(
+                "max_token_ttl must be between 1s and {MAX_PROVISIONER_TOKEN_TTL_SECONDS}s: \
+                 provisioner tokens are short-lived"
+            )));
+        }
+        let record = NewProvisionerRecord {
+            name: request.name.clone(),
+            public_key_pem: request.public_key_pem.trim().to_owned() + "\n",
+            algorithm: key.algorithm_name().to_owned(),
+            key_id: key.key_id().to_owned(),
+            policies,
+            max_token_ttl_seconds: ttl,
+        };
+        Ok(self
+            .store
+            .insert_provisioner(&record, access.actor(), self.now())?)
+    }
+
+    /// One provisioner.
+    pub fn provisioner(&self, name: &str) -> Result<ProvisionerInfo, ServiceError> {
+        let name = existing_provisioner_name(name)?;
+        self.store
+            .provisioner(name)?
+            .ok_or_else(|| provisioner_not_found(name))
+    }
+
+    /// Every provisioner, by name, in one page.
+    pub fn list_provisioners(&self) -> Result<Page<ProvisionerInfo>, ServiceError> {
+        Ok(Page {
+            items: self.store.list_provisioners()?,
+            next: None,
+        })
+    }
+
+    /// Disables a provisioner: its tokens are refused from now on.
+    pub fn disable_provisioner(
+        &self,
+        access: &WriteAccess,
+        name: &str,
+    ) -> Result<ProvisionerInfo, ServiceError> {
+        let name = existing_provisioner_name(name)?;
+        match self.store.disable_provisioner(name, access.actor(), self.now()) {
+            Err(StoreError::ProvisionerNotFound { .. }) => Err(provisioner_not_found(name)),
+            other => Ok(other?),
+        }
+    }
+
     /// One certificate, with its PEM.
     pub fn certificate(&self, serial: &str) -> Result<CertificateInfo, ServiceError> {
         let serial = existing_serial(serial)?;
@@ -372,6 +451,19 @@ fn token_not_found(id: &str) -> ServiceError {
     ServiceError::invalid(
         ProblemCode::TokenNotFound,
         format!("no bootstrap token with id {id:?}"),
+    )
+}
+
+/// A provisioner name from a path; names follow the policy naming rule.
+fn existing_provisioner_name(name: &str) -> Result<&str, ServiceError> {
+    validate_policy_name(name).map_err(|_| provisioner_not_found(name))?;
+    Ok(name)
+}
+
+fn provisioner_not_found(name: &str) -> ServiceError {
+    ServiceError::invalid(
+        ProblemCode::ProvisionerNotFound,
+        format!("no provisioner {name:?}"),
     )
 }
 

@@ -48,6 +48,10 @@ pub const POLICY_DISABLED: &str = "policy.disabled";
 pub const TOKEN_MINTED: &str = "token.minted";
 /// A bootstrap token was revoked.
 pub const TOKEN_REVOKED: &str = "token.revoked";
+/// An external token issuer was registered.
+pub const PROVISIONER_REGISTERED: &str = "provisioner.registered";
+/// A provisioner was disabled; its tokens are refused from then on.
+pub const PROVISIONER_DISABLED: &str = "provisioner.disabled";
 /// A certificate was recorded and is about to be signed on the HSM.
 pub const CERTIFICATE_SIGNING: &str = "certificate.signing";
 /// A signed certificate was recorded as issued.

@@ -49,8 +49,8 @@ use crate::error::ServiceError;
 use crate::hsm::CaSigner;
 use crate::metrics::Metrics;
 use crate::policy::{self, CompiledPolicy, Decision};
-use crate::store::{NewCertificate, Store, StoreError};
-use crate::tokens::TokenAuthority;
+use crate::store::{NewCertificate, NewToken, Store, StoreError};
+use crate::tokens::{self, TokenAuthority, TokenError};
 use csr::VerifiedCsr;
 use profile::{LeafNames, LeafTemplate, UnsignedCertificate};
 
@@ -138,6 +138,14 @@ impl Lineage {
     }
 }
 
+/// What a verified enrollment token allows: the policy, the identity, and
+/// the token record whose use the issuance consumes.
+struct Grant {
+    token_id: String,
+    policy: String,
+    identity: Identity,
+}
+
 /// The issuance service.
 pub struct Issuer {
     parts: IssuerParts,
@@ -218,16 +226,12 @@ impl Issuer {
     pub fn enroll(&self, request: &EnrollRequest) -> Result<CertificateBundle, ServiceError> {
         let now = self.parts.clock.now();
         let csr = csr::verify(&request.csr)?;
-        let claims = self.parts.tokens.verify_bootstrap(
-            &request.token,
-            &self.parts.settings.enroll_audience,
-            now,
-        )?;
+        let grant = self.enrollment_grant(&request.token, now)?;
         let ttl = request.ttl.map(|ttl| ttl.as_seconds());
-        let jti = claims.registered.jti.clone();
+        let jti = grant.token_id.clone();
         let lineage = Lineage::first(Some(jti.clone()), now);
-        let prepared = self.prepare_under_policy(&claims.policy, &csr, lineage, now, |policy| {
-            match policy::evaluate(policy, &csr.issuance_request(ttl, Some(&claims.identity))) {
+        let prepared = self.prepare_under_policy(&grant.policy, &csr, lineage, now, |policy| {
+            match policy::evaluate(policy, &csr.issuance_request(ttl, Some(&grant.identity))) {
                 Decision::Allow { ttl_seconds } => Ok(Decided {
                     ttl_seconds,
                     latest_not_after: None,
@@ -239,6 +243,59 @@ impl Issuer {
             Ok(prepared) => self.sign(prepared),
             Err(refusal) => Err(self.token_refusal_first(&jti, now, refusal)),
         }
+    }
+
+    /// Verifies an enrollment token: the server's own (chosen by its `kid`)
+    /// or a registered provisioner's (chosen by its unverified `iss`).
+    ///
+    /// A provisioner's token becomes, on first use, a one-use token record
+    /// that the issuance transaction then consumes like any bootstrap
+    /// token, so single use holds under parallel requests and a replay is
+    /// `token.used`. Recording it is idempotent: parallel first uses race
+    /// on the primary key, and every loser finds the winner's record.
+    fn enrollment_grant(&self, token: &str, now: OffsetDateTime) -> Result<Grant, ServiceError> {
+        let audience = &self.parts.settings.enroll_audience;
+        let header = tokens::UnverifiedHeader::parse(token)?;
+        if header.kid.as_deref() == Some(self.parts.tokens.key_id()) {
+            let claims = self.parts.tokens.verify_bootstrap(token, audience, now)?;
+            return Ok(Grant {
+                token_id: claims.registered.jti,
+                policy: claims.policy,
+                identity: claims.identity,
+            });
+        }
+        let name = tokens::provisioner::unverified_issuer(token)?;
+        // Names that cannot be registered (the server's own URL, say) are
+        // not looked up.
+        let provisioner = match policy::validate_policy_name(&name) {
+            Ok(()) => self.parts.store.provisioner(&name)?,
+            Err(_) => None,
+        }
+        .ok_or(TokenError::UnknownKey)?;
+        let claims = tokens::provisioner::verify(token, &provisioner, audience, now)?;
+        let token_id = tokens::provisioner::token_record_id(&name, &claims.jti);
+        // Kept as long as the JWT check accepts it, leeway included.
+        let expires_at = OffsetDateTime::from_unix_timestamp(
+            claims.exp.saturating_add(tokens::LEEWAY_SECONDS),
+        )
+        .map_err(|_| TokenError::Malformed("exp out of range".into()))?;
+        let record = NewToken {
+            id: token_id.clone(),
+            policy: claims.policy.clone(),
+            identity: claims.identity.clone(),
+            max_uses: 1,
+            expires_at,
+        };
+        let actor = format!("provisioner:{name}");
+        match self.parts.store.insert_token(&record, &actor, now) {
+            Ok(_) | Err(StoreError::TokenAlreadyExists { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+        Ok(Grant {
+            token_id,
+            policy: claims.policy,
+            identity: claims.identity,
+        })
     }
 
     /// The token's own state is checked only in the issuance transaction,

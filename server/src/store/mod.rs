@@ -60,6 +60,7 @@ mod schema;
 mod statements;
 #[cfg(test)]
 mod tests;
+mod provisioners;
 mod tokens;
 
 use std::error::Error as StdError;
@@ -80,6 +81,7 @@ use self::statements::LockAuditHead;
 pub use self::ca::{CaKeyReservation, CaState, InitLock};
 pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};
 pub use self::group_commit::GroupCommitCounts;
+pub use self::provisioners::NewProvisionerRecord;
 pub use self::tokens::NewToken;
 
 /// SQLite migrations, embedded at build time (path relative to the server
@@ -186,6 +188,18 @@ pub enum StoreError {
     Conflict {
         /// What was contended, e.g. `policy version`.
         what: &'static str,
+    },
+    /// A provisioner with this name exists (enabled or disabled).
+    #[error("provisioner {name:?} already exists")]
+    ProvisionerAlreadyExists {
+        /// The name.
+        name: String,
+    },
+    /// No provisioner with this name.
+    #[error("provisioner {name:?} not found")]
+    ProvisionerNotFound {
+        /// The name.
+        name: String,
     },
     /// A token with this id already exists.
     #[error("token {id:?} already exists")]

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 
 use super::schema::{
     audit_events, bootstrap_tokens, ca_key_reservations, ca_state, certificate_revocations,
-    certificates, policies,
+    certificates, policies, provisioners,
 };
 
 #[derive(Queryable, Selectable, Insertable, Debug, Clone)]
@@ -34,6 +34,20 @@ pub(super) struct TokenRow {
     pub created_at: i64,
     pub created_by: String,
     pub revoked_at: Option<i64>,
+}
+
+#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
+#[diesel(table_name = provisioners)]
+pub(super) struct ProvisionerRow {
+    pub name: String,
+    pub public_key_pem: String,
+    pub algorithm: String,
+    pub key_id: String,
+    pub policies_json: String,
+    pub max_token_ttl: i64,
+    pub created_at: i64,
+    pub created_by: String,
+    pub disabled_at: Option<i64>,
 }
 
 #[derive(Queryable, Selectable, Insertable, Debug, Clone)]

@@ -30,6 +30,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    provisioners (name) {
+        name -> Text,
+        public_key_pem -> Text,
+        algorithm -> Text,
+        key_id -> Text,
+        policies_json -> Text,
+        max_token_ttl -> BigInt,
+        created_at -> BigInt,
+        created_by -> Text,
+        disabled_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     certificates (serial) {
         serial -> Text,
         status -> Text,
@@ -117,6 +131,7 @@ diesel::table! {
 diesel::allow_tables_to_appear_in_same_query!(
     policies,
     bootstrap_tokens,
+    provisioners,
     certificates,
     certificate_revocations,
     renewal_chains,

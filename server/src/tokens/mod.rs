@@ -14,6 +14,9 @@
 //! 4. times are checked against the injected [`Clock`], with one leeway
 //!    constant, and an `iat` in the future is refused.
 //!
+//! Tokens signed by registered provisioners (external issuers) are checked
+//! in [`provisioner`], in the same order with the provisioner's own key.
+//!
 //! Invariants: this module never consumes a token (uses are counted in the
 //! store, in the same transaction that records the certificate) and never
 //! logs a token. Bootstrap and admin tokens carry different audiences and a
@@ -47,10 +50,12 @@ pub enum TokenError {
     #[error("token is not a well-formed JWT: {0}")]
     Malformed(String),
     /// `alg` is not the one registered for the key (includes `none`, HS*, RS*).
-    #[error("token algorithm {alg:?} is not allowed (expected {TOKEN_ALGORITHM_NAME})")]
+    #[error("token algorithm {alg:?} is not allowed (expected {expected})")]
     AlgorithmNotAllowed {
         /// The `alg` header as sent.
         alg: String,
+        /// The one algorithm the key takes.
+        expected: &'static str,
     },
     /// The `kid` names no key this server knows.
     #[error("token key id is unknown to this server")]
@@ -82,6 +87,28 @@ pub enum TokenError {
         expired_at: OffsetDateTime,
         /// Server time at the check.
         now: OffsetDateTime,
+    },
+    /// A provisioner's token names a policy the provisioner may not use.
+    #[error("provisioner {provisioner:?} may not enroll under policy {policy:?}")]
+    PolicyNotAllowed {
+        /// The provisioner.
+        provisioner: String,
+        /// The policy the token names.
+        policy: String,
+    },
+    /// A provisioner's token lives longer than the provisioner allows.
+    #[error("token lifetime (exp - iat) of {lifetime}s exceeds the provisioner's maximum of {max}s")]
+    LifetimeTooLong {
+        /// `exp - iat`, seconds.
+        lifetime: i64,
+        /// The provisioner's `max_token_ttl`, seconds.
+        max: u64,
+    },
+    /// The provisioner that signed the token is disabled.
+    #[error("provisioner {provisioner:?} is disabled")]
+    IssuerDisabled {
+        /// The provisioner.
+        provisioner: String,
     },
     /// `iat` or `nbf` lies in the future.
     #[error("token is not valid before {valid_from} (server time {now}); check clocks")]
@@ -456,7 +483,10 @@ impl TokenAuthority {
     ) -> Result<T, TokenError> {
         let header = UnverifiedHeader::parse(token)?;
         if header.alg != TOKEN_ALGORITHM_NAME {
-            return Err(TokenError::AlgorithmNotAllowed { alg: header.alg });
+            return Err(TokenError::AlgorithmNotAllowed {
+                alg: header.alg,
+                expected: TOKEN_ALGORITHM_NAME,
+            });
         }
         if header.kid.as_deref() != Some(self.key_id.as_str()) {
             return Err(TokenError::UnknownKey);
@@ -484,6 +514,7 @@ impl TokenAuthority {
                         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                             TokenError::AlgorithmNotAllowed {
                                 alg: "unknown".into(),
+                                expected: TOKEN_ALGORITHM_NAME,
                             }
                         }
                         ErrorKind::MissingRequiredClaim(claim) => {
@@ -512,7 +543,7 @@ fn json_part<T: Serialize + ?Sized>(value: &T) -> Result<String, MintError> {
 }
 
 /// The `kid` of a public key: the first 12 bytes of its SHA-256, in hex.
-fn key_id_of(public_key: &[u8]) -> String {
+pub(crate) fn key_id_of(public_key: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
     hex::encode(&digest.as_ref()[..12])
 }
@@ -520,8 +551,17 @@ fn key_id_of(public_key: &[u8]) -> String {
 /// `iat` and `nbf` (whichever is later) not past `now` and `exp` not
 /// reached, each with [`LEEWAY_SECONDS`].
 fn check_times(claims: &RegisteredClaims, now: OffsetDateTime) -> Result<(), TokenError> {
-    let issued_at = claims.iat.max(claims.nbf.unwrap_or(claims.iat));
-    let expires_at = claims.exp;
+    check_time_claims(claims.iat, claims.nbf, claims.exp, now)
+}
+
+pub(crate) fn check_time_claims(
+    iat: i64,
+    nbf: Option<i64>,
+    exp: i64,
+    now: OffsetDateTime,
+) -> Result<(), TokenError> {
+    let issued_at = iat.max(nbf.unwrap_or(iat));
+    let expires_at = exp;
     let at = |unix: i64| {
         OffsetDateTime::from_unix_timestamp(unix)
             .map_err(|_| TokenError::Malformed("time claim out of range".into()))
@@ -541,6 +581,8 @@ fn check_times(claims: &RegisteredClaims, now: OffsetDateTime) -> Result<(), Tok
     }
     Ok(())
 }
+
+pub mod provisioner;
 
 #[cfg(test)]
 mod tests;

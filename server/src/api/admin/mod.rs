@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod certificates;
 pub mod policies;
+pub mod provisioners;
 pub mod tokens;
 
 use actix_web::http::header;
@@ -22,6 +23,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .configure(policies::routes)
         .configure(tokens::routes)
+        .configure(provisioners::routes)
         .configure(certificates::routes)
         .configure(audit::routes);
 }
