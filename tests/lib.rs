@@ -2223,6 +2223,79 @@ pub fn forge_foreign_ed25519(token: &str, kid: Option<&str>) -> String {
     format!("{signing_input}.{}", b64url(signature.as_ref()))
 }
 
+/// An external token issuer as an orchestrator runs one: a P-256 key of
+/// its own, and bootstrap tokens it signs ES256 without the server.
+pub struct TestProvisioner {
+    /// Registered name; the `iss` of its tokens.
+    pub name: String,
+    /// SubjectPublicKeyInfo PEM, to register.
+    pub public_key_pem: String,
+    key: ring::signature::EcdsaKeyPair,
+}
+
+impl TestProvisioner {
+    /// A fresh key for `name`.
+    pub fn new(name: &str) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let algorithm = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(algorithm, &rng)
+            .expect("generate a P-256 key");
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(algorithm, pkcs8.as_ref(), &rng)
+            .expect("load the key");
+        let public_key_pem = rcgen::KeyPair::try_from(pkcs8.as_ref())
+            .expect("rcgen reads the key")
+            .public_key_pem();
+        Self {
+            name: name.to_owned(),
+            public_key_pem,
+            key,
+        }
+    }
+
+    /// `POST /v1/admin/provisioners` body for `policies`.
+    pub fn registration(&self, policies: &[&str]) -> Value {
+        json!({
+            "name": self.name,
+            "public_key_pem": self.public_key_pem,
+            "policies": policies,
+        })
+    }
+
+    /// `claims` signed ES256 (header `alg` and `typ` only).
+    pub fn sign(&self, claims: &Value) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            b64url(br#"{"alg":"ES256","typ":"JWT"}"#),
+            b64url(claims.to_string().as_bytes())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let signature = self.key.sign(&rng, signing_input.as_bytes()).expect("sign");
+        format!("{signing_input}.{}", b64url(signature.as_ref()))
+    }
+
+    /// The claims of a token for `policy` and `identity`, valid for two
+    /// minutes from now, with `jti` and `audience` (the server's
+    /// `<public_url>/v1/enroll`).
+    pub fn claims(&self, audience: &str, policy: &str, identity: &Value, jti: &str) -> Value {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        json!({
+            "iss": self.name,
+            "aud": audience,
+            "sub": "workload",
+            "jti": jti,
+            "iat": now,
+            "exp": now + 120,
+            "policy": policy,
+            "identity": identity,
+        })
+    }
+
+    /// A signed token with [`Self::claims`].
+    pub fn token(&self, audience: &str, policy: &str, identity: &Value, jti: &str) -> String {
+        self.sign(&self.claims(audience, policy, identity, jti))
+    }
+}
+
 // ---- certificate checks -----------------------------------------------------
 
 /// Every certificate in a PEM chain, as DER, in order.

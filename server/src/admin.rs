@@ -269,7 +269,8 @@ impl Admin {
         access: &WriteAccess,
         request: &NewProvisioner,
     ) -> Result<ProvisionerInfo, ServiceError> {
-        let invalid = |detail: String| ServiceError::invalid(ProblemCode::ProvisionerInvalid, detail);
+        let invalid =
+            |detail: String| ServiceError::invalid(ProblemCode::ProvisionerInvalid, detail);
         validate_policy_name(&request.name)
             .map_err(|reason| invalid(format!("name {:?} {reason}", request.name)))?;
         let key = ProvisionerKey::from_pem(&request.public_key_pem)
@@ -286,7 +287,9 @@ impl Admin {
         policies.dedup();
         let ttl = request
             .max_token_ttl
-            .map_or(DEFAULT_PROVISIONER_TOKEN_TTL_SECONDS, |ttl| ttl.as_seconds());
+            .map_or(DEFAULT_PROVISIONER_TOKEN_TTL_SECONDS, |ttl| {
+                ttl.as_seconds()
+            });
         if !(1..=MAX_PROVISIONER_TOKEN_TTL_SECONDS).contains(&ttl) {
             return Err(invalid(format!(
                 "max_token_ttl must be between 1s and {MAX_PROVISIONER_TOKEN_TTL_SECONDS}s: \
@@ -329,7 +332,10 @@ impl Admin {
         name: &str,
     ) -> Result<ProvisionerInfo, ServiceError> {
         let name = existing_provisioner_name(name)?;
-        match self.store.disable_provisioner(name, access.actor(), self.now()) {
+        match self
+            .store
+            .disable_provisioner(name, access.actor(), self.now())
+        {
             Err(StoreError::ProvisionerNotFound { .. }) => Err(provisioner_not_found(name)),
             other => Ok(other?),
         }

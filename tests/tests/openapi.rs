@@ -223,6 +223,39 @@ backend_tests! {
         checked(server, Auth::Admin, "POST", "/v1/admin/certificates/{serial}/revoke", &revoke,
             Some(json!({"reason": "superseded"}))).assert_problem(409, "certificate.already_revoked");
 
+        // Provisioners, and enrollment with a provisioner's token.
+        let provisioner = certmint_e2e::TestProvisioner::new(&server.unique("orchestrator"));
+        let registration = provisioner.registration(&[&policy]);
+        checked(server, Auth::Admin, "POST", "/v1/admin/provisioners", "/v1/admin/provisioners", Some(registration.clone()))
+            .assert_status(201);
+        checked(server, Auth::Admin, "POST", "/v1/admin/provisioners", "/v1/admin/provisioners", Some(registration))
+            .assert_problem(409, "provisioner.already_exists");
+        let mut bad_key = provisioner.registration(&[&policy]);
+        bad_key["name"] = json!(server.unique("badkey"));
+        bad_key["public_key_pem"] = json!("not a key");
+        checked(server, Auth::Admin, "POST", "/v1/admin/provisioners", "/v1/admin/provisioners", Some(bad_key))
+            .assert_problem(422, "provisioner.invalid");
+        checked(server, Auth::Auditor, "GET", "/v1/admin/provisioners", "/v1/admin/provisioners", None).assert_status(200);
+        let provisioner_path = format!("/v1/admin/provisioners/{}", provisioner.name);
+        checked(server, Auth::Auditor, "GET", "/v1/admin/provisioners/{name}", &provisioner_path, None).assert_status(200);
+        checked(server, Auth::Admin, "GET", "/v1/admin/provisioners/{name}", "/v1/admin/provisioners/no-such", None)
+            .assert_problem(404, "provisioner.not_found");
+        let audience = certmint_e2e::jwt_segments(&token).1["aud"].as_str().unwrap().to_owned();
+        let dns = identity(&["*.contract.internal"], &[], &[]);
+        let signed = provisioner.token(&audience, &policy, &dns, "contract-1");
+        let (csr, _key) = make_csr("ec-p256", &["p.contract.internal"], &[], &[]);
+        checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": signed})))
+            .assert_status(201);
+        checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": signed})))
+            .assert_problem(401, "token.used");
+        let elsewhere = provisioner.token(&audience, "no-such-policy", &dns, "contract-2");
+        checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": elsewhere})))
+            .assert_problem(403, "token.policy_not_allowed");
+        checked(server, Auth::Admin, "DELETE", "/v1/admin/provisioners/{name}", &provisioner_path, None).assert_status(200);
+        let after = provisioner.token(&audience, &policy, &dns, "contract-3");
+        checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": after})))
+            .assert_problem(401, "token.issuer_disabled");
+
         // Revoke the token, disable the policy, read the audit log.
         checked(server, Auth::Admin, "DELETE", "/v1/admin/tokens/{id}", &token_path, None).assert_status(200);
         checked(server, Auth::Admin, "DELETE", "/v1/admin/policies/{name}", &named, None).assert_status(200);

@@ -4,7 +4,9 @@
 //! argument (see `docs/ISSUANCE.md`):
 //!
 //! 1. parse the CSR and verify its proof of possession ([`csr::verify`]);
-//! 2. verify the bootstrap token and evaluate the current policy version
+//! 2. verify the bootstrap token (the server's own, or a registered
+//!    provisioner's, whose `jti` becomes a one-use token record) and
+//!    evaluate the current policy version
 //!    (compiled policies are cached; see [`PolicyCache`] for why a cached
 //!    version can never issue or refuse in place of the current one);
 //! 3. build the TBS from the policy and the verified names only
@@ -275,10 +277,9 @@ impl Issuer {
         let claims = tokens::provisioner::verify(token, &provisioner, audience, now)?;
         let token_id = tokens::provisioner::token_record_id(&name, &claims.jti);
         // Kept as long as the JWT check accepts it, leeway included.
-        let expires_at = OffsetDateTime::from_unix_timestamp(
-            claims.exp.saturating_add(tokens::LEEWAY_SECONDS),
-        )
-        .map_err(|_| TokenError::Malformed("exp out of range".into()))?;
+        let expires_at =
+            OffsetDateTime::from_unix_timestamp(claims.exp.saturating_add(tokens::LEEWAY_SECONDS))
+                .map_err(|_| TokenError::Malformed("exp out of range".into()))?;
         let record = NewToken {
             id: token_id.clone(),
             policy: claims.policy.clone(),

@@ -56,11 +56,11 @@ mod connection;
 mod group_commit;
 mod models;
 mod policies;
+mod provisioners;
 mod schema;
 mod statements;
 #[cfg(test)]
 mod tests;
-mod provisioners;
 mod tokens;
 
 use std::error::Error as StdError;

@@ -14,7 +14,9 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::ProvisionerRow;
 use super::schema::provisioners;
-use super::{audit, from_unix, is_unique_violation, optional_from_unix, to_json, unix, Store, StoreError};
+use super::{
+    audit, from_unix, is_unique_violation, optional_from_unix, to_json, unix, Store, StoreError,
+};
 use crate::audit::{NewAuditEvent, PROVISIONER_DISABLED, PROVISIONER_REGISTERED};
 
 /// A validated provisioner to record.

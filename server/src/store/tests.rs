@@ -216,6 +216,7 @@ backend_tests!(
     inventory_filters,
     fail_revoke_twice,
     revoke_token_is_idempotent,
+    provisioners_register_once_list_and_disable,
     audit_chain_verifies_and_detects_tampering,
     fail_corrupt_stored_json,
     ca_state_once_and_external_import,
@@ -1272,6 +1273,85 @@ fn revoke_token_is_idempotent(db: &TestDb) {
     assert_eq!(revocations, 1);
     let err = store.revoke_token("nope", ACTOR, NOW).expect_err("unknown");
     assert!(matches!(err, StoreError::TokenNotFound { .. }), "{err:?}");
+}
+
+fn provisioners_register_once_list_and_disable(db: &TestDb) {
+    let store = &db.store;
+    let record = |name: &str| NewProvisionerRecord {
+        name: name.to_owned(),
+        public_key_pem: "-----BEGIN PUBLIC KEY-----\nMAA=\n-----END PUBLIC KEY-----\n".to_owned(),
+        algorithm: "ES256".to_owned(),
+        key_id: "00112233445566778899aabb".to_owned(),
+        policies: vec!["billing".to_owned(), "payments".to_owned()],
+        max_token_ttl_seconds: 300,
+    };
+    assert_eq!(store.provisioner("ci").expect("read"), None);
+    let registered = store
+        .insert_provisioner(&record("ci"), ACTOR, NOW)
+        .expect("register");
+    assert_eq!(registered.policies, ["billing", "payments"]);
+    assert_eq!(registered.max_token_ttl.as_seconds(), 300);
+    assert_eq!(registered.created_by, ACTOR);
+    assert_eq!(registered.disabled_at, None);
+    assert_eq!(
+        store.provisioner("ci").expect("read"),
+        Some(registered.clone())
+    );
+    let err = store
+        .insert_provisioner(&record("ci"), ACTOR, NOW)
+        .expect_err("same name");
+    assert!(
+        matches!(err, StoreError::ProvisionerAlreadyExists { .. }),
+        "{err:?}"
+    );
+    store
+        .insert_provisioner(&record("argo"), ACTOR, NOW)
+        .expect("register another");
+    let names: Vec<String> = store
+        .list_provisioners()
+        .expect("list")
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["argo", "ci"]);
+
+    let later = NOW + Duration::minutes(5);
+    let disabled = store
+        .disable_provisioner("ci", ACTOR, later)
+        .expect("disable");
+    assert_eq!(disabled.disabled_at, Some(later));
+    let again = store
+        .disable_provisioner("ci", ACTOR, later + Duration::minutes(1))
+        .expect("disable again");
+    assert_eq!(again, disabled);
+    // A disabled name stays taken.
+    let err = store
+        .insert_provisioner(&record("ci"), ACTOR, later)
+        .expect_err("reuse");
+    assert!(
+        matches!(err, StoreError::ProvisionerAlreadyExists { .. }),
+        "{err:?}"
+    );
+    let err = store
+        .disable_provisioner("nope", ACTOR, NOW)
+        .expect_err("unknown");
+    assert!(
+        matches!(err, StoreError::ProvisionerNotFound { .. }),
+        "{err:?}"
+    );
+    let kinds: Vec<String> = all_audit(store)
+        .into_iter()
+        .filter(|e| e.kind.starts_with("provisioner."))
+        .map(|e| format!("{} {}", e.kind, e.subject))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "provisioner.registered ci",
+            "provisioner.registered argo",
+            "provisioner.disabled ci"
+        ]
+    );
 }
 
 fn audit_chain_verifies_and_detects_tampering(db: &TestDb) {

@@ -97,7 +97,9 @@ pub enum TokenError {
         policy: String,
     },
     /// A provisioner's token lives longer than the provisioner allows.
-    #[error("token lifetime (exp - iat) of {lifetime}s exceeds the provisioner's maximum of {max}s")]
+    #[error(
+        "token lifetime (exp - iat) of {lifetime}s exceeds the provisioner's maximum of {max}s"
+    )]
     LifetimeTooLong {
         /// `exp - iat`, seconds.
         lifetime: i64,

@@ -68,7 +68,11 @@ fn sign(issuer: &Issuer, header: Header, claims: &Value) -> String {
 }
 
 fn token(issuer: &Issuer) -> String {
-    sign(issuer, Header::new(issuer.algorithm), &claims(&issuer.info.name))
+    sign(
+        issuer,
+        Header::new(issuer.algorithm),
+        &claims(&issuer.info.name),
+    )
 }
 
 #[test]
@@ -94,8 +98,14 @@ fn ok_each_supported_key_type_verifies_its_own_algorithm() {
 fn fail_keys_that_cannot_be_registered() {
     for (case, pem) in [
         ("garbage", "not a key".to_owned()),
-        ("a certificate", "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n".to_owned()),
-        ("a private key", rcgen::KeyPair::generate().unwrap().serialize_pem()),
+        (
+            "a certificate",
+            "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n".to_owned(),
+        ),
+        (
+            "a private key",
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        ),
     ] {
         assert!(ProvisionerKey::from_pem(&pem).is_err(), "{case}");
     }
@@ -112,9 +122,14 @@ fn fail_algorithm_confusion_none_and_hmac_with_the_public_key() {
     let body = |alg: &str| {
         use base64::Engine as _;
         let b64 = |value: &Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(value).unwrap())
         };
-        format!("{}.{}", b64(&json!({"alg": alg, "typ": "JWT"})), b64(&claims("ci")))
+        format!(
+            "{}.{}",
+            b64(&json!({"alg": alg, "typ": "JWT"})),
+            b64(&claims("ci"))
+        )
     };
     let unsigned = format!("{}.", body("none"));
     assert!(matches!(
@@ -129,7 +144,10 @@ fn fail_algorithm_confusion_none_and_hmac_with_the_public_key() {
     .unwrap();
     assert!(matches!(
         verify(&hmac, &issuer.info, AUDIENCE, NOW),
-        Err(TokenError::AlgorithmNotAllowed { expected: "ES256", .. })
+        Err(TokenError::AlgorithmNotAllowed {
+            expected: "ES256",
+            ..
+        })
     ));
 }
 
@@ -155,9 +173,14 @@ fn fail_each_claim_and_limit_in_order() {
         check(&with(&|c| c["aud"] = json!("https://elsewhere/v1/enroll"))),
         Err(TokenError::WrongAudience { .. })
     ));
-    assert_eq!(check(&with(&|c| c["iss"] = json!("other"))), Err(TokenError::WrongIssuer));
+    assert_eq!(
+        check(&with(&|c| c["iss"] = json!("other"))),
+        Err(TokenError::WrongIssuer)
+    );
     assert!(matches!(
-        check(&with(&|c| { c.as_object_mut().unwrap().remove("jti"); })),
+        check(&with(&|c| {
+            c.as_object_mut().unwrap().remove("jti");
+        })),
         Err(TokenError::Malformed(_))
     ));
     assert!(matches!(
@@ -177,14 +200,19 @@ fn fail_each_claim_and_limit_in_order() {
     );
     assert_eq!(
         check(&with(&|c| c["exp"] = json!(NOW.unix_timestamp() + 3600))),
-        Err(TokenError::LifetimeTooLong { lifetime: 3600, max: 300 })
+        Err(TokenError::LifetimeTooLong {
+            lifetime: 3600,
+            max: 300
+        })
     );
     // Disabled: refused even though everything else is right.
     let mut disabled = issuer.info.clone();
     disabled.disabled_at = Some(NOW);
     assert_eq!(
         verify(&token(&issuer), &disabled, AUDIENCE, NOW),
-        Err(TokenError::IssuerDisabled { provisioner: "ci".into() })
+        Err(TokenError::IssuerDisabled {
+            provisioner: "ci".into()
+        })
     );
     assert!(check(&token(&issuer)).is_ok());
 }
@@ -193,7 +221,9 @@ fn fail_each_claim_and_limit_in_order() {
 fn ok_record_ids_are_hex_stable_and_per_provisioner() {
     let id = token_record_id("ci", "run-42");
     assert_eq!(id.len(), 32);
-    assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     assert_eq!(id, token_record_id("ci", "run-42"));
     assert_ne!(id, token_record_id("cd", "run-42"));
     assert_ne!(id, token_record_id("ci", "run-43"));
