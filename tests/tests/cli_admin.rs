@@ -1,14 +1,16 @@
 //! `certmint admin` against the real server, on SQLite and PostgreSQL:
 //! the policy → token → enrollment → inventory → revocation → audit cycle
 //! driven through the CLI, its tables and `--json`, its exit codes and
-//! `error: <code>` lines, and the trust and role refusals.
+//! `error: <code>` lines, and the trust and role refusals; provisioners
+//! registered, listed and disabled through the CLI, with enrollments by
+//! their own tokens.
 //!
 //! Every run asserts that the admin token never appears in the output
 //! (`certmint_e2e::cli::admin_as`).
 
 use certmint::wire::{CertificateStatus, RevocationReason};
 use certmint_e2e::cli::{admin, admin_as, admin_with, run_certmint, CliOutput};
-use certmint_e2e::{backend_tests, identity, make_csr, policy_json};
+use certmint_e2e::{backend_tests, identity, jwt_segments, make_csr, policy_json, TestProvisioner};
 use serde_json::Value;
 
 /// Exit codes from `client/src/bin/certmint/exit.rs`.
@@ -219,6 +221,76 @@ backend_tests! {
         refused.assert_exit(EXIT_FAILURE);
         assert_eq!(refused.error_code(), Some("auth.forbidden"), "{}", refused.stderr);
         assert_eq!(server.certificate(serial).status, CertificateStatus::Issued);
+    }
+
+    fn ok_provisioner_register_list_enroll_and_disable(server: &TestServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = server.unique("cli-prov");
+        let dns = format!("a.{policy}.test");
+        server.create_policy(&policy_json(&policy, &[&format!("*.{policy}.test")], &[], &[]));
+        let provisioner = TestProvisioner::new(&server.unique("orchestrator"));
+        let name = provisioner.name.as_str();
+        let key_file = write_temp(&dir, "provisioner.pub.pem", &provisioner.public_key_pem);
+
+        // Register from the key file.
+        let registered = admin(server, &["provisioners", "register", "--name", name, "--public-key", &key_file, "--policy", &policy, "--max-token-ttl", "5m"]);
+        registered.assert_exit(0);
+        assert!(registered.stdout.contains(&format!("registered provisioner {name} (ES256")), "{}", registered.stdout);
+
+        // List: a table for people, the page for scripts.
+        let table = admin(server, &["provisioners", "list"]);
+        table.assert_exit(0);
+        let header = table.stdout.lines().next().unwrap();
+        assert!(header.starts_with("NAME") && header.contains("KEY ID") && header.contains("STATUS"), "{header}");
+        let line = row(&table, name).unwrap_or_else(|| panic!("{name} not listed:\n{}", table.stdout));
+        assert!(line.contains("ES256") && line.contains(&policy) && line.contains("5m") && line.ends_with("enabled"), "{line}");
+        let page = admin(server, &["--json", "provisioners", "list"]).json();
+        assert!(has_item(&page, "name", name), "{page}");
+        assert!(page.get("next").is_none(), "{page}");
+
+        // Show: key/value lines with the PEM, and the server's JSON.
+        let shown = admin(server, &["provisioners", "show", name]);
+        shown.assert_exit(0);
+        assert!(shown.stdout.lines().any(|l| l.starts_with("status:") && l.ends_with(" enabled")), "{}", shown.stdout);
+        assert!(shown.stdout.contains(provisioner.public_key_pem.trim()), "{}", shown.stdout);
+        let shown_json = admin(server, &["provisioners", "show", name, "--json"]).json();
+        assert_eq!(shown_json["name"], name);
+        assert_eq!(shown_json["algorithm"], "ES256");
+        assert_eq!(shown_json["policies"], serde_json::json!([policy]));
+        assert_eq!(shown_json["max_token_ttl"], "5m");
+        assert!(shown_json.get("disabled_at").is_none(), "{shown_json}");
+        let key_id = shown_json["key_id"].as_str().unwrap();
+        assert!(line.contains(key_id), "{line}");
+
+        // The enroll audience, as the server puts it in its own tokens.
+        let bound = identity(&[&dns], &[], &[]);
+        let minted = server.mint_token(&policy, &bound, 1);
+        let audience = jwt_segments(&minted.token).1["aud"].as_str().unwrap().to_owned();
+
+        // A provisioner token enrolls once; its replay is refused.
+        let token = provisioner.token(&audience, &policy, &bound, &server.unique("jti"));
+        let (csr, _key) = make_csr("ec-p256", &[&dns], &[], &[]);
+        server.enroll(&csr, &token).assert_status(201);
+        let (csr, _key) = make_csr("ec-p256", &[&dns], &[], &[]);
+        server.enroll(&csr, &token).assert_problem(401, "token.used");
+
+        // Disabled: a fresh token (new jti) is refused as such.
+        let disabled = admin(server, &["provisioners", "disable", name]);
+        disabled.assert_exit(0);
+        assert!(disabled.stdout.contains(&format!("disabled provisioner {name} at ")), "{}", disabled.stdout);
+        let table = admin(server, &["provisioners", "list"]);
+        let line = row(&table, name).unwrap_or_else(|| panic!("{name} not listed:\n{}", table.stdout));
+        assert!(line.ends_with("disabled"), "{line}");
+        assert!(admin(server, &["--json", "provisioners", "show", name]).json()["disabled_at"].is_string());
+        let fresh = provisioner.token(&audience, &policy, &bound, &server.unique("jti"));
+        let (csr, _key) = make_csr("ec-p256", &[&dns], &[], &[]);
+        server.enroll(&csr, &fresh).assert_problem(401, "token.issuer_disabled");
+
+        // Names are never reused: registering it again is refused.
+        let again = admin(server, &["provisioners", "register", "--name", name, "--public-key", &key_file, "--policy", &policy]);
+        again.assert_exit(EXIT_FAILURE);
+        assert_eq!(again.error_code(), Some("provisioner.already_exists"), "{}", again.stderr);
+        assert!(again.stdout.is_empty(), "{}", again.stdout);
     }
 
     fn fail_wrong_root_fingerprint_refuses_first_contact(server: &TestServer) {

@@ -8,7 +8,8 @@
 //! server's JSON unchanged for `--json`).
 //!
 //! Invariants:
-//! - Path segments (policy names, token ids, serials) are percent-encoded
+//! - Path segments (policy names, token ids, provisioner names, serials)
+//!   are percent-encoded
 //!   and never `""`, `.` or `..`, so a value can only ever name one
 //!   resource, never walk to another route.
 //! - Query values are form-encoded by `url`, the same encoding the
@@ -29,7 +30,8 @@ use super::{Client, Error};
 use crate::duration::Duration;
 use crate::wire::{
     AuditEvent, CertificateInfo, CertificateStatus, EvaluateRequest, EvaluateResponse,
-    MintTokenRequest, MintedToken, Page, Policy, PolicySpec, RevokeRequest, TokenInfo,
+    MintTokenRequest, MintedToken, NewProvisioner, Page, Policy, PolicySpec, ProvisionerInfo,
+    RevokeRequest, TokenInfo,
 };
 
 /// Filters of `GET /v1/admin/certificates`; every field is optional.
@@ -65,6 +67,7 @@ enum Body<'a> {
     Policy(&'a PolicySpec),
     Evaluate(&'a EvaluateRequest),
     MintToken(&'a MintTokenRequest),
+    Provisioner(&'a NewProvisioner),
     Revoke(&'a RevokeRequest),
 }
 
@@ -132,6 +135,34 @@ impl<'a> AdminRequest<'a> {
         Ok(Self::new(
             Method::DELETE,
             &["tokens", segment("token id", id)?],
+            &[],
+            None,
+        ))
+    }
+
+    /// `POST /v1/admin/provisioners`.
+    pub fn register_provisioner(request: &'a NewProvisioner) -> Self {
+        Self::with_body(Method::POST, &["provisioners"], Body::Provisioner(request))
+    }
+
+    /// `GET /v1/admin/provisioners` (every provisioner, in one page).
+    pub fn list_provisioners() -> Self {
+        Self::get(&["provisioners"], &[])
+    }
+
+    /// `GET /v1/admin/provisioners/{name}`.
+    pub fn provisioner(name: &str) -> Result<Self, Error> {
+        Ok(Self::get(
+            &["provisioners", segment("provisioner name", name)?],
+            &[],
+        ))
+    }
+
+    /// `DELETE /v1/admin/provisioners/{name}`.
+    pub fn disable_provisioner(name: &str) -> Result<Self, Error> {
+        Ok(Self::new(
+            Method::DELETE,
+            &["provisioners", segment("provisioner name", name)?],
             &[],
             None,
         ))
@@ -282,6 +313,31 @@ impl Client {
     /// `DELETE /v1/admin/tokens/{id}`: revokes (idempotent).
     pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo, Error> {
         self.admin(&AdminRequest::revoke_token(id)?).await
+    }
+
+    /// `POST /v1/admin/provisioners`: registers an external token issuer.
+    pub async fn register_provisioner(
+        &self,
+        request: &NewProvisioner,
+    ) -> Result<ProvisionerInfo, Error> {
+        self.admin(&AdminRequest::register_provisioner(request))
+            .await
+    }
+
+    /// `GET /v1/admin/provisioners`: every provisioner, by name, in one page.
+    pub async fn list_provisioners(&self) -> Result<Page<ProvisionerInfo>, Error> {
+        self.admin(&AdminRequest::list_provisioners()).await
+    }
+
+    /// `GET /v1/admin/provisioners/{name}`.
+    pub async fn provisioner(&self, name: &str) -> Result<ProvisionerInfo, Error> {
+        self.admin(&AdminRequest::provisioner(name)?).await
+    }
+
+    /// `DELETE /v1/admin/provisioners/{name}`: disables it (its tokens are
+    /// refused from then on; nothing is deleted).
+    pub async fn disable_provisioner(&self, name: &str) -> Result<ProvisionerInfo, Error> {
+        self.admin(&AdminRequest::disable_provisioner(name)?).await
     }
 
     /// `GET /v1/admin/certificates`: one page of the inventory.
@@ -533,8 +589,46 @@ mod tests {
         for bad in ["", ".", ".."] {
             assert!(matches!(AdminRequest::policy(bad), Err(Error::Url(_))));
             assert!(matches!(AdminRequest::token(bad), Err(Error::Url(_))));
+            assert!(matches!(AdminRequest::provisioner(bad), Err(Error::Url(_))));
+            assert!(matches!(
+                AdminRequest::disable_provisioner(bad),
+                Err(Error::Url(_))
+            ));
             assert!(matches!(AdminRequest::certificate(bad), Err(Error::Url(_))));
         }
+    }
+
+    #[test]
+    fn ok_provisioner_requests() {
+        let shown = AdminRequest::provisioner("a/b?c").unwrap();
+        assert_eq!(shown.method(), Method::GET);
+        assert_eq!(shown.path_and_query(), "/v1/admin/provisioners/a%2Fb%3Fc");
+        let listed = AdminRequest::list_provisioners();
+        assert_eq!(listed.method(), Method::GET);
+        assert_eq!(listed.path_and_query(), "/v1/admin/provisioners");
+        let disabled = AdminRequest::disable_provisioner("k8s").unwrap();
+        assert_eq!(disabled.method(), Method::DELETE);
+        assert_eq!(disabled.path_and_query(), "/v1/admin/provisioners/k8s");
+        assert!(disabled.body.is_none());
+
+        let new = NewProvisioner {
+            name: "k8s".into(),
+            public_key_pem: "-----BEGIN PUBLIC KEY-----\n".into(),
+            policies: vec!["web".into()],
+            max_token_ttl: None,
+        };
+        let registered = AdminRequest::register_provisioner(&new);
+        assert_eq!(registered.method(), Method::POST);
+        assert_eq!(registered.path_and_query(), "/v1/admin/provisioners");
+        // The body is the wire type as is; an absent TTL is left to the server.
+        assert_eq!(
+            serde_json::to_value(&registered.body).unwrap(),
+            json!({
+                "name": "k8s",
+                "public_key_pem": "-----BEGIN PUBLIC KEY-----\n",
+                "policies": ["web"],
+            })
+        );
     }
 
     fn chain(n: i64) -> Vec<AuditEvent> {
