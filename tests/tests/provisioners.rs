@@ -92,6 +92,19 @@ backend_tests! {
             .map(|event| event.actor);
         assert_eq!(minted_by, Some(format!("provisioner:{}", provisioner.name)));
 
+        // Disabling a provisioner revokes the records of its tokens seen so
+        // far, in the same write (id: SHA-256 of provisioner:<name>:<jti>).
+        let other = registered(server, &[&policy]);
+        let other_token = other.token(&audience, &policy, &identity(&[&dns], &[], &[]), "other-1");
+        enroll(server, &format!("other.{policy}.internal"), &other_token)
+            .assert_problem(403, "token.name_not_allowed");
+        let digest = ring::digest::digest(&ring::digest::SHA256, format!("provisioner:{}:other-1", other.name).as_bytes());
+        let record_path = format!("/v1/admin/tokens/{}", hex::encode(&digest.as_ref()[..16]));
+        assert!(server.admin_get(&record_path).body["revoked_at"].is_null());
+        server.admin_delete(&format!("/v1/admin/provisioners/{}", other.name)).assert_status(200);
+        assert!(server.admin_get(&record_path).body["revoked_at"].is_string());
+        enroll(server, &dns, &other_token).assert_problem(401, "token.issuer_disabled");
+
         // `certmint enroll` takes a provisioner token like any other.
         let agent_token = provisioner.token(&audience, &policy, &identity(&[&dns], &[], &[]), "agent-1");
         let out = tempfile::tempdir().expect("tempdir");
@@ -146,6 +159,13 @@ backend_tests! {
         enroll(server, &format!("other.{policy}.internal"), &signed).assert_problem(403, "token.name_not_allowed");
         enroll(server, &dns, &signed).assert_status(201);
         assert_eq!(server.certificates(&format!("policy={policy}")).len(), 1, "nothing else was issued");
+        // A jti is spent by its first sight: the same jti with other claims
+        // is refused even though the first token was never used.
+        let first = provisioner.token(&audience, &policy, &ids, "reused");
+        enroll(server, &format!("other.{policy}.internal"), &first).assert_problem(403, "token.name_not_allowed");
+        let other_ids = identity(&[&format!("other.{policy}.internal")], &[], &[]);
+        let second = provisioner.token(&audience, &policy, &other_ids, "reused");
+        enroll(server, &format!("other.{policy}.internal"), &second).assert_problem(401, "token.used");
         // A truncated signature segment is malformed, not a 500.
         let truncated = format!("{}.{}", signed.rsplit_once('.').expect("three segments").0, b64url(b"x"));
         assert_eq!(enroll(server, &dns, &truncated).status, 401);

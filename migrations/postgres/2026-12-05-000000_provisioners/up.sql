@@ -1,7 +1,8 @@
 -- External token issuers (DESIGN.md "registered provisioners"): an
 -- orchestrator holds a private key, the server its public key. Tokens a
 -- provisioner signs are short-lived and single-use by `jti`: on first use
--- each is recorded in bootstrap_tokens (id `provisioner:<name>:<jti>`,
+-- each is recorded in bootstrap_tokens (id: hex of the first 16 bytes of
+-- SHA-256 over `provisioner:<name>:<jti>`; created_by `provisioner:<name>`;
 -- max_uses 1), where the issuance transaction consumes it like any other.
 CREATE TABLE provisioners (
     name            TEXT    NOT NULL PRIMARY KEY,

@@ -198,6 +198,8 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
             StoreError::TokenUsedUp { .. } => C::TokenUsed,
             StoreError::ProvisionerAlreadyExists { .. } => C::ProvisionerAlreadyExists,
             StoreError::ProvisionerNotFound { .. } => C::ProvisionerNotFound,
+            StoreError::ProvisionerDisabled { .. } => C::TokenIssuerDisabled,
+            StoreError::TokenJtiReused { .. } => C::TokenUsed,
             StoreError::CertificateNotFound { .. } => C::CertificateNotFound,
             StoreError::CertificateAlreadyRevoked { .. } => C::CertificateAlreadyRevoked,
             StoreError::PredecessorRevoked { .. } => C::CertificateRevoked,

@@ -287,11 +287,9 @@ impl Issuer {
             max_uses: 1,
             expires_at,
         };
-        let actor = format!("provisioner:{name}");
-        match self.parts.store.insert_token(&record, &actor, now) {
-            Ok(_) | Err(StoreError::TokenAlreadyExists { .. }) => {}
-            Err(error) => return Err(error.into()),
-        }
+        self.parts
+            .store
+            .record_provisioner_token(&record, &name, now)?;
         Ok(Grant {
             token_id,
             policy: claims.policy,

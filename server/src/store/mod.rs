@@ -195,6 +195,18 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
+    /// The provisioner is disabled: its tokens are refused.
+    #[error("provisioner {name:?} is disabled")]
+    ProvisionerDisabled {
+        /// The name.
+        name: String,
+    },
+    /// A provisioner's `jti` already stands for a token with other claims.
+    #[error("token {id:?} was already recorded with other claims: the provisioner reused its jti")]
+    TokenJtiReused {
+        /// The token record's id.
+        id: String,
+    },
     /// No provisioner with this name.
     #[error("provisioner {name:?} not found")]
     ProvisionerNotFound {

@@ -102,7 +102,8 @@ impl Store {
     }
 
     /// Disables a provisioner (audit `provisioner.disabled`): its tokens are
-    /// refused from now on, including those already recorded. Disabling a
+    /// refused from now on, and the records of those already seen are
+    /// revoked in the same transaction. Disabling a
     /// disabled provisioner returns it unchanged and writes nothing.
     pub fn disable_provisioner(
         &self,
@@ -124,9 +125,17 @@ impl Store {
             let row = provisioner_row(conn, &name)?
                 .ok_or_else(|| StoreError::ProvisionerNotFound { name: name.clone() })?;
             if disabled == 1 {
+                // Its recorded tokens too, in the same transaction: a token
+                // verified just before this commit cannot then be consumed.
+                let revoked = super::tokens::revoke_provisioner_tokens(conn, &name, now)?;
                 audit::append(
                     conn,
-                    &NewAuditEvent::new(PROVISIONER_DISABLED, &actor, &name, json!({})),
+                    &NewAuditEvent::new(
+                        PROVISIONER_DISABLED,
+                        &actor,
+                        &name,
+                        json!({ "token_records_revoked": revoked }),
+                    ),
                     now,
                 )?;
             }

@@ -1339,6 +1339,47 @@ fn provisioners_register_once_list_and_disable(db: &TestDb) {
         matches!(err, StoreError::ProvisionerNotFound { .. }),
         "{err:?}"
     );
+
+    // Token records: refused once the provisioner is disabled; the same
+    // token again is fine; other claims under its jti are not.
+    store
+        .create_policy(&spec("payments"), ACTOR, NOW)
+        .expect("policy");
+    let seen = |id: &str, who: &str| NewToken {
+        id: id.to_owned(),
+        policy: "payments".to_owned(),
+        identity: identity(who),
+        max_uses: 1,
+        expires_at: later + Duration::minutes(5),
+    };
+    let err = store
+        .record_provisioner_token(&seen("p-1", "api"), "ci", later)
+        .expect_err("disabled");
+    assert!(
+        matches!(err, StoreError::ProvisionerDisabled { .. }),
+        "{err:?}"
+    );
+    store
+        .record_provisioner_token(&seen("p-2", "api"), "argo", later)
+        .expect("first use");
+    store
+        .record_provisioner_token(&seen("p-2", "api"), "argo", later)
+        .expect("the same token again");
+    let err = store
+        .record_provisioner_token(&seen("p-2", "web"), "argo", later)
+        .expect_err("other claims");
+    assert!(matches!(err, StoreError::TokenJtiReused { .. }), "{err:?}");
+    let recorded = store.token("p-2").expect("read").expect("recorded");
+    assert_eq!(
+        (recorded.max_uses, recorded.uses, recorded.revoked_at),
+        (1, 0, None)
+    );
+    // Disabling the provisioner revokes its records in the same write.
+    store
+        .disable_provisioner("argo", ACTOR, later)
+        .expect("disable argo");
+    let revoked = store.token("p-2").expect("read").expect("recorded");
+    assert_eq!(revoked.revoked_at, Some(later));
     let kinds: Vec<String> = all_audit(store)
         .into_iter()
         .filter(|e| e.kind.starts_with("provisioner."))
@@ -1349,7 +1390,8 @@ fn provisioners_register_once_list_and_disable(db: &TestDb) {
         [
             "provisioner.registered ci",
             "provisioner.registered argo",
-            "provisioner.disabled ci"
+            "provisioner.disabled ci",
+            "provisioner.disabled argo"
         ]
     );
 }

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::connection::DbConnection;
 use super::models::TokenRow;
-use super::schema::bootstrap_tokens;
+use super::schema::{bootstrap_tokens, provisioners};
 use super::statements::ConsumeTokenUse;
 use super::{
     audit, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
@@ -60,19 +60,80 @@ impl Store {
             "expires_at_unix": row.expires_at,
         });
         let event = NewAuditEvent::new(TOKEN_MINTED, actor, &token.id, data);
-        let id = token.id.clone();
         self.write(move |conn| {
-            match diesel::insert_into(bootstrap_tokens::table)
-                .values(&row)
-                .execute(conn)
-            {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::TokenAlreadyExists { id })
-                }
-                other => other.map_err(StoreError::query)?,
-            };
-            audit::append(conn, &event, now)?;
+            insert_token_row(conn, &row, &event, now)?;
             token_from_row(row)
+        })
+    }
+
+    /// Records the first use of a provisioner's token as a one-use token
+    /// (audit `token.minted` by `provisioner:<name>`), in one transaction
+    /// with the check that the provisioner is still enabled: a disable that
+    /// commits first refuses it ([`StoreError::ProvisionerDisabled`]), and
+    /// one that commits later revokes the record with the provisioner's
+    /// others before its use is consumed (see `disable_provisioner`).
+    ///
+    /// A record already there is the same token seen before (a replay, or
+    /// a parallel first use that won): fine when it binds the same policy
+    /// and identity, so the issuance transaction decides whether a use is
+    /// left. Other claims under the same `jti` are
+    /// [`StoreError::TokenJtiReused`].
+    pub fn record_provisioner_token(
+        &self,
+        token: &NewToken,
+        provisioner: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let actor = provisioner_actor(provisioner);
+        let row = TokenRow {
+            id: token.id.clone(),
+            policy: token.policy.clone(),
+            identity_json: to_json(&token.identity)?,
+            max_uses: 1,
+            uses: 0,
+            expires_at: unix(token.expires_at),
+            created_at: unix(now),
+            created_by: actor.clone(),
+            revoked_at: None,
+        };
+        let data = json!({
+            "policy": token.policy,
+            "identity": token.identity,
+            "max_uses": 1,
+            "expires_at_unix": row.expires_at,
+        });
+        let event = NewAuditEvent::new(TOKEN_MINTED, &actor, &token.id, data);
+        let name = provisioner.to_owned();
+        let identity = token.identity.clone();
+        self.write(move |conn| {
+            let disabled_at: Option<Option<i64>> = provisioners::table
+                .filter(provisioners::name.eq(&name))
+                .select(provisioners::disabled_at)
+                .get_result(conn)
+                .optional()
+                .map_err(StoreError::query)?;
+            match disabled_at {
+                None => return Err(StoreError::ProvisionerNotFound { name }),
+                Some(Some(_)) => return Err(StoreError::ProvisionerDisabled { name }),
+                Some(None) => {}
+            }
+            // Looked up before inserting: every write transaction is
+            // serialized (BEGIN IMMEDIATE; the audit head lock), so nobody
+            // inserts it in between, and a failed INSERT would abort a
+            // PostgreSQL transaction for any statement after it.
+            match token_row(conn, &row.id)? {
+                Some(existing) => {
+                    let same = existing.created_by == row.created_by
+                        && existing.policy == row.policy
+                        && identity_from_json(&existing.identity_json, &existing.id)? == identity;
+                    if same {
+                        Ok(())
+                    } else {
+                        Err(StoreError::TokenJtiReused { id: existing.id })
+                    }
+                }
+                None => insert_token_row(conn, &row, &event, now),
+            }
         })
     }
 
@@ -171,6 +232,48 @@ impl Store {
             token_from_row(row)
         })
     }
+}
+
+/// Inserts a token row with its audit event; a taken id is
+/// [`StoreError::TokenAlreadyExists`].
+fn insert_token_row(
+    conn: &mut DbConnection,
+    row: &TokenRow,
+    event: &NewAuditEvent,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    match diesel::insert_into(bootstrap_tokens::table)
+        .values(row)
+        .execute(conn)
+    {
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::TokenAlreadyExists { id: row.id.clone() })
+        }
+        other => other.map_err(StoreError::query)?,
+    };
+    audit::append(conn, event, now).map(drop)
+}
+
+/// The `created_by` (and audit actor) of a provisioner's token records.
+pub(super) fn provisioner_actor(provisioner: &str) -> String {
+    format!("provisioner:{provisioner}")
+}
+
+/// Revokes every unrevoked token record of `provisioner` in the caller's
+/// write transaction; returns how many.
+pub(super) fn revoke_provisioner_tokens(
+    conn: &mut DbConnection,
+    provisioner: &str,
+    now: OffsetDateTime,
+) -> Result<usize, StoreError> {
+    diesel::update(
+        bootstrap_tokens::table
+            .filter(bootstrap_tokens::created_by.eq(provisioner_actor(provisioner)))
+            .filter(bootstrap_tokens::revoked_at.is_null()),
+    )
+    .set(bootstrap_tokens::revoked_at.eq(unix(now)))
+    .execute(conn)
+    .map_err(StoreError::query)
 }
 
 /// Consumes one use of token `id` inside the caller's write transaction, or

@@ -569,13 +569,13 @@ pub(crate) fn check_time_claims(
             .map_err(|_| TokenError::Malformed("time claim out of range".into()))
     };
     let now_unix = now.unix_timestamp();
-    if issued_at > now_unix + LEEWAY_SECONDS {
+    if issued_at > now_unix.saturating_add(LEEWAY_SECONDS) {
         return Err(TokenError::NotYetValid {
             valid_from: at(issued_at)?,
             now,
         });
     }
-    if expires_at + LEEWAY_SECONDS <= now_unix {
+    if expires_at.saturating_add(LEEWAY_SECONDS) <= now_unix {
         return Err(TokenError::Expired {
             expired_at: at(expires_at)?,
             now,

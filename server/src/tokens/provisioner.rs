@@ -83,7 +83,10 @@ impl ProvisionerKey {
         let (algorithm, algorithm_name) = match (spki.algorithm.oid, curve) {
             (ID_EC_PUBLIC_KEY, Some(SECP256R1)) => (Algorithm::ES256, "ES256"),
             (ID_EC_PUBLIC_KEY, Some(SECP384R1)) => (Algorithm::ES384, "ES384"),
-            (ID_ED25519, None) => (Algorithm::EdDSA, "EdDSA"),
+            // RFC 8410: the parameters are absent, not merely not an OID.
+            (ID_ED25519, None) if spki.algorithm.parameters.is_none() => {
+                (Algorithm::EdDSA, "EdDSA")
+            }
             _ => {
                 return Err(KeyError(
                     "unsupported key type; use P-256 (ES256), P-384 (ES384) or Ed25519 (EdDSA)"
