@@ -505,26 +505,7 @@ impl TokenAuthority {
         // endpoint would otherwise look malformed instead of misaddressed.
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding_key, &validation)
-                .map_err(|error| {
-                    use jsonwebtoken::errors::ErrorKind;
-                    match error.kind() {
-                        ErrorKind::InvalidSignature => TokenError::BadSignature,
-                        ErrorKind::InvalidAudience => TokenError::WrongAudience {
-                            expected: audience.to_owned(),
-                        },
-                        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-                        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                            TokenError::AlgorithmNotAllowed {
-                                alg: "unknown".into(),
-                                expected: TOKEN_ALGORITHM_NAME,
-                            }
-                        }
-                        ErrorKind::MissingRequiredClaim(claim) => {
-                            TokenError::Malformed(format!("missing claim {claim}"))
-                        }
-                        _ => TokenError::Malformed("claims do not decode".into()),
-                    }
-                })?;
+                .map_err(|error| decode_refusal(&error, audience, TOKEN_ALGORITHM_NAME))?;
         let found = data.claims.get("kind").and_then(serde_json::Value::as_str);
         if found != Some(expected_kind) {
             return Err(TokenError::WrongKind {
@@ -534,6 +515,33 @@ impl TokenAuthority {
         }
         serde_json::from_value(data.claims)
             .map_err(|_| TokenError::Malformed("claims do not decode".into()))
+    }
+}
+
+/// The refusal for a `jsonwebtoken::decode` error, for a token verified
+/// against `audience` with the one algorithm `expected`.
+pub(crate) fn decode_refusal(
+    error: &jsonwebtoken::errors::Error,
+    audience: &str,
+    expected: &'static str,
+) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience {
+            expected: audience.to_owned(),
+        },
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenError::AlgorithmNotAllowed {
+                alg: "unknown".into(),
+                expected,
+            }
+        }
+        ErrorKind::MissingRequiredClaim(claim) => {
+            TokenError::Malformed(format!("missing claim {claim}"))
+        }
+        _ => TokenError::Malformed("claims do not decode".into()),
     }
 }
 

@@ -27,7 +27,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{check_time_claims, key_id_of, TokenError};
+use super::{check_time_claims, decode_refusal, key_id_of, TokenError};
 
 /// id-ecPublicKey (RFC 5480).
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
@@ -190,26 +190,7 @@ pub fn verify(
     validation.validate_exp = false;
     validation.validate_nbf = false;
     let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding_key, &validation)
-        .map_err(|error| {
-            use jsonwebtoken::errors::ErrorKind;
-            match error.kind() {
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidAudience => TokenError::WrongAudience {
-                    expected: audience.to_owned(),
-                },
-                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    TokenError::AlgorithmNotAllowed {
-                        alg: "unknown".into(),
-                        expected: key.algorithm_name,
-                    }
-                }
-                ErrorKind::MissingRequiredClaim(claim) => {
-                    TokenError::Malformed(format!("missing claim {claim}"))
-                }
-                _ => TokenError::Malformed("claims do not decode".into()),
-            }
-        })?;
+        .map_err(|error| decode_refusal(&error, audience, key.algorithm_name))?;
     let claims: ProvisionerClaims = serde_json::from_value(data.claims).map_err(|_| {
         TokenError::Malformed(
             "claims need iat, jti, policy and identity besides iss, aud and exp".into(),
