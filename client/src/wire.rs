@@ -25,6 +25,11 @@ pub struct Directory {
     pub endpoints: BTreeMap<String, String>,
     /// The issuing CA.
     pub ca: CaInfo,
+    /// The `aud` every bootstrap token must carry (`<public_url>/v1/enroll`):
+    /// what a provisioner puts in the tokens it signs. Absent from servers
+    /// older than provisioners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll_audience: Option<String>,
 }
 
 /// Public facts about the CA that signs enrollments.

@@ -527,6 +527,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
             ("ca_chain", "/v1/ca/chain.pem"),
             ("admin_policies", "/v1/admin/policies"),
             ("admin_tokens", "/v1/admin/tokens"),
+            ("admin_provisioners", "/v1/admin/provisioners"),
             ("admin_certificates", "/v1/admin/certificates"),
             ("admin_audit", "/v1/admin/audit"),
             ("openapi", "/openapi.json"),
@@ -540,6 +541,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
             issuer_key_type: loaded.key_type.as_str().into(),
             issuer_not_after,
         },
+        enroll_audience: Some(config.enroll_audience()),
     };
     let openapi: serde_json::Value =
         serde_norway::from_str(include_str!("../../openapi/openapi.yaml"))

@@ -13,8 +13,9 @@ use certmint_e2e::{
 };
 use serde_json::{json, Value};
 
-/// A policy for `*.<name>.internal`, and the enroll audience (read from a
-/// server-minted token, as an operator reads `public_url` from the config).
+/// A policy for `*.<name>.internal`, and the enroll audience as an
+/// orchestrator finds it: in the directory. It is the `aud` of the server's
+/// own tokens too.
 fn policy_and_audience(server: &TestServer, prefix: &str) -> (String, String) {
     let name = server.unique(prefix);
     server.create_policy(&policy_json(
@@ -23,15 +24,21 @@ fn policy_and_audience(server: &TestServer, prefix: &str) -> (String, String) {
         &[],
         &[],
     ));
+    let directory = server.request(Auth::None, "GET", "/v1/directory", None);
+    let audience = directory.body["enroll_audience"]
+        .as_str()
+        .expect("enroll_audience")
+        .to_owned();
+    assert_eq!(
+        directory.body["endpoints"]["admin_provisioners"],
+        "/v1/admin/provisioners"
+    );
     let minted = server.mint_token(
         &name,
         &identity(&[&format!("x.{name}.internal")], &[], &[]),
         1,
     );
-    let audience = jwt_segments(&minted.token).1["aud"]
-        .as_str()
-        .expect("aud")
-        .to_owned();
+    assert_eq!(jwt_segments(&minted.token).1["aud"], audience.as_str());
     (name, audience)
 }
 
