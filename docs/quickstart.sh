@@ -48,11 +48,13 @@ if [ -n "${CERTMINT_PKCS11_MODULE:-}" ]; then
   export SOFTHSM2_CONF="$DEV/softhsm2.conf"
   printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$DEV/tokens" > "$SOFTHSM2_CONF"
   MODULE_ARGS=(--pkcs11-module "$CERTMINT_PKCS11_MODULE")
+  TOKEN_ENV="SOFTHSM2_CONF=$SOFTHSM2_CONF"
   echo "token: $CERTMINT_PKCS11_MODULE"
 else
   # hsm-sim, the default: a software PKCS#11 token that keeps its state in
   # HSM_SIM_DIR (private keys sealed under the PIN). For development only.
   export HSM_SIM_DIR="$DEV/hsm-sim"
+  TOKEN_ENV="HSM_SIM_DIR=$HSM_SIM_DIR"
   echo "token: hsm-sim in $HSM_SIM_DIR"
 fi
 umask 077
@@ -144,7 +146,7 @@ if [ "$MODE" = enroll ]; then
 
 certmint is running at $URL (pid $(cat "$DEV/server.pid")), files in $DEV.
   the CLI:      export CERTMINT_SERVER=$URL CERTMINT_ROOT_FINGERPRINT=$FINGERPRINT
-                export CERTMINT_ADMIN_TOKEN=\$($SERVER admin-token --config $DEV/certmint.toml)
+                export CERTMINT_ADMIN_TOKEN=\$($TOKEN_ENV $SERVER admin-token --config $DEV/certmint.toml)
                 $CERTMINT admin certificates list
   the agent:    docs/quickstart.sh agent
   stop:         docs/quickstart.sh stop
@@ -221,5 +223,5 @@ The agent keeps renewing in the background (pid $(cat "$DEV/agent.pid"); log $DE
   renew now:    kill -HUP \$(cat $DEV/agent.pid)
   stop:         docs/quickstart.sh stop
   (CLI environment: export CERTMINT_SERVER=$URL CERTMINT_ROOT_FINGERPRINT=$FINGERPRINT
-                    CERTMINT_ADMIN_TOKEN=\$($SERVER admin-token --config $DEV/certmint.toml))
+                    CERTMINT_ADMIN_TOKEN=\$($TOKEN_ENV $SERVER admin-token --config $DEV/certmint.toml))
 MSG
