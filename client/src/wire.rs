@@ -343,8 +343,10 @@ impl std::fmt::Debug for MintedToken {
 
 /// `POST /v1/admin/provisioners`: register an external token issuer. An
 /// orchestrator keeps the private key and signs bootstrap tokens itself;
-/// the server verifies them with `public_key_pem`.
+/// the server verifies them with `public_key_pem`. Unknown fields are
+/// refused: a misspelt `max_token_ttl` must not silently become the default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewProvisioner {
     /// Unique name; the `iss` claim of its tokens.
     pub name: String,

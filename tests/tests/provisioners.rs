@@ -189,6 +189,8 @@ backend_tests! {
         };
         attempt(&|b| b["policies"] = json!(["no-such-policy"])).assert_problem(404, "policy.not_found");
         attempt(&|b| b["policies"] = json!([])).assert_problem(422, "provisioner.invalid");
+        // A misspelt field is refused, not silently left at its default.
+        attempt(&|b| b["max_ttl"] = json!("1h")).assert_problem(400, "request.malformed");
         attempt(&|b| b["max_token_ttl"] = json!("2h")).assert_problem(422, "provisioner.invalid");
         attempt(&|b| b["name"] = json!("Bad Name")).assert_problem(422, "provisioner.invalid");
         attempt(&|b| b["public_key_pem"] = json!(certmint_e2e::der_to_pem("CERTIFICATE", b"\x30\x00")))
