@@ -301,7 +301,12 @@ backend_tests! {
         let dns = format!("w.{policy}.test");
         let workload = workload(server, &policy, &dns);
         let mut agent = workload.spawn_agent();
-        agent.wait_for("the first certificate", Duration::from_secs(30), || workload.serial().is_some());
+        // Asleep until its renewal time: a SIGHUP that arrives while the
+        // first install (hooks, reload record) is still finishing asks for
+        // what just happened and is rightly absorbed.
+        agent.wait_for("the first certificate", Duration::from_secs(30), || {
+            workload.agent_log().contains("certificate valid; renewal at")
+        });
         let serial = workload.serial().unwrap_or_default();
 
         admin(server, &["certificates", "revoke", &serial, "--reason", "key_compromise"]).assert_exit(0);
