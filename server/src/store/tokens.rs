@@ -42,24 +42,7 @@ impl Store {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<TokenInfo, StoreError> {
-        let row = TokenRow {
-            id: token.id.clone(),
-            policy: token.policy.clone(),
-            identity_json: to_json(&token.identity)?,
-            max_uses: i64::from(token.max_uses),
-            uses: 0,
-            expires_at: unix(token.expires_at),
-            created_at: unix(now),
-            created_by: actor.to_owned(),
-            revoked_at: None,
-        };
-        let data = json!({
-            "policy": token.policy,
-            "identity": token.identity,
-            "max_uses": token.max_uses,
-            "expires_at_unix": row.expires_at,
-        });
-        let event = NewAuditEvent::new(TOKEN_MINTED, actor, &token.id, data);
+        let (row, event) = minted(token, actor, now)?;
         self.write(move |conn| {
             insert_token_row(conn, &row, &event, now)?;
             token_from_row(row)
@@ -84,25 +67,7 @@ impl Store {
         provisioner: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let actor = provisioner_actor(provisioner);
-        let row = TokenRow {
-            id: token.id.clone(),
-            policy: token.policy.clone(),
-            identity_json: to_json(&token.identity)?,
-            max_uses: 1,
-            uses: 0,
-            expires_at: unix(token.expires_at),
-            created_at: unix(now),
-            created_by: actor.clone(),
-            revoked_at: None,
-        };
-        let data = json!({
-            "policy": token.policy,
-            "identity": token.identity,
-            "max_uses": 1,
-            "expires_at_unix": row.expires_at,
-        });
-        let event = NewAuditEvent::new(TOKEN_MINTED, &actor, &token.id, data);
+        let (row, event) = minted(token, &provisioner_actor(provisioner), now)?;
         let name = provisioner.to_owned();
         let identity = token.identity.clone();
         self.write(move |conn| {
@@ -232,6 +197,34 @@ impl Store {
             token_from_row(row)
         })
     }
+}
+
+/// The row and the `token.minted` audit event (never with the JWT) that
+/// record `token`, minted by `actor` at `now`.
+fn minted(
+    token: &NewToken,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<(TokenRow, NewAuditEvent), StoreError> {
+    let row = TokenRow {
+        id: token.id.clone(),
+        policy: token.policy.clone(),
+        identity_json: to_json(&token.identity)?,
+        max_uses: i64::from(token.max_uses),
+        uses: 0,
+        expires_at: unix(token.expires_at),
+        created_at: unix(now),
+        created_by: actor.to_owned(),
+        revoked_at: None,
+    };
+    let data = json!({
+        "policy": token.policy,
+        "identity": token.identity,
+        "max_uses": token.max_uses,
+        "expires_at_unix": row.expires_at,
+    });
+    let event = NewAuditEvent::new(TOKEN_MINTED, actor, &token.id, data);
+    Ok((row, event))
 }
 
 /// Inserts a token row with its audit event; a taken id is

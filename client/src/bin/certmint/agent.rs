@@ -307,20 +307,19 @@ impl Agent {
                 Ok(OnDisk::Valid(installed))
                     if self.hook_due.as_deref() == Some(installed.meta.serial.as_str()) =>
                 {
-                    !self.renewal_due(&installed.meta)
+                    if self.renewal_due(&installed.meta) {
+                        // Due for renewal with the hooks still failing: try
+                        // them once before each renewal attempt (paced by
+                        // its backoff), so a server outage does not also
+                        // keep the workload on the previous certificate.
+                        self.reload(&installed.meta.serial).await;
+                        false
+                    } else {
+                        true
+                    }
                 }
                 _ => false,
             };
-            if let Ok(OnDisk::Valid(installed)) = &on_disk {
-                let serial = installed.meta.serial.as_str();
-                if !retry_hook && self.hook_due.as_deref() == Some(serial) {
-                    // Due for renewal with the hooks still failing: try them
-                    // once before each renewal attempt (paced by its
-                    // backoff), so a server outage does not also keep the
-                    // workload on the previous certificate.
-                    self.reload(serial).await;
-                }
-            }
             let action = match on_disk {
                 Err(reason) => Action::Enroll(reason),
                 Ok(on_disk) => match on_disk {

@@ -322,8 +322,12 @@ impl OutputDir {
     /// Sets the group and then the mode of the directory this process just
     /// created at `path`; never follows a symlink put in its place.
     fn seal_dir(&self, path: &Path) -> Result<(), OutputError> {
-        let dir = self.open_dir_nofollow(path)?;
-        self.share_with_group(&dir, path)?;
+        self.seal_open_dir(&self.open_dir_nofollow(path)?, path)
+    }
+
+    /// [`Self::seal_dir`] for a directory already open.
+    fn seal_open_dir(&self, dir: &File, path: &Path) -> Result<(), OutputError> {
+        self.share_with_group(dir, path)?;
         dir.set_permissions(fs::Permissions::from_mode(self.dir_mode()))
             .map_err(io_error("set the mode of", path))
     }
@@ -579,9 +583,7 @@ impl OutputDir {
                 .set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(io_error("set the mode of", &path))?;
         }
-        self.share_with_group(&dir, generation)?;
-        dir.set_permissions(fs::Permissions::from_mode(self.dir_mode()))
-            .map_err(io_error("set the mode of", generation))
+        self.seal_open_dir(&dir, generation)
     }
 
     fn ensure_link(&self, file: &str) -> Result<(), OutputError> {
