@@ -12,12 +12,11 @@ use certmint::wire::{
     AuditEvent, CertificateInfo, CertificateStatus, MintTokenRequest, MintedToken, NewProvisioner,
     Page, Policy, PolicySpec, ProvisionerInfo, RevocationReason, TokenInfo,
 };
-use certmint::ProblemCode;
 use time::OffsetDateTime;
 
 use crate::clock::Clock;
 use crate::error::ServiceError;
-use crate::policy::{validate_policy_name, CompiledPolicy, Decision};
+use crate::policy::{existing_policy_name, validate_policy_name, CompiledPolicy, Decision};
 use crate::store::{
     CertificateFilter, ExpiryWindow, NewProvisionerRecord, NewToken, Store, StoreError,
 };
@@ -30,8 +29,6 @@ pub const MAX_TOKEN_USES: u32 = 10_000;
 pub const DEFAULT_PROVISIONER_TOKEN_TTL_SECONDS: u64 = 300;
 /// The longest lifetime a provisioner may allow its tokens.
 pub const MAX_PROVISIONER_TOKEN_TTL_SECONDS: u64 = 3600;
-/// Largest page an admin list returns.
-pub const MAX_PAGE_SIZE: u32 = 500;
 
 /// Settings for minting bootstrap tokens.
 #[derive(Debug, Clone)]
@@ -42,6 +39,87 @@ pub struct TokenSettings {
     pub default_ttl_seconds: u64,
     /// Longest lifetime.
     pub max_ttl_seconds: u64,
+}
+
+/// Why an admin request was refused before the store saw it. Each variant
+/// is one rule; `api::error` gives each its problem code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// A new policy's name breaks the naming rule.
+    #[error("{reason}")]
+    PolicyNameInvalid {
+        /// The rule it breaks.
+        reason: String,
+    },
+    /// A replacement names another policy than its path.
+    #[error(
+        "the body names policy {body:?} but the path names {path:?}; renaming is not supported"
+    )]
+    PolicyRenamed {
+        /// The name in the body.
+        body: String,
+        /// The name in the path.
+        path: String,
+    },
+    /// Tokens cannot be minted for a disabled policy.
+    #[error("policy {policy:?} is disabled; no tokens can be minted for it")]
+    PolicyDisabled {
+        /// The policy.
+        policy: String,
+    },
+    /// A token must name something.
+    #[error("identity must name at least one DNS name, IP or URI (or pattern)")]
+    IdentityEmpty,
+    /// A token lifetime above `tokens.max_ttl`.
+    #[error("token ttl {ttl_seconds}s exceeds the server's maximum of {max_seconds}s")]
+    TokenTtlTooLong {
+        /// Asked for.
+        ttl_seconds: u64,
+        /// The server's maximum.
+        max_seconds: u64,
+    },
+    /// A token lifetime past the end of the calendar.
+    #[error("token ttl is out of range")]
+    TokenTtlOutOfRange,
+    /// `max_uses` of 0 or above [`MAX_TOKEN_USES`].
+    #[error("max_uses must be between 1 and {MAX_TOKEN_USES}")]
+    MaxUsesOutOfRange,
+    /// A provisioner registration breaks a rule.
+    #[error("{reason}")]
+    ProvisionerInvalid {
+        /// Which rule, and how.
+        reason: String,
+    },
+    /// A serial in a path that no certificate can have.
+    #[error("no certificate with serial {serial:?}: serials are hex, at most 40 digits")]
+    SerialMalformed {
+        /// The serial given.
+        serial: String,
+    },
+    /// A token id in a path that no token can have.
+    #[error("no bootstrap token with id {id:?}")]
+    TokenIdMalformed {
+        /// The id given.
+        id: String,
+    },
+    /// A provisioner name in a path that no provisioner can have.
+    #[error("no provisioner {name:?}")]
+    ProvisionerNameMalformed {
+        /// The name given.
+        name: String,
+    },
+    /// The inventory's policy filter breaks the naming rule.
+    #[error("policy filter {name:?}: {reason}")]
+    PolicyFilterInvalid {
+        /// The filter given.
+        name: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+    /// `expiring_within` reaches past the end of the calendar.
+    #[error("expiring_within reaches past the end of the calendar")]
+    ExpiryFilterOutOfRange,
 }
 
 /// Proof that the caller may write: only the API's authentication (after
@@ -100,7 +178,7 @@ impl Admin {
         spec: &PolicySpec,
     ) -> Result<Policy, ServiceError> {
         validate_policy_name(&spec.name)
-            .map_err(|reason| ServiceError::invalid(ProblemCode::PolicyInvalid, reason))?;
+            .map_err(|reason| AdminError::PolicyNameInvalid { reason })?;
         CompiledPolicy::compile_new_version(spec, 1)?;
         Ok(self.store.create_policy(spec, access.actor(), self.now())?)
     }
@@ -114,13 +192,11 @@ impl Admin {
     ) -> Result<Policy, ServiceError> {
         let name = existing_policy_name(name)?;
         if spec.name != name {
-            return Err(ServiceError::invalid(
-                ProblemCode::PolicyInvalid,
-                format!(
-                    "the body names policy {:?} but the path names {name:?}; renaming is not supported",
-                    spec.name
-                ),
-            ));
+            return Err(AdminError::PolicyRenamed {
+                body: spec.name.clone(),
+                path: name.to_owned(),
+            }
+            .into());
         }
         CompiledPolicy::compile_new_version(spec, 0)?;
         Ok(self
@@ -153,7 +229,7 @@ impl Admin {
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<Policy>, ServiceError> {
-        Ok(self.store.list_policies(cursor, clamp(limit))?)
+        Ok(self.store.list_policies(cursor, limit)?)
     }
 
     /// Mints a bootstrap token bound to a policy and an identity.
@@ -165,19 +241,13 @@ impl Admin {
         let stored = self.policy(&request.policy)?;
         let policy = CompiledPolicy::compile(&stored.spec, stored.version)?;
         if !policy.is_enabled() {
-            return Err(ServiceError::invalid(
-                ProblemCode::PolicyDisabled,
-                format!(
-                    "policy {:?} is disabled; no tokens can be minted for it",
-                    request.policy
-                ),
-            ));
+            return Err(AdminError::PolicyDisabled {
+                policy: request.policy.clone(),
+            }
+            .into());
         }
         if request.identity.is_empty() {
-            return Err(ServiceError::invalid(
-                ProblemCode::RequestMalformed,
-                "identity must name at least one DNS name, IP or URI (or pattern)",
-            ));
+            return Err(AdminError::IdentityEmpty.into());
         }
         if let Decision::Deny(refusals) = policy.check_identity_within(&request.identity) {
             return Err(ServiceError::denied(refusals));
@@ -186,20 +256,15 @@ impl Admin {
             .ttl
             .map_or(self.settings.default_ttl_seconds, |ttl| ttl.as_seconds());
         if ttl > self.settings.max_ttl_seconds {
-            return Err(ServiceError::invalid(
-                ProblemCode::RequestMalformed,
-                format!(
-                    "token ttl {ttl}s exceeds the server's maximum of {}s",
-                    self.settings.max_ttl_seconds
-                ),
-            ));
+            return Err(AdminError::TokenTtlTooLong {
+                ttl_seconds: ttl,
+                max_seconds: self.settings.max_ttl_seconds,
+            }
+            .into());
         }
         let max_uses = request.max_uses.unwrap_or(1);
         if max_uses == 0 || max_uses > MAX_TOKEN_USES {
-            return Err(ServiceError::invalid(
-                ProblemCode::RequestMalformed,
-                format!("max_uses must be between 1 and {MAX_TOKEN_USES}"),
-            ));
+            return Err(AdminError::MaxUsesOutOfRange.into());
         }
         let now = self.now();
         // ttl is at most max_ttl (checked above), so this cannot overflow
@@ -207,9 +272,7 @@ impl Admin {
         let expires_at = i64::try_from(ttl)
             .ok()
             .and_then(|seconds| now.checked_add(time::Duration::seconds(seconds)))
-            .ok_or_else(|| {
-                ServiceError::invalid(ProblemCode::RequestMalformed, "token ttl is out of range")
-            })?;
+            .ok_or(AdminError::TokenTtlOutOfRange)?;
         let id = crate::random::hex_id()?;
         let jwt = self.tokens.mint_bootstrap(
             &id,
@@ -242,7 +305,10 @@ impl Admin {
     /// One token.
     pub fn token(&self, id: &str) -> Result<TokenInfo, ServiceError> {
         let id = existing_token_id(id)?;
-        self.store.token(id)?.ok_or_else(|| token_not_found(id))
+        Ok(self
+            .store
+            .token(id)?
+            .ok_or_else(|| StoreError::TokenNotFound { id: id.to_owned() })?)
     }
 
     /// Tokens, paginated.
@@ -251,16 +317,13 @@ impl Admin {
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<TokenInfo>, ServiceError> {
-        Ok(self.store.list_tokens(cursor, clamp(limit))?)
+        Ok(self.store.list_tokens(cursor, limit)?)
     }
 
     /// Revokes a token: no further enrollment with it.
     pub fn revoke_token(&self, access: &WriteAccess, id: &str) -> Result<TokenInfo, ServiceError> {
         let id = existing_token_id(id)?;
-        match self.store.revoke_token(id, access.actor(), self.now()) {
-            Err(StoreError::TokenNotFound { .. }) => Err(token_not_found(id)),
-            other => Ok(other?),
-        }
+        Ok(self.store.revoke_token(id, access.actor(), self.now())?)
     }
 
     /// Registers a provisioner: an external issuer of bootstrap tokens.
@@ -269,14 +332,13 @@ impl Admin {
         access: &WriteAccess,
         request: &NewProvisioner,
     ) -> Result<ProvisionerInfo, ServiceError> {
-        let invalid =
-            |detail: String| ServiceError::invalid(ProblemCode::ProvisionerInvalid, detail);
+        let invalid = |reason: String| AdminError::ProvisionerInvalid { reason };
         validate_policy_name(&request.name)
             .map_err(|reason| invalid(format!("name {:?} {reason}", request.name)))?;
         let key = ProvisionerKey::from_pem(&request.public_key_pem)
             .map_err(|error| invalid(error.to_string()))?;
         if request.policies.is_empty() {
-            return Err(invalid("policies must name at least one policy".into()));
+            return Err(invalid("policies must name at least one policy".into()).into());
         }
         for policy in &request.policies {
             // Typos are caught now rather than as refusals at enrollment.
@@ -294,7 +356,8 @@ impl Admin {
             return Err(invalid(format!(
                 "max_token_ttl must be between 1s and {MAX_PROVISIONER_TOKEN_TTL_SECONDS}s: \
                  provisioner tokens are short-lived"
-            )));
+            ))
+            .into());
         }
         let record = NewProvisionerRecord {
             name: request.name.clone(),
@@ -312,9 +375,12 @@ impl Admin {
     /// One provisioner.
     pub fn provisioner(&self, name: &str) -> Result<ProvisionerInfo, ServiceError> {
         let name = existing_provisioner_name(name)?;
-        self.store
+        Ok(self
+            .store
             .provisioner(name)?
-            .ok_or_else(|| provisioner_not_found(name))
+            .ok_or_else(|| StoreError::ProvisionerNotFound {
+                name: name.to_owned(),
+            })?)
     }
 
     /// Every provisioner, by name, in one page.
@@ -332,13 +398,9 @@ impl Admin {
         name: &str,
     ) -> Result<ProvisionerInfo, ServiceError> {
         let name = existing_provisioner_name(name)?;
-        match self
+        Ok(self
             .store
-            .disable_provisioner(name, access.actor(), self.now())
-        {
-            Err(StoreError::ProvisionerNotFound { .. }) => Err(provisioner_not_found(name)),
-            other => Ok(other?),
-        }
+            .disable_provisioner(name, access.actor(), self.now())?)
     }
 
     /// One certificate, with its PEM.
@@ -362,11 +424,9 @@ impl Admin {
         limit: u32,
     ) -> Result<Page<CertificateInfo>, ServiceError> {
         if let Some(name) = &policy {
-            validate_policy_name(name).map_err(|reason| {
-                ServiceError::invalid(
-                    ProblemCode::RequestInvalidParameter,
-                    format!("policy filter {name:?}: {reason}"),
-                )
+            validate_policy_name(name).map_err(|reason| AdminError::PolicyFilterInvalid {
+                name: name.clone(),
+                reason,
             })?;
         }
         let now = self.now();
@@ -377,12 +437,7 @@ impl Admin {
                 until: i64::try_from(seconds)
                     .ok()
                     .and_then(|seconds| now.checked_add(time::Duration::seconds(seconds)))
-                    .ok_or_else(|| {
-                        ServiceError::invalid(
-                            ProblemCode::RequestInvalidParameter,
-                            "expiring_within reaches past the end of the calendar",
-                        )
-                    })?,
+                    .ok_or(AdminError::ExpiryFilterOutOfRange)?,
             }),
         };
         let filter = CertificateFilter {
@@ -390,9 +445,7 @@ impl Admin {
             status,
             expiring,
         };
-        Ok(self
-            .store
-            .list_certificates(&filter, cursor, clamp(limit))?)
+        Ok(self.store.list_certificates(&filter, cursor, limit)?)
     }
 
     /// Revokes a certificate with an RFC 5280 reason.
@@ -414,65 +467,33 @@ impl Admin {
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<AuditEvent>, ServiceError> {
-        Ok(self.store.list_audit(cursor, clamp(limit))?)
+        Ok(self.store.list_audit(cursor, limit)?)
     }
 }
 
-/// A policy name from a path, query or body. Names that fail the naming
-/// rule cannot exist, so they are reported as not found before they reach
-/// the database (PostgreSQL, for one, refuses NUL bytes in text).
-pub fn existing_policy_name(name: &str) -> Result<&str, ServiceError> {
-    validate_policy_name(name).map_err(|reason| {
-        ServiceError::invalid(
-            ProblemCode::PolicyNotFound,
-            format!("no policy {name:?}: {reason}"),
-        )
-    })?;
-    Ok(name)
-}
-
 /// A serial from a path: lower-case hex of at most 20 bytes.
-fn existing_serial(serial: &str) -> Result<String, ServiceError> {
+fn existing_serial(serial: &str) -> Result<String, AdminError> {
     let lower = serial.to_ascii_lowercase();
     if lower.is_empty() || lower.len() > 40 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ServiceError::invalid(
-            ProblemCode::CertificateNotFound,
-            format!("no certificate with serial {serial:?}: serials are hex, at most 40 digits"),
-        ));
+        return Err(AdminError::SerialMalformed {
+            serial: serial.to_owned(),
+        });
     }
     Ok(lower)
 }
 
 /// A bootstrap token id from a path: 32 lower-case hex digits.
-fn existing_token_id(id: &str) -> Result<&str, ServiceError> {
+fn existing_token_id(id: &str) -> Result<&str, AdminError> {
     if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(token_not_found(id));
+        return Err(AdminError::TokenIdMalformed { id: id.to_owned() });
     }
     Ok(id)
 }
 
-/// On admin routes a missing token is a 404 `token.not_found`; at
-/// enrollment the store's same error means an unknown token (401).
-fn token_not_found(id: &str) -> ServiceError {
-    ServiceError::invalid(
-        ProblemCode::TokenNotFound,
-        format!("no bootstrap token with id {id:?}"),
-    )
-}
-
 /// A provisioner name from a path; names follow the policy naming rule.
-fn existing_provisioner_name(name: &str) -> Result<&str, ServiceError> {
-    validate_policy_name(name).map_err(|_| provisioner_not_found(name))?;
+fn existing_provisioner_name(name: &str) -> Result<&str, AdminError> {
+    validate_policy_name(name).map_err(|_| AdminError::ProvisionerNameMalformed {
+        name: name.to_owned(),
+    })?;
     Ok(name)
-}
-
-fn provisioner_not_found(name: &str) -> ServiceError {
-    ServiceError::invalid(
-        ProblemCode::ProvisionerNotFound,
-        format!("no provisioner {name:?}"),
-    )
-}
-
-fn clamp(limit: u32) -> u32 {
-    limit.clamp(1, MAX_PAGE_SIZE)
 }

@@ -30,6 +30,120 @@ use crate::issuance::profile::{self, CaTemplate};
 use crate::issuance::{algorithms, certificate_not_after, pem, random_serial, IssuingCa};
 use crate::store::{CaState, Store};
 
+/// Why a CA could not be created, imported or loaded. Every message tells
+/// the operator what to do next; none carries key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// `ca.key_type` names a type CA keys may not have.
+    #[error("ca.key_type: {reason}")]
+    KeyTypeNotForCa {
+        /// Which type, and the allowed ones.
+        reason: String,
+    },
+    /// `tokens.signing_key = "hsm"` on a token without Ed25519.
+    #[error("the token cannot make Ed25519 keys for signing tokens; set tokens.signing_key = \"file\" in the config and run init again")]
+    NoEd25519ForTokens,
+    /// The token cannot make keys of the configured type.
+    #[error("the token cannot make {key_type} keys; choose another ca.key_type")]
+    KeyTypeUnsupported {
+        /// The configured type.
+        key_type: KeyType,
+    },
+    /// An interrupted `init` generated the key as another type.
+    #[error("an earlier init that did not finish generated key {label:?} as a {key_type} key; set ca.key_type = \"{key_type}\" in the config to finish it")]
+    ReservedForOtherKeyType {
+        /// The key label.
+        label: String,
+        /// The type it was generated as.
+        key_type: KeyType,
+    },
+    /// `ca import-chain` without a pending external-root CA.
+    #[error("no pending CA: run `init --external-root` first")]
+    NoPendingCa,
+    /// The imported chain is not PEM certificates.
+    #[error("chain does not parse: {reason}")]
+    ChainUnparsable {
+        /// The parser's words.
+        reason: String,
+    },
+    /// More certificates than a verifier accepts.
+    #[error("the chain has {length} certificates; at most {MAX_CHAIN_LENGTH} are accepted")]
+    ChainTooLong {
+        /// How many were given.
+        length: usize,
+    },
+    /// Fewer than the issuing certificate and its root.
+    #[error("the chain needs the issuing certificate and its root")]
+    ChainTooShort,
+    /// The first certificate is not for the token's issuing key.
+    #[error("the first certificate does not carry this CA's issuing key")]
+    ForeignIssuingKey,
+    /// The same certificate appears twice.
+    #[error("the chain holds {subject} twice")]
+    DuplicateInChain {
+        /// Its subject.
+        subject: String,
+    },
+    /// A root in the middle of the chain.
+    #[error("{subject} is self-signed, so it can only be the last certificate (the root)")]
+    SelfSignedIntermediate {
+        /// Its subject.
+        subject: String,
+    },
+    /// A certificate relying parties would not accept as a CA here.
+    #[error("{subject} cannot be a CA certificate in this chain: {why}")]
+    NotUsableAsCa {
+        /// Its subject.
+        subject: String,
+        /// Which check it fails.
+        why: String,
+    },
+    /// A certificate is followed by one that is not its issuer.
+    #[error("{subject} names its issuer {issuer}, but the next certificate is {next}")]
+    IssuerNameMismatch {
+        /// The certificate.
+        subject: String,
+        /// The issuer it names.
+        issuer: String,
+        /// The certificate that follows it.
+        next: String,
+    },
+    /// A signature in the chain does not verify.
+    #[error("{subject} is not signed by {issuer}: {reason}")]
+    NotSignedBy {
+        /// The certificate.
+        subject: String,
+        /// The certificate that should have signed it.
+        issuer: String,
+        /// Why verification failed.
+        reason: String,
+    },
+    /// `serve` before `init`.
+    #[error("no CA in the database: run `certmint-server init`")]
+    NotInitialized,
+    /// `serve` before `ca import-chain` in external-root mode.
+    #[error("the CA awaits its externally signed chain: run `certmint-server ca import-chain`")]
+    AwaitingChain,
+    /// The token's key and the recorded certificate disagree.
+    #[error("the token's issuing key does not match the issuing certificate in the database")]
+    IssuingKeyMismatch,
+    /// The issuing key could be read out of the token, or used without the PIN.
+    #[error("the issuing key {label:?} can leave the token or sign without a login (CKA_PRIVATE={}, CKA_SENSITIVE={}, CKA_EXTRACTABLE={}); certmint signs only with keys that stay on the token and need the PIN", protection.private, protection.sensitive, protection.extractable)]
+    KeyCanLeaveToken {
+        /// The key label.
+        label: String,
+        /// What the token reports.
+        protection: KeyProtection,
+    },
+    /// A CA lifetime past the end of the calendar.
+    #[error("CA lifetime of {seconds}s is out of range")]
+    LifetimeOutOfRange {
+        /// The configured lifetime.
+        seconds: i64,
+    },
+}
+
 /// What `init` should create.
 #[derive(Debug, Clone)]
 pub struct CaOptions {
@@ -98,7 +212,7 @@ fn require_ca_key_type(key_type: KeyType) -> Result<(), ServiceError> {
     let reason = parse_ca_key_type(key_type.as_str())
         .err()
         .unwrap_or_default();
-    Err(ServiceError::Setup(format!("ca.key_type: {reason}")))
+    Err(CaError::KeyTypeNotForCa { reason }.into())
 }
 
 /// Creates a root and an issuing CA on the token.
@@ -254,9 +368,7 @@ pub fn require_ed25519_for_tokens(hsm: &Hsm) -> Result<(), ServiceError> {
     if hsm.supported_key_types()?.contains(&KeyType::Ed25519) {
         return Ok(());
     }
-    Err(ServiceError::Setup(
-        "the token cannot make Ed25519 keys for signing tokens; set tokens.signing_key = \"file\" in the config and run init again".into(),
-    ))
+    Err(CaError::NoEd25519ForTokens.into())
 }
 
 /// The CA key labelled `label`: the one an earlier, interrupted `init`
@@ -275,9 +387,7 @@ fn reserved_key(
 ) -> Result<Arc<dyn CaSigner>, ServiceError> {
     // Asked first, so a type the token cannot make is never reserved.
     if !hsm.supported_key_types()?.contains(&key_type) {
-        return Err(ServiceError::Setup(format!(
-            "the token cannot make {key_type} keys; choose another ca.key_type"
-        )));
+        return Err(CaError::KeyTypeUnsupported { key_type }.into());
     }
     let mut key_id = [0u8; 16];
     crate::random::fill(&mut key_id)?;
@@ -286,14 +396,17 @@ fn reserved_key(
         hsm.find_generated_key_pair(label, &reservation.key_id, reservation.key_type)?;
     if let Some(found) = generated {
         if reservation.key_type != key_type {
-            return Err(ServiceError::Setup(format!(
-                "an earlier init that did not finish generated key {label:?} as a {} key; set ca.key_type = \"{}\" in the config to finish it",
-                reservation.key_type, reservation.key_type
-            )));
+            return Err(CaError::ReservedForOtherKeyType {
+                label: label.to_owned(),
+                key_type: reservation.key_type,
+            }
+            .into());
         }
+        // Found on every later `init` (the token-signing key is looked up
+        // each time), and after an interrupted one: say only what is known.
         tracing::info!(
             hsm.key_label = label,
-            "init: using the key an earlier, interrupted init generated"
+            "init: using the key generated earlier under this database's reservation"
         );
         return Ok(found);
     }
@@ -323,48 +436,43 @@ pub fn import_chain(
     chain_pem: &str,
     now: OffsetDateTime,
 ) -> Result<String, ServiceError> {
-    let state = store.ca_state()?.ok_or_else(|| {
-        ServiceError::Setup("no pending CA: run `init --external-root` first".into())
+    let state = store.ca_state()?.ok_or(CaError::NoPendingCa)?;
+    let chain = Certificate::load_pem_chain(chain_pem.as_bytes()).map_err(|error| {
+        CaError::ChainUnparsable {
+            reason: error.to_string(),
+        }
     })?;
-    let chain = Certificate::load_pem_chain(chain_pem.as_bytes())
-        .map_err(|error| ServiceError::Setup(format!("chain does not parse: {error}")))?;
     let (issuing, intermediates, root) = match chain.as_slice() {
         [issuing, intermediates @ .., root] if chain.len() <= MAX_CHAIN_LENGTH => {
             (issuing, intermediates, root)
         }
         [_, _, ..] => {
-            return Err(ServiceError::Setup(format!(
-                "the chain has {} certificates; at most {MAX_CHAIN_LENGTH} are accepted",
-                chain.len()
-            )))
+            return Err(CaError::ChainTooLong {
+                length: chain.len(),
+            }
+            .into())
         }
-        _ => {
-            return Err(ServiceError::Setup(
-                "the chain needs the issuing certificate and its root".into(),
-            ))
-        }
+        _ => return Err(CaError::ChainTooShort.into()),
     };
     let signer = hsm.signer(&state.issuing_key_label)?;
     if issuing.tbs_certificate().subject_public_key_info() != &spki_of(signer.as_ref())? {
-        return Err(ServiceError::Setup(
-            "the first certificate does not carry this CA's issuing key".into(),
-        ));
+        return Err(CaError::ForeignIssuingKey.into());
     }
     for (position, certificate) in intermediates.iter().enumerate() {
         let tbs = certificate.tbs_certificate();
         if chain[..=position].contains(certificate) {
-            return Err(ServiceError::Setup(format!(
-                "the chain holds {} twice",
-                tbs.subject()
-            )));
+            return Err(CaError::DuplicateInChain {
+                subject: tbs.subject().to_string(),
+            }
+            .into());
         }
         // A self-signed certificate ends a path; one in the middle is a
         // root in the wrong place, which clients would not build through.
         if tbs.subject() == tbs.issuer() && verify_issued_by(certificate, certificate).is_ok() {
-            return Err(ServiceError::Setup(format!(
-                "{} is self-signed, so it can only be the last certificate (the root)",
-                tbs.subject()
-            )));
+            return Err(CaError::SelfSignedIntermediate {
+                subject: tbs.subject().to_string(),
+            }
+            .into());
         }
     }
     for (below, certificate) in chain.iter().enumerate() {
@@ -403,10 +511,10 @@ fn check_ca_certificate(
 ) -> Result<(), ServiceError> {
     let tbs = certificate.tbs_certificate();
     let refuse = |why: String| {
-        ServiceError::Setup(format!(
-            "{} cannot be a CA certificate in this chain: {why}",
-            tbs.subject()
-        ))
+        ServiceError::from(CaError::NotUsableAsCa {
+            subject: tbs.subject().to_string(),
+            why,
+        })
     };
     let basic = tbs
         .get_extension::<BasicConstraints>()
@@ -458,18 +566,18 @@ fn check_ca_certificate(
 
 fn verify_issued_by(child: &Certificate, parent: &Certificate) -> Result<(), ServiceError> {
     if child.tbs_certificate().issuer() != parent.tbs_certificate().subject() {
-        return Err(ServiceError::Setup(format!(
-            "{} names its issuer {}, but the next certificate is {}",
-            child.tbs_certificate().subject(),
-            child.tbs_certificate().issuer(),
-            parent.tbs_certificate().subject()
-        )));
+        return Err(CaError::IssuerNameMismatch {
+            subject: child.tbs_certificate().subject().to_string(),
+            issuer: child.tbs_certificate().issuer().to_string(),
+            next: parent.tbs_certificate().subject().to_string(),
+        }
+        .into());
     }
     let tbs = child.tbs_certificate().to_der().map_err(encoding)?;
     let signature = child
         .signature()
         .as_bytes()
-        .ok_or_else(|| ServiceError::Setup("signature bits".into()))?;
+        .ok_or_else(|| encoding("signature bits"))?;
     algorithms::verify_signature(
         parent.tbs_certificate().subject_public_key_info(),
         child.signature_algorithm(),
@@ -477,11 +585,12 @@ fn verify_issued_by(child: &Certificate, parent: &Certificate) -> Result<(), Ser
         signature,
     )
     .map_err(|error| {
-        ServiceError::Setup(format!(
-            "{} is not signed by {}: {error}",
-            child.tbs_certificate().subject(),
-            parent.tbs_certificate().subject()
-        ))
+        CaError::NotSignedBy {
+            subject: child.tbs_certificate().subject().to_string(),
+            issuer: parent.tbs_certificate().subject().to_string(),
+            reason: error.to_string(),
+        }
+        .into()
     })
 }
 
@@ -500,15 +609,10 @@ pub struct LoadedCa {
 
 /// Loads the CA from the store and the token.
 pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
-    let not_ready = |what: &str| ServiceError::Setup(what.to_owned());
-    let state = store
-        .ca_state()?
-        .ok_or_else(|| not_ready("no CA in the database: run `certmint-server init`"))?;
+    let state = store.ca_state()?.ok_or(CaError::NotInitialized)?;
     let (Some(root_der), Some(issuing_der)) = (state.root().map(<[u8]>::to_vec), state.issuing_der)
     else {
-        return Err(not_ready(
-            "the CA awaits its externally signed chain: run `certmint-server ca import-chain`",
-        ));
+        return Err(CaError::AwaitingChain.into());
     };
     let signer: Arc<dyn CaSigner> = hsm.signer(&state.issuing_key_label)?;
     check_key_protection(
@@ -517,9 +621,7 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
     )?;
     let certificate = Certificate::from_der(&issuing_der).map_err(encoding)?;
     if certificate.tbs_certificate().subject_public_key_info() != &spki_of(signer.as_ref())? {
-        return Err(not_ready(
-            "the token's issuing key does not match the issuing certificate in the database",
-        ));
+        return Err(CaError::IssuingKeyMismatch.into());
     }
     // Leaf's issuer first, root last (RFC 8446 §4.4.2 order), so clients
     // that pin the root can build the path from what they are sent.
@@ -550,10 +652,11 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
 /// warning: it may exist outside the token.
 fn check_key_protection(label: &str, protection: KeyProtection) -> Result<(), ServiceError> {
     if !protection.stays_on_token() {
-        return Err(ServiceError::Setup(format!(
-            "the issuing key {label:?} can leave the token or sign without a login (CKA_PRIVATE={}, CKA_SENSITIVE={}, CKA_EXTRACTABLE={}); certmint signs only with keys that stay on the token and need the PIN",
-            protection.private, protection.sensitive, protection.extractable
-        )));
+        return Err(CaError::KeyCanLeaveToken {
+            label: label.to_owned(),
+            protection,
+        }
+        .into());
     }
     if !protection.generated_on_token() {
         tracing::warn!(
@@ -577,7 +680,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// `now + seconds`, refusing lifetimes past the end of the calendar.
 fn after(now: OffsetDateTime, seconds: i64) -> Result<OffsetDateTime, ServiceError> {
     now.checked_add(time::Duration::seconds(seconds))
-        .ok_or_else(|| ServiceError::Setup(format!("CA lifetime of {seconds}s is out of range")))
+        .ok_or_else(|| CaError::LifetimeOutOfRange { seconds }.into())
 }
 
 fn sign_ca(template: &CaTemplate, signer: &dyn CaSigner) -> Result<Vec<u8>, ServiceError> {
@@ -641,8 +744,8 @@ mod tests {
         // A config file can still name it: init refuses before reserving a CA
         // key, after finding no CA (a rerun beside an existing CA still passes).
         match require_ca_key_type(KeyType::Rsa2048) {
-            Err(ServiceError::Setup(reason)) => {
-                assert!(reason.starts_with("ca.key_type: \"rsa-2048\""), "{reason}")
+            Err(ServiceError::Ca(CaError::KeyTypeNotForCa { reason })) => {
+                assert!(reason.starts_with("\"rsa-2048\""), "{reason}")
             }
             other => panic!("rsa-2048 accepted for a CA key: {other:?}"),
         }

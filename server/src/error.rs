@@ -1,17 +1,23 @@
-//! The error every service function returns: one enum over the domain
-//! errors of each layer. It carries no HTTP status; `api::error` maps it to
-//! a problem code and status in one table.
+//! The error every service function returns: one enum over the typed
+//! errors of each layer and service. It carries no HTTP status and no
+//! problem code; `api::error` maps every variant (and every variant of each
+//! nested enum, without a wildcard) to a code and status in one place, so
+//! a new variant that nobody mapped fails to compile.
 
 use certmint::wire::NameRefusal;
 use certmint::ProblemCode;
 
+use crate::admin::AdminError;
+use crate::ca::CaError;
 use crate::hsm::HsmError;
 use crate::issuance::csr::CsrError;
 use crate::issuance::holder::HolderError;
 use crate::issuance::profile::ProfileError;
-use crate::policy::PolicyError;
+use crate::issuance::IssuanceError;
+use crate::policy::{NoSuchPolicyName, PolicyError};
 use crate::random::EntropyError;
 use crate::store::StoreError;
+use crate::tls::TlsError;
 use crate::tokens::{MintError, TokenError};
 
 /// Why a service call failed.
@@ -27,83 +33,79 @@ pub enum ServiceError {
     /// A policy document was refused.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A policy name that no policy can have.
+    #[error(transparent)]
+    PolicyName(#[from] NoSuchPolicyName),
     /// A certificate holder's mTLS request was refused (renew, self-revoke).
     #[error(transparent)]
     Holder(#[from] HolderError),
-    /// The policy (or token identity) refused the request, name by name.
+    /// The policy (or the token's identity) refused the request, name by
+    /// name. The problem code is the first refusal's.
     #[error("{}", summarize(refusals))]
     Denied {
-        /// Code of the first refusal, used as the problem's code.
-        code: ProblemCode,
-        /// Every refusal.
+        /// Every refusal, never empty.
         refusals: Vec<NameRefusal>,
     },
-    /// An input was invalid in a way with its own code (e.g. a bad filter).
-    #[error("{detail}")]
-    Invalid {
-        /// The problem code.
-        code: ProblemCode,
-        /// What was wrong.
-        detail: String,
-    },
+    /// An admin request was refused before it reached the store.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// The store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The HSM failed.
     #[error(transparent)]
     Hsm(#[from] HsmError),
+    /// `/readyz` could not use the HSM: whatever the cause, the server is
+    /// not ready (503), unlike a request that hit a configuration error.
+    #[error("HSM not ready: {0}")]
+    HsmNotReady(#[source] HsmError),
+    /// Minting a token failed.
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    /// The issuance pipeline could not go on (configuration, exhausted
+    /// serials, a failed post-signing check).
+    #[error(transparent)]
+    Issuance(#[from] IssuanceError),
     /// Certificate building failed (a bug).
     #[error(transparent)]
     Profile(#[from] ProfileError),
     /// No randomness.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
-    /// The CA, its chain or the server's own configuration cannot be used
-    /// (no CA yet, an expired issuing certificate, a chain that does not
-    /// verify, a lifetime out of range). Operator-facing; a 500 on the API.
-    #[error("{0}")]
-    Setup(String),
-    /// A signed certificate failed its post-signing checks (a bug or a
-    /// misbehaving token); nothing was returned to the client.
-    #[error("post-signing check failed: {0}")]
-    PostSigningCheck(String),
+    /// The CA cannot be created, imported or loaded.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The server's own TLS set-up failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl ServiceError {
     /// A denial from a list of refusals (which must not be empty).
     pub fn denied(refusals: Vec<NameRefusal>) -> Self {
-        let code = refusals
-            .first()
-            .map(|refusal| refusal.code.clone())
-            .unwrap_or(ProblemCode::PolicyNameNotAllowed);
-        ServiceError::Denied { code, refusals }
-    }
-
-    /// Shorthand for [`ServiceError::Invalid`].
-    pub fn invalid(code: ProblemCode, detail: impl Into<String>) -> Self {
-        ServiceError::Invalid {
-            code,
-            detail: detail.into(),
-        }
+        ServiceError::Denied { refusals }
     }
 }
 
+/// "who refused: what, for each name". Token refusals say the token
+/// refused, not the policy, so an operator looks at the right object.
 fn summarize(refusals: &[NameRefusal]) -> String {
+    let by_token = refusals
+        .iter()
+        .any(|refusal| refusal.code == ProblemCode::TokenNameNotAllowed);
+    let by_policy = refusals
+        .iter()
+        .any(|refusal| refusal.code != ProblemCode::TokenNameNotAllowed);
+    let who = match (by_policy, by_token) {
+        (true, true) => "the policy and the bootstrap token's identity refused",
+        (false, true) => "the bootstrap token's identity refused",
+        _ => "the policy refused",
+    };
     let parts: Vec<String> = refusals
         .iter()
         .map(|refusal| format!("{} {:?}: {}", refusal.kind, refusal.name, refusal.reason))
         .collect();
-    format!("policy check refused the request: {}", parts.join("; "))
-}
-
-impl From<MintError> for ServiceError {
-    fn from(error: MintError) -> Self {
-        match error {
-            // The HSM's own fault kinds decide 503 or 500.
-            MintError::Hsm(error) => ServiceError::Hsm(error),
-            MintError::Encoding(detail) => ServiceError::Setup(detail),
-        }
-    }
+    format!("{who} the request: {}", parts.join("; "))
 }
 
 /// An error's message followed by its causes, for an operator reading a

@@ -36,6 +36,28 @@ use crate::issuance::Issuer;
 pub use crate::policy::SERVER_POLICY_NAME;
 use crate::policy::{CompiledPolicy, RequestedNames};
 
+/// Why the server's TLS could not be set up. Operator-facing: it stops
+/// `serve`, or a renewal of the server certificate, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// rustls does not accept the CA root as a trust anchor.
+    #[error("the CA root is not a usable trust anchor: {0}")]
+    TrustAnchor(String),
+    /// The client certificate verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    ClientVerifier(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Configuration(String),
+    /// The server's own certificate fails the check its clients will make.
+    #[error("the server's own certificate would be refused by its clients: {0}")]
+    RefusedByClients(String),
+    /// The server certificate or its key could not be built or loaded.
+    #[error("server certificate: {0}")]
+    ServerCertificate(String),
+}
+
 /// Holds the current server certificate for rustls.
 #[derive(Debug)]
 pub struct ServerCertificate {
@@ -90,16 +112,14 @@ pub fn server_config(
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(root_der.to_vec()))
-        .map_err(|error| {
-            ServiceError::Setup(format!("the CA root is not a usable trust anchor: {error}"))
-        })?;
+        .map_err(|error| ServiceError::from(TlsError::TrustAnchor(error.to_string())))?;
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
-        .map_err(|error| ServiceError::Setup(format!("client certificate verifier: {error}")))?;
+        .map_err(|error| TlsError::ClientVerifier(error.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|error| ServiceError::Setup(format!("TLS configuration: {error}")))?
+        .map_err(|error| TlsError::Configuration(error.to_string()))?
         .with_client_cert_verifier(Arc::new(HolderCertificateVerifier {
             inner,
             ca_certificates: ca_certificates_der
@@ -334,9 +354,7 @@ impl<'a> ClientView<'a> {
 }
 
 fn refused(what: String) -> ServiceError {
-    ServiceError::Setup(format!(
-        "the server's own certificate would be refused by its clients: {what}"
-    ))
+    TlsError::RefusedByClients(what).into()
 }
 
 /// The built-in policy the server's own certificates are recorded under.
@@ -395,5 +413,5 @@ fn pem_to_der(text: &str) -> Result<Vec<u8>, ServiceError> {
 }
 
 fn internal(what: &str) -> ServiceError {
-    ServiceError::Setup(format!("server certificate: {what}"))
+    TlsError::ServerCertificate(what.to_owned()).into()
 }

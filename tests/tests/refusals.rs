@@ -676,7 +676,13 @@ backend_tests! {
         // A browser posts forms and text/plain cross-site without a
         // preflight: such bodies are refused even when they parse as JSON.
         let body = json!({"csr": "x", "token": "x"}).to_string().into_bytes();
-        for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        for content_type in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "text/json",
+            "image/json",
+            "text/plain+json",
+        ] {
             let response = server.request(
                 Auth::None,
                 "POST",

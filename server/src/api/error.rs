@@ -9,12 +9,17 @@ use actix_web::{HttpResponse, ResponseError};
 use certmint::wire::NameRefusal;
 use certmint::{Problem, ProblemCode};
 
+use crate::admin::AdminError;
 use crate::error::ServiceError;
-use crate::hsm::HsmError;
+use crate::hsm::{FaultKind, HsmError};
 use crate::issuance::csr::CsrError;
-use crate::policy::PolicyError;
+use crate::issuance::holder::HolderError;
+use crate::issuance::profile::ProfileError;
+use crate::issuance::IssuanceError;
+use crate::policy::{NoSuchPolicyName, PolicyError};
+use crate::random::EntropyError;
 use crate::store::StoreError;
-use crate::tokens::TokenError;
+use crate::tokens::{MintError, TokenError};
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
@@ -159,68 +164,179 @@ impl ApiError {
     }
 }
 
+/// The code of every service error. Each nested enum is matched in full,
+/// without a wildcard: a variant added anywhere below `api` fails to
+/// compile until it is given its code here.
 fn classify(error: &ServiceError) -> (ProblemCode, String) {
-    use ProblemCode as C;
-    let detail = error.to_string();
     let code = match error {
-        ServiceError::Csr(csr) => match csr {
-            CsrError::Malformed(_) => C::CsrMalformed,
-            CsrError::BadSignature => C::CsrBadSignature,
-            CsrError::UnsupportedKey(_) => C::CsrUnsupportedKey,
-            CsrError::WeakKey { .. } => C::CsrWeakKey,
-            CsrError::UnsupportedSignatureAlgorithm(_) => C::CsrUnsupportedSignatureAlgorithm,
-            CsrError::NoNames => C::CsrNoNames,
+        ServiceError::Csr(error) => csr_code(error),
+        ServiceError::Token(error) => token_code(error),
+        ServiceError::Policy(error) => policy_code(error),
+        ServiceError::PolicyName(NoSuchPolicyName { .. }) => ProblemCode::PolicyNotFound,
+        ServiceError::Holder(error) => holder_code(error),
+        ServiceError::Denied { refusals } => refusals
+            .first()
+            .map_or(ProblemCode::PolicyNameNotAllowed, |refusal| {
+                refusal.code.clone()
+            }),
+        ServiceError::Admin(error) => admin_code(error),
+        ServiceError::Store(error) => store_code(error),
+        ServiceError::Hsm(error) => hsm_code(error),
+        ServiceError::HsmNotReady(_) => ProblemCode::HsmUnavailable,
+        ServiceError::Mint(error) => match error {
+            MintError::Hsm(error) => hsm_code(error),
+            MintError::Encoding(_) => ProblemCode::Internal,
         },
-        ServiceError::Token(token) => match token {
-            TokenError::Malformed(_) => C::TokenMalformed,
-            TokenError::AlgorithmNotAllowed { .. } => C::TokenAlgorithmNotAllowed,
-            TokenError::UnknownKey | TokenError::WrongIssuer => C::TokenUnknown,
-            TokenError::BadSignature => C::TokenBadSignature,
-            TokenError::WrongAudience { .. } | TokenError::WrongKind { .. } => {
-                C::TokenWrongAudience
-            }
-            TokenError::Expired { .. } => C::TokenExpired,
-            TokenError::NotYetValid { .. } => C::TokenNotYetValid,
-            TokenError::PolicyNotAllowed { .. } => C::TokenPolicyNotAllowed,
-            TokenError::LifetimeTooLong { .. } => C::TokenLifetimeTooLong,
-            TokenError::IssuerDisabled { .. } => C::TokenIssuerDisabled,
+        ServiceError::Issuance(error) => match error {
+            IssuanceError::BackdateOutOfRange
+            | IssuanceError::IssuingCertificateExpired
+            | IssuanceError::SerialsExhausted { .. }
+            | IssuanceError::PostSigningCheck(_) => ProblemCode::Internal,
         },
-        ServiceError::Policy(PolicyError::Invalid(_)) => C::PolicyInvalid,
-        ServiceError::Holder(holder) => holder.code(),
-        ServiceError::Denied { code, .. } => code.clone(),
-        ServiceError::Invalid { code, .. } => code.clone(),
-        ServiceError::Store(store) => match store {
-            StoreError::PolicyAlreadyExists { .. } => C::PolicyAlreadyExists,
-            StoreError::PolicyNotFound { .. } => C::PolicyNotFound,
-            StoreError::TokenNotFound { .. } => C::TokenUnknown,
-            StoreError::TokenRevoked { .. } => C::TokenRevoked,
-            StoreError::TokenExpired { .. } => C::TokenExpired,
-            StoreError::TokenUsedUp { .. } => C::TokenUsed,
-            StoreError::ProvisionerAlreadyExists { .. } => C::ProvisionerAlreadyExists,
-            StoreError::ProvisionerNotFound { .. } => C::ProvisionerNotFound,
-            StoreError::ProvisionerDisabled { .. } => C::TokenIssuerDisabled,
-            StoreError::TokenJtiReused { .. } => C::TokenUsed,
-            StoreError::CertificateNotFound { .. } => C::CertificateNotFound,
-            StoreError::CertificateAlreadyRevoked { .. } => C::CertificateAlreadyRevoked,
-            StoreError::PredecessorRevoked { .. } => C::CertificateRevoked,
-            StoreError::BadCursor => C::RequestInvalidParameter,
-            StoreError::CertificateNotIssued { .. } => C::CertificateNotIssued,
-            StoreError::Conflict { .. } | StoreError::PolicyChanged { .. } => C::StoreUnavailable,
-            StoreError::Unavailable { .. } => C::StoreUnavailable,
-            _ => C::Internal,
+        ServiceError::Profile(error) => match error {
+            ProfileError::Encoding(_) | ProfileError::Name { .. } => ProblemCode::Internal,
         },
-        ServiceError::Hsm(hsm) if is_retryable(hsm) => C::HsmUnavailable,
-        ServiceError::Hsm(_)
-        | ServiceError::Profile(_)
-        | ServiceError::Entropy(_)
-        | ServiceError::Setup(_)
-        | ServiceError::PostSigningCheck(_) => C::Internal,
+        ServiceError::Entropy(EntropyError) => ProblemCode::Internal,
+        // Operator errors of `init`, `ca import-chain` and start-up; a
+        // request that meets one (a CA gone from the database) is a 500.
+        ServiceError::Ca(_) | ServiceError::Tls(_) => ProblemCode::Internal,
     };
-    (code, detail)
+    (code, error.to_string())
 }
 
-fn is_retryable(error: &HsmError) -> bool {
-    error.is_retryable()
+fn csr_code(error: &CsrError) -> ProblemCode {
+    use ProblemCode as C;
+    match error {
+        CsrError::Malformed(_) => C::CsrMalformed,
+        CsrError::BadSignature => C::CsrBadSignature,
+        CsrError::UnsupportedKey(_) => C::CsrUnsupportedKey,
+        CsrError::WeakKey { .. } => C::CsrWeakKey,
+        CsrError::UnsupportedSignatureAlgorithm(_) => C::CsrUnsupportedSignatureAlgorithm,
+        CsrError::NoNames => C::CsrNoNames,
+    }
+}
+
+fn token_code(error: &TokenError) -> ProblemCode {
+    use ProblemCode as C;
+    match error {
+        TokenError::Malformed(_) => C::TokenMalformed,
+        TokenError::AlgorithmNotAllowed { .. } => C::TokenAlgorithmNotAllowed,
+        TokenError::UnknownKey | TokenError::WrongIssuer => C::TokenUnknown,
+        TokenError::BadSignature => C::TokenBadSignature,
+        TokenError::WrongAudience { .. } | TokenError::WrongKind { .. } => C::TokenWrongAudience,
+        TokenError::Expired { .. } => C::TokenExpired,
+        TokenError::NotYetValid { .. } => C::TokenNotYetValid,
+        TokenError::PolicyNotAllowed { .. } => C::TokenPolicyNotAllowed,
+        TokenError::LifetimeTooLong { .. } => C::TokenLifetimeTooLong,
+        TokenError::IssuerDisabled { .. } => C::TokenIssuerDisabled,
+    }
+}
+
+fn policy_code(error: &PolicyError) -> ProblemCode {
+    match error {
+        PolicyError::Invalid(_) => ProblemCode::PolicyInvalid,
+    }
+}
+
+fn holder_code(error: &HolderError) -> ProblemCode {
+    use ProblemCode as C;
+    match error {
+        HolderError::CertificateRequired => C::MtlsCertificateRequired,
+        HolderError::Unknown => C::MtlsCertificateUnknown,
+        HolderError::Revoked { .. } => C::CertificateRevoked,
+        HolderError::Expired { .. } => C::CertificateExpired,
+        HolderError::RenewalNotAllowed { .. } => C::RenewalNotAllowed,
+        HolderError::ChainTooOld { .. } => C::RenewalChainTooOld,
+        HolderError::IdentityMismatch { .. } => C::RenewalIdentityMismatch,
+        HolderError::KeyNotRotated { .. } => C::RenewalKeyNotRotated,
+        HolderError::ReasonNotAllowed { .. } => C::RevocationReasonNotAllowed,
+    }
+}
+
+fn admin_code(error: &AdminError) -> ProblemCode {
+    use ProblemCode as C;
+    match error {
+        AdminError::PolicyNameInvalid { .. } | AdminError::PolicyRenamed { .. } => C::PolicyInvalid,
+        AdminError::PolicyDisabled { .. } => C::PolicyDisabled,
+        AdminError::IdentityEmpty
+        | AdminError::TokenTtlTooLong { .. }
+        | AdminError::TokenTtlOutOfRange
+        | AdminError::MaxUsesOutOfRange => C::RequestMalformed,
+        AdminError::ProvisionerInvalid { .. } => C::ProvisionerInvalid,
+        AdminError::SerialMalformed { .. } => C::CertificateNotFound,
+        AdminError::TokenIdMalformed { .. } => C::TokenNotFound,
+        AdminError::ProvisionerNameMalformed { .. } => C::ProvisionerNotFound,
+        AdminError::PolicyFilterInvalid { .. } | AdminError::ExpiryFilterOutOfRange => {
+            C::RequestInvalidParameter
+        }
+    }
+}
+
+fn store_code(error: &StoreError) -> ProblemCode {
+    use ProblemCode as C;
+    match error {
+        StoreError::PolicyAlreadyExists { .. } => C::PolicyAlreadyExists,
+        StoreError::PolicyNotFound { .. } => C::PolicyNotFound,
+        StoreError::TokenUnknown { .. } => C::TokenUnknown,
+        StoreError::TokenNotFound { .. } => C::TokenNotFound,
+        StoreError::TokenRevoked { .. } => C::TokenRevoked,
+        StoreError::TokenExpired { .. } => C::TokenExpired,
+        StoreError::TokenUsedUp { .. } | StoreError::TokenJtiReused { .. } => C::TokenUsed,
+        StoreError::ProvisionerAlreadyExists { .. } => C::ProvisionerAlreadyExists,
+        StoreError::ProvisionerNotFound { .. } => C::ProvisionerNotFound,
+        StoreError::ProvisionerDisabled { .. } => C::TokenIssuerDisabled,
+        StoreError::CertificateNotFound { .. } => C::CertificateNotFound,
+        StoreError::CertificateAlreadyRevoked { .. } => C::CertificateAlreadyRevoked,
+        StoreError::PredecessorRevoked { .. } => C::CertificateRevoked,
+        StoreError::BadCursor => C::RequestInvalidParameter,
+        StoreError::CertificateNotIssued { .. } => C::CertificateNotIssued,
+        StoreError::Conflict { .. }
+        | StoreError::PolicyChanged { .. }
+        | StoreError::Unavailable { .. } => C::StoreUnavailable,
+        // A failed rollback is as retryable as the error that caused it:
+        // a connection lost mid-transaction is still an outage, not a bug.
+        StoreError::Rollback { original, .. } => store_code(original),
+        StoreError::UnsupportedUrl { .. }
+        | StoreError::SqliteDirectoryMissing { .. }
+        | StoreError::Migration { .. }
+        | StoreError::TokenAlreadyExists { .. }
+        | StoreError::SerialCollision { .. }
+        | StoreError::CertificateNotPending { .. }
+        | StoreError::CaAlreadyInitialized
+        | StoreError::CaNotInitialized
+        | StoreError::Corrupt { .. }
+        | StoreError::Query { .. } => C::Internal,
+    }
+}
+
+/// 503 for what goes away by itself or with an operator's fix (the device
+/// is busy, gone, or refused the PIN); 500 for configuration and bugs.
+fn hsm_code(error: &HsmError) -> ProblemCode {
+    use ProblemCode as C;
+    match error {
+        HsmError::Login { .. }
+        | HsmError::LoginSuspended { .. }
+        | HsmError::Finalized
+        | HsmError::TokenAbsent { .. }
+        | HsmError::Reconnecting { .. }
+        | HsmError::SessionPoolTimeout { .. } => C::HsmUnavailable,
+        HsmError::Device { kind, .. } => match kind {
+            FaultKind::Transient | FaultKind::DeviceGone => C::HsmUnavailable,
+            FaultKind::Unsupported | FaultKind::Bug => C::Internal,
+        },
+        HsmError::ModuleLoad { .. }
+        | HsmError::TokenNotFound { .. }
+        | HsmError::TokenAmbiguous { .. }
+        | HsmError::KeyNotFound { .. }
+        | HsmError::PublicKeyNotFound { .. }
+        | HsmError::AlreadyExists { .. }
+        | HsmError::Ambiguous { .. }
+        | HsmError::UnsupportedKeyType { .. }
+        | HsmError::UnusableKey { .. }
+        | HsmError::MalformedSignature { .. }
+        | HsmError::NoUninitializedToken
+        | HsmError::Encoding { .. } => C::Internal,
+    }
 }
 
 impl ResponseError for ApiError {
@@ -253,7 +369,62 @@ impl ResponseError for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// Every holder error, one after the other: each variant's arm names the
+    /// variant after it. The match has no wildcard, so a new variant does not
+    /// compile until it has an arm here, and so joins the walk below.
+    fn after(error: &HolderError) -> Option<HolderError> {
+        let serial = || "01".to_owned();
+        Some(match error {
+            HolderError::CertificateRequired => HolderError::Unknown,
+            HolderError::Unknown => HolderError::Revoked {
+                serial: serial(),
+                reason: "key_compromise".into(),
+            },
+            HolderError::Revoked { .. } => HolderError::Expired {
+                serial: serial(),
+                not_after: "2026-01-01T00:00:00Z".into(),
+            },
+            HolderError::Expired { .. } => HolderError::RenewalNotAllowed {
+                policy: "p".into(),
+                version: 1,
+            },
+            HolderError::RenewalNotAllowed { .. } => HolderError::ChainTooOld {
+                policy: "p".into(),
+                started: "2026-01-01T00:00:00Z".into(),
+                max_age_seconds: 1,
+            },
+            HolderError::ChainTooOld { .. } => HolderError::IdentityMismatch {
+                requested: "a".into(),
+                current: "b".into(),
+            },
+            HolderError::IdentityMismatch { .. } => HolderError::KeyNotRotated { serial: serial() },
+            HolderError::KeyNotRotated { .. } => HolderError::ReasonNotAllowed {
+                reason: "ca_compromise".into(),
+            },
+            HolderError::ReasonNotAllowed { .. } => return None,
+        })
+    }
+
+    #[test]
+    fn ok_every_holder_error_has_its_own_code() {
+        let mut errors = vec![HolderError::CertificateRequired];
+        while let Some(next) = errors.last().and_then(after) {
+            let seen = errors
+                .iter()
+                .any(|error| std::mem::discriminant(error) == std::mem::discriminant(&next));
+            assert!(!seen, "the walk loops at {next:?}");
+            errors.push(next);
+        }
+        let codes: BTreeSet<String> = errors
+            .iter()
+            .map(|error| holder_code(error).to_string())
+            .collect();
+        assert_eq!(codes.len(), errors.len(), "{codes:?}");
+    }
 
     #[test]
     fn ok_every_code_has_a_status_and_only_internal_is_500() {

@@ -159,6 +159,7 @@ fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
         .content_type_required(true)
+        .content_type(is_json_media_type)
         .error_handler(|error, request| {
             use actix_web::error::JsonPayloadError;
             let (code, detail) = match &error {
@@ -174,6 +175,16 @@ fn json_config(limit: usize) -> web::JsonConfig {
             };
             request_error(code, detail, request)
         })
+}
+
+/// `application/json` or `application/<anything>+json`, as the README
+/// promises. actix-web's default also takes any other top-level type with
+/// a JSON subtype or suffix (`text/json`, `text/plain+json`), which a
+/// browser can send cross-site without a preflight.
+fn is_json_media_type(media_type: actix_web::mime::Mime) -> bool {
+    use actix_web::mime;
+    media_type.type_() == mime::APPLICATION
+        && (media_type.subtype() == mime::JSON || media_type.suffix() == Some(mime::JSON))
 }
 
 fn request_error(code: ProblemCode, detail: String, request: &HttpRequest) -> actix_web::Error {
@@ -342,5 +353,38 @@ mod contract_tests {
             "routes missing from openapi.yaml: {undocumented:?}"
         );
         assert!(missing.is_empty(), "documented but not served: {missing:?}");
+    }
+}
+
+#[cfg(test)]
+mod media_type_tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn ok_json_media_types_are_application_json_or_a_json_suffix() {
+        for accepted in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/problem+json",
+            "application/merge-patch+json",
+        ] {
+            let media_type = accepted.parse().expect("a media type");
+            assert!(is_json_media_type(media_type), "{accepted}");
+        }
+    }
+
+    #[test]
+    fn fail_json_subtypes_of_other_top_level_types() {
+        for refused in [
+            "text/json",
+            "image/json",
+            "text/plain+json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            let media_type = refused.parse().expect("a media type");
+            assert!(!is_json_media_type(media_type), "{refused}");
+        }
     }
 }

@@ -54,12 +54,7 @@ async fn readyz(state: web::Data<AppState>, id: RequestId) -> Result<HttpRespons
     let hsm = state.hsm.clone();
     blocking(&id, move || {
         store.ping().map_err(ServiceError::from)?;
-        hsm.ping().map_err(|error| {
-            ServiceError::invalid(
-                ProblemCode::HsmUnavailable,
-                format!("HSM not ready: {error}"),
-            )
-        })?;
+        hsm.ping().map_err(ServiceError::HsmNotReady)?;
         Ok(())
     })
     .await?;

@@ -20,7 +20,6 @@ use std::collections::BTreeSet;
 use certmint::wire::{
     CertificateBundle, CertificateInfo, CertificateStatus, Identity, RenewRequest, RevocationReason,
 };
-use certmint::ProblemCode;
 use der::Decode as _;
 use time::OffsetDateTime;
 use x509_cert::certificate::Certificate;
@@ -94,23 +93,6 @@ pub enum HolderError {
         /// The reason asked for.
         reason: String,
     },
-}
-
-impl HolderError {
-    /// The stable problem code.
-    pub fn code(&self) -> ProblemCode {
-        match self {
-            HolderError::CertificateRequired => ProblemCode::MtlsCertificateRequired,
-            HolderError::Unknown => ProblemCode::MtlsCertificateUnknown,
-            HolderError::Revoked { .. } => ProblemCode::CertificateRevoked,
-            HolderError::Expired { .. } => ProblemCode::CertificateExpired,
-            HolderError::RenewalNotAllowed { .. } => ProblemCode::RenewalNotAllowed,
-            HolderError::ChainTooOld { .. } => ProblemCode::RenewalChainTooOld,
-            HolderError::IdentityMismatch { .. } => ProblemCode::RenewalIdentityMismatch,
-            HolderError::KeyNotRotated { .. } => ProblemCode::RenewalKeyNotRotated,
-            HolderError::ReasonNotAllowed { .. } => ProblemCode::RevocationReasonNotAllowed,
-        }
-    }
 }
 
 impl Issuer {
@@ -367,36 +349,5 @@ mod tests {
         assert!(!same_names(&identity(&["a.test", "b.test"], &[]), &current));
         assert!(!same_names(&identity(&[], &[]), &current));
         assert!(!same_names(&identity(&["a.test"], &["10.0.0.1"]), &current));
-    }
-
-    #[test]
-    fn ok_every_holder_error_has_its_own_code() {
-        let errors = [
-            HolderError::CertificateRequired,
-            HolderError::Unknown,
-            HolderError::Revoked {
-                serial: "01".into(),
-                reason: "x".into(),
-            },
-            HolderError::Expired {
-                serial: "01".into(),
-                not_after: "x".into(),
-            },
-            HolderError::RenewalNotAllowed {
-                policy: "p".into(),
-                version: 1,
-            },
-            HolderError::ChainTooOld {
-                policy: "p".into(),
-                started: "x".into(),
-                max_age_seconds: 1,
-            },
-            HolderError::IdentityMismatch {
-                requested: "a".into(),
-                current: "b".into(),
-            },
-        ];
-        let codes: BTreeSet<String> = errors.iter().map(|e| e.code().to_string()).collect();
-        assert_eq!(codes.len(), errors.len());
     }
 }

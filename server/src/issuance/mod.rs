@@ -64,6 +64,31 @@ const SERIAL_ATTEMPTS: usize = 4;
 /// in the meantime).
 const POLICY_ATTEMPTS: usize = 4;
 
+/// Why the pipeline stopped for a reason of its own (not a refusal of the
+/// request, not a failing store or HSM). Every one is a 500: the request
+/// was fine, the server is not.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuanceError {
+    /// `issuance.backdate` pushes notBefore out of the calendar.
+    #[error("issuance.backdate is out of range")]
+    BackdateOutOfRange,
+    /// The issuing certificate (or one above it) has expired.
+    #[error("the issuing certificate has expired; rotate the CA")]
+    IssuingCertificateExpired,
+    /// Every random serial drawn was taken (each a 2^-127 event: a broken
+    /// random source or a broken store).
+    #[error("could not draw a unique serial in {attempts} attempts")]
+    SerialsExhausted {
+        /// Serials drawn.
+        attempts: usize,
+    },
+    /// A signed certificate failed its post-signing checks (a bug or a
+    /// misbehaving token); nothing was returned to the client.
+    #[error("post-signing check failed: {0}")]
+    PostSigningCheck(String),
+}
+
 /// Issuance settings from the configuration.
 #[derive(Debug, Clone)]
 pub struct IssuerSettings {
@@ -323,7 +348,7 @@ impl Issuer {
     ) -> ServiceError {
         match self.parts.store.check_token_usable(jti, now) {
             Err(
-                token @ (StoreError::TokenNotFound { .. }
+                token @ (StoreError::TokenUnknown { .. }
                 | StoreError::TokenRevoked { .. }
                 | StoreError::TokenExpired { .. }
                 | StoreError::TokenUsedUp { .. }),
@@ -459,7 +484,7 @@ impl Issuer {
 
     /// The current version of `name`, read from the database.
     fn load_policy(&self, name: &str) -> Result<CompiledPolicy, ServiceError> {
-        let name = crate::admin::existing_policy_name(name)?;
+        let name = policy::existing_policy_name(name)?;
         let stored =
             self.parts
                 .store
@@ -489,16 +514,14 @@ impl Issuer {
             policy.ttl_max(),
             self.parts.settings.backdate_seconds,
         )
-        .ok_or_else(|| ServiceError::Setup("issuance.backdate is out of range".into()))?;
+        .ok_or(IssuanceError::BackdateOutOfRange)?;
         let not_before = window.not_before;
         let wanted_not_after = window.not_after.unwrap_or(issuer_not_after);
         let not_after = wanted_not_after
             .min(issuer_not_after)
             .min(lineage.latest_not_after.unwrap_or(issuer_not_after));
         if not_after <= now {
-            return Err(ServiceError::Setup(
-                "the issuing certificate has expired; rotate the CA".into(),
-            ));
+            return Err(IssuanceError::IssuingCertificateExpired.into());
         }
         let names = leaf_names(&request);
         for _ in 0..SERIAL_ATTEMPTS {
@@ -565,9 +588,10 @@ impl Issuer {
                 Err(other) => return Err(other.into()),
             }
         }
-        Err(ServiceError::PostSigningCheck(
-            "could not draw a unique serial".into(),
-        ))
+        Err(IssuanceError::SerialsExhausted {
+            attempts: SERIAL_ATTEMPTS,
+        }
+        .into())
     }
 
     /// Steps 5 to 7.
@@ -649,8 +673,8 @@ impl Issuer {
         tbs_der: &[u8],
         request: &VerifiedCsr,
         names: &LeafNames,
-    ) -> Result<(), ServiceError> {
-        let fail = |what: &str| ServiceError::PostSigningCheck(what.to_owned());
+    ) -> Result<(), IssuanceError> {
+        let fail = |what: &str| IssuanceError::PostSigningCheck(what.to_owned());
         let issuer_key = self
             .parts
             .ca

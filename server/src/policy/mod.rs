@@ -500,13 +500,26 @@ pub enum PolicyError {
     Invalid(Vec<String>),
 }
 
-impl PolicyError {
-    /// The stable problem code for this error.
-    pub fn code(&self) -> ProblemCode {
-        match self {
-            PolicyError::Invalid(_) => ProblemCode::PolicyInvalid,
-        }
-    }
+/// A name from a path, query or token that breaks the naming rule, so no
+/// policy can have it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no policy {name:?}: {reason}")]
+pub struct NoSuchPolicyName {
+    /// The name given.
+    pub name: String,
+    /// The rule it breaks.
+    pub reason: String,
+}
+
+/// A policy name from a path, query, body or token. Names that fail the
+/// naming rule cannot exist, so they are reported as not found before they
+/// reach the database (PostgreSQL, for one, refuses NUL bytes in text).
+pub fn existing_policy_name(name: &str) -> Result<&str, NoSuchPolicyName> {
+    validate_policy_name(name).map_err(|reason| NoSuchPolicyName {
+        name: name.to_owned(),
+        reason,
+    })?;
+    Ok(name)
 }
 
 /// Decides `request` under `policy`, collecting every refusal.

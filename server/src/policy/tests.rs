@@ -481,7 +481,6 @@ fn compile_refuses_bad_specs() {
     for (case, overrides) in cases {
         match CompiledPolicy::compile(&spec(overrides), 1) {
             Err(error @ PolicyError::Invalid(_)) => {
-                assert_eq!(error.code(), ProblemCode::PolicyInvalid, "{case}");
                 let PolicyError::Invalid(problems) = &error;
                 assert_eq!(problems.len(), 1, "{case}: {problems:?}");
             }

@@ -114,7 +114,7 @@ impl Store {
     /// `certificate.signing`. A superseded policy version is
     /// [`StoreError::PolicyChanged`] (nothing is written).
     ///
-    /// Token refusals are precise: [`StoreError::TokenNotFound`],
+    /// Token refusals are precise: [`StoreError::TokenUnknown`],
     /// [`StoreError::TokenRevoked`], [`StoreError::TokenExpired`],
     /// [`StoreError::TokenUsedUp`]. A renewal (`cert.predecessor`) whose
     /// predecessor is no longer `issued` is [`StoreError::PredecessorRevoked`].

@@ -219,8 +219,15 @@ pub enum StoreError {
         /// Token id.
         id: String,
     },
-    /// No bootstrap token with this id.
-    #[error("token {id:?} not found")]
+    /// A token presented for enrollment has no record: the JWT verified,
+    /// but this database never minted it (another installation's key?).
+    #[error("token {id:?} is not known to this server")]
+    TokenUnknown {
+        /// Token id.
+        id: String,
+    },
+    /// An administrator named a token id that has no record.
+    #[error("no bootstrap token with id {id:?}")]
     TokenNotFound {
         /// Token id.
         id: String,

@@ -427,7 +427,7 @@ fn fail_token_not_found_revoked_or_expired(db: &TestDb) {
         )
         .expect_err("unknown token");
     assert!(
-        matches!(err, StoreError::TokenNotFound { ref id } if id == "nope"),
+        matches!(err, StoreError::TokenUnknown { ref id } if id == "nope"),
         "{err:?}"
     );
 

@@ -110,13 +110,13 @@ impl Store {
     }
 
     /// Whether token `id` has a use left at `now`, without consuming it:
-    /// `Ok(())`, or the refusal its use would get ([`StoreError::TokenNotFound`],
+    /// `Ok(())`, or the refusal its use would get ([`StoreError::TokenUnknown`],
     /// `TokenRevoked`, `TokenExpired`, `TokenUsedUp`). Only a hint: the
     /// conditional update in the issuance transaction is what counts.
     pub fn check_token_usable(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
         let row = self.read(|conn| token_row(conn, id))?;
         match row {
-            None => Err(StoreError::TokenNotFound { id: id.to_owned() }),
+            None => Err(StoreError::TokenUnknown { id: id.to_owned() }),
             Some(row) => match refusal_for(row, now)? {
                 Some(refusal) => Err(refusal),
                 None => Ok(()),
@@ -284,7 +284,7 @@ pub(super) fn consume_use(
         return Ok(());
     }
     let Some(row) = token_row(conn, id)? else {
-        return Err(StoreError::TokenNotFound { id: id.to_owned() });
+        return Err(StoreError::TokenUnknown { id: id.to_owned() });
     };
     match refusal_for(row, now)? {
         Some(refusal) => Err(refusal),
