@@ -7,6 +7,7 @@
 //!   certmint (agent, admin CLI) ──┐
 //!                                 ├── certmint::wire   (requests, responses)
 //!   certmint-server (api layer) ──┘   certmint::problem (stable problem codes)
+//!                                     certmint::audit   (the audit hash chain)
 //! ```
 //!
 //! Everything here is plain data with serde derives. Fields may be added in a
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod duration;

@@ -17,12 +17,10 @@
 //! - The bearer token is only ever sent in the `Authorization` header by
 //!   [`Client`]; nothing here formats it.
 //!
-//! [`verify_audit_chain`] recomputes the audit log's hash chain with the
-//! server's documented encoding (version 1, `server/src/audit.rs`), so an
-//! auditor can check the log without trusting the server's own check.
+//! [`crate::audit::verify_chain`] checks the pages of the audit log that
+//! [`Client::audit`] returns, with the same encoding the server writes.
 
 use reqwest::{Method, Url};
-use ring::digest;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -373,123 +371,6 @@ impl Client {
     }
 }
 
-/// `prev_hash` of the first audit event: 64 hex zeros.
-pub const AUDIT_GENESIS_HASH: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Domain separation tag of the audit hash encoding, version 1.
-const AUDIT_DOMAIN_TAG: &[u8] = b"certmint-audit-v1";
-
-/// Where and why an audit chain fails to verify.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("audit chain broken at seq {seq}: {reason}")]
-pub struct AuditChainBreak {
-    /// Sequence number of the first event that does not verify.
-    pub seq: i64,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
-/// Recomputes one audit event's hash (encoding version 1): SHA-256 over
-/// the tag `certmint-audit-v1` and seven length-prefixed fields
-/// (`prev_hash`, `seq`, `at` in unix seconds, `kind`, `actor`, `subject`,
-/// canonical JSON of `data`), each as an 8-byte big-endian length and the
-/// bytes; integers as 8-byte big-endian two's complement.
-pub fn audit_event_hash(event: &AuditEvent) -> String {
-    let data = canonical_json(&event.data);
-    let mut context = digest::Context::new(&digest::SHA256);
-    context.update(AUDIT_DOMAIN_TAG);
-    for field in [
-        event.prev_hash.as_bytes(),
-        &event.seq.to_be_bytes(),
-        &event.at.unix_timestamp().to_be_bytes(),
-        event.kind.as_bytes(),
-        event.actor.as_bytes(),
-        event.subject.as_bytes(),
-        data.as_bytes(),
-    ] {
-        // usize -> u64 never truncates on the platforms Rust supports.
-        context.update(&(field.len() as u64).to_be_bytes());
-        context.update(field);
-    }
-    hex::encode(context.finish().as_ref())
-}
-
-/// Verifies consecutive audit events in ascending `seq` order: each hash
-/// matches its event, each `prev_hash` the hash before it, and no `seq` is
-/// skipped. An event with `seq` 1 must start from [`AUDIT_GENESIS_HASH`];
-/// a run starting later is anchored at its first event's `prev_hash`.
-pub fn verify_audit_chain(events: &[AuditEvent]) -> Result<(), AuditChainBreak> {
-    let mut previous: Option<&AuditEvent> = None;
-    for event in events {
-        let expected_prev = match previous {
-            Some(prev) if event.seq != prev.seq.wrapping_add(1) => {
-                return Err(AuditChainBreak {
-                    seq: event.seq,
-                    reason: "sequence number does not follow the previous event",
-                });
-            }
-            Some(prev) => Some(prev.hash.as_str()),
-            None if event.seq == 1 => Some(AUDIT_GENESIS_HASH),
-            None => None,
-        };
-        if expected_prev.is_some_and(|expected| event.prev_hash != expected) {
-            return Err(AuditChainBreak {
-                seq: event.seq,
-                reason: "prev_hash does not match the previous event's hash",
-            });
-        }
-        if audit_event_hash(event) != event.hash {
-            return Err(AuditChainBreak {
-                seq: event.seq,
-                reason: "stored hash does not match the event's contents",
-            });
-        }
-        previous = Some(event);
-    }
-    Ok(())
-}
-
-/// JSON with object keys sorted by their UTF-8 bytes and no whitespace;
-/// scalars in serde_json's compact form (what the server hashes).
-fn canonical_json(value: &serde_json::Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &serde_json::Value, out: &mut String) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (index, (key, item)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(item, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        // `Display` of a scalar is serde_json's compact serialisation.
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
-
 /// The wire name of a status (`issued`, …), as the server's filter reads it.
 fn status_name(status: CertificateStatus) -> &'static str {
     match status {
@@ -543,7 +424,6 @@ fn encode_path(segments: &[&str], query: &[(&str, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use time::OffsetDateTime;
 
     use super::*;
 
@@ -629,65 +509,5 @@ mod tests {
                 "policies": ["web"],
             })
         );
-    }
-
-    fn chain(n: i64) -> Vec<AuditEvent> {
-        let mut prev = AUDIT_GENESIS_HASH.to_owned();
-        (1..=n)
-            .map(|seq| {
-                let mut event = AuditEvent {
-                    seq,
-                    at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + seq).unwrap(),
-                    kind: "policy.created".into(),
-                    actor: "admin:alice".into(),
-                    subject: "payments".into(),
-                    data: json!({"b": seq, "a": [1, {"z": null, "y": "é\n"}]}),
-                    prev_hash: prev.clone(),
-                    hash: String::new(),
-                };
-                event.hash = audit_event_hash(&event);
-                prev = event.hash.clone();
-                event
-            })
-            .collect()
-    }
-
-    #[test]
-    fn ok_canonical_json_sorts_keys_without_whitespace() {
-        let value = json!({"b": 1, "a": {"d": [true, null], "c": "é\n"}});
-        assert_eq!(
-            canonical_json(&value),
-            r#"{"a":{"c":"é\n","d":[true,null]},"b":1}"#
-        );
-    }
-
-    #[test]
-    fn ok_intact_chain_and_a_later_page_verify() {
-        let events = chain(4);
-        verify_audit_chain(&events).unwrap();
-        verify_audit_chain(&events[2..]).unwrap();
-        verify_audit_chain(&[]).unwrap();
-    }
-
-    #[test]
-    fn fail_edited_removed_or_relinked_events() {
-        let mut edited = chain(3);
-        edited[1].subject = "other".into();
-        assert_eq!(verify_audit_chain(&edited).unwrap_err().seq, 2);
-
-        let mut removed = chain(3);
-        removed.remove(1);
-        assert_eq!(verify_audit_chain(&removed).unwrap_err().seq, 3);
-
-        // Rehashing an edited event does not help: the next link breaks.
-        let mut rehashed = chain(3);
-        rehashed[1].actor = "admin:mallory".into();
-        rehashed[1].hash = audit_event_hash(&rehashed[1]);
-        assert_eq!(verify_audit_chain(&rehashed).unwrap_err().seq, 3);
-
-        let mut bad_genesis = chain(1);
-        bad_genesis[0].prev_hash = "ff".repeat(32);
-        bad_genesis[0].hash = audit_event_hash(&bad_genesis[0]);
-        assert_eq!(verify_audit_chain(&bad_genesis).unwrap_err().seq, 1);
     }
 }

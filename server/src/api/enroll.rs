@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use certmint::wire::EnrollRequest;
 
 use super::error::ApiError;
+use super::json::JsonBody;
 use super::{blocking, AppState, RequestId};
 
 /// Registers the route.
@@ -18,7 +19,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 async fn enroll(
     state: web::Data<AppState>,
     id: RequestId,
-    body: web::Json<EnrollRequest>,
+    body: JsonBody<EnrollRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let issuer = state.issuer.clone();
     let request = body.into_inner();

@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use certmint::wire::{RenewRequest, RevokeRequest};
 
 use super::error::ApiError;
+use super::json::JsonBody;
 use super::{blocking, AppState, ClientCertificate, RequestId};
 
 /// Registers the routes.
@@ -23,7 +24,7 @@ async fn renew(
     state: web::Data<AppState>,
     id: RequestId,
     client: ClientCertificate,
-    body: web::Json<RenewRequest>,
+    body: JsonBody<RenewRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let issuer = state.issuer.clone();
     let request = body.into_inner();
@@ -50,7 +51,7 @@ async fn revoke(
     state: web::Data<AppState>,
     id: RequestId,
     client: ClientCertificate,
-    body: web::Json<RevokeRequest>,
+    body: JsonBody<RevokeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let issuer = state.issuer.clone();
     let reason = body.into_inner().reason;

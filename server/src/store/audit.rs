@@ -21,7 +21,9 @@ use super::{
     cursor_int, decode_cursor, encode_cursor, from_json, from_unix, page_of, page_size, unix,
     Store, StoreError,
 };
-use crate::audit::{canonical_json, chain_hash, NewAuditEvent};
+use certmint::audit::{canonical_json, chain_hash};
+
+use crate::audit::NewAuditEvent;
 
 /// Id of the one `audit_head` row.
 const HEAD: i32 = 1;

@@ -24,7 +24,8 @@ use time::{Duration, OffsetDateTime};
 
 use super::connection::DbConnection;
 use super::*;
-use crate::audit::{self as chain, verify_chain, ChainBreak};
+use crate::audit::{self as chain};
+use certmint::audit::{verify_chain, ChainBreak};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const POOL_SIZE: u32 = 8;
@@ -1451,7 +1452,7 @@ fn audit_chain_verifies_and_detects_tampering(db: &TestDb) {
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
     assert_eq!(events.last(), Some(&standalone));
-    assert_eq!(events[0].prev_hash, chain::GENESIS_HASH);
+    assert_eq!(events[0].prev_hash, certmint::audit::GENESIS_HASH);
     verify_chain(&events).expect("chain verifies");
     // The token's JWT never reaches the log; its id does.
     assert_eq!(events[2].subject, "tok-a");

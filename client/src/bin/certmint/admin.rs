@@ -21,9 +21,8 @@ mod table;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use certmint::client::admin::{
-    verify_audit_chain, AdminRequest, AuditChainBreak, CertificateFilter,
-};
+use certmint::audit::{verify_chain, AuditChainError};
+use certmint::client::admin::{AdminRequest, CertificateFilter};
 use certmint::client::{Client, ClientOptions, Error, TrustAnchors};
 use certmint::wire::{
     AuditEvent, CertificateInfo, CertificateStatus, EvaluateRequest, EvaluateResponse, Identity,
@@ -279,7 +278,7 @@ enum Failure {
     #[error("{0}")]
     Io(String),
     #[error(transparent)]
-    AuditChain(#[from] AuditChainBreak),
+    AuditChain(#[from] AuditChainError),
 }
 
 impl Failure {
@@ -1060,7 +1059,7 @@ async fn audit(context: &Context, args: AuditArgs) -> Result<Exit, Failure> {
     let listing: Listing<AuditEvent> = context.list(&args.page, AdminRequest::audit).await?;
     context.print_listing(&listing, audit_table)?;
     if args.verify {
-        verify_audit_chain(&listing.items)?;
+        verify_chain(&listing.items)?;
         let anchor = match listing.items.first() {
             Some(first) if first.seq == 1 => "from the genesis hash".to_owned(),
             Some(first) => format!(

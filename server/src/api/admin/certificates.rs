@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::Caller;
 use crate::admin::WriteAccess;
 use crate::api::error::ApiError;
+use crate::api::json::JsonBody;
 use crate::api::{blocking, AppState, RequestId};
 
 /// Registers the routes.
@@ -95,7 +96,7 @@ async fn revoke(
     access: WriteAccess,
     id: RequestId,
     serial: web::Path<String>,
-    body: web::Json<RevokeRequest>,
+    body: JsonBody<RevokeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = state.admin.clone();
     let certificate = blocking(&id, move || {

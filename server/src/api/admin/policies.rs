@@ -6,6 +6,7 @@ use certmint::wire::{EvaluateRequest, PolicySpec};
 use super::{Caller, PageQuery};
 use crate::admin::WriteAccess;
 use crate::api::error::ApiError;
+use crate::api::json::JsonBody;
 use crate::api::{blocking, AppState, RequestId};
 
 /// Registers the routes.
@@ -44,7 +45,7 @@ async fn create(
     state: web::Data<AppState>,
     access: WriteAccess,
     id: RequestId,
-    body: web::Json<PolicySpec>,
+    body: JsonBody<PolicySpec>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = state.admin.clone();
     let policy = blocking(&id, move || admin.create_policy(&access, &body)).await?;
@@ -69,7 +70,7 @@ async fn replace(
     access: WriteAccess,
     id: RequestId,
     name: web::Path<String>,
-    body: web::Json<PolicySpec>,
+    body: JsonBody<PolicySpec>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = state.admin.clone();
     let policy = blocking(&id, move || admin.replace_policy(&access, &name, &body)).await?;
@@ -94,7 +95,7 @@ async fn evaluate(
     _caller: Caller,
     id: RequestId,
     name: web::Path<String>,
-    body: web::Json<EvaluateRequest>,
+    body: JsonBody<EvaluateRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let issuer = state.issuer.clone();
     let outcome = blocking(&id, move || issuer.evaluate(&name, &body)).await?;

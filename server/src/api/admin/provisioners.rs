@@ -7,6 +7,7 @@ use certmint::wire::NewProvisioner;
 use super::Caller;
 use crate::admin::WriteAccess;
 use crate::api::error::ApiError;
+use crate::api::json::JsonBody;
 use crate::api::{blocking, AppState, RequestId};
 
 /// Registers the routes.
@@ -24,7 +25,7 @@ async fn register(
     state: web::Data<AppState>,
     access: WriteAccess,
     id: RequestId,
-    body: web::Json<NewProvisioner>,
+    body: JsonBody<NewProvisioner>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = state.admin.clone();
     let registered = blocking(&id, move || admin.register_provisioner(&access, &body)).await?;

@@ -6,6 +6,7 @@ use certmint::wire::MintTokenRequest;
 use super::{Caller, PageQuery};
 use crate::admin::WriteAccess;
 use crate::api::error::ApiError;
+use crate::api::json::JsonBody;
 use crate::api::{blocking, AppState, RequestId};
 
 /// Registers the routes.
@@ -23,7 +24,7 @@ async fn mint(
     state: web::Data<AppState>,
     access: WriteAccess,
     id: RequestId,
-    body: web::Json<MintTokenRequest>,
+    body: JsonBody<MintTokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = state.admin.clone();
     let minted = blocking(&id, move || admin.mint_token(&access, &body)).await?;
