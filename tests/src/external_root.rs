@@ -122,10 +122,13 @@ impl PendingCa {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        CommandOutput {
+        // serve wrote both streams into one log: it is `stdout` (and `text`).
+        CommandOutput::new(
+            "certmint-server serve",
             status,
-            text: read_from(&log_path, 0),
-        }
+            read_from(&log_path, 0),
+            String::new(),
+        )
     }
 
     /// Runs `sql` on this CA's PostgreSQL database (`psql -At`) and

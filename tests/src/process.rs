@@ -8,34 +8,72 @@
 
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
+
+use serde_json::Value;
 
 /// How long a server may take to answer `/healthz` after `serve` starts.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A finished command: exit status (`None` when it had to be killed) and
-/// its stdout followed by its stderr.
+/// A finished child process: how it ended and what it printed. The one
+/// description of a finished `certmint-server`, `certmint`, `hsm-sim` or
+/// helper run, whichever module started it.
+///
+/// `code` and `text` are derived from `status` and the two streams when
+/// the value is made, so a test reads whichever it needs.
 #[derive(Debug)]
 pub struct CommandOutput {
-    /// How it exited; `None` when it was still running at its deadline.
-    pub status: Option<std::process::ExitStatus>,
+    /// The command line, for failure messages.
+    pub command: String,
+    /// How it exited; `None` when it was still running at its deadline and
+    /// the harness killed it.
+    pub status: Option<ExitStatus>,
+    /// The exit code; `None` when it was killed (by a signal, or at its
+    /// deadline).
+    pub code: Option<i32>,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
     /// stdout, then stderr.
     pub text: String,
 }
 
 impl CommandOutput {
+    /// Runs `command` to completion; panics when it cannot be started.
     pub(crate) fn of(command: &mut Command, what: &str) -> CommandOutput {
         let output = command
             .output()
             .unwrap_or_else(|error| panic!("run {what}: {error}"));
+        CommandOutput::from_output(what, &output)
+    }
+
+    /// Describes a process that ran to completion.
+    pub(crate) fn from_output(what: &str, output: &Output) -> CommandOutput {
+        CommandOutput::new(
+            what,
+            Some(output.status),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Describes a process from its parts; `status` is `None` when it was
+    /// killed at its deadline.
+    pub(crate) fn new(
+        what: &str,
+        status: Option<ExitStatus>,
+        stdout: String,
+        stderr: String,
+    ) -> CommandOutput {
         CommandOutput {
-            status: Some(output.status),
-            text: format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
+            command: what.to_owned(),
+            status,
+            code: status.and_then(|status| status.code()),
+            text: format!("{stdout}{stderr}"),
+            stdout,
+            stderr,
         }
     }
 
@@ -47,6 +85,39 @@ impl CommandOutput {
     /// Exited (within its deadline) with a non-zero status.
     pub fn failed(&self) -> bool {
         self.status.is_some_and(|status| !status.success())
+    }
+
+    /// Asserts the exit code; returns `self` for chaining.
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "{}\n  expected exit {code}\n  stdout:\n{}\n  stderr:\n{}",
+            self.command,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// stdout parsed as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|error| {
+            panic!(
+                "{}: stdout is not JSON ({error}):\n{}",
+                self.command, self.stdout
+            )
+        })
+    }
+
+    /// The problem code of an `error: <code>: <detail>` line on stderr.
+    pub fn error_code(&self) -> Option<&str> {
+        self.stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("error: "))
+            .and_then(|rest| rest.split(": ").next())
     }
 }
 

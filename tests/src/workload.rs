@@ -24,37 +24,31 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
+use crate::process::CommandOutput;
 use crate::{certmint_binary, TestServer};
 
 /// How long a TLS exchange may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A finished `certmint` run.
-#[derive(Debug)]
-pub struct Run {
-    /// Exit code (`None`: killed by a signal).
-    pub code: Option<i32>,
-    /// stdout.
-    pub stdout: String,
-    /// stderr (the log).
-    pub stderr: String,
-}
+/// The name this module used for [`CommandOutput`] before there was one
+/// type for every finished process; kept so tests written against it build.
+pub type Run = CommandOutput;
 
 /// Runs `certmint <args>` to completion with extra environment.
-pub fn certmint(args: &[&str], env: &[(&str, &str)]) -> Run {
+pub fn certmint(args: &[&str], env: &[(&str, &str)]) -> CommandOutput {
     run_certmint(Command::new(certmint_binary()), args, env)
 }
 
 /// [`certmint`] as another user (`uid`, with `gid` as its only group);
 /// needs root.
-pub fn certmint_as(uid: u32, gid: u32, args: &[&str]) -> Run {
+pub fn certmint_as(uid: u32, gid: u32, args: &[&str]) -> CommandOutput {
     use std::os::unix::process::CommandExt as _;
     let mut command = Command::new(certmint_binary());
     command.uid(uid).gid(gid);
     run_certmint(command, args, &[])
 }
 
-fn run_certmint(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Run {
+fn run_certmint(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> CommandOutput {
     command
         .args(args)
         .env_remove("CERTMINT_TOKEN")
@@ -63,12 +57,7 @@ fn run_certmint(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Ru
     for (name, value) in env {
         command.env(name, value);
     }
-    let output = command.output().expect("run certmint");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    CommandOutput::of(&mut command, &format!("certmint {}", args.join(" ")))
 }
 
 /// One workload: its own directory, token file, `agent.toml` and output.
@@ -156,7 +145,7 @@ timeout = "10s"
     }
 
     /// `certmint agent --config … --once [--retry-for …]`.
-    pub fn agent_once(&self, retry_for: &str) -> Run {
+    pub fn agent_once(&self, retry_for: &str) -> CommandOutput {
         let config = self.config.display().to_string();
         certmint(
             &[
