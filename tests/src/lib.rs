@@ -44,6 +44,8 @@
 //! - `CERTMINT_TEST_POSTGRES_URL`: where to create per-server databases
 //!   (default `postgres://postgres@127.0.0.1:5432/test`).
 //! - `CERTMINT_REQUIRE_POSTGRES=1`: an unreachable PostgreSQL fails instead of skipping.
+//! - `CERTMINT_REQUIRE_ROOT=1`: a test that acts as other users (which needs
+//!   root) fails instead of skipping when not run as root.
 //!
 //! Layout (each module's doc says its job and invariants):
 //!
@@ -88,7 +90,8 @@ pub use jwt::{
 pub use policy::{identity, policy_json};
 pub use postgres::DEFAULT_POSTGRES_URL;
 pub use process::{
-    certmint_binary, hsm_sim_binary, hsm_sim_module, random_hex, server_binary, CommandOutput,
+    certmint_binary, hsm_sim_binary, hsm_sim_module, random_hex, server_binary, skip_unless_root,
+    CommandOutput,
 };
 pub use run::{run_test, run_test_on, shared_with_options};
 pub use server::{Backend, Skip, TestServer};

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::server::Skip;
+
 /// How long a server may take to answer `/healthz` after `serve` starts.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -121,6 +123,46 @@ impl CommandOutput {
     }
 }
 
+/// Whether a test that acts as other users (which needs root) must skip:
+/// `false` as root; otherwise `true` after printing why, or a panic when
+/// `CERTMINT_REQUIRE_ROOT=1` (CI runs as root, so there a skip would hide
+/// a test that never ran).
+#[track_caller]
+pub fn skip_unless_root(test: &str) -> bool {
+    match root_check(running_as_root(), env_flag("CERTMINT_REQUIRE_ROOT")) {
+        Ok(()) => false,
+        Err(Skip(reason)) => {
+            eprintln!("note: skipping {test}: {reason}");
+            true
+        }
+    }
+}
+
+/// The decision behind [`skip_unless_root`].
+#[track_caller]
+fn root_check(is_root: bool, required: bool) -> Result<(), Skip> {
+    if is_root {
+        return Ok(());
+    }
+    let reason = "not running as root, and acting as another user needs root";
+    if required {
+        panic!("{reason}; CERTMINT_REQUIRE_ROOT=1 makes that a failure");
+    }
+    Err(Skip(reason.to_owned()))
+}
+
+/// Whether this process's effective uid is 0 (read from its status file:
+/// the crate forbids `unsafe`, which `geteuid` needs without a library).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+            .unwrap_or(false)
+    })
+}
+
 /// The environment every child gets: its own SoftHSM2 config and the PIN.
 pub(crate) struct ChildEnv {
     pub(crate) softhsm_conf: PathBuf,
@@ -226,4 +268,26 @@ pub(crate) fn read_from(path: &Path, offset: u64) -> String {
         return format!("<unreadable log at {}>", path.display());
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_root_runs_the_test() {
+        assert!(root_check(true, false).is_ok());
+        assert!(root_check(true, true).is_ok());
+    }
+
+    #[test]
+    fn ok_not_root_skips_when_root_is_not_required() {
+        assert!(root_check(false, false).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "CERTMINT_REQUIRE_ROOT=1")]
+    fn fail_not_root_when_root_is_required() {
+        let _ = root_check(false, true);
+    }
 }
