@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::external_root::PendingCa;
 use crate::hsm::{Token, SOFTHSM_MODULE};
 use crate::http::install_crypto_provider;
-use crate::postgres::{create_postgres_database, drop_postgres_database, PostgresDatabase};
+use crate::postgres::TestDatabase;
 use crate::process::{
     env_flag, free_port, hsm_sim_binary, hsm_sim_module, random_hex, server_binary, ChildEnv,
     CommandOutput,
@@ -231,7 +231,7 @@ pub(crate) struct Prepared {
     pub(crate) options: ServerOptions,
     pub(crate) binary: PathBuf,
     pub(crate) module: PathBuf,
-    pub(crate) database: Option<PostgresDatabase>,
+    pub(crate) database: Option<TestDatabase>,
     pub(crate) dir: PathBuf,
     pub(crate) softhsm_conf: PathBuf,
     pub(crate) config_path: PathBuf,
@@ -246,10 +246,12 @@ pub(crate) struct Prepared {
 impl Drop for Prepared {
     fn drop(&mut self) {
         if self.clean_up {
-            drop_postgres_database(self.database.as_ref());
+            // The database, if any, is dropped with its field.
             if !env_flag("CERTMINT_E2E_KEEP") {
                 let _ = std::fs::remove_dir_all(&self.dir);
             }
+        } else if let Some(database) = &mut self.database {
+            database.hand_over();
         }
     }
 }
@@ -278,7 +280,7 @@ impl Prepared {
         };
         let database = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(create_postgres_database()?),
+            Backend::Postgres => Some(TestDatabase::create()?),
         };
         let dir = tempfile::Builder::new()
             .prefix("certmint-e2e-")
@@ -398,7 +400,7 @@ impl Prepared {
         let token_label = format!("e2e-{}", random_hex(4));
         let database_url = match &self.database {
             None => format!("sqlite://{}", self.dir.join("certmint.db").display()),
-            Some(database) => database.url.clone(),
+            Some(database) => database.url().to_owned(),
         };
         let mut command = self.child_env().command(&self.binary);
         command

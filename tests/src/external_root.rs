@@ -137,7 +137,7 @@ impl PendingCa {
     pub fn postgres_query(&self, sql: &str) -> Option<String> {
         let database = self.prepared.database.as_ref()?;
         let output = Command::new("psql")
-            .arg(&database.url)
+            .arg(database.url())
             .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
             .stdin(Stdio::null())
             .output()

@@ -88,7 +88,7 @@ pub use jwt::{
     TestProvisioner,
 };
 pub use policy::{identity, policy_json};
-pub use postgres::DEFAULT_POSTGRES_URL;
+pub use postgres::{TestDatabase, DEFAULT_POSTGRES_URL};
 pub use process::{
     certmint_binary, hsm_sim_binary, hsm_sim_module, random_hex, server_binary, skip_unless_root,
     CommandOutput,

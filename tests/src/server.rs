@@ -194,7 +194,7 @@ impl TestServer {
             database_name: prepared
                 .database
                 .as_ref()
-                .map(|database| database.name.clone()),
+                .map(|database| database.name().to_owned()),
             client,
             received: Mutex::new(Vec::new()),
             minted: Mutex::new(Vec::new()),

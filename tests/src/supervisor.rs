@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::postgres::PostgresDatabase;
+use crate::postgres::TestDatabase;
 use crate::process::{env_flag, process_alive, read_from, ChildEnv, STARTUP_TIMEOUT};
 
 /// Stops the server when dropped (see the module docs).
@@ -43,7 +43,7 @@ pub(crate) fn spawn_supervisor(
     config: &Path,
     log: &Path,
     dir: &Path,
-    database: Option<&PostgresDatabase>,
+    database: Option<&TestDatabase>,
     log_format: &str,
 ) -> Supervisor {
     // The supervisor: start serve, block until our stdin closes, then clean
@@ -100,13 +100,10 @@ fi
                 "0"
             },
         )
-        .env(
-            "CERTMINT_DROP_DB",
-            database.map_or("", |database| database.name.as_str()),
-        )
+        .env("CERTMINT_DROP_DB", database.map_or("", TestDatabase::name))
         .env(
             "CERTMINT_PG_ADMIN_URL",
-            database.map_or("", |database| database.admin_url.as_str()),
+            database.map_or("", TestDatabase::admin_url),
         )
         .env("PGCONNECT_TIMEOUT", "5")
         .stdin(Stdio::piped())
