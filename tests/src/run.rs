@@ -84,7 +84,7 @@ macro_rules! backend_tests {
     };
     (@shared_with_options $module:ident, $backend:ident, $options:expr, $($(#[$meta:meta])* fn $name:ident($server:ident) $body:block)*) => {
         mod $module {
-            #[allow(unused_imports)]
+            #[allow(unused_imports, reason = "unused where the bodies need nothing from the test file; `expect` fails elsewhere")]
             use super::*;
 
             fn shared_server() -> Option<&'static $crate::TestServer> {
@@ -111,7 +111,7 @@ macro_rules! backend_tests {
     };
     (@own_server $module:ident, $variant:ident, $($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block)*) => {
         mod $module {
-            #[allow(unused_imports)]
+            #[allow(unused_imports, reason = "unused where the bodies need nothing from the test file; `expect` fails elsewhere")]
             use super::*;
             $(
                 $(#[$meta])*
@@ -129,7 +129,7 @@ macro_rules! backend_tests {
     };
     (@shared $module:ident, $variant:ident, $($(#[$meta:meta])* fn $name:ident($server:ident) $body:block)*) => {
         mod $module {
-            #[allow(unused_imports)]
+            #[allow(unused_imports, reason = "unused where the bodies need nothing from the test file; `expect` fails elsewhere")]
             use super::*;
             $(
                 $(#[$meta])*
