@@ -9,8 +9,10 @@
 //! (`certmint_e2e::cli::admin_as`).
 
 use certmint::wire::{CertificateStatus, RevocationReason};
-use certmint_e2e::cli::{admin, admin_as, admin_with, run_certmint, CliOutput};
-use certmint_e2e::{backend_tests, identity, jwt_segments, make_csr, policy_json, TestProvisioner};
+use certmint_e2e::cli::{admin, admin_as, admin_with, run_certmint};
+use certmint_e2e::{
+    backend_tests, identity, jwt_segments, make_csr, policy_json, CommandOutput, TestProvisioner,
+};
 use serde_json::Value;
 
 /// Exit codes from `client/src/bin/certmint/exit.rs`.
@@ -20,7 +22,7 @@ const EXIT_POLICY_REFUSED: i32 = 6;
 const EXIT_TRUST_FAILURE: i32 = 7;
 
 /// The data row of a table whose first column is `key`.
-fn row<'a>(output: &'a CliOutput, key: &str) -> Option<&'a str> {
+fn row<'a>(output: &'a CommandOutput, key: &str) -> Option<&'a str> {
     output
         .stdout
         .lines()

@@ -13,7 +13,7 @@ use serde_json::Value;
 const EXIT_USAGE: i32 = 2;
 const EXIT_NOT_USABLE: i32 = 9;
 
-fn status(args: &[&str]) -> certmint_e2e::cli::CliOutput {
+fn status(args: &[&str]) -> certmint_e2e::CommandOutput {
     let mut all = vec!["status"];
     all.extend_from_slice(args);
     run_certmint(&all, &[], None)

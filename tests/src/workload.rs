@@ -24,37 +24,31 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
+use crate::process::CommandOutput;
 use crate::{certmint_binary, TestServer};
 
 /// How long a TLS exchange may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A finished `certmint` run.
-#[derive(Debug)]
-pub struct Run {
-    /// Exit code (`None`: killed by a signal).
-    pub code: Option<i32>,
-    /// stdout.
-    pub stdout: String,
-    /// stderr (the log).
-    pub stderr: String,
-}
+/// The name this module used for [`CommandOutput`] before there was one
+/// type for every finished process; kept so tests written against it build.
+pub type Run = CommandOutput;
 
 /// Runs `certmint <args>` to completion with extra environment.
-pub fn certmint(args: &[&str], env: &[(&str, &str)]) -> Run {
+pub fn certmint(args: &[&str], env: &[(&str, &str)]) -> CommandOutput {
     run_certmint(Command::new(certmint_binary()), args, env)
 }
 
 /// [`certmint`] as another user (`uid`, with `gid` as its only group);
 /// needs root.
-pub fn certmint_as(uid: u32, gid: u32, args: &[&str]) -> Run {
+pub fn certmint_as(uid: u32, gid: u32, args: &[&str]) -> CommandOutput {
     use std::os::unix::process::CommandExt as _;
     let mut command = Command::new(certmint_binary());
     command.uid(uid).gid(gid);
     run_certmint(command, args, &[])
 }
 
-fn run_certmint(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Run {
+fn run_certmint(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> CommandOutput {
     command
         .args(args)
         .env_remove("CERTMINT_TOKEN")
@@ -63,12 +57,7 @@ fn run_certmint(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Ru
     for (name, value) in env {
         command.env(name, value);
     }
-    let output = command.output().expect("run certmint");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    CommandOutput::of(&mut command, &format!("certmint {}", args.join(" ")))
 }
 
 /// One workload: its own directory, token file, `agent.toml` and output.
@@ -156,7 +145,7 @@ timeout = "10s"
     }
 
     /// `certmint agent --config … --once [--retry-for …]`.
-    pub fn agent_once(&self, retry_for: &str) -> Run {
+    pub fn agent_once(&self, retry_for: &str) -> CommandOutput {
         let config = self.config.display().to_string();
         certmint(
             &[
@@ -450,7 +439,42 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// What the echo server saw on one connection: the client's leaf serial
 /// (hex) and the line echoed, or why the connection failed.
-pub type EchoResult = Result<(String, String), String>;
+pub type EchoResult = Result<(String, String), EchoRefusal>;
+
+/// Why the echo server refused or lost a connection. A TLS refusal keeps
+/// rustls's own error, so a test matches the reason, not its wording.
+#[derive(Debug)]
+pub enum EchoRefusal {
+    /// rustls refused the handshake (bad, missing or expired client
+    /// certificate, …) or a record.
+    Tls(rustls::Error),
+    /// Anything else: I/O, no connection, no client certificate seen.
+    Other(String),
+}
+
+impl std::fmt::Display for EchoRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EchoRefusal::Tls(error) => write!(f, "TLS: {error}"),
+            EchoRefusal::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl EchoRefusal {
+    /// The rustls error inside an I/O error (how a `StreamOwned` reports a
+    /// refused handshake), else the I/O error described with `context`.
+    fn from_io(context: &str, error: std::io::Error) -> EchoRefusal {
+        let description = format!("{context}: {error}");
+        match error
+            .into_inner()
+            .map(|inner| inner.downcast::<rustls::Error>())
+        {
+            Some(Ok(tls)) => EchoRefusal::Tls(*tls),
+            _ => EchoRefusal::Other(description),
+        }
+    }
+}
 
 /// A rustls echo server on 127.0.0.1 that requires a client certificate
 /// chaining to `ca.pem`, presenting `cert.pem`/`key.pem`. It echoes one line
@@ -500,19 +524,23 @@ impl EchoServer {
     pub fn next_result(&self) -> EchoResult {
         self.results
             .recv_timeout(IO_TIMEOUT * 2)
-            .unwrap_or_else(|_| Err("no connection reached the echo server".into()))
+            .unwrap_or_else(|_| {
+                Err(EchoRefusal::Other(
+                    "no connection reached the echo server".to_owned(),
+                ))
+            })
     }
 }
 
 fn serve_one(config: Arc<rustls::ServerConfig>, tcp: TcpStream) -> EchoResult {
     tcp.set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|error| error.to_string())?;
-    let connection = rustls::ServerConnection::new(config).map_err(|error| error.to_string())?;
+        .map_err(|error| EchoRefusal::from_io("set the read timeout", error))?;
+    let connection = rustls::ServerConnection::new(config).map_err(EchoRefusal::Tls)?;
     let mut stream = rustls::StreamOwned::new(connection, tcp);
     let mut line = String::new();
     BufReader::new(&mut stream)
         .read_line(&mut line)
-        .map_err(|error| format!("server side: {error}"))?;
+        .map_err(|error| EchoRefusal::from_io("server side", error))?;
     let peer = stream
         .conn
         .peer_certificates()
@@ -522,12 +550,14 @@ fn serve_one(config: Arc<rustls::ServerConfig>, tcp: TcpStream) -> EchoResult {
                 .map(|cert| hex::encode(cert.tbs_certificate().serial_number().as_bytes()))
                 .unwrap_or_default()
         })
-        .ok_or("no client certificate")?;
+        .ok_or_else(|| EchoRefusal::Other("no client certificate".to_owned()))?;
     stream
         .write_all(line.as_bytes())
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| EchoRefusal::from_io("server write", error))?;
     stream.conn.send_close_notify();
-    stream.flush().map_err(|error| error.to_string())?;
+    stream
+        .flush()
+        .map_err(|error| EchoRefusal::from_io("server flush", error))?;
     Ok((peer, line))
 }
 

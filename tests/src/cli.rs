@@ -15,60 +15,17 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+use crate::process::CommandOutput;
 use crate::{certmint_binary, der_to_pem, pem_chain, TestServer};
 
-/// A finished `certmint` run.
-#[derive(Debug)]
-pub struct CliOutput {
-    /// Exit code (`None` when killed by a signal).
-    pub code: Option<i32>,
-    /// stdout.
-    pub stdout: String,
-    /// stderr.
-    pub stderr: String,
-    /// The command line, for failure messages.
-    pub command: String,
-}
-
-impl CliOutput {
-    /// Asserts the exit code; returns `self` for chaining.
-    #[track_caller]
-    pub fn assert_exit(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "{}\n  expected exit {code}\n  stdout:\n{}\n  stderr:\n{}",
-            self.command,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    /// stdout parsed as JSON.
-    #[track_caller]
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|error| {
-            panic!(
-                "{}: stdout is not JSON ({error}):\n{}",
-                self.command, self.stdout
-            )
-        })
-    }
-
-    /// The problem code of an `error: <code>: <detail>` line on stderr.
-    pub fn error_code(&self) -> Option<&str> {
-        self.stderr
-            .lines()
-            .find_map(|line| line.strip_prefix("error: "))
-            .and_then(|rest| rest.split(": ").next())
-    }
-}
+/// The name this module used for [`CommandOutput`] before there was one
+/// type for every finished process; kept so tests written against it build.
+pub type CliOutput = CommandOutput;
 
 /// Runs `certmint <args>` with `env` added to a clean-ish environment (no
 /// inherited `CERTMINT_*` variables, so the developer's shell cannot change
 /// what a test means) and `stdin` on its standard input.
-pub fn run_certmint(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> CliOutput {
+pub fn run_certmint(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> CommandOutput {
     let mut command = Command::new(certmint_binary());
     command.args(args);
     for (key, _) in std::env::vars() {
@@ -95,24 +52,19 @@ pub fn run_certmint(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) ->
     let output = child
         .wait_with_output()
         .unwrap_or_else(|error| panic!("{described}: {error}"));
-    CliOutput {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        command: described,
-    }
+    CommandOutput::from_output(&described, &output)
 }
 
 /// `certmint admin --server … --root-fingerprint … <args>` with `token` in
 /// `CERTMINT_ADMIN_TOKEN`; asserts the token appears in no output.
 #[track_caller]
-pub fn admin_as(server: &TestServer, token: &str, args: &[&str]) -> CliOutput {
+pub fn admin_as(server: &TestServer, token: &str, args: &[&str]) -> CommandOutput {
     admin_with(server, token, args, None)
 }
 
 /// [`admin_as`] with the admin role's token.
 #[track_caller]
-pub fn admin(server: &TestServer, args: &[&str]) -> CliOutput {
+pub fn admin(server: &TestServer, args: &[&str]) -> CommandOutput {
     admin_as(server, server.admin_token(), args)
 }
 
@@ -123,7 +75,7 @@ pub fn admin_with(
     token: &str,
     args: &[&str],
     stdin: Option<&str>,
-) -> CliOutput {
+) -> CommandOutput {
     let mut full = vec![
         "admin",
         "--server",
