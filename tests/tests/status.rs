@@ -1,7 +1,7 @@
 //! `certmint status` on files a real server issued (SQLite and PostgreSQL):
 //! the agent's directory layout and plain files, each layer's verdict, the
 //! exit code scripts rely on (0 usable, 9 not usable, 2 usage) and `--json`.
-//! The layer logic itself is unit-tested in `client/src/bin/certmint/inspect.rs`;
+//! The layer logic itself is unit-tested in `client/src/bin/certmint/status/inspect.rs`;
 //! these tests check the command on real certificates and real files.
 
 use certmint_e2e::backend_tests;

@@ -4,9 +4,9 @@
 //! the server returned against the trust anchors, installs key, chain, CA
 //! and metadata atomically into `--out`, runs the reload hooks and prints
 //! one summary line on stdout. `certmint agent` uses the same code
-//! ([`workload`]) for the same steps.
+//! ([`workload`](crate::agent::workload)) for the same steps.
 //!
-//! SIGTERM/SIGINT follow the rule of [`stop`]: while no request is in
+//! SIGTERM/SIGINT follow the rule of [`stop`](crate::agent::stop): while no request is in
 //! flight (connecting, backing off) they stop the command at once with
 //! [`Exit::Stopped`]. While the request is in flight the first one lets it
 //! finish (at most `--timeout` +
@@ -15,35 +15,22 @@
 //! installed, the hooks run and the exit code is the one the command would
 //! have had anyway; a failure is not retried. A second signal, or the end
 //! of that grace, abandons the request at once ([`Exit::Stopped`]).
-//!
-//! The modules shared by `enroll` and `agent` are declared here because
-//! `main.rs` is not this command's file; they belong at the crate root.
-
-#[path = "hooks.rs"]
-pub mod hooks;
-#[path = "keys.rs"]
-pub mod keys;
-#[path = "output.rs"]
-pub mod output;
-#[path = "schedule.rs"]
-pub mod schedule;
-#[path = "stop.rs"]
-pub mod stop;
-#[path = "workload.rs"]
-pub mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
 use certmint::Duration;
 
+use crate::agent::hooks::{Hooks, ReloadSignal};
+use crate::agent::keys::{KeyType, Names};
+use crate::agent::output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
+use crate::agent::rfc3339;
+use crate::agent::schedule::{self, Backoff};
+use crate::agent::stop::{
+    self, finish_in_flight, unless_stopped, InFlight, StopRequests, StopSignals,
+};
+use crate::agent::workload::{Token, TrustSource, Workload, WorkloadError};
 use crate::exit::Exit;
-use hooks::{Hooks, ReloadSignal};
-use keys::{KeyType, Names};
-use output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
-use schedule::Backoff;
-use stop::{finish_in_flight, unless_stopped, InFlight, StopRequests, StopSignals};
-use workload::{Token, TrustSource, Workload, WorkloadError};
 
 /// `certmint enroll` options.
 #[derive(Debug, clap::Args)]
@@ -265,10 +252,4 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
         tracing::info!("stopping after the in-flight enrollment");
     }
     Ok(Outcome::Enrolled)
-}
-
-/// RFC 3339 for summaries; falls back to the debug form if formatting fails.
-pub fn rfc3339(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.to_string())
 }

@@ -4,7 +4,13 @@
 //! - `enroll` ([`enroll`]): one-shot first enrollment with a bootstrap token;
 //! - `agent` ([`agent`]): enroll if needed, then renew over mutual TLS forever;
 //! - `status` ([`status`]): are the files on disk usable for mutual TLS?
-//! - `admin` ([`admin`]): policies, tokens, certificates and audit.
+//! - `admin` ([`admin`]): policies, tokens, provisioners, certificates and
+//!   audit, one submodule per group.
+//!
+//! The workload's building blocks (key generation, the output directory,
+//! hooks, renewal schedule, stop handling, the enroll/renew steps) live
+//! under [`agent`]; `enroll` is the agent's first step run once, so it
+//! uses them from there. [`table`] formats the admin CLI's output.
 //!
 //! Every subcommand returns an [`exit::Exit`]: one table of exit codes.
 
@@ -13,6 +19,7 @@ mod agent;
 mod enroll;
 mod exit;
 mod status;
+mod table;
 
 use std::process::ExitCode;
 

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::enroll::keys::{KeyType, Names};
+use crate::agent::keys::{KeyType, Names};
 
 /// The symlink naming the current generation.
 pub const DATA_LINK: &str = "..data";

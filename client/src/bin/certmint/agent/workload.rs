@@ -28,8 +28,8 @@ use der::{Decode as _, Encode as _};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::enroll::keys::{self, KeyError, KeyType, Names};
-use crate::enroll::output::{Generation, Meta, OutputDir, OutputError};
+use crate::agent::keys::{self, KeyError, KeyType, Names};
+use crate::agent::output::{Generation, Meta, OutputDir, OutputError};
 use crate::exit::Exit;
 
 /// How the client trusts the server.

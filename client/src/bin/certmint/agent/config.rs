@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use certmint::Duration;
 use serde::Deserialize;
 
-use crate::enroll::keys::{KeyType, Names};
-use crate::enroll::output::FileGroup;
-pub use crate::enroll::workload::TrustSource;
+use crate::agent::keys::{KeyType, Names};
+use crate::agent::output::FileGroup;
+pub use crate::agent::workload::TrustSource;
 
 /// Default first retry delay after a failure.
 pub const DEFAULT_BACKOFF_INITIAL_S: u64 = 1;
@@ -127,7 +127,7 @@ pub struct Reload {
     /// How long the command may run before it is killed.
     pub timeout: std::time::Duration,
     /// A signal to send to the pid in `pid_file`.
-    pub signal: Option<(crate::enroll::hooks::ReloadSignal, PathBuf)>,
+    pub signal: Option<(crate::agent::hooks::ReloadSignal, PathBuf)>,
 }
 
 /// The validated config.
@@ -249,7 +249,7 @@ impl AgentConfig {
         let signal = match (raw.reload.signal, raw.reload.pid_file) {
             (Some(name), Some(pid_file)) => Some((
                 name.parse()
-                    .map_err(|error: crate::enroll::hooks::HookError| {
+                    .map_err(|error: crate::agent::hooks::HookError| {
                         invalid("reload.signal", error.to_string())
                     })?,
                 resolve(pid_file),
@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn ok_the_sample_in_docs_parses() {
-        let sample = include_str!("../../../../docs/agent/agent.toml");
+        let sample = include_str!("../../../../../docs/agent/agent.toml");
         let config = parse(sample).expect("docs/agent/agent.toml is a valid config");
         assert_eq!(config.key_type, KeyType::EcP256);
         assert_eq!(config.backoff_max, std::time::Duration::from_secs(300));

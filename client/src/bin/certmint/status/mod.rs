@@ -8,7 +8,6 @@
 //! does, [`Exit::Usage`] for bad arguments. Reads only; never writes or
 //! prints key material.
 
-#[path = "inspect.rs"]
 mod inspect;
 
 use std::path::{Path, PathBuf};

@@ -32,8 +32,13 @@
 //! replaced atomically and synchronously, so no stop leaves half a
 //! generation.
 
-#[path = "agent_config.rs"]
-pub mod agent_config;
+pub mod config;
+pub mod hooks;
+pub mod keys;
+pub mod output;
+pub mod schedule;
+pub mod stop;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
@@ -42,18 +47,13 @@ use certmint::{Duration, ProblemCode};
 use time::OffsetDateTime;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::enroll::hooks::Hooks;
-use crate::enroll::output::{Meta, OutputDir, OutputError};
-use crate::enroll::rfc3339;
-use crate::enroll::schedule::{self, Backoff};
-use crate::enroll::stop::{
-    self, finish_in_flight, unless_stopped, InFlight, StopRequests as _, StopSignals,
-};
-use crate::enroll::workload::{
-    self, Installed, OnDisk, ReadyGeneration, Session, Token, Workload, WorkloadError,
-};
 use crate::exit::Exit;
-use agent_config::AgentConfig;
+use config::AgentConfig;
+use hooks::Hooks;
+use output::{Meta, OutputDir, OutputError};
+use schedule::Backoff;
+use stop::{finish_in_flight, unless_stopped, InFlight, StopRequests as _, StopSignals};
+use workload::{Installed, OnDisk, ReadyGeneration, Session, Token, Workload, WorkloadError};
 
 /// The longest single sleep: the agent wakes up at least this often to
 /// look at the files and the clock again (suspend/resume, clock steps,
@@ -726,6 +726,12 @@ async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
             Wake::RenewNow
         }
     }
+}
+
+/// RFC 3339 for summaries; falls back to the debug form if formatting fails.
+pub fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 
 use time::OffsetDateTime;
 
-use crate::enroll::output::Meta;
+use crate::agent::output::Meta;
 
 /// Latest point of the lifetime at which a renewal is scheduled.
 pub const MAX_LIFETIME_FRACTION: f64 = 0.9;
@@ -144,7 +144,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::enroll::keys::{KeyType, Names};
+    use crate::agent::keys::{KeyType, Names};
 
     fn meta(
         not_before: OffsetDateTime,
