@@ -22,7 +22,9 @@ use std::time::Duration as StdDuration;
 use certmint::Duration;
 
 use crate::agent::hooks::{Hooks, ReloadSignal};
-use crate::agent::keys::{KeyType, Names};
+use certmint::wire::{Identity, KeyType};
+
+use crate::agent::keys;
 use crate::agent::output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
 use crate::agent::rfc3339;
 use crate::agent::schedule::{self, Backoff};
@@ -64,8 +66,9 @@ pub struct Args {
     /// URI to request, e.g. a SPIFFE ID (repeatable).
     #[arg(long = "uri", value_name = "URI")]
     uri: Vec<String>,
-    /// Key type: ec-p256, ec-p384 or ed25519.
-    #[arg(long, default_value = "ec-p256")]
+    /// Key type, spelled exactly as the server does: ec-p256, ec-p384 or
+    /// ed25519 (no aliases such as p256; RSA keys cannot be made locally).
+    #[arg(long, default_value = "ec-p256", value_parser = keys::parse_key_type)]
     key_type: KeyType,
     /// Requested lifetime, e.g. 24h (the policy default when absent).
     #[arg(long)]
@@ -157,12 +160,12 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
             ))
         }
     };
-    let names = Names {
+    let names = Identity {
         dns: args.dns,
         ip: args.ip,
         uri: args.uri,
     };
-    names.to_sans()?;
+    keys::subject_alt_names(&names)?;
     let workload = Workload {
         server: args.server,
         trust,

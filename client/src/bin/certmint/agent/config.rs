@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use certmint::Duration;
 use serde::Deserialize;
 
-use crate::agent::keys::{KeyType, Names};
+use certmint::wire::{Identity, KeyType};
+
+use crate::agent::keys;
 use crate::agent::output::FileGroup;
 pub use crate::agent::workload::TrustSource;
 
@@ -75,13 +77,14 @@ struct RawConfig {
     output_dir: PathBuf,
     #[serde(default)]
     group: Option<String>,
-    #[serde(default)]
+    #[serde(default = "default_key_type")]
     key_type: KeyType,
     #[serde(default)]
     ttl: Option<Duration>,
     #[serde(default)]
     request_timeout: Option<Duration>,
-    names: Names,
+    #[serde(deserialize_with = "names_without_unknown_keys")]
+    names: Identity,
     #[serde(default)]
     renewal: RawRenewal,
     #[serde(default)]
@@ -119,6 +122,30 @@ struct RawReload {
     pid_file: Option<PathBuf>,
 }
 
+fn default_key_type() -> KeyType {
+    keys::DEFAULT_KEY_TYPE
+}
+
+/// `[names]`: the SDK's [`Identity`], refusing keys other than `dns`, `ip`
+/// and `uri` as the rest of the file does (the wire type itself ignores
+/// unknown fields, as API bodies must).
+fn names_without_unknown_keys<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Identity, D::Error> {
+    const KINDS: &[&str] = &["dns", "ip", "uri"];
+    let table = std::collections::BTreeMap::<String, Vec<String>>::deserialize(deserializer)?;
+    let mut names = Identity::default();
+    for (kind, list) in table {
+        match kind.as_str() {
+            "dns" => names.dns = list,
+            "ip" => names.ip = list,
+            "uri" => names.uri = list,
+            _ => return Err(serde::de::Error::unknown_field(&kind, KINDS)),
+        }
+    }
+    Ok(names)
+}
+
 /// What to do after new files are in place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reload {
@@ -151,7 +178,7 @@ pub struct AgentConfig {
     /// Per-request timeout.
     pub request_timeout: std::time::Duration,
     /// The names to hold a certificate for.
-    pub names: Names,
+    pub names: Identity,
     /// ± fraction of the lifetime added to `renew_after`.
     pub jitter: f64,
     /// First retry delay.
@@ -220,9 +247,8 @@ impl AgentConfig {
             .map(|spec| spec.parse::<FileGroup>())
             .transpose()
             .map_err(|reason| invalid("group", reason))?;
-        raw.names
-            .to_sans()
-            .map_err(|error| invalid("names", error.to_string()))?;
+        keys::generatable(raw.key_type).map_err(|error| invalid("key_type", error.to_string()))?;
+        keys::subject_alt_names(&raw.names).map_err(|error| invalid("names", error.to_string()))?;
         let jitter = raw.renewal.jitter.unwrap_or(DEFAULT_JITTER);
         if !(0.0..=0.5).contains(&jitter) {
             return Err(invalid(
@@ -412,6 +438,21 @@ mod tests {
                 "rsa key",
                 with_top("key_type = \"rsa-2048\"\n"),
                 Some("key_type"),
+            ),
+            (
+                "alias key type",
+                with_top("key_type = \"p256\"\n"),
+                Some("key_type"),
+            ),
+            (
+                "upper-case key type",
+                with_top("key_type = \"EC-P256\"\n"),
+                Some("key_type"),
+            ),
+            (
+                "typo in names",
+                minimal() + "dsn = [\"api.internal\"]\n",
+                Some("dsn"),
             ),
             ("bad duration", with_top("ttl = \"1 hour\"\n"), Some("ttl")),
             ("typo", with_top("outputdir = \"x\"\n"), Some("outputdir")),

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::agent::keys::{KeyType, Names};
+use certmint::wire::{Identity, KeyType};
 
 /// The symlink naming the current generation.
 pub const DATA_LINK: &str = "..data";
@@ -60,7 +60,7 @@ pub const CERT_FILE: &str = "cert.pem";
 pub const CA_FILE: &str = "ca.pem";
 /// The metadata file name.
 pub const META_FILE: &str = "meta.json";
-/// Names linked at the top level, in the order they are written.
+/// Identity linked at the top level, in the order they are written.
 const FILES: [&str; 4] = [KEY_FILE, CERT_FILE, CA_FILE, META_FILE];
 
 /// Mode of the output directory and of generation directories.
@@ -189,7 +189,7 @@ pub struct Meta {
     /// Key type of `key.pem`.
     pub key_type: KeyType,
     /// The names certified.
-    pub names: Names,
+    pub names: Identity,
     /// When this host received the certificate (its own clock). With short
     /// lifetimes `not_before` is backdated far more than the lifetime, so
     /// schedules measure the lifetime from here.
@@ -684,9 +684,9 @@ mod tests {
             policy: "p".into(),
             policy_version: 1,
             key_type: KeyType::EcP256,
-            names: Names {
+            names: Identity {
                 dns: vec!["a.test".into()],
-                ..Names::default()
+                ..Identity::default()
             },
             received_at: now,
         }

@@ -144,7 +144,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::agent::keys::{KeyType, Names};
+    use certmint::wire::{Identity, KeyType};
 
     fn meta(
         not_before: OffsetDateTime,
@@ -160,7 +160,7 @@ mod tests {
             policy: "p".into(),
             policy_version: 1,
             key_type: KeyType::EcP256,
-            names: Names::default(),
+            names: Identity::default(),
             received_at,
         }
     }
