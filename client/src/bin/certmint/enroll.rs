@@ -33,6 +33,7 @@ use crate::agent::stop::{
 };
 use crate::agent::workload::{Token, TrustSource, Workload, WorkloadError};
 use crate::exit::Exit;
+use crate::report;
 
 /// `certmint enroll` options.
 #[derive(Debug, clap::Args)]
@@ -108,22 +109,23 @@ pub async fn run(args: Args) -> Exit {
     let mut stops = match StopSignals::new() {
         Ok(stops) => stops,
         Err(error) => {
-            tracing::error!("cannot install signal handlers: {error}");
+            report::message(&format_args!("cannot install signal handlers: {error}"));
             return Exit::Failure;
         }
     };
+    // Progress goes to the log; the failure the command ends with is
+    // reported the way every one-shot command reports it.
     match enroll(args, &mut stops).await {
         Ok(Outcome::Enrolled) => Exit::Ok,
         Ok(Outcome::Stopped) => {
-            tracing::error!(
-                exit.code = Exit::Stopped as u8,
-                "stopped before a certificate was installed"
-            );
+            report::message(&"stopped before a certificate was installed");
             Exit::Stopped
         }
         Err(error) => {
-            let code = error.code().map(ToString::to_string).unwrap_or_default();
-            tracing::error!(problem.code = %code, "enrollment failed: {error}");
+            match &error {
+                WorkloadError::Client(client) => report::client_error(client),
+                other => report::message(other),
+            }
             error.exit()
         }
     }
@@ -183,6 +185,24 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
     let deadline = args
         .retry_for
         .map(|budget| tokio::time::Instant::now() + budget.to_std());
+    let outcome = obtain(&workload, &hooks, &token, deadline, stops).await;
+    if !matches!(outcome, Ok(Outcome::Enrolled)) {
+        // Leave no empty directory behind that this command made; one that
+        // existed, or that holds anything, stays.
+        workload.output.remove_if_unused();
+    }
+    outcome
+}
+
+/// Enrolls `workload` with `token` (retrying transient failures until
+/// `deadline`), installs the result and runs the hooks.
+async fn obtain(
+    workload: &Workload,
+    hooks: &Hooks,
+    token: &Token,
+    deadline: Option<tokio::time::Instant>,
+    stops: &mut impl StopRequests,
+) -> Result<Outcome, WorkloadError> {
     let mut backoff = Backoff::new(StdDuration::from_secs(1), StdDuration::from_secs(30));
     let grace = stop::grace(workload.request_timeout);
     // Set when a stop came while the request was in flight: it was let
@@ -198,7 +218,7 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
             }
             Ok(Err(error)) => Err(error),
             Ok(Ok(session)) => {
-                let request = workload.enroll(&session, &token);
+                let request = workload.enroll(&session, token);
                 match finish_in_flight(request, stops, grace, "enrollment").await {
                     InFlight::Done(result) => result,
                     InFlight::FinishedThenStop(result) => {

@@ -18,6 +18,7 @@ mod admin;
 mod agent;
 mod enroll;
 mod exit;
+mod report;
 mod status;
 mod table;
 

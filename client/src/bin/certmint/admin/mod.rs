@@ -35,7 +35,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::exit::Exit;
-use crate::table::{self, Table};
+use crate::report;
+use crate::table::Table;
 
 /// Environment variable holding the admin JWT (when no `--token-file`).
 const TOKEN_ENV: &str = "CERTMINT_ADMIN_TOKEN";
@@ -128,26 +129,8 @@ impl Failure {
     /// request id; `error: <text>` otherwise.
     fn report(&self) {
         match self {
-            Failure::Client(Error::Problem(problem)) => {
-                eprintln!(
-                    "error: {}: {}",
-                    problem.code,
-                    table::printable(&problem.detail)
-                );
-                for refusal in &problem.refusals {
-                    eprintln!(
-                        "  {} {}: {}: {}",
-                        refusal.kind,
-                        table::printable(&refusal.name),
-                        refusal.code,
-                        table::printable(&refusal.reason)
-                    );
-                }
-                if let Some(id) = &problem.request_id {
-                    eprintln!("  (request id {id})");
-                }
-            }
-            other => eprintln!("error: {other}"),
+            Failure::Client(error) => report::client_error(error),
+            other => report::message(other),
         }
     }
 }
