@@ -138,6 +138,14 @@ backend_tests! {
                 audit.stdout
             );
         }
+        // Newest first, so the latest step leads even without --all.
+        let seqs: Vec<i64> = audit.stdout.lines().skip(1)
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok()).collect();
+        assert!(seqs.len() > 1 && seqs.windows(2).all(|pair| pair[0] > pair[1]), "{}", audit.stdout);
+        let recent = admin(server, &["audit", "--last", "1"]);
+        recent.assert_exit(0);
+        let newest = recent.stdout.lines().nth(1).unwrap_or_default();
+        assert!(newest.starts_with(&format!("{} ", seqs[0])), "{}", recent.stdout);
         let events = admin(server, &["--json", "audit", "--all"]).json();
         let minted_event = events["items"].as_array().unwrap().iter().any(|event| event["kind"] == "token.minted");
         assert!(minted_event, "{events}");

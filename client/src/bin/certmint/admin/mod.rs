@@ -85,7 +85,7 @@ enum Group {
     /// The certificate inventory.
     #[command(subcommand, visible_alias = "certs")]
     Certificates(certificates::CertificateCommand),
-    /// The hash-chained audit log, oldest first.
+    /// The hash-chained audit log, newest first (--json: the server's pages, oldest first).
     Audit(audit::AuditArgs),
 }
 
