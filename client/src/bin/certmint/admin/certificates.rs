@@ -9,6 +9,7 @@ use certmint::client::admin::{AdminRequest, CertificateFilter};
 use certmint::wire::{CertificateInfo, CertificateStatus, RevocationReason, RevokeRequest};
 use certmint::Duration;
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use super::{
     identity_text, parse_wire_name, time_text, wire_name, Context, Failure, Listing, PageArgs,
@@ -23,7 +24,8 @@ pub(super) enum CertificateCommand {
         /// Only certificates of this policy.
         #[arg(long, value_name = "NAME")]
         policy: Option<String>,
-        /// Only certificates in this state: pending, issued, revoked, failed.
+        /// Only certificates in this state: pending, issued, revoked, failed
+        /// (issued includes expired ones, which the table shows as expired).
         #[arg(long, value_name = "STATUS", value_parser = parse_status)]
         status: Option<CertificateStatus>,
         /// Only certificates expiring within this span, e.g. 24h.
@@ -71,7 +73,10 @@ pub(super) async fn run(context: &Context, command: CertificateCommand) -> Resul
                     })
                 })
                 .await?;
-            context.print_listing(&listing, certificate_table)
+            let now = OffsetDateTime::now_utc();
+            context.print_listing(&listing, |certificates| {
+                certificate_table(certificates, now)
+            })
         }
         CertificateCommand::Show { serial, pem } => {
             let (certificate, raw): (CertificateInfo, Value) =
@@ -87,7 +92,8 @@ pub(super) async fn run(context: &Context, command: CertificateCommand) -> Resul
                 print!("{pem}");
                 return Ok(Exit::Ok);
             }
-            context.print(&raw, || certificate_details(&certificate))?;
+            let now = OffsetDateTime::now_utc();
+            context.print(&raw, || certificate_details(&certificate, now))?;
             Ok(Exit::Ok)
         }
         CertificateCommand::Revoke { serial, reason } => {
@@ -108,12 +114,12 @@ pub(super) async fn run(context: &Context, command: CertificateCommand) -> Resul
     }
 }
 
-fn certificate_table(certificates: &[CertificateInfo]) -> Table {
+fn certificate_table(certificates: &[CertificateInfo], now: OffsetDateTime) -> Table {
     let mut table = Table::new(&["SERIAL", "STATUS", "POLICY", "NOT AFTER", "KEY", "NAMES"]);
     for certificate in certificates {
         table.row(vec![
             certificate.serial.clone(),
-            status_text(certificate.status),
+            shown_status(certificate, now),
             format!("{} v{}", certificate.policy, certificate.policy_version),
             time_text(certificate.not_after),
             certificate.key_type.clone(),
@@ -123,10 +129,10 @@ fn certificate_table(certificates: &[CertificateInfo]) -> Table {
     table
 }
 
-fn certificate_details(certificate: &CertificateInfo) -> String {
+fn certificate_details(certificate: &CertificateInfo, now: OffsetDateTime) -> String {
     key_values(&[
         ("serial", certificate.serial.clone()),
-        ("status", status_text(certificate.status)),
+        ("status", shown_status(certificate, now)),
         (
             "policy",
             format!(
@@ -158,6 +164,16 @@ fn certificate_details(certificate: &CertificateInfo) -> String {
     ])
 }
 
+/// The status people see: the server's, except that an issued
+/// certificate past its `not_after` reads `expired` (the inventory keeps
+/// it `issued`; `--json` shows the server's word).
+fn shown_status(certificate: &CertificateInfo, now: OffsetDateTime) -> String {
+    match certificate.status {
+        CertificateStatus::Issued if certificate.not_after <= now => "expired".to_owned(),
+        status => status_text(status),
+    }
+}
+
 fn status_text(status: CertificateStatus) -> String {
     wire_name(status)
 }
@@ -182,7 +198,53 @@ fn parse_reason(text: &str) -> Result<RevocationReason, String> {
 
 #[cfg(test)]
 mod tests {
+    use certmint::wire::Identity;
+
     use super::*;
+
+    #[test]
+    fn ok_issued_certificates_past_not_after_show_as_expired() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut certificate = CertificateInfo {
+            serial: "0a1b".into(),
+            status: CertificateStatus::Issued,
+            policy: "web".into(),
+            policy_version: 1,
+            identity: Identity {
+                dns: vec!["a.test".into()],
+                ..Identity::default()
+            },
+            key_type: "ec-p256".into(),
+            not_before: now - time::Duration::hours(2),
+            not_after: now + time::Duration::hours(1),
+            token_id: None,
+            predecessor: None,
+            created_at: now - time::Duration::hours(2),
+            revoked_at: None,
+            revocation_reason: None,
+            certificate_pem: None,
+        };
+        assert_eq!(shown_status(&certificate, now), "issued");
+        certificate.not_after = now;
+        assert_eq!(shown_status(&certificate, now), "expired");
+        let table = certificate_table(std::slice::from_ref(&certificate), now).render();
+        assert!(
+            table.lines().nth(1).unwrap().starts_with("0a1b    expired"),
+            "{table}"
+        );
+        let details = certificate_details(&certificate, now);
+        assert!(
+            details
+                .lines()
+                .any(|l| l.starts_with("status:") && l.ends_with(" expired")),
+            "{details}"
+        );
+        // Revocation says more than expiry; other states are the server's.
+        certificate.status = CertificateStatus::Revoked;
+        assert_eq!(shown_status(&certificate, now), "revoked");
+        certificate.status = CertificateStatus::Pending;
+        assert_eq!(shown_status(&certificate, now), "pending");
+    }
 
     #[test]
     fn ok_wire_names_parse_both_spellings() {
