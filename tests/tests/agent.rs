@@ -552,6 +552,7 @@ backend_tests! {
             &[],
         );
         assert_eq!(run.code, Some(EXIT_OK), "{}", run.stderr);
+        assert!(!run.stderr.contains('\u{1b}'), "colour codes in a log that is no terminal: {:?}", run.stderr);
         let generation = read_generation(&out).unwrap_or_else(|error| panic!("{error}"));
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(generation.dir.join("key.pem")).unwrap().permissions().mode();

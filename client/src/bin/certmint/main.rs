@@ -87,13 +87,44 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CERTMINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Colour only for a person at a terminal: never in a file, a pipe or the
+/// journal, and never when `NO_COLOR` is set to anything but empty
+/// (<https://no-color.org>).
+fn use_colour(stderr_is_terminal: bool, no_colour: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_colour.is_none_or(|value| value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    #[test]
+    fn ok_colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(
+            !use_colour(false, None),
+            "files and pipes get no escape codes"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
     }
 }
