@@ -19,11 +19,10 @@
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
+use certmint::wire::{Identity, KeyType};
 use certmint::Duration;
 
 use crate::agent::hooks::{Hooks, ReloadSignal};
-use certmint::wire::{Identity, KeyType};
-
 use crate::agent::keys;
 use crate::agent::output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
 use crate::agent::rfc3339;

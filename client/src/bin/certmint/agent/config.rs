@@ -12,10 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
+use certmint::wire::{Identity, KeyType};
 use certmint::Duration;
 use serde::Deserialize;
-
-use certmint::wire::{Identity, KeyType};
 
 use crate::agent::keys;
 use crate::agent::output::FileGroup;

@@ -44,10 +44,9 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{symlink, DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use certmint::wire::{Identity, KeyType};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-
-use certmint::wire::{Identity, KeyType};
 
 /// The symlink naming the current generation.
 pub const DATA_LINK: &str = "..data";
@@ -60,7 +59,7 @@ pub const CERT_FILE: &str = "cert.pem";
 pub const CA_FILE: &str = "ca.pem";
 /// The metadata file name.
 pub const META_FILE: &str = "meta.json";
-/// Identity linked at the top level, in the order they are written.
+/// Names linked at the top level, in the order they are written.
 const FILES: [&str; 4] = [KEY_FILE, CERT_FILE, CA_FILE, META_FILE];
 
 /// Mode of the output directory and of generation directories.

@@ -141,10 +141,10 @@ pub fn before_expiry(
 
 #[cfg(test)]
 mod tests {
+    use certmint::wire::{Identity, KeyType};
     use time::macros::datetime;
 
     use super::*;
-    use certmint::wire::{Identity, KeyType};
 
     fn meta(
         not_before: OffsetDateTime,

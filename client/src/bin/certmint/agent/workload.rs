@@ -146,7 +146,7 @@ pub struct Workload {
     pub key_type: KeyType,
     /// Requested lifetime.
     pub ttl: Option<Duration>,
-    /// Identity to request.
+    /// Names to request.
     pub names: Identity,
     /// Per-request timeout.
     pub request_timeout: StdDuration,
