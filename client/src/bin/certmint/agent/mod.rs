@@ -695,8 +695,9 @@ fn stop_exit(once: bool, in_place: bool) -> Exit {
 
 /// Logs a final failure on one line; the exit it leads to.
 fn stop_for(error: &WorkloadError) -> Exit {
-    let code = error.code().map(ToString::to_string).unwrap_or_default();
-    tracing::error!(problem.code = %code, "stopping: {error}");
+    // `problem.code` only for server refusals: never an empty field.
+    let code = error.code().map(ProblemCode::as_str);
+    tracing::error!(problem.code = code, "stopping: {error}");
     error.exit()
 }
 
