@@ -25,7 +25,7 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 #[non_exhaustive]
 pub enum KeyError {
     /// Not the wire name of a key type.
-    #[error(transparent)]
+    #[error("{:?} is not a key type; use ec-p256, ec-p384 or ed25519, spelled exactly so", .0.0)]
     UnknownKeyType(#[from] UnknownKeyType),
     /// A key type the server knows but the local key generator cannot make.
     #[error("key type {0} cannot be generated locally (use ec-p256, ec-p384 or ed25519)")]

@@ -31,6 +31,13 @@
 //! SIGINT in the meantime abandons the request and stops at once. Files are
 //! replaced atomically and synchronously, so no stop leaves half a
 //! generation.
+//!
+//! The submodules are the workload's building blocks, which `certmint
+//! enroll` uses too: [`config`] (`agent.toml`), [`keys`] (fresh keys and
+//! CSRs), [`workload`] (connect, enroll, renew, check and install),
+//! [`output`] (the output directory and its generations), [`hooks`]
+//! (reload command and signal), [`schedule`] (when to renew, backoff) and
+//! [`stop`] (what SIGTERM/SIGINT may interrupt).
 
 pub mod config;
 pub mod hooks;
