@@ -2,8 +2,9 @@
 //! `--verify`, recompute its chain over the events read.
 //!
 //! The server pages the log oldest first. People want the latest events,
-//! so the table reads the log to its end and shows the newest `--last`
-//! events (every one with `--all`; one page with `--cursor`), newest first,
+//! so the table reads the log to its end (in pages of [`READ_PAGE_SIZE`])
+//! and shows the newest `--last` (or `--limit`) events (every one with
+//! `--all`; one page with `--cursor`), newest first,
 //! one readable line each: the event's details are summarised as
 //! `key=value` pairs and cut at [`DETAILS_WIDTH`] characters. `--json`
 //! prints the server's pages unchanged, in its order, with every field.
@@ -31,7 +32,8 @@ const READ_PAGE_SIZE: u32 = 500;
 pub(super) struct AuditArgs {
     #[command(flatten)]
     page: PageArgs,
-    /// Table: show the newest N events (default 50), reading the log to its end.
+    /// Table: show the newest N events (default 50; --limit N does the same),
+    /// reading the log to its end.
     #[arg(long, value_name = "N", conflicts_with_all = ["all", "cursor"])]
     last: Option<usize>,
     /// Recompute the hash chain of the events read (from seq 1 unless --cursor).
@@ -42,8 +44,9 @@ pub(super) struct AuditArgs {
 pub(super) async fn run(context: &Context, args: AuditArgs) -> Result<Exit, Failure> {
     let to_the_end = !context.json && !args.page.all && args.page.cursor.is_none();
     let listing: Listing<AuditEvent> = if to_the_end {
+        // Large pages: `--limit` says how many to show, not how to read.
         let every_page = PageArgs {
-            limit: Some(args.page.limit.unwrap_or(READ_PAGE_SIZE)),
+            limit: Some(READ_PAGE_SIZE),
             cursor: None,
             all: true,
         };
@@ -55,7 +58,12 @@ pub(super) async fn run(context: &Context, args: AuditArgs) -> Result<Exit, Fail
         context.print_listing(&listing, audit_table)?;
     } else {
         let shown = if to_the_end {
-            args.last.unwrap_or(DEFAULT_LAST)
+            args.last
+                .or(args
+                    .page
+                    .limit
+                    .and_then(|limit| usize::try_from(limit).ok()))
+                .unwrap_or(DEFAULT_LAST)
         } else {
             listing.items.len()
         };
