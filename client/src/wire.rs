@@ -65,6 +65,43 @@ impl Identity {
     pub fn is_empty(&self) -> bool {
         self.dns.is_empty() && self.ip.is_empty() && self.uri.is_empty()
     }
+
+    /// True when `other` holds the same exact names: DNS case-insensitively,
+    /// IPs by value, URIs as certificates carry them ([`canonical_uri`]);
+    /// order and duplicates do not matter. Meant for exact names (a
+    /// request, a certificate), not for a token's patterns.
+    pub fn same_names(&self, other: &Identity) -> bool {
+        self.canonical() == other.canonical()
+    }
+
+    /// A short human list for log lines and summaries: `dns:a,b ip:c`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (kind, list) in [("dns", &self.dns), ("ip", &self.ip), ("uri", &self.uri)] {
+            if !list.is_empty() {
+                parts.push(format!("{kind}:{}", list.join(",")));
+            }
+        }
+        parts.join(" ")
+    }
+
+    fn canonical(&self) -> [Vec<String>; 3] {
+        let mut dns: Vec<String> = self.dns.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let mut ip: Vec<String> = self
+            .ip
+            .iter()
+            .map(|a| {
+                a.parse::<std::net::IpAddr>()
+                    .map_or_else(|_| a.clone(), |ip| ip.to_string())
+            })
+            .collect();
+        let mut uri: Vec<String> = self.uri.iter().map(|u| canonical_uri(u)).collect();
+        for list in [&mut dns, &mut ip, &mut uri] {
+            list.sort();
+            list.dedup();
+        }
+        [dns, ip, uri]
+    }
 }
 
 /// A URI SAN in the form certificates carry it and names compare: scheme
@@ -573,6 +610,12 @@ pub struct AuditEvent {
 }
 
 /// Subject key types certmint knows, by their wire names.
+///
+/// One spelling each, everywhere: the wire name exactly, lower case
+/// (`ec-p256`, `ec-p384`, `ed25519`, `rsa-2048`, `rsa-3072`, `rsa-4096`).
+/// JSON (serde), [`KeyType::parse`] and [`FromStr`](std::str::FromStr)
+/// (command lines, config files) all accept exactly these and nothing else:
+/// no aliases such as `p256`, no other case, no surrounding blanks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum KeyType {
     /// ECDSA on NIST P-256.
@@ -618,7 +661,7 @@ impl KeyType {
         }
     }
 
-    /// Parses a wire name.
+    /// Parses a wire name, exactly as [`KeyType::as_str`] spells it.
     pub fn parse(name: &str) -> Option<KeyType> {
         KeyType::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
@@ -630,6 +673,22 @@ impl std::fmt::Display for KeyType {
     }
 }
 
+impl std::str::FromStr for KeyType {
+    type Err = UnknownKeyType;
+
+    /// The same rule as [`KeyType::parse`] and serde: the wire name exactly.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        KeyType::parse(name).ok_or_else(|| UnknownKeyType(name.to_owned()))
+    }
+}
+
+/// A string that is not the wire name of a [`KeyType`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a key type; expected one of ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
+)]
+pub struct UnknownKeyType(pub String);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +698,89 @@ mod tests {
         for reason in RevocationReason::ALL {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
+    }
+
+    #[test]
+    fn ok_key_types_parse_by_their_wire_names_only() {
+        for key_type in KeyType::ALL {
+            let name = key_type.as_str();
+            assert_eq!(name.parse::<KeyType>(), Ok(key_type));
+            assert_eq!(KeyType::parse(name), Some(key_type));
+            assert_eq!(serde_json::to_value(key_type).unwrap(), name);
+            assert_eq!(
+                serde_json::from_value::<KeyType>(name.into()).unwrap(),
+                key_type
+            );
+        }
+        // One rule for every reader: no aliases, no other case, no blanks.
+        for alias in [
+            "p256",
+            "ecdsa-p256",
+            "EC-P256",
+            " ec-p256",
+            "rsa",
+            "rsa2048",
+            "",
+        ] {
+            assert_eq!(
+                alias.parse::<KeyType>(),
+                Err(UnknownKeyType(alias.to_owned())),
+                "{alias:?}"
+            );
+            assert_eq!(KeyType::parse(alias), None, "{alias:?}");
+            assert!(
+                serde_json::from_value::<KeyType>(alias.into()).is_err(),
+                "{alias:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ok_same_names_ignores_case_order_and_ip_spelling() {
+        let one = Identity {
+            dns: vec!["B.test".into(), "a.test".into()],
+            ip: vec!["::1".into()],
+            uri: vec![],
+        };
+        let two = Identity {
+            dns: vec!["a.test".into(), "b.test".into()],
+            ip: vec!["0:0:0:0:0:0:0:1".into()],
+            uri: vec![],
+        };
+        assert!(one.same_names(&two));
+        let three = Identity {
+            dns: vec!["a.test".into()],
+            ..Identity::default()
+        };
+        assert!(!one.same_names(&three));
+        assert_eq!(one.summary(), "dns:B.test,a.test ip:::1");
+    }
+
+    #[test]
+    fn ok_same_names_compares_uris_as_certificates_carry_them() {
+        let configured = Identity {
+            uri: vec![
+                "SPIFFE://Prod.Example.ORG/ns/Payments/sa/api".into(),
+                "https://API.example.com:0443/v1".into(),
+            ],
+            ..Identity::default()
+        };
+        let issued = Identity {
+            uri: vec![
+                "spiffe://prod.example.org/ns/Payments/sa/api".into(),
+                "https://api.example.com:443/v1".into(),
+            ],
+            ..Identity::default()
+        };
+        assert!(configured.same_names(&issued));
+        let other_path = Identity {
+            uri: vec![
+                "spiffe://prod.example.org/ns/payments/sa/api".into(),
+                "https://api.example.com:443/v1".into(),
+            ],
+            ..Identity::default()
+        };
+        assert!(!configured.same_names(&other_path), "paths compare exactly");
     }
 
     #[test]

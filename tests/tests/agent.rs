@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 const EXIT_OK: i32 = 0;
 const EXIT_TRUST_FAILURE: i32 = 7;
+const EXIT_TOKEN_REFUSED: i32 = 4;
 const EXIT_CERTIFICATE_REVOKED: i32 = 5;
 
 /// A policy for `*.<name>.test` with both TLS EKUs and the given lifetime;
@@ -528,7 +529,12 @@ backend_tests! {
         );
         assert_eq!(run.code, Some(EXIT_TRUST_FAILURE), "{}", run.stderr);
         assert!(!run.stderr.contains(&token.token), "the token leaked into the log");
-        assert!(read_generation(&out).is_err(), "nothing may be written");
+        // One plain `error:` line naming both fingerprints, as `admin` reports.
+        let last = run.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: root fingerprint mismatch: expected "), "{}", run.stderr);
+        assert!(last.contains(&wrong) && last.contains(server.root_fingerprint()), "{}", run.stderr);
+        assert!(!run.stderr.contains("problem.code="), "{}", run.stderr);
+        assert!(!out.exists(), "the directory the failed enroll created is left behind");
         // The token was never sent: it still enrolls.
         let (csr, _) = make_csr("ec-p256", &[&dns], &[], &[]);
         server.enroll(&csr, &token.token).assert_status(201);
@@ -545,10 +551,25 @@ backend_tests! {
             &[],
         );
         assert_eq!(run.code, Some(EXIT_OK), "{}", run.stderr);
+        assert!(!run.stderr.contains('\u{1b}'), "colour codes in a log that is no terminal: {:?}", run.stderr);
         let generation = read_generation(&out).unwrap_or_else(|error| panic!("{error}"));
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(generation.dir.join("key.pem")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the key is owner-only");
+
+        // A refusal ends with the same `error: <code>: <detail>` line as `admin`.
+        let spent = dir.path().join("spent");
+        let run = certmint(
+            &[
+                "enroll", "--server", server.base_url(), "--root-fingerprint", server.root_fingerprint(),
+                "--token-file", &token_file.display().to_string(), "--dns", &dns,
+                "--out", &spent.display().to_string(),
+            ],
+            &[],
+        );
+        assert_eq!(run.code, Some(EXIT_TOKEN_REFUSED), "{}", run.stderr);
+        assert!(run.stderr.lines().any(|line| line.starts_with("error: token.used: ")), "{}", run.stderr);
+        assert!(!spent.exists(), "the directory the failed enroll created is left behind");
     }
 }
 

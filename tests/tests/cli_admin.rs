@@ -140,6 +140,16 @@ backend_tests! {
                 audit.stdout
             );
         }
+        // Newest first, so the latest step leads even without --all.
+        let seqs: Vec<i64> = audit.stdout.lines().skip(1)
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok()).collect();
+        assert!(seqs.len() > 1 && seqs.windows(2).all(|pair| pair[0] > pair[1]), "{}", audit.stdout);
+        let recent = admin(server, &["audit", "--last", "1"]);
+        recent.assert_exit(0);
+        // Other tests share the server, so events may have been added since.
+        let newest: Vec<i64> = recent.stdout.lines().skip(1)
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok()).collect();
+        assert!(newest.len() == 1 && newest[0] >= seqs[0], "{}", recent.stdout);
         let events = admin(server, &["--json", "audit", "--all"]).json();
         let minted_event = events["items"].as_array().unwrap().iter().any(|event| event["kind"] == "token.minted");
         assert!(minted_event, "{events}");

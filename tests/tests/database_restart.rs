@@ -91,11 +91,15 @@ fn restart_under_load(server: &TestServer, restart: &str) {
             201 => {}
             503 => {
                 response.assert_problem(503, "store.unavailable");
-                let retry_after = response.retry_after.as_deref().unwrap_or_else(|| {
-                    panic!("{}: 503 without Retry-After", response.request)
-                });
+                let retry_after = response
+                    .retry_after
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{}: 503 without Retry-After", response.request));
                 assert!(
-                    retry_after.trim().parse::<u64>().is_ok_and(|seconds| seconds > 0),
+                    retry_after
+                        .trim()
+                        .parse::<u64>()
+                        .is_ok_and(|seconds| seconds > 0),
                     "{}: Retry-After {retry_after:?}",
                     response.request
                 );

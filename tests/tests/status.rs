@@ -1,7 +1,7 @@
 //! `certmint status` on files a real server issued (SQLite and PostgreSQL):
 //! the agent's directory layout and plain files, each layer's verdict, the
 //! exit code scripts rely on (0 usable, 9 not usable, 2 usage) and `--json`.
-//! The layer logic itself is unit-tested in `client/src/bin/certmint/inspect.rs`;
+//! The layer logic itself is unit-tested in `client/src/bin/certmint/status/inspect.rs`;
 //! these tests check the command on real certificates and real files.
 
 use certmint_e2e::backend_tests;
@@ -36,11 +36,19 @@ backend_tests! {
         }
         let (_, names) = layer_line(&report.stdout, "names").unwrap_or_default();
         assert!(names.contains(&dns), "{names}");
+        // The serial a person needs for `certmint admin certificates revoke`.
+        let serial = files.bundle["serial"].as_str().unwrap().to_ascii_lowercase();
+        assert!(
+            report.stdout.lines().any(|line| line == format!("serial  {serial}")),
+            "no serial line:\n{}",
+            report.stdout
+        );
 
         let json = status(&["--dir", &dir_text, "--json"]);
         json.assert_exit(0);
         let body = json.json();
         assert_eq!(body["usable"], true);
+        assert_eq!(body["serial"], serial.as_str());
         let layers: Vec<&str> = body["layers"].as_array().unwrap().iter()
             .map(|layer| layer["name"].as_str().unwrap_or_default()).collect();
         assert_eq!(layers, ["files", "key", "chain", "dates", "names", "eku", "renewal"]);

@@ -49,10 +49,16 @@ pub enum Error {
         detail: String,
     },
     /// The CA chain the server serves does not contain the pinned root.
-    #[error("the server's CA root does not match the pinned fingerprint {expected}: refusing first contact")]
+    #[error(
+        "root fingerprint mismatch: expected {expected}, but the server's CA root is {got}; \
+         refusing first contact (is the fingerprint for this server?)"
+    )]
     RootFingerprintMismatch {
         /// The fingerprint the operator pinned.
         expected: String,
+        /// The fingerprint of the root the server served (the last
+        /// certificate of its chain).
+        got: String,
     },
     /// A trust anchor could not be used.
     #[error("trust anchors: {0}")]
@@ -414,7 +420,8 @@ mod tests {
         assert!(!problem(403).is_transient());
         assert!(Error::Transport("refused".into()).is_transient());
         assert!(!Error::RootFingerprintMismatch {
-            expected: "x".into()
+            expected: "x".into(),
+            got: "y".into(),
         }
         .is_transient());
     }

@@ -198,11 +198,18 @@ pub(crate) fn select_pinned_root(
     pinned: &str,
 ) -> Result<CertificateDer<'static>, Error> {
     let certificates = certificates_from_pem(chain_pem)?;
+    // The chain is issuing certificate, intermediates, root: the root the
+    // operator should compare with is the last one.
+    let got = certificates.last().map_or_else(
+        || "absent (an empty chain)".to_owned(),
+        |root| fingerprint(root.as_ref()),
+    );
     certificates
         .into_iter()
         .find(|der| fingerprint(der.as_ref()) == pinned)
         .ok_or_else(|| Error::RootFingerprintMismatch {
             expected: pinned.to_owned(),
+            got,
         })
 }
 
@@ -362,9 +369,15 @@ mod tests {
             cert.der().as_ref()
         );
         let wrong = format!("sha256:{}", "00".repeat(32));
-        assert!(matches!(
-            select_pinned_root(&pem, &wrong),
-            Err(Error::RootFingerprintMismatch { .. })
-        ));
+        let error = select_pinned_root(&pem, &wrong).unwrap_err();
+        assert!(
+            matches!(&error, Error::RootFingerprintMismatch { expected, got }
+                if *expected == wrong && *got == right),
+            "{error:?}"
+        );
+        // Says what did not match, with both sides.
+        let text = error.to_string();
+        assert!(text.starts_with("root fingerprint mismatch: "), "{text}");
+        assert!(text.contains(&wrong) && text.contains(&right), "{text}");
     }
 }

@@ -4,9 +4,9 @@
 //! the server returned against the trust anchors, installs key, chain, CA
 //! and metadata atomically into `--out`, runs the reload hooks and prints
 //! one summary line on stdout. `certmint agent` uses the same code
-//! ([`workload`]) for the same steps.
+//! ([`workload`](crate::agent::workload)) for the same steps.
 //!
-//! SIGTERM/SIGINT follow the rule of [`stop`]: while no request is in
+//! SIGTERM/SIGINT follow the rule of [`stop`](crate::agent::stop): while no request is in
 //! flight (connecting, backing off) they stop the command at once with
 //! [`Exit::Stopped`]. While the request is in flight the first one lets it
 //! finish (at most `--timeout` +
@@ -15,35 +15,24 @@
 //! installed, the hooks run and the exit code is the one the command would
 //! have had anyway; a failure is not retried. A second signal, or the end
 //! of that grace, abandons the request at once ([`Exit::Stopped`]).
-//!
-//! The modules shared by `enroll` and `agent` are declared here because
-//! `main.rs` is not this command's file; they belong at the crate root.
-
-#[path = "hooks.rs"]
-pub mod hooks;
-#[path = "keys.rs"]
-pub mod keys;
-#[path = "output.rs"]
-pub mod output;
-#[path = "schedule.rs"]
-pub mod schedule;
-#[path = "stop.rs"]
-pub mod stop;
-#[path = "workload.rs"]
-pub mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
+use certmint::wire::{Identity, KeyType};
 use certmint::Duration;
 
+use crate::agent::hooks::{Hooks, ReloadSignal};
+use crate::agent::keys;
+use crate::agent::output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
+use crate::agent::rfc3339;
+use crate::agent::schedule::{self, Backoff};
+use crate::agent::stop::{
+    self, finish_in_flight, unless_stopped, InFlight, StopRequests, StopSignals,
+};
+use crate::agent::workload::{Token, TrustSource, Workload, WorkloadError};
 use crate::exit::Exit;
-use hooks::{Hooks, ReloadSignal};
-use keys::{KeyType, Names};
-use output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
-use schedule::Backoff;
-use stop::{finish_in_flight, unless_stopped, InFlight, StopRequests, StopSignals};
-use workload::{Token, TrustSource, Workload, WorkloadError};
+use crate::report;
 
 /// `certmint enroll` options.
 #[derive(Debug, clap::Args)]
@@ -77,8 +66,9 @@ pub struct Args {
     /// URI to request, e.g. a SPIFFE ID (repeatable).
     #[arg(long = "uri", value_name = "URI")]
     uri: Vec<String>,
-    /// Key type: ec-p256, ec-p384 or ed25519.
-    #[arg(long, default_value = "ec-p256")]
+    /// Key type, spelled exactly as the server does: ec-p256, ec-p384 or
+    /// ed25519 (no aliases such as p256; RSA keys cannot be made locally).
+    #[arg(long, default_value = "ec-p256", value_parser = keys::parse_key_type)]
     key_type: KeyType,
     /// Requested lifetime, e.g. 24h (the policy default when absent).
     #[arg(long)]
@@ -118,22 +108,23 @@ pub async fn run(args: Args) -> Exit {
     let mut stops = match StopSignals::new() {
         Ok(stops) => stops,
         Err(error) => {
-            tracing::error!("cannot install signal handlers: {error}");
+            report::message(&format_args!("cannot install signal handlers: {error}"));
             return Exit::Failure;
         }
     };
+    // Progress goes to the log; the failure the command ends with is
+    // reported the way every one-shot command reports it.
     match enroll(args, &mut stops).await {
         Ok(Outcome::Enrolled) => Exit::Ok,
         Ok(Outcome::Stopped) => {
-            tracing::error!(
-                exit.code = Exit::Stopped as u8,
-                "stopped before a certificate was installed"
-            );
+            report::message(&"stopped before a certificate was installed");
             Exit::Stopped
         }
         Err(error) => {
-            let code = error.code().map(ToString::to_string).unwrap_or_default();
-            tracing::error!(problem.code = %code, "enrollment failed: {error}");
+            match &error {
+                WorkloadError::Client(client) => report::client_error(client),
+                other => report::message(other),
+            }
             error.exit()
         }
     }
@@ -170,12 +161,12 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
             ))
         }
     };
-    let names = Names {
+    let names = Identity {
         dns: args.dns,
         ip: args.ip,
         uri: args.uri,
     };
-    names.to_sans()?;
+    keys::subject_alt_names(&names)?;
     let workload = Workload {
         server: args.server,
         trust,
@@ -193,6 +184,24 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
     let deadline = args
         .retry_for
         .map(|budget| tokio::time::Instant::now() + budget.to_std());
+    let outcome = obtain(&workload, &hooks, &token, deadline, stops).await;
+    if !matches!(outcome, Ok(Outcome::Enrolled)) {
+        // Leave no empty directory behind that this command made; one that
+        // existed, or that holds anything, stays.
+        workload.output.remove_if_unused();
+    }
+    outcome
+}
+
+/// Enrolls `workload` with `token` (retrying transient failures until
+/// `deadline`), installs the result and runs the hooks.
+async fn obtain(
+    workload: &Workload,
+    hooks: &Hooks,
+    token: &Token,
+    deadline: Option<tokio::time::Instant>,
+    stops: &mut impl StopRequests,
+) -> Result<Outcome, WorkloadError> {
     let mut backoff = Backoff::new(StdDuration::from_secs(1), StdDuration::from_secs(30));
     let grace = stop::grace(workload.request_timeout);
     // Set when a stop came while the request was in flight: it was let
@@ -208,7 +217,7 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
             }
             Ok(Err(error)) => Err(error),
             Ok(Ok(session)) => {
-                let request = workload.enroll(&session, &token);
+                let request = workload.enroll(&session, token);
                 match finish_in_flight(request, stops, grace, "enrollment").await {
                     InFlight::Done(result) => result,
                     InFlight::FinishedThenStop(result) => {
@@ -265,10 +274,4 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
         tracing::info!("stopping after the in-flight enrollment");
     }
     Ok(Outcome::Enrolled)
-}
-
-/// RFC 3339 for summaries; falls back to the debug form if formatting fails.
-pub fn rfc3339(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.to_string())
 }

@@ -97,7 +97,8 @@ mod tests {
         );
         assert_eq!(
             Exit::for_error(&Error::RootFingerprintMismatch {
-                expected: "x".into()
+                expected: "x".into(),
+                got: "y".into(),
             }),
             Exit::TrustFailure
         );

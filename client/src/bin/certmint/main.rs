@@ -4,7 +4,13 @@
 //! - `enroll` ([`enroll`]): one-shot first enrollment with a bootstrap token;
 //! - `agent` ([`agent`]): enroll if needed, then renew over mutual TLS forever;
 //! - `status` ([`status`]): are the files on disk usable for mutual TLS?
-//! - `admin` ([`admin`]): policies, tokens, certificates and audit.
+//! - `admin` ([`admin`]): policies, tokens, provisioners, certificates and
+//!   audit, one submodule per group.
+//!
+//! The workload's building blocks (key generation, the output directory,
+//! hooks, renewal schedule, stop handling, the enroll/renew steps) live
+//! under [`agent`]; `enroll` is the agent's first step run once, so it
+//! uses them from there. [`table`] formats the admin CLI's output.
 //!
 //! Every subcommand returns an [`exit::Exit`]: one table of exit codes.
 
@@ -12,7 +18,9 @@ mod admin;
 mod agent;
 mod enroll;
 mod exit;
+mod report;
 mod status;
+mod table;
 
 use std::process::ExitCode;
 
@@ -79,13 +87,44 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CERTMINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Colour only for a person at a terminal: never in a file, a pipe or the
+/// journal, and never when `NO_COLOR` is set to anything but empty
+/// (<https://no-color.org>).
+fn use_colour(stderr_is_terminal: bool, no_colour: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_colour.is_none_or(|value| value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    #[test]
+    fn ok_colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(
+            !use_colour(false, None),
+            "files and pipes get no escape codes"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
     }
 }

@@ -134,6 +134,9 @@ pub struct Layer {
 pub struct Report {
     /// True when no layer failed.
     pub usable: bool,
+    /// The leaf certificate's serial, lower-case hex as the server and
+    /// `meta.json` write it; `None` when the files could not be parsed.
+    pub serial: Option<String>,
     /// Every layer, in check order.
     pub layers: Vec<Layer>,
 }
@@ -205,6 +208,7 @@ pub fn inspect(inputs: &Inputs, now: OffsetDateTime, role: Role) -> Report {
     }
     Report {
         usable: layers.iter().all(|layer| layer.status != Status::Fail),
+        serial: parsed.as_ref().map(|parsed| serial_of(&parsed.leaf)),
         layers,
     }
 }
@@ -629,6 +633,12 @@ fn eku_layer(parsed: &Parsed, chain_ok: bool, at: UnixTime, role: Role) -> Layer
     layer("eku", status, format!("{listed}: {roles}{required}"))
 }
 
+/// A certificate's serial as certmint writes it everywhere: the DER
+/// integer's bytes, lower-case hex.
+fn serial_of(certificate: &Certificate) -> String {
+    hex::encode(certificate.tbs_certificate().serial_number().as_bytes())
+}
+
 /// Serial numbers compared as numbers: hex, case and leading zeros ignored.
 fn same_serial(a: &str, b: &str) -> bool {
     let normal = |text: &str| {
@@ -647,7 +657,7 @@ fn renewal_layer(leaf: &Certificate, meta: &MetaInput, now: OffsetDateTime) -> L
     let validity = leaf.tbs_certificate().validity();
     let (not_before, not_after) = (unix(validity.not_before), unix(validity.not_after));
     let two_thirds = not_before + (not_after - not_before).max(0) * 2 / 3;
-    let leaf_serial = hex::encode(leaf.tbs_certificate().serial_number().as_bytes());
+    let leaf_serial = serial_of(leaf);
 
     let mut note = String::new();
     let mut status = Status::Ok;
@@ -816,6 +826,7 @@ mod tests {
         assert!(names.contains("dns: web.test"), "{names}");
         assert!(names.contains("ip: 10.0.0.7"), "{names}");
         assert!(names.contains("uri: spiffe://test/ns/web"), "{names}");
+        assert_eq!(report.serial.as_deref(), Some(pki.leaf_serial.as_str()));
     }
 
     #[test]

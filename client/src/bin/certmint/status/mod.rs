@@ -1,14 +1,13 @@
 //! `certmint status`: are the key, certificate and CA files on disk usable
 //! for mutual TLS? Reads them (from the agent's output directory or from
 //! explicit paths), runs the layered check in [`inspect`], and prints one
-//! line per layer (`ok`, `warn`, `FAIL`, `skip`) or, with `--json`, the
-//! report as JSON.
+//! line per layer (`ok`, `warn`, `FAIL`, `skip`), the certificate's serial
+//! and the verdict, or, with `--json`, the report as JSON.
 //!
 //! Exit: [`Exit::Ok`] when no layer fails, [`Exit::NotUsable`] when one
 //! does, [`Exit::Usage`] for bad arguments. Reads only; never writes or
 //! prints key material.
 
-#[path = "inspect.rs"]
 mod inspect;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +39,7 @@ pub struct Args {
     /// Which side of mutual TLS the certificate must be able to play.
     #[arg(long, value_enum, default_value_t = Role::Any)]
     role: Role,
-    /// Print the report as JSON: {usable, layers: [{name, status, detail}]}.
+    /// Print the report as JSON: {usable, serial, layers: [{name, status, detail}]}.
     #[arg(long)]
     json: bool,
 }
@@ -103,7 +102,8 @@ pub async fn run(args: Args) -> Exit {
     }
 }
 
-/// The text report: one aligned line per layer, then the verdict.
+/// The text report: one aligned line per layer, the serial (when the
+/// certificate could be read), then the verdict.
 fn render(report: &Report) -> String {
     let mut out = String::new();
     for layer in &report.layers {
@@ -115,6 +115,9 @@ fn render(report: &Report) -> String {
         );
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    if let Some(serial) = &report.serial {
+        out.push_str(&format!("serial  {serial}\n"));
     }
     if report.usable {
         out.push_str("usable for mutual TLS\n");
@@ -159,6 +162,7 @@ mod tests {
     fn ok_render_aligns_layers_and_names_failures() {
         let report = Report {
             usable: false,
+            serial: Some("0abc".into()),
             layers: vec![
                 Layer {
                     name: "files",
@@ -174,7 +178,7 @@ mod tests {
         };
         assert_eq!(
             render(&report),
-            "warn  files    mode 0644\nFAIL  key      mismatch\nNOT usable for mutual TLS (failed: key)\n"
+            "warn  files    mode 0644\nFAIL  key      mismatch\nserial  0abc\nNOT usable for mutual TLS (failed: key)\n"
         );
     }
 }

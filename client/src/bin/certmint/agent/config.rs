@@ -12,12 +12,13 @@
 
 use std::path::{Path, PathBuf};
 
+use certmint::wire::{Identity, KeyType};
 use certmint::Duration;
 use serde::Deserialize;
 
-use crate::enroll::keys::{KeyType, Names};
-use crate::enroll::output::FileGroup;
-pub use crate::enroll::workload::TrustSource;
+use crate::agent::keys;
+use crate::agent::output::FileGroup;
+pub use crate::agent::workload::TrustSource;
 
 /// Default first retry delay after a failure.
 pub const DEFAULT_BACKOFF_INITIAL_S: u64 = 1;
@@ -75,13 +76,14 @@ struct RawConfig {
     output_dir: PathBuf,
     #[serde(default)]
     group: Option<String>,
-    #[serde(default)]
+    #[serde(default = "default_key_type")]
     key_type: KeyType,
     #[serde(default)]
     ttl: Option<Duration>,
     #[serde(default)]
     request_timeout: Option<Duration>,
-    names: Names,
+    #[serde(deserialize_with = "names_without_unknown_keys")]
+    names: Identity,
     #[serde(default)]
     renewal: RawRenewal,
     #[serde(default)]
@@ -119,6 +121,30 @@ struct RawReload {
     pid_file: Option<PathBuf>,
 }
 
+fn default_key_type() -> KeyType {
+    keys::DEFAULT_KEY_TYPE
+}
+
+/// `[names]`: the SDK's [`Identity`], refusing keys other than `dns`, `ip`
+/// and `uri` as the rest of the file does (the wire type itself ignores
+/// unknown fields, as API bodies must).
+fn names_without_unknown_keys<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Identity, D::Error> {
+    const KINDS: &[&str] = &["dns", "ip", "uri"];
+    let table = std::collections::BTreeMap::<String, Vec<String>>::deserialize(deserializer)?;
+    let mut names = Identity::default();
+    for (kind, list) in table {
+        match kind.as_str() {
+            "dns" => names.dns = list,
+            "ip" => names.ip = list,
+            "uri" => names.uri = list,
+            _ => return Err(serde::de::Error::unknown_field(&kind, KINDS)),
+        }
+    }
+    Ok(names)
+}
+
 /// What to do after new files are in place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reload {
@@ -127,7 +153,7 @@ pub struct Reload {
     /// How long the command may run before it is killed.
     pub timeout: std::time::Duration,
     /// A signal to send to the pid in `pid_file`.
-    pub signal: Option<(crate::enroll::hooks::ReloadSignal, PathBuf)>,
+    pub signal: Option<(crate::agent::hooks::ReloadSignal, PathBuf)>,
 }
 
 /// The validated config.
@@ -151,7 +177,7 @@ pub struct AgentConfig {
     /// Per-request timeout.
     pub request_timeout: std::time::Duration,
     /// The names to hold a certificate for.
-    pub names: Names,
+    pub names: Identity,
     /// ± fraction of the lifetime added to `renew_after`.
     pub jitter: f64,
     /// First retry delay.
@@ -220,9 +246,8 @@ impl AgentConfig {
             .map(|spec| spec.parse::<FileGroup>())
             .transpose()
             .map_err(|reason| invalid("group", reason))?;
-        raw.names
-            .to_sans()
-            .map_err(|error| invalid("names", error.to_string()))?;
+        keys::generatable(raw.key_type).map_err(|error| invalid("key_type", error.to_string()))?;
+        keys::subject_alt_names(&raw.names).map_err(|error| invalid("names", error.to_string()))?;
         let jitter = raw.renewal.jitter.unwrap_or(DEFAULT_JITTER);
         if !(0.0..=0.5).contains(&jitter) {
             return Err(invalid(
@@ -249,7 +274,7 @@ impl AgentConfig {
         let signal = match (raw.reload.signal, raw.reload.pid_file) {
             (Some(name), Some(pid_file)) => Some((
                 name.parse()
-                    .map_err(|error: crate::enroll::hooks::HookError| {
+                    .map_err(|error: crate::agent::hooks::HookError| {
                         invalid("reload.signal", error.to_string())
                     })?,
                 resolve(pid_file),
@@ -318,7 +343,7 @@ mod tests {
 
     #[test]
     fn ok_the_sample_in_docs_parses() {
-        let sample = include_str!("../../../../docs/agent/agent.toml");
+        let sample = include_str!("../../../../../docs/agent/agent.toml");
         let config = parse(sample).expect("docs/agent/agent.toml is a valid config");
         assert_eq!(config.key_type, KeyType::EcP256);
         assert_eq!(config.backoff_max, std::time::Duration::from_secs(300));
@@ -412,6 +437,21 @@ mod tests {
                 "rsa key",
                 with_top("key_type = \"rsa-2048\"\n"),
                 Some("key_type"),
+            ),
+            (
+                "alias key type",
+                with_top("key_type = \"p256\"\n"),
+                Some("key_type"),
+            ),
+            (
+                "upper-case key type",
+                with_top("key_type = \"EC-P256\"\n"),
+                Some("key_type"),
+            ),
+            (
+                "typo in names",
+                minimal() + "dsn = [\"api.internal\"]\n",
+                Some("dsn"),
             ),
             ("bad duration", with_top("ttl = \"1 hour\"\n"), Some("ttl")),
             ("typo", with_top("outputdir = \"x\"\n"), Some("outputdir")),

@@ -22,14 +22,14 @@ use certmint::client::trust::{
     certificates_from_pem, fingerprint, pem_block, time_within_validity,
 };
 use certmint::client::{Client, ClientIdentity, ClientOptions, Error as ClientError, TrustAnchors};
-use certmint::wire::{CertificateBundle, EnrollRequest, RenewRequest, REDACTED};
+use certmint::wire::{CertificateBundle, EnrollRequest, Identity, KeyType, RenewRequest, REDACTED};
 use certmint::{Duration, ProblemCode};
 use der::{Decode as _, Encode as _};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::enroll::keys::{self, KeyError, KeyType, Names};
-use crate::enroll::output::{Generation, Meta, OutputDir, OutputError};
+use crate::agent::keys::{self, KeyError};
+use crate::agent::output::{Generation, Meta, OutputDir, OutputError};
 use crate::exit::Exit;
 
 /// How the client trusts the server.
@@ -147,7 +147,7 @@ pub struct Workload {
     /// Requested lifetime.
     pub ttl: Option<Duration>,
     /// Names to request.
-    pub names: Names,
+    pub names: Identity,
     /// Per-request timeout.
     pub request_timeout: StdDuration,
     /// Where the files go.
@@ -258,7 +258,7 @@ impl Workload {
             cert_pem: current.cert_pem,
             key_pem: current.key_pem,
         };
-        if !checked.names.same_set(&self.names) {
+        if !checked.names.same_names(&self.names) {
             OnDisk::OtherNames(installed)
         } else if now >= checked.not_after {
             OnDisk::Expired(installed)
@@ -305,7 +305,7 @@ impl Workload {
         &self,
         session: &Session,
         key_pem: &str,
-        requested: &Names,
+        requested: &Identity,
         bundle: &CertificateBundle,
     ) -> Result<Meta, WorkloadError> {
         let ready = self.check_issued(session, key_pem, requested, bundle)?;
@@ -335,7 +335,7 @@ impl Workload {
         &self,
         session: &Session,
         key_pem: &str,
-        requested: &Names,
+        requested: &Identity,
         bundle: &CertificateBundle,
     ) -> Result<ReadyGeneration, WorkloadError> {
         let leaf = certificates_from_pem(&bundle.certificate_pem)?;
@@ -364,7 +364,7 @@ impl Workload {
             .collect();
         let checked =
             check_pair(&cert_pem, key_pem, &session.anchors).map_err(WorkloadError::BadIssue)?;
-        if !checked.names.same_set(requested) {
+        if !checked.names.same_names(requested) {
             // Installing it would make the next check see other names and
             // enroll again at once, spending a token use each time.
             return Err(WorkloadError::BadIssue(format!(
@@ -461,7 +461,7 @@ struct Checked {
     serial: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-    names: Names,
+    names: Identity,
 }
 
 /// The key matches the leaf and the leaf chains to `anchors` (checked at a
@@ -518,11 +518,11 @@ impl webpki::ExtendedKeyUsageValidator for AnyUsage {
 }
 
 /// The DNS, IP and URI subjectAltNames of a certificate.
-fn names_of(certificate: &x509_cert::Certificate) -> Result<Names, String> {
+fn names_of(certificate: &x509_cert::Certificate) -> Result<Identity, String> {
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::SubjectAltName;
 
-    let mut names = Names::default();
+    let mut names = Identity::default();
     let Some((_, san)) = certificate
         .tbs_certificate()
         .get_extension::<SubjectAltName>()

@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 
 use time::OffsetDateTime;
 
-use crate::enroll::output::Meta;
+use crate::agent::output::Meta;
 
 /// Latest point of the lifetime at which a renewal is scheduled.
 pub const MAX_LIFETIME_FRACTION: f64 = 0.9;
@@ -141,10 +141,10 @@ pub fn before_expiry(
 
 #[cfg(test)]
 mod tests {
+    use certmint::wire::{Identity, KeyType};
     use time::macros::datetime;
 
     use super::*;
-    use crate::enroll::keys::{KeyType, Names};
 
     fn meta(
         not_before: OffsetDateTime,
@@ -160,7 +160,7 @@ mod tests {
             policy: "p".into(),
             policy_version: 1,
             key_type: KeyType::EcP256,
-            names: Names::default(),
+            names: Identity::default(),
             received_at,
         }
     }

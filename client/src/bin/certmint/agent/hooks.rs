@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
-use crate::enroll::output::{OutputDir, CA_FILE, CERT_FILE, KEY_FILE, META_FILE};
+use crate::agent::output::{OutputDir, CA_FILE, CERT_FILE, KEY_FILE, META_FILE};
 
 /// Why a hook failed.
 #[derive(Debug, thiserror::Error)]

@@ -44,10 +44,9 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{symlink, DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use certmint::wire::{Identity, KeyType};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-
-use crate::enroll::keys::{KeyType, Names};
 
 /// The symlink naming the current generation.
 pub const DATA_LINK: &str = "..data";
@@ -189,7 +188,7 @@ pub struct Meta {
     /// Key type of `key.pem`.
     pub key_type: KeyType,
     /// The names certified.
-    pub names: Names,
+    pub names: Identity,
     /// When this host received the certificate (its own clock). With short
     /// lifetimes `not_before` is backdated far more than the lifetime, so
     /// schedules measure the lifetime from here.
@@ -237,6 +236,10 @@ impl std::fmt::Debug for Current {
 pub struct OutputDir {
     root: PathBuf,
     group: Option<FileGroup>,
+    /// The directories [`OutputDir::open_or_create`] itself made, deepest
+    /// first (`root`, then parents that were missing): the only ones
+    /// [`OutputDir::remove_if_unused`] may remove.
+    created: Vec<PathBuf>,
 }
 
 impl OutputDir {
@@ -249,9 +252,10 @@ impl OutputDir {
     /// this process may not (it is neither root nor a member), that is an
     /// error now rather than after a token is spent.
     pub fn open_or_create(root: &Path, group: Option<FileGroup>) -> Result<Self, OutputError> {
-        let out = Self {
+        let mut out = Self {
             root: root.to_path_buf(),
             group,
+            created: Vec::new(),
         };
         match fs::metadata(root) {
             Ok(meta) if meta.is_dir() => out.warn_unless_group_can_enter(&meta),
@@ -266,24 +270,70 @@ impl OutputDir {
                 // Missing parents get the default mode, as with `mkdir -p`:
                 // the secrets are guarded by `root` itself, and the group
                 // must be able to pass through the parents to reach it.
-                if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    fs::create_dir_all(parent)
-                        .map_err(io_error("create the parent directories of", root))?;
+                // One level at a time, so that exactly the directories
+                // made here are known (and may be removed again).
+                let result = out.create_parents().and_then(|()| {
+                    DirBuilder::new()
+                        .mode(DIR_MODE)
+                        .create(root)
+                        .map_err(io_error("create the output directory", root))?;
+                    out.created.insert(0, root.to_path_buf());
+                    // `mode` is filtered by the umask; set it exactly, after
+                    // the group (never group-open with the wrong group).
+                    out.seal_dir(root)
+                });
+                if let Err(error) = result {
+                    out.remove_if_unused();
+                    return Err(error);
                 }
-                DirBuilder::new()
-                    .mode(DIR_MODE)
-                    .create(root)
-                    .map_err(io_error("create the output directory", root))?;
-                // `mode` is filtered by the umask; set it exactly, after
-                // the group (never group-open with the wrong group).
-                out.seal_dir(root)?;
             }
             Err(error) => return Err(io_error("inspect the output directory", root)(error)),
         }
         if out.group.is_some() {
-            out.probe_group()?;
+            if let Err(error) = out.probe_group() {
+                out.remove_if_unused();
+                return Err(error);
+            }
         }
         Ok(out)
+    }
+
+    /// Makes the missing parents of `root`, outermost first, recording
+    /// each one made here (one made meanwhile by someone else is not).
+    fn create_parents(&mut self) -> Result<(), OutputError> {
+        let mut missing = Vec::new();
+        let mut ancestor = self.root.parent();
+        while let Some(dir) = ancestor.filter(|dir| !dir.as_os_str().is_empty()) {
+            if fs::symlink_metadata(dir).is_ok() {
+                break;
+            }
+            missing.push(dir.to_path_buf());
+            ancestor = dir.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            match fs::create_dir(&dir) {
+                Ok(()) => self.created.insert(0, dir),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(error) => {
+                    return Err(io_error("create the parent directories of", &self.root)(
+                        error,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failure: removes the directories this value created, as
+    /// long as they are empty (the OS checks that, atomically), deepest
+    /// first. A directory that existed before, or that holds anything,
+    /// stays.
+    pub fn remove_if_unused(&self) {
+        for dir in &self.created {
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
     }
 
     fn dir_mode(&self) -> u32 {
@@ -684,9 +734,9 @@ mod tests {
             policy: "p".into(),
             policy_version: 1,
             key_type: KeyType::EcP256,
-            names: Names {
+            names: Identity {
                 dns: vec!["a.test".into()],
-                ..Names::default()
+                ..Identity::default()
             },
             received_at: now,
         }
@@ -822,6 +872,33 @@ mod tests {
         let meta = fs::metadata(temp.path()).unwrap();
         assert_eq!((meta.gid(), meta.mode() & 0o777), (before, 0o711));
         install(&out, "01");
+    }
+
+    #[test]
+    fn ok_remove_if_unused_removes_only_the_empty_directories_it_made() {
+        let temp = tempfile::tempdir().unwrap();
+        // Made here, parents included: all of it goes, the base stays.
+        let nested = temp.path().join("a/b/out");
+        OutputDir::open_or_create(&nested, None)
+            .unwrap()
+            .remove_if_unused();
+        assert!(!temp.path().join("a").exists());
+        assert!(temp.path().exists());
+
+        // Existing before: stays, even empty.
+        let existing = temp.path().join("existing");
+        fs::create_dir(&existing).unwrap();
+        OutputDir::open_or_create(&existing, None)
+            .unwrap()
+            .remove_if_unused();
+        assert!(existing.is_dir());
+
+        // Made here but no longer empty: stays, and so do its parents.
+        let used = temp.path().join("c/out");
+        let out = OutputDir::open_or_create(&used, None).unwrap();
+        fs::write(used.join("note"), "kept").unwrap();
+        out.remove_if_unused();
+        assert!(used.join("note").is_file());
     }
 
     #[test]

@@ -31,9 +31,21 @@
 //! SIGINT in the meantime abandons the request and stops at once. Files are
 //! replaced atomically and synchronously, so no stop leaves half a
 //! generation.
+//!
+//! The submodules are the workload's building blocks, which `certmint
+//! enroll` uses too: [`config`] (`agent.toml`), [`keys`] (fresh keys and
+//! CSRs), [`workload`] (connect, enroll, renew, check and install),
+//! [`output`] (the output directory and its generations), [`hooks`]
+//! (reload command and signal), [`schedule`] (when to renew, backoff) and
+//! [`stop`] (what SIGTERM/SIGINT may interrupt).
 
-#[path = "agent_config.rs"]
-pub mod agent_config;
+pub mod config;
+pub mod hooks;
+pub mod keys;
+pub mod output;
+pub mod schedule;
+pub mod stop;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
@@ -42,18 +54,13 @@ use certmint::{Duration, ProblemCode};
 use time::OffsetDateTime;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::enroll::hooks::Hooks;
-use crate::enroll::output::{Meta, OutputDir, OutputError};
-use crate::enroll::rfc3339;
-use crate::enroll::schedule::{self, Backoff};
-use crate::enroll::stop::{
-    self, finish_in_flight, unless_stopped, InFlight, StopRequests as _, StopSignals,
-};
-use crate::enroll::workload::{
-    self, Installed, OnDisk, ReadyGeneration, Session, Token, Workload, WorkloadError,
-};
 use crate::exit::Exit;
-use agent_config::AgentConfig;
+use config::AgentConfig;
+use hooks::Hooks;
+use output::{Meta, OutputDir, OutputError};
+use schedule::Backoff;
+use stop::{finish_in_flight, unless_stopped, InFlight, StopRequests as _, StopSignals};
+use workload::{Installed, OnDisk, ReadyGeneration, Session, Token, Workload, WorkloadError};
 
 /// The longest single sleep: the agent wakes up at least this often to
 /// look at the files and the clock again (suspend/resume, clock steps,
@@ -695,8 +702,9 @@ fn stop_exit(once: bool, in_place: bool) -> Exit {
 
 /// Logs a final failure on one line; the exit it leads to.
 fn stop_for(error: &WorkloadError) -> Exit {
-    let code = error.code().map(ToString::to_string).unwrap_or_default();
-    tracing::error!(problem.code = %code, "stopping: {error}");
+    // `problem.code` only for server refusals: never an empty field.
+    let code = error.code().map(ProblemCode::as_str);
+    tracing::error!(problem.code = code, "stopping: {error}");
     error.exit()
 }
 
@@ -726,6 +734,12 @@ async fn sleep(duration: StdDuration, signals: &mut Signals) -> Wake {
             Wake::RenewNow
         }
     }
+}
+
+/// RFC 3339 for summaries; falls back to the debug form if formatting fails.
+pub fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
 }
 
 #[cfg(test)]
