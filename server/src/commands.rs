@@ -4,6 +4,7 @@
 //! from the environment or a file); `init` never overwrites an existing
 //! config, key file or CA.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -415,6 +416,7 @@ fn init_command_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(log_filter("warn"))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -427,7 +429,8 @@ fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
 fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(log_filter("info"));
     match format {
-        LogFormat::Text => builder.init(),
+        // Colour only on a terminal: a log file or a pipe gets plain text.
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     // A panic (a bug: requests are answered with 500 `internal`) is logged
