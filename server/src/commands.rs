@@ -426,33 +426,56 @@ fn token_not_found_hint(
              directory from $SOFTHSM2_CONF; {softhsm}); {init}"
         );
     }
-    let searched = match (&environment.dir, &environment.config_file) {
-        (Some(dir), _) if config.simulator_dir().as_ref() == Some(dir) => format!(
-            "the hsm-sim token directory {} (sim_dir under [hsm] in {config_file})",
-            dir.display()
-        ),
-        (Some(dir), _) => format!(
-            "the hsm-sim token directory {} (from $HSM_SIM_DIR)",
-            dir.display()
-        ),
-        (None, Some(file)) => format!(
-            "the hsm-sim token directory named by `dir` in $HSM_SIM_CONFIG ({})",
-            file.display()
-        ),
-        (None, None) => match environment.default_dir() {
-            Some(dir) => format!(
-                "the hsm-sim token directory {} (hsm-sim's default: neither $HSM_SIM_DIR, \
-                 $HSM_SIM_CONFIG nor sim_dir under [hsm] in {config_file} is set)",
+    let set_sim_dir = format!(
+        "set sim_dir under [hsm] in {config_file} to the directory init used (or export \
+         HSM_SIM_DIR)"
+    );
+    let (searched, repoint) = match (&environment.dir, &environment.config_file) {
+        (Some(dir), _) if config.simulator_dir().as_ref() == Some(dir) => (
+            format!(
+                "the hsm-sim token directory {} (sim_dir under [hsm] in {config_file})",
                 dir.display()
             ),
-            None => "no hsm-sim token directory (neither $HSM_SIM_DIR, $HSM_SIM_CONFIG, \
-                     sim_dir nor $HOME is set)"
-                .to_owned(),
+            set_sim_dir,
+        ),
+        (Some(dir), _) => (
+            format!(
+                "the hsm-sim token directory {} (from $HSM_SIM_DIR, which wins over sim_dir \
+                 under [hsm] in {config_file})",
+                dir.display()
+            ),
+            "point HSM_SIM_DIR at the directory init used, or unset it to use sim_dir".to_owned(),
+        ),
+        (None, Some(file)) => (
+            format!(
+                "the hsm-sim token directory named by `dir` in $HSM_SIM_CONFIG ({})",
+                file.display()
+            ),
+            format!(
+                "fix `dir` there, or unset HSM_SIM_CONFIG and set sim_dir under [hsm] in \
+                 {config_file}"
+            ),
+        ),
+        (None, None) => match environment.default_dir() {
+            Some(dir) => (
+                format!(
+                    "the hsm-sim token directory {} (hsm-sim's default: neither $HSM_SIM_DIR, \
+                     $HSM_SIM_CONFIG nor sim_dir under [hsm] in {config_file} is set)",
+                    dir.display()
+                ),
+                set_sim_dir,
+            ),
+            None => (
+                "no hsm-sim token directory (neither $HSM_SIM_DIR, $HSM_SIM_CONFIG, sim_dir \
+                 nor $HOME is set)"
+                    .to_owned(),
+                set_sim_dir,
+            ),
         },
     };
     format!(
-        "the PKCS#11 module {module} searched {searched}. If init made the token in another \
-         directory, set sim_dir under [hsm] in {config_file} to it (or export HSM_SIM_DIR); {init}"
+        "the PKCS#11 module {module} searched {searched}. If the token is elsewhere, {repoint}; \
+         {init}"
     )
 }
 
@@ -925,7 +948,10 @@ mod tests {
         let hint = token_not_found_hint(&recorded, &config_path, &exported);
         assert!(hint.contains("/srv/t (sim_dir under [hsm] in"), "{hint}");
         let hint = token_not_found_hint(&config, &config_path, &exported);
-        assert!(hint.contains("/srv/t (from $HSM_SIM_DIR)"), "{hint}");
+        assert!(
+            hint.contains("/srv/t (from $HSM_SIM_DIR") && hint.contains("point HSM_SIM_DIR at"),
+            "{hint}"
+        );
 
         let softhsm = config_in(dir.path(), "/usr/lib/softhsm/libsofthsm2.so", None);
         let hint = token_not_found_hint(&softhsm, &config_path, &fresh_shell);
