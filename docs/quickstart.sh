@@ -193,7 +193,7 @@ $(cli_environment)
 # the certificates issued so far
 $(q "$CERTMINT") admin certificates list
 # next: the agent enrolls a workload and keeps renewing it
-$(q "$PWD/docs/quickstart.sh") agent
+${CERTMINT_PKCS11_MODULE:+CERTMINT_PKCS11_MODULE=$(q "$CERTMINT_PKCS11_MODULE") }$(q "$PWD/docs/quickstart.sh") agent
 # stop the server
 $(q "$PWD/docs/quickstart.sh") stop
 MSG
