@@ -31,12 +31,24 @@ fi
 MODE="${1:-enroll}"
 case "$MODE" in enroll | agent) ;; *) echo "usage: $0 [agent|stop]" >&2; exit 2 ;; esac
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only, so a captured run stays plain text.
+if [ -t 1 ]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
+# A path as the shell reads it back, for the hints below that are meant to
+# be pasted (a directory with a space in its name still pastes).
+q() { printf '%q' "$1"; }
 random_hex() { od -An -tx1 -N8 /dev/urandom | tr -d ' \n'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
 step "build certmint-server, certmint and hsm-sim"
-cargo build -q -p certmint-server -p certmint -p hsm-sim
+if [ ! -x "$SERVER" ] || [ ! -x "$CERTMINT" ]; then
+  echo "first build: cargo compiles about 430 crates, which takes a few minutes"
+  echo "(on 2 cores, about 5); later runs only rebuild what changed"
+fi
+cargo build -p certmint-server -p certmint -p hsm-sim
 
 step "token directory, PINs and config in $DEV"
 mkdir -p "$DEV"
@@ -48,13 +60,13 @@ if [ -n "${CERTMINT_PKCS11_MODULE:-}" ]; then
   export SOFTHSM2_CONF="$DEV/softhsm2.conf"
   printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$DEV/tokens" > "$SOFTHSM2_CONF"
   MODULE_ARGS=(--pkcs11-module "$CERTMINT_PKCS11_MODULE")
-  TOKEN_ENV="SOFTHSM2_CONF=$SOFTHSM2_CONF"
+  TOKEN_ENV="SOFTHSM2_CONF=$(q "$SOFTHSM2_CONF")"
   echo "token: $CERTMINT_PKCS11_MODULE"
 else
   # hsm-sim, the default: a software PKCS#11 token that keeps its state in
   # HSM_SIM_DIR (private keys sealed under the PIN). For development only.
   export HSM_SIM_DIR="$DEV/hsm-sim"
-  TOKEN_ENV="HSM_SIM_DIR=$HSM_SIM_DIR"
+  TOKEN_ENV="HSM_SIM_DIR=$(q "$HSM_SIM_DIR")"
   echo "token: hsm-sim in $HSM_SIM_DIR"
 fi
 umask 077
@@ -73,6 +85,15 @@ echo "$INIT" | grep -v 'hsm-sim, a software HSM simulator' || true
 unset CERTMINT_HSM_SO_PIN
 FINGERPRINT="$(echo "$INIT" | sed -n 's/^root fingerprint: \(sha256:[0-9a-f]*\)$/\1/p' | tail -n1)"
 [ -n "$FINGERPRINT" ] || { echo "init printed no root fingerprint" >&2; exit 1; }
+# init records hsm-sim's token directory in the config ([hsm] sim_dir), so
+# the server's commands find the token in any shell; a config written
+# before that setting existed still needs HSM_SIM_DIR in the environment.
+if [ -z "${CERTMINT_PKCS11_MODULE:-}" ] && grep -q '^sim_dir = ' "$DEV/certmint.toml"; then
+  TOKEN_ENV=""
+fi
+# How the hints below run admin-token: with the token's environment when
+# the config alone does not name it (SoftHSM2's SOFTHSM2_CONF, say).
+ADMIN_TOKEN_COMMAND="${TOKEN_ENV:+$TOKEN_ENV }$(q "$SERVER") admin-token --config $(q "$DEV/certmint.toml")"
 
 if [ -f "$DEV/server.pid" ] && kill -0 "$(cat "$DEV/server.pid")" 2>/dev/null; then
   step "server already running (pid $(cat "$DEV/server.pid"))"
@@ -94,15 +115,28 @@ export CERTMINT_SERVER="$URL" CERTMINT_ROOT_FINGERPRINT="$FINGERPRINT" CERTMINT_
 echo "CERTMINT_SERVER=$URL"
 echo "CERTMINT_ROOT_FINGERPRINT=$FINGERPRINT"
 
-step "policy 'demo' (replaced, as a new version, if it exists)"
+# Creates policy $1 from the file $2 when it does not exist, and replaces
+# it (a new version) only when the file differs from the one last applied,
+# so re-running the quickstart does not bump the version every time.
+apply_policy() {
+  if ! "$CERTMINT" admin policies show "$1" >/dev/null 2>&1; then
+    "$CERTMINT" admin policies create --file "$2"
+  elif ! cmp -s "$2" "$2.applied"; then
+    "$CERTMINT" admin policies replace "$1" --file "$2"
+  else
+    echo "policy '$1' exists and is unchanged"
+  fi
+  cp "$2" "$2.applied"
+}
+
+step "policy 'demo' (created if absent, replaced only when its file changed)"
 cat > "$DEV/demo.json" <<'JSON'
 {"name": "demo", "description": "quickstart workloads",
  "allowed": {"dns": ["*.demo.internal"], "uri": ["spiffe://demo.internal/workload/*"]},
  "key_types": ["ec-p256", "ed25519"], "ttl": {"default": "24h", "max": "72h"},
  "extended_key_usage": ["client_auth", "server_auth"]}
 JSON
-"$CERTMINT" admin policies create --file "$DEV/demo.json" 2>/dev/null ||
-  "$CERTMINT" admin policies replace demo --file "$DEV/demo.json"
+apply_policy demo "$DEV/demo.json"
 
 WORK="$DEV/workload"
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -141,15 +175,27 @@ if command -v curl >/dev/null && command -v openssl >/dev/null; then
   openssl x509 -in "$WORK/rest-cert.pem" -noout -subject -dates -ext subjectAltName,extendedKeyUsage
 fi
 
+# The CLI's environment, as lines that paste into a fresh shell.
+cli_environment() {
+  cat <<MSG
+# the CLI's environment (the admin token is valid for 12 hours)
+export CERTMINT_SERVER=$URL CERTMINT_ROOT_FINGERPRINT=$FINGERPRINT
+export CERTMINT_ADMIN_TOKEN=\$($ADMIN_TOKEN_COMMAND)
+MSG
+}
+
 if [ "$MODE" = enroll ]; then
   cat <<MSG
 
 certmint is running at $URL (pid $(cat "$DEV/server.pid")), files in $DEV.
-  the CLI:      export CERTMINT_SERVER=$URL CERTMINT_ROOT_FINGERPRINT=$FINGERPRINT
-                export CERTMINT_ADMIN_TOKEN=\$($TOKEN_ENV $SERVER admin-token --config $DEV/certmint.toml)
-                $CERTMINT admin certificates list
-  the agent:    docs/quickstart.sh agent
-  stop:         docs/quickstart.sh stop
+Every line below pastes as it is into any shell:
+$(cli_environment)
+# the certificates issued so far
+$(q "$CERTMINT") admin certificates list
+# next: the agent enrolls a workload and keeps renewing it
+${CERTMINT_PKCS11_MODULE:+CERTMINT_PKCS11_MODULE=$(q "$CERTMINT_PKCS11_MODULE") }$(q "$PWD/docs/quickstart.sh") agent
+# stop the server
+$(q "$PWD/docs/quickstart.sh") stop
 MSG
   exit 0
 fi
@@ -162,8 +208,7 @@ cat > "$DEV/demo-fast.json" <<'JSON'
  "ttl": {"default": "30s", "max": "30s"}, "extended_key_usage": ["client_auth", "server_auth"],
  "renewal": {"allowed": true, "max_chain_age": "1d"}}
 JSON
-"$CERTMINT" admin policies create --file "$DEV/demo-fast.json" 2>/dev/null ||
-  "$CERTMINT" admin policies replace demo-fast --file "$DEV/demo-fast.json"
+apply_policy demo-fast "$DEV/demo-fast.json"
 
 AGENT_DIR="$DEV/agent"
 if [ -f "$DEV/agent.pid" ] && kill -0 "$(cat "$DEV/agent.pid")" 2>/dev/null; then
@@ -213,15 +258,20 @@ done
 step "certmint status: are the files usable for mTLS?"
 "$CERTMINT" status --dir "$AGENT_DIR/out"
 
-SERIAL="$(sed -n 's/.*"serial": *"\([0-9a-f]*\)".*/\1/p' "$AGENT_DIR/out/meta.json")"
+# The agent renews every ~20 s, so a serial printed now is stale by the time
+# it is pasted: the revoke line reads the current one from meta.json (no jq).
+CURRENT_SERIAL="\$(sed -n 's/.*\"serial\": *\"\([0-9a-f]*\)\".*/\\1/p' $(q "$AGENT_DIR/out/meta.json"))"
 cat <<MSG
 
 The agent keeps renewing in the background (pid $(cat "$DEV/agent.pid"); log $DEV/agent.log).
-  inventory:    $CERTMINT admin certificates list --policy demo-fast
-  revoke:       $CERTMINT admin certificates revoke <serial, e.g. $SERIAL>
-                (the agent's next renewal is refused; it exits with code 5)
-  renew now:    kill -HUP \$(cat $DEV/agent.pid)
-  stop:         docs/quickstart.sh stop
-  (CLI environment: export CERTMINT_SERVER=$URL CERTMINT_ROOT_FINGERPRINT=$FINGERPRINT
-                    CERTMINT_ADMIN_TOKEN=\$($TOKEN_ENV $SERVER admin-token --config $DEV/certmint.toml))
+Every line below pastes as it is into any shell:
+$(cli_environment)
+# the agent's certificates
+$(q "$CERTMINT") admin certificates list --policy demo-fast
+# revoke the agent's current certificate: its next renewal is refused and it exits with code 5
+$(q "$CERTMINT") admin certificates revoke $CURRENT_SERIAL
+# renew now
+kill -HUP \$(cat $(q "$DEV/agent.pid"))
+# stop the agent and the server
+$(q "$PWD/docs/quickstart.sh") stop
 MSG

@@ -4,6 +4,7 @@
 //! from the environment or a file); `init` never overwrites an existing
 //! config, key file or CA.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,12 +125,18 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
             Some(module) => module.clone(),
             None => bundled_simulator()?,
         };
+        let sim_dir = if is_simulator(&module) {
+            SimulatorEnvironment::current().token_dir_for_init()
+        } else {
+            None
+        };
         let text = config::render_commented(&InitValues {
             listen: args.listen,
             public_url,
             names: args.names.clone(),
             database_url: args.database_url.clone(),
             module,
+            sim_dir,
             token_label: args.token_label.clone(),
             pin_file: args.pin_file.clone(),
             ca_name: args.ca_name.clone(),
@@ -182,7 +189,8 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
             println!("created token signing key {}", key_file.display());
         }
     }
-    let hsm = open_hsm(&config, pin)?;
+    warn_if_simulator(&config);
+    let hsm = open_hsm(&config, &args.config, pin)?;
     // Before any CA key exists: a token that cannot hold the token key
     // should stop init here, not after the CA is made.
     if config.tokens.signing_key == TokenKeyStore::Hsm {
@@ -298,7 +306,80 @@ fn is_simulator(module: &Path) -> bool {
         .is_some_and(|name| name == SIMULATOR_FILE)
 }
 
-fn open_hsm(config: &Config, pin: SecretString) -> Result<Hsm, CommandError> {
+/// Environment variable naming hsm-sim's token directory.
+const SIMULATOR_DIR_ENV: &str = "HSM_SIM_DIR";
+/// Environment variable naming hsm-sim's configuration file, whose `dir`
+/// names the token directory when `HSM_SIM_DIR` is not set.
+const SIMULATOR_CONFIG_ENV: &str = "HSM_SIM_CONFIG";
+
+/// What of the environment decides where hsm-sim keeps its tokens: its
+/// own variables first, then `$HOME/.local/share/hsm-sim` (hsm-sim's rule,
+/// see `docs/HSM-SIM.md`). Empty variables count as unset, as there.
+#[derive(Debug, Default)]
+struct SimulatorEnvironment {
+    dir: Option<PathBuf>,
+    config_file: Option<PathBuf>,
+    home: Option<PathBuf>,
+}
+
+impl SimulatorEnvironment {
+    fn current() -> SimulatorEnvironment {
+        let variable = |name: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        SimulatorEnvironment {
+            dir: variable(SIMULATOR_DIR_ENV),
+            config_file: variable(SIMULATOR_CONFIG_ENV),
+            home: variable("HOME"),
+        }
+    }
+
+    /// The directory `init` records as `hsm.sim_dir`: the one hsm-sim will
+    /// use in this environment, made absolute. `None` when an
+    /// `HSM_SIM_CONFIG` file decides, which stays the place to change it.
+    fn token_dir_for_init(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.dir {
+            return Some(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+        }
+        if self.config_file.is_some() {
+            return None;
+        }
+        self.default_dir()
+    }
+
+    fn default_dir(&self) -> Option<PathBuf> {
+        self.home
+            .as_ref()
+            .map(|home| home.join(".local/share/hsm-sim"))
+    }
+}
+
+/// The token directory to hand hsm-sim as `HSM_SIM_DIR` for the config at
+/// `config_path`: its `hsm.sim_dir`, when the module is hsm-sim and the
+/// environment names no directory of its own (an explicit `HSM_SIM_DIR` or
+/// `HSM_SIM_CONFIG` wins). `None` also when the config cannot be read: the
+/// command itself then reports why.
+pub fn simulator_dir_to_export(config_path: &Path) -> Option<PathBuf> {
+    let config = Config::load(config_path).ok()?;
+    simulator_dir_for(&config, &SimulatorEnvironment::current())
+}
+
+fn simulator_dir_for(config: &Config, environment: &SimulatorEnvironment) -> Option<PathBuf> {
+    if !is_simulator(&config.hsm.module)
+        || environment.dir.is_some()
+        || environment.config_file.is_some()
+    {
+        return None;
+    }
+    config.simulator_dir()
+}
+
+/// The "not for production" warning of the commands that make or serve the
+/// CA (`init`, `serve`, `ca import-chain`); `admin-token`, run often and
+/// read by scripts, stays quiet.
+fn warn_if_simulator(config: &Config) {
     if is_simulator(&config.hsm.module) {
         tracing::warn!(
             hsm.module = %config.hsm.module.display(),
@@ -306,12 +387,96 @@ fn open_hsm(config: &Config, pin: SecretString) -> Result<Hsm, CommandError> {
              use a real HSM in production"
         );
     }
-    Ok(Hsm::open(&HsmConfig {
+}
+
+fn open_hsm(config: &Config, config_path: &Path, pin: SecretString) -> Result<Hsm, CommandError> {
+    Hsm::open(&HsmConfig {
         module_path: config.hsm.module.clone(),
         token_label: config.hsm.token_label.clone(),
         pin,
         session_pool_size: config.hsm.session_pool_size,
-    })?)
+    })
+    .map_err(|error| match error {
+        hsm::HsmError::TokenNotFound { .. } => CommandError(format!(
+            "{}: {}",
+            crate::error::with_causes(&error),
+            token_not_found_hint(config, config_path, &SimulatorEnvironment::current())
+        )),
+        other => other.into(),
+    })
+}
+
+/// Where a token label was looked for, and how to point at the right place.
+fn token_not_found_hint(
+    config: &Config,
+    config_path: &Path,
+    environment: &SimulatorEnvironment,
+) -> String {
+    let module = config.hsm.module.display();
+    let config_file = config_path.display();
+    let init = "to create the token there, run `certmint-server init --init-token`";
+    if !is_simulator(&config.hsm.module) {
+        let softhsm = match std::env::var_os("SOFTHSM2_CONF") {
+            Some(file) => format!("$SOFTHSM2_CONF is {}", Path::new(&file).display()),
+            None => "$SOFTHSM2_CONF is not set".to_owned(),
+        };
+        return format!(
+            "searched every slot of the PKCS#11 module {module}. Check token_label under [hsm] \
+             in {config_file} and the module's own configuration (SoftHSM2 reads its token \
+             directory from $SOFTHSM2_CONF; {softhsm}); {init}"
+        );
+    }
+    let set_sim_dir = format!(
+        "set sim_dir under [hsm] in {config_file} to the directory init used (or export \
+         HSM_SIM_DIR)"
+    );
+    let (searched, repoint) = match (&environment.dir, &environment.config_file) {
+        (Some(dir), _) if config.simulator_dir().as_ref() == Some(dir) => (
+            format!(
+                "the hsm-sim token directory {} (sim_dir under [hsm] in {config_file})",
+                dir.display()
+            ),
+            set_sim_dir,
+        ),
+        (Some(dir), _) => (
+            format!(
+                "the hsm-sim token directory {} (from $HSM_SIM_DIR, which wins over sim_dir \
+                 under [hsm] in {config_file})",
+                dir.display()
+            ),
+            "point HSM_SIM_DIR at the directory init used, or unset it to use sim_dir".to_owned(),
+        ),
+        (None, Some(file)) => (
+            format!(
+                "the hsm-sim token directory named by `dir` in $HSM_SIM_CONFIG ({})",
+                file.display()
+            ),
+            format!(
+                "fix `dir` there, or unset HSM_SIM_CONFIG and set sim_dir under [hsm] in \
+                 {config_file}"
+            ),
+        ),
+        (None, None) => match environment.default_dir() {
+            Some(dir) => (
+                format!(
+                    "the hsm-sim token directory {} (hsm-sim's default: neither $HSM_SIM_DIR, \
+                     $HSM_SIM_CONFIG nor sim_dir under [hsm] in {config_file} is set)",
+                    dir.display()
+                ),
+                set_sim_dir,
+            ),
+            None => (
+                "no hsm-sim token directory (neither $HSM_SIM_DIR, $HSM_SIM_CONFIG, sim_dir \
+                 nor $HOME is set)"
+                    .to_owned(),
+                set_sim_dir,
+            ),
+        },
+    };
+    format!(
+        "the PKCS#11 module {module} searched {searched}. If the token is elsewhere, {repoint}; \
+         {init}"
+    )
 }
 
 /// `certmint-server ca import-chain`.
@@ -319,7 +484,8 @@ pub fn import_chain(config_path: &Path, chain: &Path) -> Result<(), CommandError
     init_command_logging();
     let config = Config::load(config_path)?;
     let store = Store::open(&config.database_url(), 2)?;
-    let hsm = open_hsm(&config, config.hsm_pin()?)?;
+    warn_if_simulator(&config);
+    let hsm = open_hsm(&config, config_path, config.hsm_pin()?)?;
     let chain_pem = std::fs::read_to_string(chain)?;
     let fingerprint = ca::import_chain(&hsm, &store, &chain_pem, SystemClock.now())?;
     write_root_files(&config, &store)?;
@@ -341,7 +507,7 @@ pub fn admin_token(
     // needs neither.
     let authority = match config.tokens.signing_key {
         TokenKeyStore::Hsm => {
-            let hsm = open_hsm(&config, config.hsm_pin()?)?;
+            let hsm = open_hsm(&config, config_path, config.hsm_pin()?)?;
             let store = Store::open(&config.database_url(), 1)?;
             hsm_token_authority(&config, &hsm, &store)?
         }
@@ -415,6 +581,7 @@ fn init_command_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(log_filter("warn"))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -427,7 +594,8 @@ fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
 fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(log_filter("info"));
     match format {
-        LogFormat::Text => builder.init(),
+        // Colour only on a terminal: a log file or a pipe gets plain text.
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     // A panic (a bug: requests are answered with 500 `internal`) is logged
@@ -452,7 +620,8 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     init_logging(log_format);
     let config = Config::load(config_path)?;
     let store = Store::open(&config.database_url(), config.database.pool_size)?;
-    let hsm = open_hsm(&config, config.hsm_pin()?)?;
+    warn_if_simulator(&config);
+    let hsm = open_hsm(&config, config_path, config.hsm_pin()?)?;
     let loaded = ca::load(&hsm, &store)?;
     let token_authority = Arc::new(match config.tokens.signing_key {
         TokenKeyStore::Hsm => hsm_token_authority(&config, &hsm, &store)?,
@@ -668,6 +837,128 @@ mod tests {
         let beside = bin.join(SIMULATOR_FILE);
         std::fs::write(&beside, b"").expect("write");
         assert_eq!(find_simulator(&bin), std::fs::canonicalize(&beside).ok());
+    }
+
+    /// A config loaded from `dir`, on `module`, recording `sim_dir`.
+    fn config_in(dir: &Path, module: &str, sim_dir: Option<&str>) -> Config {
+        let path = dir.join("certmint.toml");
+        let text = config::render_commented(&InitValues {
+            listen: "127.0.0.1:8443".parse().expect("address"),
+            public_url: "https://localhost:8443".into(),
+            names: vec!["localhost".into()],
+            database_url: "sqlite://certmint.db".into(),
+            module: module.into(),
+            sim_dir: sim_dir.map(PathBuf::from),
+            token_label: "certmint".into(),
+            pin_file: None,
+            ca_name: "certmint".into(),
+            key_type: KeyType::EcP256,
+        });
+        std::fs::write(&path, text).expect("write config");
+        Config::load(&path).expect("load config")
+    }
+
+    #[test]
+    fn ok_recorded_simulator_dir_is_exported_unless_the_environment_names_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config_in(dir.path(), "/opt/certmint/libhsm_sim.so", Some("hsm-sim"));
+        let fresh_shell = SimulatorEnvironment {
+            home: Some("/home/newcomer".into()),
+            ..SimulatorEnvironment::default()
+        };
+        assert_eq!(
+            simulator_dir_for(&config, &fresh_shell),
+            Some(dir.path().join("hsm-sim"))
+        );
+        let explicit_dir = SimulatorEnvironment {
+            dir: Some("/elsewhere".into()),
+            ..SimulatorEnvironment::default()
+        };
+        assert_eq!(simulator_dir_for(&config, &explicit_dir), None);
+        let explicit_file = SimulatorEnvironment {
+            config_file: Some("/etc/hsm-sim.toml".into()),
+            ..SimulatorEnvironment::default()
+        };
+        assert_eq!(simulator_dir_for(&config, &explicit_file), None);
+
+        let softhsm = config_in(
+            dir.path(),
+            "/usr/lib/softhsm/libsofthsm2.so",
+            Some("hsm-sim"),
+        );
+        assert_eq!(simulator_dir_for(&softhsm, &fresh_shell), None);
+        let unrecorded = config_in(dir.path(), "/opt/certmint/libhsm_sim.so", None);
+        assert_eq!(simulator_dir_for(&unrecorded, &fresh_shell), None);
+    }
+
+    #[test]
+    fn ok_init_records_the_directory_hsm_sim_will_use() {
+        let environment = |dir: Option<&str>, file: Option<&str>| SimulatorEnvironment {
+            dir: dir.map(PathBuf::from),
+            config_file: file.map(PathBuf::from),
+            home: Some("/home/newcomer".into()),
+        };
+        assert_eq!(
+            environment(Some("/srv/tokens"), Some("/etc/hsm-sim.toml")).token_dir_for_init(),
+            Some(PathBuf::from("/srv/tokens"))
+        );
+        let relative = environment(Some("tokens"), None)
+            .token_dir_for_init()
+            .expect("recorded");
+        assert!(
+            relative.is_absolute() && relative.ends_with("tokens"),
+            "{relative:?}"
+        );
+        assert_eq!(
+            environment(None, Some("/etc/hsm-sim.toml")).token_dir_for_init(),
+            None
+        );
+        assert_eq!(
+            environment(None, None).token_dir_for_init(),
+            Some(PathBuf::from("/home/newcomer/.local/share/hsm-sim"))
+        );
+    }
+
+    #[test]
+    fn ok_token_not_found_names_the_module_the_directory_and_the_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("certmint.toml");
+        let config = config_in(dir.path(), "/opt/certmint/libhsm_sim.so", None);
+        let fresh_shell = SimulatorEnvironment {
+            home: Some("/home/newcomer".into()),
+            ..SimulatorEnvironment::default()
+        };
+        let hint = token_not_found_hint(&config, &config_path, &fresh_shell);
+        for part in [
+            "/opt/certmint/libhsm_sim.so",
+            "/home/newcomer/.local/share/hsm-sim",
+            "hsm-sim's default",
+            "set sim_dir under [hsm]",
+            &config_path.display().to_string(),
+            "HSM_SIM_DIR",
+        ] {
+            assert!(hint.contains(part), "{part:?} missing from {hint}");
+        }
+
+        let recorded = config_in(dir.path(), "/opt/certmint/libhsm_sim.so", Some("/srv/t"));
+        let exported = SimulatorEnvironment {
+            dir: Some("/srv/t".into()),
+            ..SimulatorEnvironment::default()
+        };
+        let hint = token_not_found_hint(&recorded, &config_path, &exported);
+        assert!(hint.contains("/srv/t (sim_dir under [hsm] in"), "{hint}");
+        let hint = token_not_found_hint(&config, &config_path, &exported);
+        assert!(
+            hint.contains("/srv/t (from $HSM_SIM_DIR") && hint.contains("point HSM_SIM_DIR at"),
+            "{hint}"
+        );
+
+        let softhsm = config_in(dir.path(), "/usr/lib/softhsm/libsofthsm2.so", None);
+        let hint = token_not_found_hint(&softhsm, &config_path, &fresh_shell);
+        assert!(
+            hint.contains("/usr/lib/softhsm/libsofthsm2.so") && hint.contains("SOFTHSM2_CONF"),
+            "{hint}"
+        );
     }
 
     #[test]

@@ -118,6 +118,12 @@ impl std::fmt::Debug for DatabaseConfig {
 pub struct HsmSection {
     /// Path of the PKCS#11 module (`.so`).
     pub module: PathBuf,
+    /// hsm-sim's token directory, handed to the module as `HSM_SIM_DIR`
+    /// unless the environment names one (`HSM_SIM_DIR` or `HSM_SIM_CONFIG`).
+    /// Written by `init` when the module is hsm-sim, so a shell that never
+    /// exported `HSM_SIM_DIR` still finds the token `init` made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_dir: Option<PathBuf>,
     /// Label of the token holding the CA keys.
     pub token_label: String,
     /// Environment variable holding the user PIN (checked first).
@@ -380,6 +386,11 @@ impl Config {
         url.clone()
     }
 
+    /// `hsm.sim_dir` resolved against the config file's directory.
+    pub fn simulator_dir(&self) -> Option<PathBuf> {
+        self.hsm.sim_dir.as_deref().map(|dir| self.resolve(dir))
+    }
+
     /// The host of `server.public_url`, the name agents connect to (an IPv6
     /// address without its brackets), if the URL has one.
     pub fn public_host(&self) -> Option<String> {
@@ -467,6 +478,9 @@ pub struct InitValues {
     pub database_url: String,
     /// `hsm.module`.
     pub module: PathBuf,
+    /// `hsm.sim_dir`: hsm-sim's token directory, when the module is hsm-sim
+    /// and its directory is known (otherwise the setting is left commented).
+    pub sim_dir: Option<PathBuf>,
     /// `hsm.token_label`.
     pub token_label: String,
     /// `hsm.pin_file`, if the PIN comes from a file.
@@ -486,6 +500,10 @@ pub fn render_commented(values: &InitValues) -> String {
         .map(|name| quote(name))
         .collect::<Vec<_>>()
         .join(", ");
+    let sim_dir = match &values.sim_dir {
+        Some(dir) => format!("sim_dir = {}\n", quote(&dir.display().to_string())),
+        None => "# sim_dir = \"/var/lib/certmint/hsm-sim\"\n".to_owned(),
+    };
     let pin_file = match &values.pin_file {
         Some(path) => format!("pin_file = {}\n", quote(&path.display().to_string())),
         None => "# pin_file = \"/etc/certmint/hsm-pin\"\n".to_owned(),
@@ -518,7 +536,9 @@ url = {database_url}
 # or hsm-sim (libhsm_sim.so, the zero-install default: a software simulator
 # that keeps its token in $HSM_SIM_DIR; for development and tests only).
 module = {module}
-token_label = {token_label}
+# hsm-sim only: its token directory, given to the module as $HSM_SIM_DIR when
+# neither $HSM_SIM_DIR nor $HSM_SIM_CONFIG is set (either of those wins).
+{sim_dir}token_label = {token_label}
 # The user PIN is read from this environment variable, else from pin_file.
 pin_env = "CERTMINT_HSM_PIN"
 {pin_file}# PKCS#11 sessions kept open so requests sign in parallel.
@@ -572,6 +592,7 @@ mod tests {
             names: vec!["localhost".into(), "127.0.0.1".into()],
             database_url: "sqlite://certmint.db".into(),
             module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            sim_dir: None,
             token_label: "certmint".into(),
             pin_file: None,
             ca_name: "certmint".into(),
@@ -671,6 +692,34 @@ mod tests {
             format!("sqlite://{}", dir.path().join("certmint.db").display())
         );
         assert_eq!(config.enroll_audience(), "https://localhost:8443/v1/enroll");
+    }
+
+    #[test]
+    fn ok_simulator_directory_is_recorded_and_resolved_against_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certmint.toml");
+        std::fs::write(&path, render_commented(&sample())).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.hsm.sim_dir, None,
+            "left commented without a directory"
+        );
+        assert_eq!(config.simulator_dir(), None);
+
+        for (written, resolved) in [
+            ("/var/lib/hsm-sim", PathBuf::from("/var/lib/hsm-sim")),
+            ("hsm-sim", dir.path().join("hsm-sim")),
+        ] {
+            let values = InitValues {
+                module: "/opt/certmint/libhsm_sim.so".into(),
+                sim_dir: Some(written.into()),
+                ..sample()
+            };
+            std::fs::write(&path, render_commented(&values)).unwrap();
+            let config = Config::load(&path).unwrap();
+            assert_eq!(config.hsm.sim_dir.as_deref(), Some(Path::new(written)));
+            assert_eq!(config.simulator_dir(), Some(resolved));
+        }
     }
 
     #[test]

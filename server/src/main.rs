@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use certmint_server::commands::{self, InitArgs, LogFormat};
@@ -71,8 +71,32 @@ enum CaCommand {
     },
 }
 
+impl Command {
+    /// The config file the command reads, if it reads one.
+    fn config_path(&self) -> &Path {
+        match self {
+            Command::Init(args) => &args.config,
+            Command::Serve { config, .. } | Command::AdminToken { config, .. } => config,
+            Command::Ca {
+                command: CaCommand::ImportChain { config, .. },
+            } => config,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // hsm-sim takes its token directory from the environment only, when the
+    // command loads it; a config's `hsm.sim_dir` reaches it this way.
+    // `set_var` is sound only while no other thread reads or writes the
+    // environment (libc's getenv is not synchronised with it, which is why
+    // edition 2024 marks it unsafe). Nothing has started a thread yet: the
+    // HTTP runtime, the session pool and the renewal thread start inside the
+    // command below, argument parsing and mimalloc start none, and the
+    // module is loaded later on this thread.
+    if let Some(dir) = commands::simulator_dir_to_export(cli.command.config_path()) {
+        std::env::set_var("HSM_SIM_DIR", dir);
+    }
     let result = match cli.command {
         Command::Init(args) => commands::init(&args),
         Command::Serve { config, log_format } => commands::serve(&config, log_format),
