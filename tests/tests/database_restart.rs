@@ -21,13 +21,18 @@ use std::time::{Duration, Instant};
 
 use certmint_e2e::{identity, make_csr, policy_json, run_test_on, Backend, Response, TestServer};
 
-/// Enrolling clients.
-const CLIENTS: usize = 4;
+/// Enrolling clients: enough that some are always mid-transaction when
+/// the connections are cut.
+const CLIENTS: usize = 8;
+/// Restarts, one after the other, each followed by [`BETWEEN_RESTARTS`].
+const RESTARTS: usize = 3;
+/// Load between two restarts.
+const BETWEEN_RESTARTS: Duration = Duration::from_secs(3);
 /// Load before the restart, so connections are pooled and busy.
 const WARM_UP: Duration = Duration::from_millis(1500);
-/// Load after the restart command returns: long enough for the pool to
-/// reconnect and for enrollments to succeed again.
-const AFTER_RESTART: Duration = Duration::from_secs(6);
+/// Load after the last restart: long enough for the pool to reconnect and
+/// for enrollments to succeed again.
+const AFTER_RESTART: Duration = Duration::from_secs(4);
 /// Upper bound for the whole load, whatever the restart takes.
 const LOAD_LIMIT: Duration = Duration::from_secs(60);
 
@@ -67,7 +72,11 @@ fn restart_under_load(server: &TestServer, restart: &str) {
             })
             .collect();
         std::thread::sleep(WARM_UP);
-        let outcome = Command::new("sh").arg("-c").arg(restart).output();
+        let mut outcomes = Vec::new();
+        for _ in 0..RESTARTS {
+            outcomes.push(Command::new("sh").arg("-c").arg(restart).output());
+            std::thread::sleep(BETWEEN_RESTARTS);
+        }
         let restarted_at = Instant::now();
         std::thread::sleep(AFTER_RESTART);
         stop.store(true, Ordering::Relaxed);
@@ -75,13 +84,15 @@ fn restart_under_load(server: &TestServer, restart: &str) {
             .into_iter()
             .flat_map(|worker| worker.join().expect("an enrolling client panicked"))
             .collect();
-        let outcome = outcome.expect("the restart command runs");
-        assert!(
-            outcome.status.success(),
-            "{restart} failed: {}{}",
-            String::from_utf8_lossy(&outcome.stdout),
-            String::from_utf8_lossy(&outcome.stderr)
-        );
+        for outcome in outcomes {
+            let outcome = outcome.expect("the restart command runs");
+            assert!(
+                outcome.status.success(),
+                "{restart} failed: {}{}",
+                String::from_utf8_lossy(&outcome.stdout),
+                String::from_utf8_lossy(&outcome.stderr)
+            );
+        }
         (responses, restarted_at)
     });
 
@@ -116,12 +127,12 @@ fn restart_under_load(server: &TestServer, restart: &str) {
         .filter(|(at, response)| *at > restarted_at && response.status == 201)
         .count();
     eprintln!(
-        "database restart: {} enrollments, {unavailable} answered 503, {recovered} issued after the restart",
+        "database restarts: {} enrollments, {unavailable} answered 503, {recovered} issued after the last restart",
         responses.len()
     );
     assert!(
         recovered > 0,
-        "no enrollment succeeded in the {AFTER_RESTART:?} after the restart: the server did not recover"
+        "no enrollment succeeded in the {AFTER_RESTART:?} after the last restart: the server did not recover"
     );
 }
 
