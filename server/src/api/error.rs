@@ -10,6 +10,7 @@ use certmint::wire::NameRefusal;
 use certmint::{Problem, ProblemCode};
 
 use crate::admin::AdminError;
+use crate::ca::CaError;
 use crate::error::ServiceError;
 use crate::hsm::{FaultKind, HsmError};
 use crate::issuance::csr::CsrError;
@@ -19,6 +20,7 @@ use crate::issuance::IssuanceError;
 use crate::policy::{NoSuchPolicyName, PolicyError};
 use crate::random::EntropyError;
 use crate::store::StoreError;
+use crate::tls::TlsError;
 use crate::tokens::{MintError, TokenError};
 
 /// Seconds a client should wait before retrying after a 503.
@@ -199,7 +201,34 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
         ServiceError::Entropy(EntropyError) => ProblemCode::Internal,
         // Operator errors of `init`, `ca import-chain` and start-up; a
         // request that meets one (a CA gone from the database) is a 500.
-        ServiceError::Ca(_) | ServiceError::Tls(_) => ProblemCode::Internal,
+        ServiceError::Ca(error) => match error {
+            CaError::KeyTypeNotForCa { .. }
+            | CaError::NoEd25519ForTokens
+            | CaError::KeyTypeUnsupported { .. }
+            | CaError::ReservedForOtherKeyType { .. }
+            | CaError::NoPendingCa
+            | CaError::ChainUnparsable { .. }
+            | CaError::ChainTooLong { .. }
+            | CaError::ChainTooShort
+            | CaError::ForeignIssuingKey
+            | CaError::DuplicateInChain { .. }
+            | CaError::SelfSignedIntermediate { .. }
+            | CaError::NotUsableAsCa { .. }
+            | CaError::IssuerNameMismatch { .. }
+            | CaError::NotSignedBy { .. }
+            | CaError::NotInitialized
+            | CaError::AwaitingChain
+            | CaError::IssuingKeyMismatch
+            | CaError::KeyCanLeaveToken { .. }
+            | CaError::LifetimeOutOfRange { .. } => ProblemCode::Internal,
+        },
+        ServiceError::Tls(error) => match error {
+            TlsError::TrustAnchor(_)
+            | TlsError::ClientVerifier(_)
+            | TlsError::Configuration(_)
+            | TlsError::RefusedByClients(_)
+            | TlsError::ServerCertificate(_) => ProblemCode::Internal,
+        },
     };
     (code, error.to_string())
 }
