@@ -1,8 +1,11 @@
-//! Throwaway PostgreSQL databases for tests: [`TestDatabase`], a fresh
-//! `certmint_e2e_<random>` created through `CERTMINT_TEST_POSTGRES_URL` with
-//! `psql`, dropped (`WITH (FORCE)`) when the value is dropped. A test server
-//! hands its database over to its supervisor, which drops it when the
-//! server stops, even if this process is killed.
+//! Throwaway PostgreSQL databases for tests, the one factory of both the
+//! end-to-end suites and the server's store suite: [`TestDatabase`], a fresh
+//! `certmint_e2e_<unix seconds>_<random>` created through
+//! `CERTMINT_TEST_POSTGRES_URL` with `psql`, dropped (`WITH (FORCE)`) when
+//! the value is dropped. A test server hands its database over to its
+//! supervisor, which drops it when the server stops, even if this process
+//! is killed; databases a killed in-process test left behind are swept by
+//! the first `create` of a later run, once they are an hour old.
 //!
 //! Invariants: an unreachable PostgreSQL is a [`Skip`] unless
 //! `CERTMINT_REQUIRE_POSTGRES=1`, which turns it into a failure; a database
@@ -43,7 +46,10 @@ impl TestDatabase {
             }
             Skip(format!("PostgreSQL at {admin_url} unreachable: {reason}"))
         };
-        let name = format!("certmint_e2e_{}", random_hex(6));
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let name = format!("{DATABASE_PREFIX}{created}_{}", random_hex(6));
         let output = Command::new("psql")
             .arg(&admin_url)
             .args(["-v", "ON_ERROR_STOP=1", "-qc"])
@@ -57,6 +63,7 @@ impl TestDatabase {
                 String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             ));
         }
+        SWEEP.call_once(|| sweep_stale_databases(&admin_url, created));
         let url = replace_database(&admin_url, &name);
         Ok(TestDatabase {
             name,
@@ -100,6 +107,46 @@ impl Drop for TestDatabase {
                     "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                     self.name
                 ))
+                .stdin(Stdio::null())
+                .output();
+        }
+    }
+}
+
+/// Test databases are named `certmint_e2e_<unix seconds>_<random hex>`.
+const DATABASE_PREFIX: &str = "certmint_e2e_";
+/// Age after which a test database is a leftover of a killed run: no live
+/// test, in this process or another, runs that long.
+const STALE_AFTER_SECONDS: u64 = 3600;
+static SWEEP: std::sync::Once = std::sync::Once::new();
+
+/// Drops the test databases older than [`STALE_AFTER_SECONDS`] that killed
+/// runs left behind. Best effort: a failure leaves them for the next run.
+fn sweep_stale_databases(admin_url: &str, now: u64) {
+    let Ok(listing) = Command::new("psql")
+        .arg(admin_url)
+        .arg("-Atc")
+        .arg("SELECT datname FROM pg_database WHERE datname LIKE 'certmint\\_e2e\\_%'")
+        .stdin(Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&listing.stdout).lines() {
+        let created = name
+            .strip_prefix(DATABASE_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(created, _)| created.parse::<u64>().ok());
+        let is_test_name = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if is_test_name
+            && created.is_some_and(|created| created.saturating_add(STALE_AFTER_SECONDS) < now)
+        {
+            let _ = Command::new("psql")
+                .arg(admin_url)
+                .arg("-qc")
+                .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .stdin(Stdio::null())
                 .output();
         }

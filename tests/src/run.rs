@@ -59,7 +59,7 @@ pub fn run_test_on(server: Option<&TestServer>, name: &str, body: impl FnOnce(&T
 /// Instantiates each test body once per back end, rustls-style: `fn x` becomes
 /// `sqlite::x` and `postgres::x`, both running the same body on that back end.
 ///
-/// Three forms, one per invocation (each defines `mod sqlite` and `mod postgres`):
+/// Four forms, one per invocation (each defines `mod sqlite` and `mod postgres`):
 ///
 /// ```ignore
 /// // The binary's shared default server of each back end.
@@ -75,9 +75,27 @@ pub fn run_test_on(server: Option<&TestServer>, name: &str, body: impl FnOnce(&T
 /// backend_tests! {
 ///     fn ok_something(backend: Backend) { ... }
 /// }
+/// // Bodies defined elsewhere (`fn ok_something(db: &Db)`), each handed to
+/// // `run(backend, body)`, which builds what the bodies take (the server's
+/// // store suite runs on its own in-process store this way).
+/// backend_tests!(run = Db::run; ok_something, ok_other);
 /// ```
 #[macro_export]
 macro_rules! backend_tests {
+    (run = $run:path; $($name:ident),* $(,)?) => {
+        $crate::backend_tests!(@run sqlite, Sqlite, $run, $($name),*);
+        $crate::backend_tests!(@run postgres, Postgres, $run, $($name),*);
+    };
+    (@run $module:ident, $variant:ident, $run:path, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    $run($crate::Backend::$variant, super::$name);
+                }
+            )*
+        }
+    };
     (options = $options:expr; $($(#[$meta:meta])* fn $name:ident($server:ident: &TestServer) $body:block)*) => {
         $crate::backend_tests!(@shared_with_options sqlite, Sqlite, $options, $($(#[$meta])* fn $name($server) $body)*);
         $crate::backend_tests!(@shared_with_options postgres, Postgres, $options, $($(#[$meta])* fn $name($server) $body)*);
