@@ -82,6 +82,7 @@ pub fn status_and_title(code: &ProblemCode) -> (StatusCode, &'static str) {
         C::ProvisionerInvalid => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid provisioner"),
         C::HsmUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "HSM unavailable"),
         C::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
+        C::IssuanceInFlight => (StatusCode::SERVICE_UNAVAILABLE, "Issuance in flight"),
         C::ServerCertificateExpired => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Server certificate expired",
@@ -207,6 +208,8 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
             StoreError::CertificateNotIssued { .. } => C::CertificateNotIssued,
             StoreError::Conflict { .. } | StoreError::PolicyChanged { .. } => C::StoreUnavailable,
             StoreError::Unavailable { .. } => C::StoreUnavailable,
+            StoreError::IssuanceWithdrawn { .. } => C::StoreUnavailable,
+            StoreError::TokenUseInFlight { .. } => C::IssuanceInFlight,
             _ => C::Internal,
         },
         ServiceError::Hsm(hsm) if is_retryable(hsm) => C::HsmUnavailable,

@@ -208,6 +208,7 @@ mod issuance;
 mod paging;
 mod policies;
 mod provisioners;
+mod recovery;
 mod renewals;
 mod tokens;
 
