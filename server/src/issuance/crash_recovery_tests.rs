@@ -199,7 +199,8 @@ impl Harness {
 
     /// What a request that died with the server leaves: a pending row
     /// holding the token's use, recorded at `at`.
-    fn dead_request(&self, token_id: &str, serial: &str, at: OffsetDateTime) {
+    fn dead_request(&self, token_id: &str, csr: &str, serial: &str, at: OffsetDateTime) {
+        let subject_key_sha256 = csr::verify(csr).unwrap().subject_key_sha256;
         let cert = NewCertificate {
             serial: serial.to_owned(),
             policy: "payments".to_owned(),
@@ -210,7 +211,7 @@ impl Harness {
                 uri: Vec::new(),
             },
             key_type: KeyType::EcP256,
-            subject_key_sha256: "00".repeat(32),
+            subject_key_sha256,
             not_before: at,
             not_after: at + time::Duration::hours(1),
             tbs_der: vec![0x30, 0x00],
@@ -308,11 +309,12 @@ fn ok_retry_after_a_lost_response_gets_the_same_certificate() {
 fn ok_retry_after_a_dead_request_past_the_bound_is_refunded_and_issued() {
     let harness = Harness::new();
     let token = harness.single_use_token("tok-dead");
-    harness.dead_request("tok-dead", &"0a".repeat(16), START);
+    let csr = csr();
+    harness.dead_request("tok-dead", &csr, &"0a".repeat(16), START);
     harness
         .clock
         .set(START + time::Duration::seconds(PENDING_TIMEOUT_SECONDS + 1));
-    let bundle = harness.issuer.enroll(&request(&csr(), &token)).unwrap();
+    let bundle = harness.issuer.enroll(&request(&csr, &token)).unwrap();
     assert_eq!(harness.uses("tok-dead"), 1);
     let dead = harness
         .store
@@ -328,9 +330,16 @@ fn ok_retry_after_a_dead_request_past_the_bound_is_refunded_and_issued() {
 fn fail_retry_while_a_young_pending_row_holds_the_use_is_in_flight() {
     let harness = Harness::new();
     let token = harness.single_use_token("tok-young");
-    harness.dead_request("tok-young", &"0b".repeat(16), START);
+    let csr = csr();
+    harness.dead_request("tok-young", &csr, &"0b".repeat(16), START);
     harness.clock.set(START + time::Duration::seconds(10));
-    let error = harness.issuer.enroll(&request(&csr(), &token)).unwrap_err();
+    // Another key: a parallel request that lost the race, as always.
+    let other = harness
+        .issuer
+        .enroll(&request(&self::csr(), &token))
+        .unwrap_err();
+    assert_eq!(code_of(other), ProblemCode::TokenUsed);
+    let error = harness.issuer.enroll(&request(&csr, &token)).unwrap_err();
     assert!(
         matches!(
             error,

@@ -254,8 +254,9 @@ impl Issuer {
     /// A token found used up is not the end when a crash took its use (see
     /// [`Issuer::after_used_up_token`]): the same token and key get their
     /// certificate again, a use held by a dead request is refunded and the
-    /// issuance retried, and a use held by a request possibly in flight is
-    /// a retryable 503 (`issuance.in_flight`).
+    /// issuance retried, and a use held by an earlier try of this request
+    /// (same key) possibly still in flight is a retryable 503
+    /// (`issuance.in_flight`).
     pub fn enroll(&self, request: &EnrollRequest) -> Result<CertificateBundle, ServiceError> {
         let now = self.parts.clock.now();
         let csr = csr::verify(&request.csr)?;
@@ -298,9 +299,11 @@ impl Issuer {
     ///   and the CSR proves the key;
     /// - this token's pending rows older than `pending_timeout` are
     ///   reconciled (their uses refunded), then the caller retries;
-    /// - a younger pending row of this token is
-    ///   [`StoreError::TokenUseInFlight`] (503): its request may still be
-    ///   signing here or on another replica.
+    /// - a younger pending row of this token for this CSR key is
+    ///   [`StoreError::TokenUseInFlight`] (503): an earlier try of this
+    ///   request may still be signing here or on another replica. A younger
+    ///   row for another key is a parallel request that won the use:
+    ///   `token.used`, as it always was.
     fn after_used_up_token(
         &self,
         token_id: &str,

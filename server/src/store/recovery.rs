@@ -15,7 +15,8 @@
 //! - [`Store::recover_used_up_token`]: what an enrollment whose token is
 //!   used up can still get: its certificate again (issued for this token and
 //!   this key), a refund of this token's stale pending rows (then retry), or
-//!   word that an issuance of this token is still in flight.
+//!   word that an issuance of this token for this key (an earlier try of the
+//!   same request) is still in flight.
 //!
 //! Invariant: a row is reconciled only while it is `pending`, and
 //! `complete_issuance` marks a row issued only while it is `pending`, so a
@@ -55,8 +56,9 @@ pub enum UsedUpTokenRecovery {
     /// This many pending rows of the token, older than the cutoff, were
     /// reconciled and their uses refunded: retry the issuance.
     Refunded(usize),
-    /// A pending row of this token is younger than the cutoff: an issuance
-    /// may still be in flight. Retry after a while.
+    /// A pending row of this token for this subject key is younger than
+    /// the cutoff: an earlier try of the same request may still be in
+    /// flight. Retry after a while.
     InFlight {
         /// When the youngest such row was recorded.
         pending_since: OffsetDateTime,
@@ -85,8 +87,9 @@ impl Store {
     /// transaction: redeliver an issued certificate of this token whose
     /// subject key hash is `subject_key_sha256` (not revoked, not expired at
     /// `now`); else reconcile this token's pending rows older than
-    /// `stale_before` (refunding their uses); else report a younger pending
-    /// row. See [`UsedUpTokenRecovery`].
+    /// `stale_before` (refunding their uses, whatever their key); else
+    /// report a younger pending row of this token for this key. See
+    /// [`UsedUpTokenRecovery`].
     pub fn recover_used_up_token(
         &self,
         token_id: &str,
@@ -128,8 +131,12 @@ impl Store {
             if refunded > 0 {
                 return Ok(UsedUpTokenRecovery::Refunded(refunded));
             }
+            // Only a row for this key can be this client's own earlier try;
+            // a younger row for another key is a parallel request that won
+            // the use (`token.used`, as without any crash).
             let youngest: Option<i64> = certificates::table
                 .filter(certificates::token_id.eq(&token_id))
+                .filter(certificates::subject_key_sha256.eq(&subject_key_sha256))
                 .filter(certificates::status.eq(status_name(CertificateStatus::Pending)))
                 .select(diesel::dsl::max(certificates::created_at))
                 .get_result(conn)

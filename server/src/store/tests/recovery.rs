@@ -215,6 +215,11 @@ fn used_up_token_recovery_redelivers_refunds_or_reports_in_flight(db: &TestDb) {
         recover("tok-pending", &key, NOW - Duration::minutes(2), NOW),
         UsedUpTokenRecovery::InFlight { pending_since: NOW }
     );
+    // A parallel request with another key lost the race: used up.
+    assert_eq!(
+        recover("tok-pending", &other_key(), NOW - Duration::minutes(2), NOW),
+        UsedUpTokenRecovery::UsedUp
+    );
     assert_eq!(uses(store, "tok-pending"), 1);
     // Pending and stale: reconciled and refunded, once; whatever the key
     // (the row was never signed for anyone).
