@@ -84,7 +84,7 @@ impl Store {
     }
 
     /// For an enrollment that found token `token_id` used up, in one
-    /// transaction: redeliver an issued certificate of this token whose
+    /// transaction (only when a read finds something to do): redeliver an issued certificate of this token whose
     /// subject key hash is `subject_key_sha256` (not revoked, not expired at
     /// `now`); else reconcile this token's pending rows older than
     /// `stale_before` (refunding their uses, whatever their key); else
@@ -102,18 +102,20 @@ impl Store {
         let subject_key_sha256 = subject_key_sha256.to_owned();
         let actor = actor.to_owned();
         let stale_before = unix(stale_before);
+        // Most used-up tokens are races lost or replays: answered from a
+        // read, without a write (every write shares one serial section).
+        // The write transaction below checks everything again.
+        let worth_a_write = self.read(|conn| {
+            Ok(
+                redeliverable(conn, &token_id, &subject_key_sha256, now)?.is_some()
+                    || stale_pending(conn, &token_id, stale_before)?,
+            )
+        })?;
+        if !worth_a_write {
+            return self.read(|conn| in_flight_or_used_up(conn, &token_id, &subject_key_sha256));
+        }
         self.write(move |conn| {
-            let issued: Option<String> = certificates::table
-                .filter(certificates::token_id.eq(&token_id))
-                .filter(certificates::subject_key_sha256.eq(&subject_key_sha256))
-                .filter(certificates::status.eq(status_name(CertificateStatus::Issued)))
-                .filter(certificates::not_after.gt(unix(now)))
-                .order((certificates::created_at.desc(), certificates::serial.desc()))
-                .select(certificates::serial)
-                .first(conn)
-                .optional()
-                .map_err(StoreError::query)?;
-            if let Some(serial) = issued {
+            if let Some(serial) = redeliverable(conn, &token_id, &subject_key_sha256, now)? {
                 let (row, revocation) =
                     full_row(conn, &serial)?.ok_or_else(|| StoreError::CertificateNotFound {
                         serial: serial.clone(),
@@ -131,24 +133,70 @@ impl Store {
             if refunded > 0 {
                 return Ok(UsedUpTokenRecovery::Refunded(refunded));
             }
-            // Only a row for this key can be this client's own earlier try;
-            // a younger row for another key is a parallel request that won
-            // the use (`token.used`, as without any crash).
-            let youngest: Option<i64> = certificates::table
-                .filter(certificates::token_id.eq(&token_id))
-                .filter(certificates::subject_key_sha256.eq(&subject_key_sha256))
-                .filter(certificates::status.eq(status_name(CertificateStatus::Pending)))
-                .select(diesel::dsl::max(certificates::created_at))
-                .get_result(conn)
-                .map_err(StoreError::query)?;
-            Ok(match youngest {
-                Some(created_at) => UsedUpTokenRecovery::InFlight {
-                    pending_since: super::from_unix(created_at, "pending certificate")?,
-                },
-                None => UsedUpTokenRecovery::UsedUp,
-            })
+            in_flight_or_used_up(conn, &token_id, &subject_key_sha256)
         })
     }
+}
+
+/// The newest issued certificate of `token_id` for this subject key that is
+/// still valid at `now` (`issued` excludes revoked ones).
+fn redeliverable(
+    conn: &mut DbConnection,
+    token_id: &str,
+    subject_key_sha256: &str,
+    now: OffsetDateTime,
+) -> Result<Option<String>, StoreError> {
+    certificates::table
+        .filter(certificates::token_id.eq(token_id))
+        .filter(certificates::subject_key_sha256.eq(subject_key_sha256))
+        .filter(certificates::status.eq(status_name(CertificateStatus::Issued)))
+        .filter(certificates::not_after.gt(unix(now)))
+        .order((certificates::created_at.desc(), certificates::serial.desc()))
+        .select(certificates::serial)
+        .first(conn)
+        .optional()
+        .map_err(StoreError::query)
+}
+
+/// Whether `token_id` has a pending row created before `stale_before`.
+fn stale_pending(
+    conn: &mut DbConnection,
+    token_id: &str,
+    stale_before: i64,
+) -> Result<bool, StoreError> {
+    let found: Option<String> = certificates::table
+        .filter(certificates::token_id.eq(token_id))
+        .filter(certificates::status.eq(status_name(CertificateStatus::Pending)))
+        .filter(certificates::created_at.lt(stale_before))
+        .select(certificates::serial)
+        .first(conn)
+        .optional()
+        .map_err(StoreError::query)?;
+    Ok(found.is_some())
+}
+
+/// In flight when `token_id` has a pending row for this subject key (only
+/// such a row can be this client's own earlier try; a younger row for
+/// another key is a parallel request that won the use, and the answer is
+/// `token.used`, as without any crash); used up otherwise.
+fn in_flight_or_used_up(
+    conn: &mut DbConnection,
+    token_id: &str,
+    subject_key_sha256: &str,
+) -> Result<UsedUpTokenRecovery, StoreError> {
+    let youngest: Option<i64> = certificates::table
+        .filter(certificates::token_id.eq(token_id))
+        .filter(certificates::subject_key_sha256.eq(subject_key_sha256))
+        .filter(certificates::status.eq(status_name(CertificateStatus::Pending)))
+        .select(diesel::dsl::max(certificates::created_at))
+        .get_result(conn)
+        .map_err(StoreError::query)?;
+    Ok(match youngest {
+        Some(created_at) => UsedUpTokenRecovery::InFlight {
+            pending_since: super::from_unix(created_at, "pending certificate")?,
+        },
+        None => UsedUpTokenRecovery::UsedUp,
+    })
 }
 
 /// Reconciles, in the caller's write transaction, up to [`RECONCILE_BATCH`]
