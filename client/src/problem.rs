@@ -171,6 +171,13 @@ problem_codes! {
     /// The server's own TLS certificate has expired (its in-process renewal
     /// keeps failing): not ready.
     ServerCertificateExpired => "server.certificate_expired",
+    /// The token's last use is held by an issuance for the same key
+    /// recorded moments ago, which may still be in flight (an earlier try
+    /// of this request, here or on another replica): retry after the
+    /// indicated delay. Once that
+    /// issuance completes, the retry gets its certificate; once it is past
+    /// `issuance.pending_timeout`, its use is refunded and the retry issues.
+    IssuanceInFlight => "issuance.in_flight",
     /// An unexpected server error; the detail names the request id only.
     Internal => "internal",
 }

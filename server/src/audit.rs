@@ -36,6 +36,9 @@ pub const CERTIFICATE_ISSUED: &str = "certificate.issued";
 pub const CERTIFICATE_FAILED: &str = "certificate.failed";
 /// A certificate was revoked.
 pub const CERTIFICATE_REVOKED: &str = "certificate.revoked";
+/// An issued certificate was delivered again to a retry of the enrollment
+/// that made it (same token, same key) whose response was lost.
+pub const CERTIFICATE_REDELIVERED: &str = "certificate.redelivered";
 /// The CA's keys and certificates were recorded.
 pub const CA_INITIALIZED: &str = "ca.initialized";
 /// An externally signed issuing certificate completed a pending CA set-up.

@@ -20,7 +20,7 @@ use crate::config::{self, Config, InitValues, TokenKeyStore};
 use crate::hsm::{self, Hsm, HsmConfig};
 use crate::issuance::{Issuer, IssuerParts, IssuerSettings};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, RECONCILE_BATCH};
 use crate::tls::{self, ServerCertificate};
 use crate::tokens::{self, Role, TokenAuthority};
 
@@ -650,6 +650,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
             backdate_seconds: seconds(config.issuance.backdate),
             renew_fraction: config.issuance.renew_fraction,
             renew_jitter: config.issuance.renew_jitter,
+            pending_timeout_seconds: seconds(config.issuance.pending_timeout),
         },
         metrics: metrics.clone(),
     }));
@@ -682,6 +683,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         server_ttl,
         first_renewal,
     );
+    spawn_reconciler(store.clone(), seconds(config.issuance.pending_timeout))?;
     let ca_certificates: Vec<Vec<u8>> = std::iter::once(issuing_der)
         .chain(loaded.intermediates_der.iter().cloned())
         .collect();
@@ -745,6 +747,43 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         server.bind_rustls_0_23(listen, tls_config)?.run().await
     })?;
     Ok(())
+}
+
+/// Every replica sweeps, every quarter of `pending_timeout_seconds`
+/// (jittered ±25 %, so replicas started together spread out), for `pending`
+/// issuances older than the bound: their requests died with a server, and
+/// their token uses are refunded. The store claims each row with a
+/// conditional update, so replicas sweeping at once reconcile it once.
+fn spawn_reconciler(store: Store, pending_timeout_seconds: i64) -> Result<(), CommandError> {
+    let interval_seconds = (pending_timeout_seconds as f64 / 4.0).max(1.0);
+    let spawned = std::thread::Builder::new()
+        .name("pending-reconciler".into())
+        .spawn(move || loop {
+            let mut unit = [0u8; 8];
+            let jitter = if crate::random::fill(&mut unit).is_ok() {
+                0.75 + 0.5 * (u64::from_le_bytes(unit) as f64 / u64::MAX as f64)
+            } else {
+                1.0
+            };
+            std::thread::sleep(std::time::Duration::from_secs_f64(
+                interval_seconds * jitter,
+            ));
+            let now = SystemClock.now();
+            let stale_before = now - time::Duration::seconds(pending_timeout_seconds);
+            loop {
+                match store.reconcile_pending(stale_before, now) {
+                    Ok(count) if i64::try_from(count).unwrap_or(i64::MAX) >= RECONCILE_BATCH => {}
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "could not reconcile pending issuances; retrying at the next sweep");
+                        break;
+                    }
+                }
+            }
+        });
+    spawned
+        .map(drop)
+        .map_err(|error| CommandError(format!("starting the pending-issuance sweep: {error}")))
 }
 
 fn spawn_renewal(

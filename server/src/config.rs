@@ -207,6 +207,13 @@ pub struct IssuanceConfig {
     /// Random jitter (± fraction of lifetime) added to `renew_after`.
     #[serde(default = "default_renew_jitter")]
     pub renew_jitter: f64,
+    /// Age after which a `pending` issuance (its request died with a
+    /// replica, or outlived this bound) is reconciled as failed and its
+    /// token use refunded. It must exceed the longest an issuance can take
+    /// (HSM latency included) plus the clock skew between replicas, or a
+    /// slow request fails with 503 and must be retried.
+    #[serde(default = "default_pending_timeout")]
+    pub pending_timeout: Duration,
 }
 
 impl Default for TokensConfig {
@@ -227,6 +234,7 @@ impl Default for IssuanceConfig {
             backdate: default_backdate(),
             renew_fraction: default_renew_fraction(),
             renew_jitter: default_renew_jitter(),
+            pending_timeout: default_pending_timeout(),
         }
     }
 }
@@ -289,6 +297,9 @@ fn default_renew_fraction() -> f64 {
 }
 fn default_renew_jitter() -> f64 {
     0.05
+}
+fn default_pending_timeout() -> Duration {
+    duration("2m")
 }
 
 /// The parser's message with the 1-based line and column it points at.
@@ -570,6 +581,13 @@ signing_key = "hsm"
 # where issued_at is when the request was decided
 # renew_fraction = 0.6667
 # renew_jitter = 0.05
+# An issuance still pending after pending_timeout (its request died with a
+# server, or outlived the bound) is marked failed and its token use refunded,
+# by every replica's background sweep and by a retry of the same token. Keep
+# it above the slowest issuance (HSM latency) plus the clock skew between
+# replicas: a request still signing when its row is reconciled gets 503 and
+# must retry. A retry with the same token inside the bound gets 503 too.
+# pending_timeout = "2m"
 "#,
         listen = quote(&values.listen.to_string()),
         public_url = quote(&values.public_url),
@@ -675,7 +693,7 @@ mod tests {
 
     #[test]
     fn ok_defaults_parse() {
-        for literal in ["24h", "3650d", "1825d", "1h", "30d", "60s"] {
+        for literal in ["24h", "3650d", "1825d", "1h", "30d", "60s", "2m"] {
             assert!(literal.parse::<Duration>().is_ok());
         }
     }

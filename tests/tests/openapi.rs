@@ -246,7 +246,10 @@ backend_tests! {
         let (csr, _key) = make_csr("ec-p256", &["p.contract.internal"], &[], &[]);
         checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": signed})))
             .assert_status(201);
-        checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": signed})))
+        // A replay with another key (the same CSR would get its certificate
+        // again: a retry after a lost response).
+        let (replayed, _key) = make_csr("ec-p256", &["p.contract.internal"], &[], &[]);
+        checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": replayed, "token": signed})))
             .assert_problem(401, "token.used");
         let elsewhere = provisioner.token(&audience, "no-such-policy", &dns, "contract-2");
         checked(server, Auth::None, "POST", "/v1/enroll", "/v1/enroll", Some(json!({"csr": csr, "token": elsewhere})))

@@ -89,6 +89,7 @@ pub fn status_and_title(code: &ProblemCode) -> (StatusCode, &'static str) {
         C::ProvisionerInvalid => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid provisioner"),
         C::HsmUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "HSM unavailable"),
         C::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
+        C::IssuanceInFlight => (StatusCode::SERVICE_UNAVAILABLE, "Issuance in flight"),
         C::ServerCertificateExpired => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Server certificate expired",
@@ -321,7 +322,9 @@ fn store_code(error: &StoreError) -> ProblemCode {
         StoreError::CertificateNotIssued { .. } => C::CertificateNotIssued,
         StoreError::Conflict { .. }
         | StoreError::PolicyChanged { .. }
-        | StoreError::Unavailable { .. } => C::StoreUnavailable,
+        | StoreError::Unavailable { .. }
+        | StoreError::IssuanceWithdrawn { .. } => C::StoreUnavailable,
+        StoreError::TokenUseInFlight { .. } => C::IssuanceInFlight,
         // A failed rollback is as retryable as the error that caused it:
         // a connection lost mid-transaction is still an outage, not a bug.
         StoreError::Rollback { original, .. } => store_code(original),

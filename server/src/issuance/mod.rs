@@ -24,12 +24,20 @@
 //! A failure in 5 or 6 marks the record failed and refunds the token use,
 //! because no certificate left the server. A crash anywhere leaves at worst
 //! a `pending` record, never a certificate that a client holds but the
-//! database does not know.
+//! database does not know. A pending record older than
+//! `issuance.pending_timeout` is reconciled (failed, use refunded) by a
+//! background sweep or by a retry of its token; 7 is conditional on the
+//! record still being pending, so a request that outlived the bound fails
+//! (503) instead of returning an unrecorded certificate. A retry whose
+//! token is used up by its own earlier, completed request (same key) gets
+//! that certificate again.
 //!
 //! "Checked before signed" is a type: [`PreparedCertificate`] can only be
 //! made by [`Issuer::prepare`] and is consumed by [`Issuer::sign`].
 
 pub mod algorithms;
+#[cfg(test)]
+mod crash_recovery_tests;
 pub mod csr;
 pub mod holder;
 pub mod profile;
@@ -38,7 +46,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use certmint::wire::{
-    CertificateBundle, EnrollRequest, EvaluateRequest, EvaluateResponse, Identity,
+    CertificateBundle, CertificateInfo, EnrollRequest, EvaluateRequest, EvaluateResponse, Identity,
     RevocationReason, Verdict,
 };
 use der::{Decode as _, Encode as _};
@@ -51,7 +59,7 @@ use crate::error::ServiceError;
 use crate::hsm::CaSigner;
 use crate::metrics::Metrics;
 use crate::policy::{self, CompiledPolicy, Decision};
-use crate::store::{NewCertificate, NewToken, Store, StoreError};
+use crate::store::{NewCertificate, NewToken, Store, StoreError, UsedUpTokenRecovery};
 use crate::tokens::{self, TokenAuthority, TokenError};
 use csr::VerifiedCsr;
 use profile::{LeafNames, LeafTemplate, UnsignedCertificate};
@@ -63,6 +71,10 @@ const SERIAL_ATTEMPTS: usize = 4;
 /// changing under it (each retry means an administrator wrote a new version
 /// in the meantime).
 const POLICY_ATTEMPTS: usize = 4;
+
+/// Issuance attempts of one enrollment whose token keeps being found used
+/// up after a refund (each refund went to a parallel request instead).
+const RECOVERY_ATTEMPTS: usize = 3;
 
 /// Why the pipeline stopped for a reason of its own (not a refusal of the
 /// request, not a failing store or HSM). Every one is a 500: the request
@@ -100,6 +112,9 @@ pub struct IssuerSettings {
     pub renew_fraction: f64,
     /// ± jitter, as a fraction of the lifetime.
     pub renew_jitter: f64,
+    /// Seconds after which a `pending` issuance is presumed dead and may be
+    /// reconciled (`issuance.pending_timeout`).
+    pub pending_timeout_seconds: i64,
 }
 
 /// The issuing CA as the pipeline sees it.
@@ -132,6 +147,16 @@ pub struct IssuerParts {
     pub settings: IssuerSettings,
     /// Where latencies and counts go.
     pub metrics: Arc<Metrics>,
+}
+
+/// What an enrollment does after finding its token used up.
+enum AfterUsedUp {
+    /// The certificate an earlier request with this token and key received.
+    Delivered(Box<CertificateBundle>),
+    /// A dead request's use was refunded: issue again.
+    Retry,
+    /// Nothing to recover: `token.used`.
+    UsedUp,
 }
 
 /// Where a certificate comes from: the token that enrolled it, or the
@@ -250,26 +275,112 @@ impl Issuer {
     }
 
     /// `POST /v1/enroll`: the whole pipeline.
+    ///
+    /// A token found used up is not the end when a crash took its use (see
+    /// [`Issuer::after_used_up_token`]): the same token and key get their
+    /// certificate again, a use held by a dead request is refunded and the
+    /// issuance retried, and a use held by an earlier try of this request
+    /// (same key) possibly still in flight is a retryable 503
+    /// (`issuance.in_flight`).
     pub fn enroll(&self, request: &EnrollRequest) -> Result<CertificateBundle, ServiceError> {
         let now = self.parts.clock.now();
         let csr = csr::verify(&request.csr)?;
         let grant = self.enrollment_grant(&request.token, now)?;
         let ttl = request.ttl.map(|ttl| ttl.as_seconds());
         let jti = grant.token_id.clone();
-        let lineage = Lineage::first(Some(jti.clone()), now);
-        let prepared = self.prepare_under_policy(&grant.policy, &csr, lineage, now, |policy| {
-            match policy::evaluate(policy, &csr.issuance_request(ttl, Some(&grant.identity))) {
-                Decision::Allow { ttl_seconds } => Ok(Decided {
-                    ttl_seconds,
-                    latest_not_after: None,
-                }),
-                Decision::Deny(refusals) => Err(ServiceError::denied(refusals)),
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let lineage = Lineage::first(Some(jti.clone()), now);
+            let prepared = self.prepare_under_policy(&grant.policy, &csr, lineage, now, |policy| {
+                match policy::evaluate(policy, &csr.issuance_request(ttl, Some(&grant.identity))) {
+                    Decision::Allow { ttl_seconds } => Ok(Decided {
+                        ttl_seconds,
+                        latest_not_after: None,
+                    }),
+                    Decision::Deny(refusals) => Err(ServiceError::denied(refusals)),
+                }
+            });
+            match prepared {
+                Ok(prepared) => return self.sign(prepared),
+                Err(ServiceError::Store(used_up @ StoreError::TokenUsedUp { .. })) => {
+                    match self.after_used_up_token(&jti, &csr, now)? {
+                        AfterUsedUp::Delivered(bundle) => return Ok(*bundle),
+                        AfterUsedUp::Retry if attempts < RECOVERY_ATTEMPTS => continue,
+                        AfterUsedUp::Retry | AfterUsedUp::UsedUp => return Err(used_up.into()),
+                    }
+                }
+                Err(refusal) => return Err(self.token_refusal_first(&jti, now, refusal)),
             }
-        });
-        match prepared {
-            Ok(prepared) => self.sign(prepared),
-            Err(refusal) => Err(self.token_refusal_first(&jti, now, refusal)),
         }
+    }
+
+    /// What an enrollment whose token `token_id` is used up gets instead
+    /// of `token.used`, in one store transaction:
+    ///
+    /// - an issued, unexpired certificate recorded for this token and this
+    ///   CSR key is delivered again (same serial; `renew_after` from its
+    ///   recorded dates): a crash lost the response, not the certificate,
+    ///   and the CSR proves the key;
+    /// - this token's pending rows older than `pending_timeout` are
+    ///   reconciled (their uses refunded), then the caller retries;
+    /// - a younger pending row of this token for this CSR key is
+    ///   [`StoreError::TokenUseInFlight`] (503): an earlier try of this
+    ///   request may still be signing here or on another replica. A younger
+    ///   row for another key is a parallel request that won the use:
+    ///   `token.used`, as it always was.
+    fn after_used_up_token(
+        &self,
+        token_id: &str,
+        csr: &VerifiedCsr,
+        now: OffsetDateTime,
+    ) -> Result<AfterUsedUp, ServiceError> {
+        let stale_before =
+            now - time::Duration::seconds(self.parts.settings.pending_timeout_seconds);
+        let recovery = self.parts.store.recover_used_up_token(
+            token_id,
+            &csr.subject_key_sha256,
+            stale_before,
+            &format!("token:{token_id}"),
+            now,
+        )?;
+        match recovery {
+            UsedUpTokenRecovery::Redeliver(info) => {
+                tracing::info!(cert.serial = %info.serial, token.id = %token_id,
+                    "certificate delivered again to a retry of its enrollment");
+                Ok(AfterUsedUp::Delivered(Box::new(self.redelivered(*info)?)))
+            }
+            UsedUpTokenRecovery::Refunded(count) => {
+                tracing::info!(token.id = %token_id, store.reconciled = count,
+                    "stale pending issuances of the token reconciled; issuing again");
+                Ok(AfterUsedUp::Retry)
+            }
+            UsedUpTokenRecovery::InFlight { pending_since } => Err(StoreError::TokenUseInFlight {
+                id: token_id.to_owned(),
+                pending_since,
+            }
+            .into()),
+            UsedUpTokenRecovery::UsedUp => Ok(AfterUsedUp::UsedUp),
+        }
+    }
+
+    /// The response for a certificate delivered again, as it was first
+    /// answered: its recorded dates, `renew_after` computed from when it
+    /// was decided (its record's creation), today's chain.
+    fn redelivered(&self, info: CertificateInfo) -> Result<CertificateBundle, ServiceError> {
+        let certificate_pem = info.certificate_pem.ok_or_else(|| StoreError::Corrupt {
+            what: format!("certificate {}: issued without DER", info.serial),
+        })?;
+        Ok(CertificateBundle {
+            renew_after: renew_after(info.created_at, info.not_after, &self.parts.settings),
+            serial: info.serial,
+            certificate_pem,
+            chain_pem: self.parts.ca.chain_pem.clone(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            policy: info.policy,
+            policy_version: info.policy_version,
+        })
     }
 
     /// Verifies an enrollment token: the server's own (chosen by its `kid`)
@@ -600,6 +711,12 @@ impl Issuer {
         let token_id = prepared.token_id.clone();
         match self.sign_and_check(prepared) {
             Ok(bundle) => Ok(bundle),
+            // Reconciliation already failed the row and refunded the use.
+            Err(error @ ServiceError::Store(StoreError::IssuanceWithdrawn { .. })) => {
+                tracing::warn!(cert.serial = %serial,
+                    "issuance outlived issuance.pending_timeout; the signed certificate is dropped");
+                Err(error)
+            }
             Err(error) => {
                 let now = self.parts.clock.now();
                 if let Err(store_error) = self.parts.store.abandon_issuance(
@@ -862,6 +979,7 @@ mod tests {
             backdate_seconds: 60,
             renew_fraction: 2.0 / 3.0,
             renew_jitter: jitter,
+            pending_timeout_seconds: 120,
         }
     }
 

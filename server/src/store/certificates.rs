@@ -14,7 +14,9 @@
 //! If the signer fails, [`Store::abandon_issuance`] marks the row `failed`
 //! and refunds the token's use. A crash between 1 and 3 leaves a `pending`
 //! row with the TBS: the record of a certificate that may exist is never
-//! lost, and no client received a certificate that is not recorded.
+//! lost, and no client received a certificate that is not recorded. Such
+//! rows are reconciled once older than `issuance.pending_timeout` (see
+//! `recovery`).
 
 use certmint::wire::{
     CertificateInfo, CertificateStatus, Identity, KeyType, Page, RevocationReason,
@@ -209,6 +211,8 @@ impl Store {
     /// `issued` (audit `certificate.issued`). Fails with
     /// [`StoreError::CertificateNotPending`] unless exactly one pending row
     /// had this serial, so it never runs twice; with
+    /// [`StoreError::IssuanceWithdrawn`] when the row was reconciled as
+    /// failed meanwhile (it outlived `issuance.pending_timeout`); with
     /// [`StoreError::PredecessorRevoked`] for a renewal (`predecessor`) whose
     /// predecessor was revoked while it was being signed (the caller abandons
     /// it: nobody has received it).
@@ -236,7 +240,15 @@ impl Store {
             .execute(conn)
             .map_err(StoreError::query)?;
             if updated != 1 {
-                return Err(not_pending(conn, &serial)?);
+                return Err(match not_pending(conn, &serial)? {
+                    // Only reconciliation fails a row while its request is
+                    // still signing (`abandon_issuance` runs in that request).
+                    StoreError::CertificateNotPending {
+                        status: CertificateStatus::Failed,
+                        serial,
+                    } => StoreError::IssuanceWithdrawn { serial },
+                    other => other,
+                });
             }
             audit::append(conn, &event, now)?;
             Ok(())
@@ -253,7 +265,8 @@ impl Store {
     /// process: the signer returned an error, the post-signing check refused
     /// what it returned, or recording the signed certificate failed (its
     /// bytes are then dropped, never sent). A row this call cannot reach
-    /// (the database is down) stays `pending` for reconciliation.
+    /// (the database is down) stays `pending` until
+    /// [`Store::reconcile_pending`] fails it and refunds the use.
     pub fn abandon_issuance(
         &self,
         serial: &str,
@@ -561,7 +574,7 @@ fn not_pending(conn: &mut DbConnection, serial: &str) -> Result<StoreError, Stor
 }
 
 /// `(revoked_at, reason)` of the joined revocation, if any.
-type RevocationColumns = (Option<i64>, Option<String>);
+pub(super) type RevocationColumns = (Option<i64>, Option<String>);
 
 fn revocation_columns() -> (
     diesel::dsl::Nullable<certificate_revocations::revoked_at>,
@@ -573,7 +586,7 @@ fn revocation_columns() -> (
     )
 }
 
-fn full_row(
+pub(super) fn full_row(
     conn: &mut DbConnection,
     serial: &str,
 ) -> Result<Option<(CertificateRow, RevocationColumns)>, StoreError> {
@@ -586,7 +599,7 @@ fn full_row(
         .map_err(StoreError::query)
 }
 
-fn info_with_pem(
+pub(super) fn info_with_pem(
     row: CertificateRow,
     revocation: RevocationColumns,
 ) -> Result<CertificateInfo, StoreError> {

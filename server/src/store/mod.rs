@@ -57,6 +57,7 @@ mod group_commit;
 mod models;
 mod policies;
 mod provisioners;
+mod recovery;
 mod schema;
 mod statements;
 #[cfg(test)]
@@ -82,6 +83,7 @@ pub use self::ca::{CaKeyReservation, CaState, InitLock};
 pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};
 pub use self::group_commit::GroupCommitCounts;
 pub use self::provisioners::NewProvisionerRecord;
+pub use self::recovery::{UsedUpTokenRecovery, RECONCILED_FAILURE, RECONCILE_BATCH};
 pub use self::tokens::NewToken;
 
 /// SQLite migrations, embedded at build time (path relative to the server
@@ -292,6 +294,26 @@ pub enum StoreError {
     PredecessorRevoked {
         /// Serial of the predecessor, hex.
         serial: String,
+    },
+    /// A pending issuance outlived `issuance.pending_timeout` and was
+    /// reconciled as failed (its token use refunded) before it could be
+    /// marked issued: the signed certificate is dropped, never returned.
+    /// Retrying gets a new certificate.
+    #[error("certificate {serial} was reconciled as failed while it was being signed; retry")]
+    IssuanceWithdrawn {
+        /// Serial, hex.
+        serial: String,
+    },
+    /// The token is used up by a pending issuance younger than
+    /// `issuance.pending_timeout`: that request may still be in flight.
+    #[error(
+        "token {id:?} is used up by an issuance in flight since {pending_since}; retry shortly"
+    )]
+    TokenUseInFlight {
+        /// Token id.
+        id: String,
+        /// When the in-flight issuance was recorded.
+        pending_since: OffsetDateTime,
     },
     /// The certificate is not pending, so it cannot be completed or abandoned.
     #[error("certificate {serial} is {status:?}, not pending")]

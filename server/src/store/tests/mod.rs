@@ -1,0 +1,322 @@
+//! The store suite: one body per behaviour, run on SQLite and PostgreSQL by
+//! `backend_tests!`.
+//!
+//! SQLite gets a fresh file in a temporary directory per test. PostgreSQL
+//! gets a fresh database `certmint_t_<random hex>` created through
+//! `CERTMINT_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and dropped afterwards. When
+//! PostgreSQL cannot be reached the PostgreSQL half prints a note and passes,
+//! unless `CERTMINT_REQUIRE_POSTGRES=1`, which makes it fail.
+//!
+//! One file per area; each instantiates its bodies with `backend_tests!`.
+
+use std::collections::BTreeSet;
+
+use certmint::wire::{
+    AllowedNames, CertificateStatus, Identity, KeyType, PolicySpec, RenewalRules, RevocationReason,
+    TtlBounds,
+};
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Integer, Text};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use super::connection::DbConnection;
+use super::*;
+use crate::audit::{self as chain};
+use certmint::audit::{verify_chain, ChainBreak};
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const POOL_SIZE: u32 = 8;
+const NOW: OffsetDateTime = datetime!(2026-01-01 12:00:00 UTC);
+const ACTOR: &str = "admin:test";
+
+/// A store on a throwaway database.
+struct TestDb {
+    /// Declared first so it drops first: the pool's connections must close
+    /// before the guard drops the database.
+    store: Store,
+    /// The URL the store was opened with (a second replica can open it too).
+    url: String,
+    _guard: Guard,
+}
+
+/// Owns the database's lifetime; only its `Drop` matters.
+enum Guard {
+    Sqlite(#[expect(dead_code, reason = "held for its Drop")] tempfile::TempDir),
+    Postgres(#[expect(dead_code, reason = "held for its Drop")] PgDatabase),
+}
+
+/// A PostgreSQL database that is dropped with this value.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("certmint.db").display());
+        let store = Store::open(&url, POOL_SIZE).expect("open sqlite store");
+        assert_eq!(store.backend(), Backend::Sqlite);
+        TestDb {
+            store,
+            url,
+            _guard: Guard::Sqlite(dir),
+        }
+    }
+
+    /// A store on a fresh PostgreSQL database, or `None` (after a note) when
+    /// PostgreSQL is unreachable and not required.
+    fn postgres() -> Option<TestDb> {
+        let database = PgDatabase::create()?;
+        let store = Store::open(&database.url, POOL_SIZE).expect("open postgres store");
+        assert_eq!(store.backend(), Backend::Postgres);
+        Some(TestDb {
+            store,
+            url: database.url.clone(),
+            _guard: Guard::Postgres(database),
+        })
+    }
+}
+
+impl PgDatabase {
+    fn create() -> Option<PgDatabase> {
+        let admin_url = std::env::var("CERTMINT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let required = std::env::var("CERTMINT_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        let mut admin = match PgConnection::establish(&admin_url) {
+            Ok(conn) => conn,
+            Err(e) if required => {
+                panic!("CERTMINT_REQUIRE_POSTGRES=1 but PostgreSQL is unreachable: {e}")
+            }
+            Err(e) => {
+                eprintln!("note: skipping the PostgreSQL half of this test: {e}");
+                return None;
+            }
+        };
+        SWEEP.call_once(|| sweep_stale_databases(&mut admin));
+        let mut random = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .expect("random");
+        let created = OffsetDateTime::now_utc().unix_timestamp();
+        let name = format!("{TEST_DATABASE_PREFIX}{created}_{}", hex::encode(random));
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let (base, query) = match admin_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let (server, _) = base
+            .rsplit_once('/')
+            .filter(|(server, _)| server.contains("://") && !server.ends_with('/'))
+            .expect("CERTMINT_TEST_POSTGRES_URL must name a database");
+        let url = format!("{server}/{name}{query}");
+        Some(PgDatabase {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+/// Test databases are named `certmint_t_<unix seconds>_<random hex>`.
+const TEST_DATABASE_PREFIX: &str = "certmint_t_";
+/// Age after which a test database is a leftover of a killed run.
+const STALE_AFTER_SECONDS: i64 = 3600;
+static SWEEP: std::sync::Once = std::sync::Once::new();
+
+/// Drops test databases that killed runs left behind (old enough that no
+/// live test, in this process or another, can still be using them).
+fn sweep_stale_databases(admin: &mut PgConnection) {
+    let Ok(rows) = diesel::sql_query(
+        "SELECT datname::text AS name FROM pg_database WHERE datname LIKE 'certmint\\_t\\_%'",
+    )
+    .load::<NamedThing>(admin) else {
+        return;
+    };
+    let cutoff = OffsetDateTime::now_utc().unix_timestamp() - STALE_AFTER_SECONDS;
+    for NamedThing { name } in rows {
+        let created = name
+            .strip_prefix(TEST_DATABASE_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(created, _)| created.parse::<i64>().ok());
+        let is_test_name = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if is_test_name && created.is_some_and(|created| created < cutoff) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        match PgConnection::establish(&self.admin_url) {
+            Ok(mut admin) => {
+                if let Err(e) = admin.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                )) {
+                    eprintln!("note: could not drop test database {}: {e}", self.name);
+                }
+            }
+            Err(e) => eprintln!("note: could not drop test database {}: {e}", self.name),
+        }
+    }
+}
+
+#[derive(QueryableByName, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct NamedThing {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+/// Instantiates each named test body once per back end.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&super::TestDb::sqlite());
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(db) = super::TestDb::postgres() {
+                        super::$name(&db);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+mod audit;
+mod backends;
+mod ca;
+mod certificates;
+mod issuance;
+mod paging;
+mod policies;
+mod provisioners;
+mod recovery;
+mod renewals;
+mod tokens;
+
+// ---------------------------------------------------------------- helpers
+
+fn spec(name: &str) -> PolicySpec {
+    PolicySpec {
+        name: name.to_owned(),
+        description: format!("{name} policy"),
+        allowed: AllowedNames {
+            dns: vec![format!("*.{name}.svc.cluster.local")],
+            ip: vec!["10.20.0.0/16".to_owned()],
+            uri: Vec::new(),
+        },
+        key_types: vec!["ec-p256".to_owned()],
+        ttl: TtlBounds {
+            default: "24h".parse().expect("duration"),
+            max: "72h".parse().expect("duration"),
+        },
+        extended_key_usage: vec!["client_auth".to_owned()],
+        renewal: RenewalRules::default(),
+        allow_wildcard_certificates: false,
+        enabled: true,
+    }
+}
+
+fn identity(name: &str) -> Identity {
+    Identity {
+        dns: vec![format!("{name}.payments.svc.cluster.local")],
+        ip: Vec::new(),
+        uri: Vec::new(),
+    }
+}
+
+fn token(store: &Store, id: &str, max_uses: u32, expires_at: OffsetDateTime) {
+    let new = NewToken {
+        id: id.to_owned(),
+        policy: "payments".to_owned(),
+        identity: identity(id),
+        max_uses,
+        expires_at,
+    };
+    let info = store.insert_token(&new, ACTOR, NOW).expect("insert token");
+    assert_eq!((info.uses, info.max_uses), (0, max_uses));
+}
+
+fn new_cert(serial: &str, policy: &str, token_id: Option<&str>) -> NewCertificate {
+    NewCertificate {
+        serial: serial.to_owned(),
+        policy: policy.to_owned(),
+        policy_version: 1,
+        identity: identity(serial),
+        key_type: KeyType::EcP256,
+        subject_key_sha256: "ab".repeat(32),
+        not_before: NOW - Duration::minutes(5),
+        not_after: NOW + Duration::days(1),
+        tbs_der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+        token_id: token_id.map(str::to_owned),
+        predecessor: None,
+        chain_started_at: NOW,
+        require_current_policy: false,
+    }
+}
+
+/// Begins and completes issuance of `cert`.
+fn issue(store: &Store, cert: &NewCertificate) {
+    store
+        .begin_issuance(cert, cert.token_id.as_deref(), ACTOR, NOW)
+        .expect("begin issuance");
+    store
+        .complete_issuance(
+            &cert.serial,
+            cert.predecessor.as_deref(),
+            &fake_der(&cert.serial),
+            NOW,
+        )
+        .expect("complete issuance");
+}
+
+fn fake_der(serial: &str) -> Vec<u8> {
+    let mut der = vec![0x30, 0x0a];
+    der.extend_from_slice(serial.as_bytes());
+    der
+}
+
+fn serial(n: usize) -> String {
+    format!("{n:032x}")
+}
+
+fn uses(store: &Store, id: &str) -> u32 {
+    store
+        .token(id)
+        .expect("read token")
+        .expect("token exists")
+        .uses
+}
+
+/// Every audit event, read page by page.
+fn all_audit(store: &Store) -> Vec<certmint::wire::AuditEvent> {
+    let mut events = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_audit(cursor.as_deref(), 4).expect("list audit");
+        events.extend(page.items);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return events,
+        }
+    }
+}
