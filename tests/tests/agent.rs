@@ -683,6 +683,60 @@ mod stop_during_enrollment {
         fn ok_sighup_during_a_renewal_does_not_renew_twice(backend: Backend) {
             sighup_during_a_renewal(backend);
         }
+
+        fn ok_agent_whose_answer_was_lost_gets_its_certificate_on_retry(backend: Backend) {
+            answer_lost_then_retried(backend);
+        }
+    }
+
+    /// The agent gives up on its first enrollment request (its request
+    /// timeout is shorter than the HSM's latency) while the server goes on
+    /// and issues, spending the single-use token. The retry sends the same
+    /// key and CSR, so the server knows it for the same client: it answers
+    /// `issuance.in_flight` while the first try is signing, then the
+    /// certificate it issued. A retry with a new key would get
+    /// `token.used`, and the workload could never enroll.
+    fn answer_lost_then_retried(backend: Backend) {
+        let server = TestServer::builder(backend)
+            .options(ServerOptions::default().token(Token::HsmSim))
+            .start();
+        run_test_on(
+            server.as_ref(),
+            "ok_agent_whose_answer_was_lost_gets_its_certificate_on_retry",
+            |server| {
+                let policy = workload_policy(server, "lost", "1h");
+                let dns = format!("w.{policy}.test");
+                let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+                let workload =
+                    Workload::new(server, &token.token, &[&dns], "request_timeout = \"1s\"");
+                let fault = server.hsm_sim(&["fault", "set", "--latency", "3s"]);
+                assert!(fault.success(), "{}", fault.text);
+                let run = workload.agent_once("60s");
+                let fault = server.hsm_sim(&["fault", "clear"]);
+                assert!(fault.success(), "{}", fault.text);
+                assert_eq!(run.code, Some(EXIT_OK), "{}", run.text);
+                assert!(
+                    run.text.contains("retrying"),
+                    "the first request was meant to time out:\n{}",
+                    run.text
+                );
+                let generation = workload.current().unwrap_or_else(|error| {
+                    panic!("no certificate in place: {error}\n{}", run.text)
+                });
+                let inventory: Vec<(String, CertificateStatus)> = server
+                    .certificates(&format!("policy={policy}"))
+                    .into_iter()
+                    .map(|info| (info.serial, info.status))
+                    .collect();
+                assert_eq!(
+                    inventory,
+                    vec![(generation.serial(), CertificateStatus::Issued)],
+                    "one certificate, the one the first try issued"
+                );
+                let response = server.admin_get(&format!("/v1/admin/tokens/{}", token.id));
+                assert_eq!(response.json::<TokenInfo>().uses, 1);
+            },
+        );
     }
 
     /// Starts a workload with a single-use token through `start`, sends

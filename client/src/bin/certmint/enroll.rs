@@ -30,7 +30,7 @@ use crate::agent::schedule::{self, Backoff};
 use crate::agent::stop::{
     self, finish_in_flight, unless_stopped, InFlight, StopRequests, StopSignals,
 };
-use crate::agent::workload::{Token, TrustSource, Workload, WorkloadError};
+use crate::agent::workload::{PendingEnrollment, Token, TrustSource, Workload, WorkloadError};
 use crate::exit::Exit;
 use crate::report;
 
@@ -175,6 +175,7 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
         names,
         request_timeout: args.timeout.to_std(),
         output: OutputDir::open_or_create(&args.out, args.group)?,
+        pending_enrollment: PendingEnrollment::default(),
     };
     let hooks = Hooks {
         command: (!args.reload_command.is_empty()).then_some(args.reload_command),

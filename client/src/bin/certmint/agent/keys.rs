@@ -113,6 +113,7 @@ pub fn subject_alt_names(names: &Identity) -> Result<Vec<SanType>, KeyError> {
 }
 
 /// A fresh key and the CSR for it.
+#[derive(Clone)]
 pub struct KeyAndCsr {
     /// PKCS#10 request, PEM.
     pub csr_pem: String,

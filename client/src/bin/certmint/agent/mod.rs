@@ -60,7 +60,9 @@ use hooks::Hooks;
 use output::{Meta, OutputDir, OutputError};
 use schedule::Backoff;
 use stop::{finish_in_flight, unless_stopped, InFlight, StopRequests as _, StopSignals};
-use workload::{Installed, OnDisk, ReadyGeneration, Session, Token, Workload, WorkloadError};
+use workload::{
+    Installed, OnDisk, PendingEnrollment, ReadyGeneration, Session, Token, Workload, WorkloadError,
+};
 
 /// The longest single sleep: the agent wakes up at least this often to
 /// look at the files and the clock again (suspend/resume, clock steps,
@@ -127,6 +129,7 @@ pub async fn run(args: Args) -> Exit {
             names: config.names.clone(),
             request_timeout: config.request_timeout,
             output,
+            pending_enrollment: PendingEnrollment::default(),
         },
         hooks,
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),

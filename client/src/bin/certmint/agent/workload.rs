@@ -28,7 +28,7 @@ use der::{Decode as _, Encode as _};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::agent::keys::{self, KeyError};
+use crate::agent::keys::{self, KeyAndCsr, KeyError};
 use crate::agent::output::{Generation, Meta, OutputDir, OutputError};
 use crate::exit::Exit;
 
@@ -152,6 +152,78 @@ pub struct Workload {
     pub request_timeout: StdDuration,
     /// Where the files go.
     pub output: OutputDir,
+    /// The key and CSR of the enrollment in progress.
+    pub pending_enrollment: PendingEnrollment,
+}
+
+/// The key and CSR of an enrollment that has not been answered yet, kept
+/// across its retries: a retry after a lost response or a server crash must
+/// ask for the same key, because that is how the server knows the retry
+/// for the earlier try. It answers with the certificate it already issued
+/// to that key, or, once the earlier try is reconciled, issues with the
+/// token use given back. A new key each time would find the single-use
+/// token spent (`token.used`). Forgotten once the server answers with a
+/// certificate or a final refusal, or when the token changes.
+///
+/// Clones share the pending key: they are the same workload.
+#[derive(Clone, Default)]
+pub struct PendingEnrollment {
+    current: std::sync::Arc<std::sync::Mutex<Option<KeyForToken>>>,
+}
+
+/// A key and CSR, and the SHA-256 of the token they were made for.
+#[derive(Clone)]
+struct KeyForToken {
+    token_sha256: Vec<u8>,
+    key: KeyAndCsr,
+}
+
+impl fmt::Debug for PendingEnrollment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key; whether one is pending is all a log needs.
+        let pending = self.current.lock().is_ok_and(|current| current.is_some());
+        f.debug_struct("PendingEnrollment")
+            .field("pending", &pending)
+            .finish()
+    }
+}
+
+impl PendingEnrollment {
+    /// The key and CSR to send with `token`: the pending ones when they
+    /// were made for this token, else new ones.
+    fn for_token(
+        &self,
+        token: &Token,
+        key_type: KeyType,
+        names: &Identity,
+    ) -> Result<KeyAndCsr, WorkloadError> {
+        let token_hash = ring::digest::digest(&ring::digest::SHA256, token.0.as_bytes())
+            .as_ref()
+            .to_vec();
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pending) = current.as_ref() {
+            if pending.token_sha256 == token_hash {
+                return Ok(pending.key.clone());
+            }
+        }
+        let fresh = keys::fresh_key_and_csr(key_type, names)?;
+        *current = Some(KeyForToken {
+            token_sha256: token_hash,
+            key: fresh.clone(),
+        });
+        Ok(fresh)
+    }
+
+    /// The server answered for good: the next enrollment starts afresh.
+    fn forget(&self) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
 }
 
 /// A connected client and the anchors it trusts.
@@ -267,16 +339,24 @@ impl Workload {
         }
     }
 
-    /// `POST /v1/enroll` with a fresh key; installs and returns the result.
+    /// `POST /v1/enroll` with a new key, or with the key of this token's
+    /// earlier try that got no answer ([`PendingEnrollment`]); installs and
+    /// returns the result.
     pub async fn enroll(&self, session: &Session, token: &Token) -> Result<Meta, WorkloadError> {
-        let fresh = keys::fresh_key_and_csr(self.key_type, &self.names)?;
+        let attempt = self
+            .pending_enrollment
+            .for_token(token, self.key_type, &self.names)?;
         let request = EnrollRequest {
-            csr: fresh.csr_pem,
+            csr: attempt.csr_pem,
             token: token.0.clone(),
             ttl: self.ttl,
         };
-        let bundle = session.client.enroll(&request).await?;
-        self.install(session, &fresh.key_pem, &self.names, &bundle)
+        let answer = session.client.enroll(&request).await;
+        match &answer {
+            Err(error) if error.is_transient() => {}
+            _ => self.pending_enrollment.forget(),
+        }
+        self.install(session, &attempt.key_pem, &self.names, &answer?)
     }
 
     /// `POST /v1/renew` as the holder of `current`, with a fresh key for
@@ -568,6 +648,53 @@ pub fn key_fingerprint(cert_pem: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names() -> Identity {
+        Identity {
+            dns: vec!["retry.test".into()],
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn ok_retries_with_the_same_token_send_the_same_key_and_csr() {
+        let pending = PendingEnrollment::default();
+        let token = Token("header.claims.signature".into());
+        let first = pending
+            .for_token(&token, KeyType::EcP256, &names())
+            .expect("a key");
+        let retry = pending
+            .for_token(&token, KeyType::EcP256, &names())
+            .expect("the same key");
+        assert_eq!(first.csr_pem, retry.csr_pem);
+        assert_eq!(first.key_pem, retry.key_pem);
+        // A clone is the same workload: it retries with the same key too.
+        let shared = pending.clone();
+        let from_clone = shared
+            .for_token(&token, KeyType::EcP256, &names())
+            .expect("the same key");
+        assert_eq!(first.key_pem, from_clone.key_pem);
+    }
+
+    #[test]
+    fn ok_another_token_or_an_answer_starts_with_a_new_key() {
+        let pending = PendingEnrollment::default();
+        let token = Token("header.claims.signature".into());
+        let first = pending
+            .for_token(&token, KeyType::EcP256, &names())
+            .expect("a key");
+        let other_token = Token("header.other-claims.signature".into());
+        let for_other = pending
+            .for_token(&other_token, KeyType::EcP256, &names())
+            .expect("a key");
+        assert_ne!(first.key_pem, for_other.key_pem);
+        pending.forget();
+        let after_answer = pending
+            .for_token(&other_token, KeyType::EcP256, &names())
+            .expect("a key");
+        assert_ne!(for_other.key_pem, after_answer.key_pem);
+        assert!(!format!("{pending:?}").contains("PRIVATE"), "{pending:?}");
+    }
 
     /// A throwaway CA issuing one leaf for `names` (tests of the checks).
     fn ca_and_leaf(names: &[&str], validity_days: (i64, i64)) -> (String, String, String, String) {
