@@ -88,6 +88,8 @@ macro_rules! backend_tests {
     };
     (@run $module:ident, $variant:ident, $run:path, $($name:ident),*) => {
         mod $module {
+            #[allow(unused_imports, reason = "for `run`, which may or may not be named through the invoking module")]
+            use super::*;
             $(
                 #[test]
                 fn $name() {

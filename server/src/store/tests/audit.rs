@@ -2,7 +2,9 @@
 
 use super::*;
 
-backend_tests!(audit_chain_verifies_and_detects_tampering,);
+backend_tests!(
+    run = TestDb::run;
+    audit_chain_verifies_and_detects_tampering,);
 
 fn audit_chain_verifies_and_detects_tampering(db: &TestDb) {
     let store = &db.store;

@@ -5,7 +5,9 @@ use std::sync::Barrier;
 
 use super::*;
 
-backend_tests!(open_pings_and_reopens);
+backend_tests!(
+    run = TestDb::run;
+    open_pings_and_reopens);
 
 fn open_pings_and_reopens(db: &TestDb) {
     db.store.ping().expect("ping");

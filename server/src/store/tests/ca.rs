@@ -3,6 +3,7 @@
 use super::*;
 
 backend_tests!(
+    run = TestDb::run;
     ca_state_once_and_external_import,
     ca_key_reservations_hold_until_the_ca_is_recorded,
     one_init_at_a_time,

@@ -3,6 +3,7 @@
 use super::*;
 
 backend_tests!(
+    run = TestDb::run;
     certificate_read_has_pem_once_issued,
     inventory_filters,
     fail_revoke_twice,

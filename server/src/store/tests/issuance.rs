@@ -4,6 +4,7 @@
 use super::*;
 
 backend_tests!(
+    run = TestDb::run;
     fail_serial_collision_consumes_nothing,
     fail_policy_version_superseded_by_a_write_in_flight_elsewhere,
     fail_superseded_policy_version_consumes_nothing,

@@ -1,12 +1,14 @@
 //! The store suite: one body per behaviour, run on SQLite and PostgreSQL by
-//! `backend_tests!`.
+//! the end-to-end harness's `backend_tests!` (its `run = TestDb::run` form),
+//! so the whole project has one way of running a body per back end.
 //!
 //! SQLite gets a fresh file in a temporary directory per test. PostgreSQL
-//! gets a fresh database `certmint_t_<random hex>` created through
-//! `CERTMINT_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`) and dropped afterwards. When
-//! PostgreSQL cannot be reached the PostgreSQL half prints a note and passes,
-//! unless `CERTMINT_REQUIRE_POSTGRES=1`, which makes it fail.
+//! gets a fresh database from the harness's `TestDatabase` (created through
+//! `CERTMINT_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`, dropped afterwards, leftovers
+//! of killed runs swept). When PostgreSQL cannot be reached the PostgreSQL
+//! half prints a note and passes, unless `CERTMINT_REQUIRE_POSTGRES=1`,
+//! which makes it fail.
 //!
 //! One file per area; each instantiates its bodies with `backend_tests!`.
 
@@ -17,7 +19,6 @@ use certmint::wire::{
     TtlBounds,
 };
 use diesel::connection::SimpleConnection;
-use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
 use time::macros::datetime;
@@ -28,7 +29,6 @@ use super::*;
 use crate::audit::{self as chain};
 use certmint::audit::{verify_chain, ChainBreak};
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const POOL_SIZE: u32 = 8;
 const NOW: OffsetDateTime = datetime!(2026-01-01 12:00:00 UTC);
 const ACTOR: &str = "admin:test";
@@ -46,14 +46,7 @@ struct TestDb {
 /// Owns the database's lifetime; only its `Drop` matters.
 enum Guard {
     Sqlite(#[expect(dead_code, reason = "held for its Drop")] tempfile::TempDir),
-    Postgres(#[expect(dead_code, reason = "held for its Drop")] PgDatabase),
-}
-
-/// A PostgreSQL database that is dropped with this value.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
+    Postgres(#[expect(dead_code, reason = "held for its Drop")] certmint_e2e::TestDatabase),
 }
 
 impl TestDb {
@@ -72,134 +65,46 @@ impl TestDb {
     /// A store on a fresh PostgreSQL database, or `None` (after a note) when
     /// PostgreSQL is unreachable and not required.
     fn postgres() -> Option<TestDb> {
-        let database = PgDatabase::create()?;
-        let store = Store::open(&database.url, POOL_SIZE).expect("open postgres store");
-        assert_eq!(store.backend(), Backend::Postgres);
-        Some(TestDb {
-            store,
-            url: database.url.clone(),
-            _guard: Guard::Postgres(database),
-        })
-    }
-}
-
-impl PgDatabase {
-    fn create() -> Option<PgDatabase> {
-        let admin_url = std::env::var("CERTMINT_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-        let required = std::env::var("CERTMINT_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-        let mut admin = match PgConnection::establish(&admin_url) {
-            Ok(conn) => conn,
-            Err(e) if required => {
-                panic!("CERTMINT_REQUIRE_POSTGRES=1 but PostgreSQL is unreachable: {e}")
-            }
-            Err(e) => {
-                eprintln!("note: skipping the PostgreSQL half of this test: {e}");
+        // Panics by itself when PostgreSQL is required and unreachable.
+        let database = match certmint_e2e::TestDatabase::create() {
+            Ok(database) => database,
+            Err(certmint_e2e::Skip(reason)) => {
+                eprintln!("note: skipping the PostgreSQL half of this test: {reason}");
                 return None;
             }
         };
-        SWEEP.call_once(|| sweep_stale_databases(&mut admin));
-        let mut random = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .expect("random");
-        let created = OffsetDateTime::now_utc().unix_timestamp();
-        let name = format!("{TEST_DATABASE_PREFIX}{created}_{}", hex::encode(random));
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create test database");
-        let (base, query) = match admin_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (admin_url.as_str(), String::new()),
-        };
-        let (server, _) = base
-            .rsplit_once('/')
-            .filter(|(server, _)| server.contains("://") && !server.ends_with('/'))
-            .expect("CERTMINT_TEST_POSTGRES_URL must name a database");
-        let url = format!("{server}/{name}{query}");
-        Some(PgDatabase {
-            admin_url,
-            name,
+        let url = database.url().to_owned();
+        let store = Store::open(&url, POOL_SIZE).expect("open postgres store");
+        assert_eq!(store.backend(), Backend::Postgres);
+        Some(TestDb {
+            store,
             url,
+            _guard: Guard::Postgres(database),
         })
     }
-}
 
-/// Test databases are named `certmint_t_<unix seconds>_<random hex>`.
-const TEST_DATABASE_PREFIX: &str = "certmint_t_";
-/// Age after which a test database is a leftover of a killed run.
-const STALE_AFTER_SECONDS: i64 = 3600;
-static SWEEP: std::sync::Once = std::sync::Once::new();
-
-/// Drops test databases that killed runs left behind (old enough that no
-/// live test, in this process or another, can still be using them).
-fn sweep_stale_databases(admin: &mut PgConnection) {
-    let Ok(rows) = diesel::sql_query(
-        "SELECT datname::text AS name FROM pg_database WHERE datname LIKE 'certmint\\_t\\_%'",
-    )
-    .load::<NamedThing>(admin) else {
-        return;
-    };
-    let cutoff = OffsetDateTime::now_utc().unix_timestamp() - STALE_AFTER_SECONDS;
-    for NamedThing { name } in rows {
-        let created = name
-            .strip_prefix(TEST_DATABASE_PREFIX)
-            .and_then(|rest| rest.split_once('_'))
-            .and_then(|(created, _)| created.parse::<i64>().ok());
-        let is_test_name = name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if is_test_name && created.is_some_and(|created| created < cutoff) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        match PgConnection::establish(&self.admin_url) {
-            Ok(mut admin) => {
-                if let Err(e) = admin.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                )) {
-                    eprintln!("note: could not drop test database {}: {e}", self.name);
+    /// Runs `body` on a fresh store of `backend` (nothing when PostgreSQL
+    /// is skipped): what `backend_tests!(run = TestDb::run; …)` calls.
+    fn run(backend: certmint_e2e::Backend, body: fn(&TestDb)) {
+        match backend {
+            certmint_e2e::Backend::Sqlite => body(&TestDb::sqlite()),
+            certmint_e2e::Backend::Postgres => {
+                if let Some(db) = TestDb::postgres() {
+                    body(&db);
                 }
             }
-            Err(e) => eprintln!("note: could not drop test database {}: {e}", self.name),
         }
     }
 }
 
+/// A name a catalog query returns (schema parity).
 #[derive(QueryableByName, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct NamedThing {
     #[diesel(sql_type = Text)]
     name: String,
 }
 
-/// Instantiates each named test body once per back end.
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(&super::TestDb::sqlite());
-                }
-            )*
-        }
-
-        mod postgres {
-            $(
-                #[test]
-                fn $name() {
-                    if let Some(db) = super::TestDb::postgres() {
-                        super::$name(&db);
-                    }
-                }
-            )*
-        }
-    };
-}
+use certmint_e2e::backend_tests;
 
 mod audit;
 mod backends;

@@ -3,6 +3,7 @@
 use super::*;
 
 backend_tests!(
+    run = TestDb::run;
     list_policies_pages_with_cursor,
     list_tokens_and_certificates_page_with_cursor,
     fail_bad_cursor,

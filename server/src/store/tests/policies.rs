@@ -5,6 +5,7 @@ use std::sync::Barrier;
 use super::*;
 
 backend_tests!(
+    run = TestDb::run;
     policy_versions_create_replace_disable,
     concurrent_replaces_produce_distinct_versions,
 );

@@ -2,7 +2,9 @@
 
 use super::*;
 
-backend_tests!(provisioners_register_once_list_and_disable,);
+backend_tests!(
+    run = TestDb::run;
+    provisioners_register_once_list_and_disable,);
 
 fn provisioners_register_once_list_and_disable(db: &TestDb) {
     let store = &db.store;

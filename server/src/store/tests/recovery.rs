@@ -9,6 +9,7 @@ use super::*;
 use crate::audit::{CERTIFICATE_FAILED, CERTIFICATE_REDELIVERED};
 
 backend_tests!(
+    run = TestDb::run;
     reconcile_is_exactly_once_under_concurrent_replicas,
     fail_complete_issuance_after_reconciliation,
     used_up_token_recovery_redelivers_refunds_or_reports_in_flight,

@@ -4,6 +4,7 @@
 use super::*;
 
 backend_tests!(
+    run = TestDb::run;
     renewal_record_keeps_lineage,
     fail_renewal_of_a_predecessor_revoked_meanwhile,
     fail_renewal_whose_predecessor_is_revoked_while_it_is_signed,

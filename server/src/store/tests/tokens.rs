@@ -6,6 +6,7 @@ use std::sync::Barrier;
 use super::*;
 
 backend_tests!(
+    run = TestDb::run;
     single_use_token_raced_by_64_threads_issues_once,
     three_use_token_allows_exactly_three,
     fail_token_not_found_revoked_or_expired,
