@@ -18,10 +18,6 @@ use serde_json::Value;
 use crate::process::CommandOutput;
 use crate::{certmint_binary, der_to_pem, pem_chain, TestServer};
 
-/// The name this module used for [`CommandOutput`] before there was one
-/// type for every finished process; kept so tests written against it build.
-pub type CliOutput = CommandOutput;
-
 /// Runs `certmint <args>` with `env` added to a clean-ish environment (no
 /// inherited `CERTMINT_*` variables, so the developer's shell cannot change
 /// what a test means) and `stdin` on its standard input.

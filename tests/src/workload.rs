@@ -30,10 +30,6 @@ use crate::{certmint_binary, TestServer};
 /// How long a TLS exchange may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The name this module used for [`CommandOutput`] before there was one
-/// type for every finished process; kept so tests written against it build.
-pub type Run = CommandOutput;
-
 /// Runs `certmint <args>` to completion with extra environment.
 pub fn certmint(args: &[&str], env: &[(&str, &str)]) -> CommandOutput {
     run_certmint(Command::new(certmint_binary()), args, env)
