@@ -687,6 +687,67 @@ mod stop_during_enrollment {
         fn ok_agent_whose_answer_was_lost_gets_its_certificate_on_retry(backend: Backend) {
             answer_lost_then_retried(backend);
         }
+
+        fn ok_agent_restarted_after_a_lost_answer_gets_its_certificate(backend: Backend) {
+            answer_lost_then_restarted(backend);
+        }
+    }
+
+    /// Like [`answer_lost_then_retried`], but the agent gives up (its retry
+    /// budget is shorter than the signing) and exits before the server has
+    /// issued. The next start reads the unanswered enrollment's key from the
+    /// output directory and gets the certificate the first run's request
+    /// made; a new key would get `token.used`.
+    fn answer_lost_then_restarted(backend: Backend) {
+        let server = TestServer::builder(backend)
+            .options(ServerOptions::default().token(Token::HsmSim))
+            .start();
+        run_test_on(
+            server.as_ref(),
+            "ok_agent_restarted_after_a_lost_answer_gets_its_certificate",
+            |server| {
+                let policy = workload_policy(server, "restarted", "1h");
+                let dns = format!("w.{policy}.test");
+                let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+                let workload =
+                    Workload::new(server, &token.token, &[&dns], "request_timeout = \"1s\"");
+                let fault = server.hsm_sim(&["fault", "set", "--latency", "3s"]);
+                assert!(fault.success(), "{}", fault.text);
+                let first = workload.agent_once("1s");
+                assert_ne!(first.code, Some(EXIT_OK), "{}", first.text);
+                let fault = server.hsm_sim(&["fault", "clear"]);
+                assert!(fault.success(), "{}", fault.text);
+                let issued = format!("policy={policy}&status=issued");
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while server.certificates(&issued).is_empty() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the first run's request never issued"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+
+                let second = workload.agent_once("30s");
+                assert_eq!(second.code, Some(EXIT_OK), "{}", second.text);
+                let generation = workload.current().unwrap_or_else(|error| {
+                    panic!("no certificate in place: {error}\n{}", second.text)
+                });
+                let inventory: Vec<String> = server
+                    .certificates(&format!("policy={policy}"))
+                    .into_iter()
+                    .map(|info| info.serial)
+                    .collect();
+                assert_eq!(
+                    inventory,
+                    vec![generation.serial()],
+                    "the restarted agent installed the first run's certificate"
+                );
+                assert!(
+                    !workload.out.join("..pending-enrollment").exists(),
+                    "the answered enrollment's record is removed"
+                );
+            },
+        );
     }
 
     /// The agent gives up on its first enrollment request (its request

@@ -74,6 +74,12 @@ const GROUP_KEY_MODE: u32 = 0o640;
 /// restart can tell that they did not (a failure, or a crash or power loss
 /// between install and hook) and run them.
 const RELOADED_FILE: &str = "..reloaded";
+/// The key and CSR of an enrollment the server has not answered yet
+/// (`workload::PendingEnrollment`), so that a restarted `enroll` or agent
+/// retries with the same key. Owner-only, whatever the group setting:
+/// only certmint reads it. A file, never a directory, so pruning and
+/// access alignment (which only touch generation directories) leave it.
+const PENDING_ENROLLMENT_FILE: &str = "..pending-enrollment";
 /// Name of the file that proves, at start, that files can be given to the
 /// group (so an install never fails on it after the token is spent).
 const GROUP_PROBE: &str = "..group-probe.tmp";
@@ -496,6 +502,28 @@ impl OutputDir {
         self.write_synced(&tmp, format!("{serial}\n").as_bytes(), PUBLIC_MODE)?;
         let path = self.root.join(RELOADED_FILE);
         fs::rename(&tmp, &path).map_err(io_error("replace", &path))?;
+        sync_dir(&self.root)
+    }
+
+    /// The record of the enrollment not answered yet, if one is stored.
+    pub fn pending_enrollment(&self) -> Option<String> {
+        fs::read_to_string(self.root.join(PENDING_ENROLLMENT_FILE)).ok()
+    }
+
+    /// Stores the record of the enrollment about to be sent, replaced in
+    /// one rename and synced before the request leaves.
+    pub fn save_pending_enrollment(&self, record: &str) -> Result<(), OutputError> {
+        let tmp = self.root.join(format!("{PENDING_ENROLLMENT_FILE}.tmp"));
+        remove_if_present(&tmp)?;
+        self.write_synced(&tmp, record.as_bytes(), KEY_MODE)?;
+        let path = self.root.join(PENDING_ENROLLMENT_FILE);
+        fs::rename(&tmp, &path).map_err(io_error("replace", &path))?;
+        sync_dir(&self.root)
+    }
+
+    /// Removes the record once the server has answered for good.
+    pub fn forget_pending_enrollment(&self) -> Result<(), OutputError> {
+        remove_if_present(&self.root.join(PENDING_ENROLLMENT_FILE))?;
         sync_dir(&self.root)
     }
 

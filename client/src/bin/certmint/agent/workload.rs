@@ -162,8 +162,13 @@ pub struct Workload {
 /// for the earlier try. It answers with the certificate it already issued
 /// to that key, or, once the earlier try is reconciled, issues with the
 /// token use given back. A new key each time would find the single-use
-/// token spent (`token.used`). Forgotten once the server answers with a
-/// certificate or a final refusal, or when the token changes.
+/// token spent (`token.used`).
+///
+/// Kept in memory and, owner-only, in the output directory
+/// ([`OutputDir::save_pending_enrollment`], written before the request
+/// leaves), so a restarted `enroll` or agent retries with the same key too.
+/// Forgotten once the server answers with a certificate or a final
+/// refusal; not used for another token or other names.
 ///
 /// Clones share the pending key: they are the same workload.
 #[derive(Clone, Default)]
@@ -171,11 +176,29 @@ pub struct PendingEnrollment {
     current: std::sync::Arc<std::sync::Mutex<Option<KeyForToken>>>,
 }
 
-/// A key and CSR, and the SHA-256 of the token they were made for.
-#[derive(Clone)]
+/// A key and CSR, and what they were made for.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct KeyForToken {
-    token_sha256: Vec<u8>,
-    key: KeyAndCsr,
+    /// SHA-256 of the token, hex (the token itself is never stored here).
+    token_sha256: String,
+    /// The names the CSR asks for.
+    names: Identity,
+    /// The key (secret) and its CSR.
+    csr_pem: String,
+    key_pem: String,
+}
+
+impl KeyForToken {
+    fn key(&self) -> KeyAndCsr {
+        KeyAndCsr {
+            csr_pem: self.csr_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+
+    fn is_for(&self, token_sha256: &str, names: &Identity) -> bool {
+        self.token_sha256 == token_sha256 && self.names.same_names(names)
+    }
 }
 
 impl fmt::Debug for PendingEnrollment {
@@ -189,40 +212,63 @@ impl fmt::Debug for PendingEnrollment {
 }
 
 impl PendingEnrollment {
-    /// The key and CSR to send with `token`: the pending ones when they
-    /// were made for this token, else new ones.
+    /// The key and CSR to send with `token`: the pending ones (in memory,
+    /// else in `output`) when they were made for this token and these
+    /// names, else new ones, stored before they are returned.
     fn for_token(
         &self,
         token: &Token,
         key_type: KeyType,
         names: &Identity,
+        output: &OutputDir,
     ) -> Result<KeyAndCsr, WorkloadError> {
-        let token_hash = ring::digest::digest(&ring::digest::SHA256, token.0.as_bytes())
-            .as_ref()
-            .to_vec();
+        let token_sha256 = hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            token.0.as_bytes(),
+        ));
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(pending) = current.as_ref() {
-            if pending.token_sha256 == token_hash {
-                return Ok(pending.key.clone());
-            }
+        if let Some(pending) = current.as_ref().filter(|p| p.is_for(&token_sha256, names)) {
+            return Ok(pending.key());
+        }
+        let stored = output
+            .pending_enrollment()
+            .and_then(|text| serde_json::from_str::<KeyForToken>(&text).ok())
+            .filter(|stored| stored.is_for(&token_sha256, names));
+        if let Some(stored) = stored {
+            tracing::info!("retrying the unanswered enrollment with the same key");
+            let key = stored.key();
+            *current = Some(stored);
+            return Ok(key);
         }
         let fresh = keys::fresh_key_and_csr(key_type, names)?;
-        *current = Some(KeyForToken {
-            token_sha256: token_hash,
-            key: fresh.clone(),
-        });
+        let record = KeyForToken {
+            token_sha256,
+            names: names.clone(),
+            csr_pem: fresh.csr_pem.clone(),
+            key_pem: fresh.key_pem.clone(),
+        };
+        let text = serde_json::to_string(&record).map_err(|error| {
+            WorkloadError::Usage(format!("cannot record the pending enrollment: {error}"))
+        })?;
+        output.save_pending_enrollment(&text)?;
+        *current = Some(record);
         Ok(fresh)
     }
 
     /// The server answered for good: the next enrollment starts afresh.
-    fn forget(&self) {
+    fn forget(&self, output: &OutputDir) {
         *self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        if let Err(error) = output.forget_pending_enrollment() {
+            // Harmless: a later enrollment with this token finds its own
+            // answer; one with another token ignores the record.
+            tracing::warn!(%error, "cannot remove the pending enrollment record");
+        }
     }
 }
 
@@ -343,9 +389,9 @@ impl Workload {
     /// earlier try that got no answer ([`PendingEnrollment`]); installs and
     /// returns the result.
     pub async fn enroll(&self, session: &Session, token: &Token) -> Result<Meta, WorkloadError> {
-        let attempt = self
-            .pending_enrollment
-            .for_token(token, self.key_type, &self.names)?;
+        let attempt =
+            self.pending_enrollment
+                .for_token(token, self.key_type, &self.names, &self.output)?;
         let request = EnrollRequest {
             csr: attempt.csr_pem,
             token: token.0.clone(),
@@ -354,7 +400,7 @@ impl Workload {
         let answer = session.client.enroll(&request).await;
         match &answer {
             Err(error) if error.is_transient() => {}
-            _ => self.pending_enrollment.forget(),
+            _ => self.pending_enrollment.forget(&self.output),
         }
         self.install(session, &attempt.key_pem, &self.names, &answer?)
     }
@@ -656,43 +702,74 @@ mod tests {
         }
     }
 
+    fn output_dir() -> (tempfile::TempDir, OutputDir) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let output = OutputDir::open_or_create(&dir.path().join("out"), None).expect("out");
+        (dir, output)
+    }
+
     #[test]
     fn ok_retries_with_the_same_token_send_the_same_key_and_csr() {
+        let (_dir, output) = output_dir();
         let pending = PendingEnrollment::default();
         let token = Token("header.claims.signature".into());
         let first = pending
-            .for_token(&token, KeyType::EcP256, &names())
+            .for_token(&token, KeyType::EcP256, &names(), &output)
             .expect("a key");
         let retry = pending
-            .for_token(&token, KeyType::EcP256, &names())
+            .for_token(&token, KeyType::EcP256, &names(), &output)
             .expect("the same key");
         assert_eq!(first.csr_pem, retry.csr_pem);
         assert_eq!(first.key_pem, retry.key_pem);
         // A clone is the same workload: it retries with the same key too.
-        let shared = pending.clone();
-        let from_clone = shared
-            .for_token(&token, KeyType::EcP256, &names())
+        let from_clone = pending
+            .clone()
+            .for_token(&token, KeyType::EcP256, &names(), &output)
             .expect("the same key");
         assert_eq!(first.key_pem, from_clone.key_pem);
+        // So does a restarted process, from the owner-only record.
+        let restarted = PendingEnrollment::default()
+            .for_token(&token, KeyType::EcP256, &names(), &output)
+            .expect("the same key");
+        assert_eq!(first.key_pem, restarted.key_pem);
+        let record = output.path("..pending-enrollment");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&record)
+                .expect("the record")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&record).expect("the record");
+        assert!(!text.contains(&token.0), "the token itself is not stored");
     }
 
     #[test]
-    fn ok_another_token_or_an_answer_starts_with_a_new_key() {
+    fn ok_another_token_other_names_or_an_answer_start_with_a_new_key() {
+        let (_dir, output) = output_dir();
         let pending = PendingEnrollment::default();
         let token = Token("header.claims.signature".into());
         let first = pending
-            .for_token(&token, KeyType::EcP256, &names())
+            .for_token(&token, KeyType::EcP256, &names(), &output)
             .expect("a key");
         let other_token = Token("header.other-claims.signature".into());
         let for_other = pending
-            .for_token(&other_token, KeyType::EcP256, &names())
+            .for_token(&other_token, KeyType::EcP256, &names(), &output)
             .expect("a key");
         assert_ne!(first.key_pem, for_other.key_pem);
-        pending.forget();
-        let after_answer = pending
-            .for_token(&other_token, KeyType::EcP256, &names())
+        let other_names = Identity {
+            dns: vec!["elsewhere.test".into()],
+            ..Identity::default()
+        };
+        let for_other_names = PendingEnrollment::default()
+            .for_token(&other_token, KeyType::EcP256, &other_names, &output)
             .expect("a key");
-        assert_ne!(for_other.key_pem, after_answer.key_pem);
+        assert_ne!(for_other.key_pem, for_other_names.key_pem);
+        pending.forget(&output);
+        assert!(output.pending_enrollment().is_none(), "the record is gone");
+        let after_answer = pending
+            .for_token(&other_token, KeyType::EcP256, &other_names, &output)
+            .expect("a key");
+        assert_ne!(for_other_names.key_pem, after_answer.key_pem);
         assert!(!format!("{pending:?}").contains("PRIVATE"), "{pending:?}");
     }
 
