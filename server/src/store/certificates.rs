@@ -292,20 +292,15 @@ impl Store {
             if updated != 1 {
                 return Err(not_pending(conn, &serial)?);
             }
-            let refunded = match &refund_token {
-                Some(token_id) => tokens::refund_use(conn, token_id)?,
-                None => false,
-            };
-            if refund_token.is_some() && !refunded {
-                tracing::warn!(cert.serial = %serial, "token use to refund not found");
-            }
-            let data = json!({
-                "failure": failure,
-                "refunded_token": refund_token.as_deref().filter(|_| refunded),
-            });
-            let event = NewAuditEvent::new(CERTIFICATE_FAILED, SYSTEM_ACTOR, &serial, data);
-            audit::append(conn, &event, now)?;
-            Ok(())
+            refund_and_audit_failure(
+                conn,
+                &serial,
+                &failure,
+                refund_token.as_deref(),
+                SYSTEM_ACTOR,
+                json!({}),
+                now,
+            )
         })
     }
 
@@ -551,6 +546,38 @@ fn confirm_still_issued(conn: &mut DbConnection, predecessor: &str) -> Result<()
             serial: predecessor.to_owned(),
         });
     }
+    Ok(())
+}
+
+/// What follows marking a pending row `failed` (a failed signing, or a
+/// reconciled crash): the token use it held is given back and
+/// `certificate.failed` is audited, with `extra`'s fields (an object)
+/// added to the event's data. Part of the caller's transaction.
+pub(super) fn refund_and_audit_failure(
+    conn: &mut DbConnection,
+    serial: &str,
+    failure: &str,
+    refund_token: Option<&str>,
+    actor: &str,
+    extra: serde_json::Value,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let refunded = match refund_token {
+        Some(token_id) => tokens::refund_use(conn, token_id)?,
+        None => false,
+    };
+    if refund_token.is_some() && !refunded {
+        tracing::warn!(cert.serial = %serial, "token use to refund not found");
+    }
+    let mut data = json!({
+        "failure": failure,
+        "refunded_token": refund_token.filter(|_| refunded),
+    });
+    if let (Some(data), serde_json::Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    let event = NewAuditEvent::new(CERTIFICATE_FAILED, actor, serial, data);
+    audit::append(conn, &event, now)?;
     Ok(())
 }
 

@@ -29,11 +29,11 @@ use diesel::prelude::*;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::certificates::{full_row, info_with_pem, status_name};
+use super::certificates::{full_row, info_with_pem, refund_and_audit_failure, status_name};
 use super::connection::DbConnection;
 use super::schema::certificates;
-use super::{audit, tokens, unix, Store, StoreError};
-use crate::audit::{NewAuditEvent, CERTIFICATE_FAILED, CERTIFICATE_REDELIVERED};
+use super::{audit, unix, Store, StoreError};
+use crate::audit::{NewAuditEvent, CERTIFICATE_REDELIVERED};
 
 /// Actor recorded for reconciliation events.
 const RECONCILER_ACTOR: &str = "system:reconciler";
@@ -244,21 +244,15 @@ fn reconcile_rows(
         if claimed != 1 {
             continue;
         }
-        let refunded = match &token {
-            Some(token) => tokens::refund_use(conn, token)?,
-            None => false,
-        };
-        if token.is_some() && !refunded {
-            tracing::warn!(cert.serial = %serial, "token use to refund not found");
-        }
-        let data = json!({
-            "failure": RECONCILED_FAILURE,
-            "refunded_token": token.as_deref().filter(|_| refunded),
-            "reconciled": true,
-            "pending_since_unix": created_at,
-        });
-        let event = NewAuditEvent::new(CERTIFICATE_FAILED, RECONCILER_ACTOR, &serial, data);
-        audit::append(conn, &event, now)?;
+        refund_and_audit_failure(
+            conn,
+            &serial,
+            RECONCILED_FAILURE,
+            token.as_deref(),
+            RECONCILER_ACTOR,
+            json!({ "reconciled": true, "pending_since_unix": created_at }),
+            now,
+        )?;
         reconciled += 1;
     }
     if reconciled > 0 {
