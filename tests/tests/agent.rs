@@ -693,6 +693,52 @@ mod stop_during_enrollment {
         }
     }
 
+    /// A workload with a single-use token whose requests time out (1 s)
+    /// before the HSM, slowed down to 3 s a signature, has signed: the
+    /// server issues what the agent no longer waits for. Returns the
+    /// policy, the token and the workload; clear the fault with
+    /// `hsm_faults(server, &["clear"])`.
+    fn slow_signing_workload(
+        server: &TestServer,
+        prefix: &str,
+    ) -> (String, certmint::wire::MintedToken, Workload) {
+        let policy = workload_policy(server, prefix, "1h");
+        let dns = format!("w.{policy}.test");
+        let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+        let workload = Workload::new(server, &token.token, &[&dns], "request_timeout = \"1s\"");
+        hsm_faults(server, &["set", "--latency", "3s"]);
+        (policy, token, workload)
+    }
+
+    /// `hsm-sim fault <args>` on the server's token; asserts it worked.
+    fn hsm_faults(server: &TestServer, args: &[&str]) {
+        let fault = server.hsm_sim(&[&["fault"], args].concat());
+        assert!(fault.success(), "{}", fault.text);
+    }
+
+    /// The policy's inventory is one issued certificate: the one `run`
+    /// installed in `workload`.
+    fn assert_only_certificate_is_installed(
+        server: &TestServer,
+        policy: &str,
+        workload: &Workload,
+        run: &certmint_e2e::CommandOutput,
+    ) {
+        let generation = workload
+            .current()
+            .unwrap_or_else(|error| panic!("no certificate in place: {error}\n{}", run.text));
+        let inventory: Vec<(String, CertificateStatus)> = server
+            .certificates(&format!("policy={policy}"))
+            .into_iter()
+            .map(|info| (info.serial, info.status))
+            .collect();
+        assert_eq!(
+            inventory,
+            vec![(generation.serial(), CertificateStatus::Issued)],
+            "one certificate, the one the first try issued, is installed"
+        );
+    }
+
     /// Like [`answer_lost_then_retried`], but the agent gives up (its retry
     /// budget is shorter than the signing) and exits before the server has
     /// issued. The next start reads the unanswered enrollment's key from the
@@ -706,17 +752,10 @@ mod stop_during_enrollment {
             server.as_ref(),
             "ok_agent_restarted_after_a_lost_answer_gets_its_certificate",
             |server| {
-                let policy = workload_policy(server, "restarted", "1h");
-                let dns = format!("w.{policy}.test");
-                let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
-                let workload =
-                    Workload::new(server, &token.token, &[&dns], "request_timeout = \"1s\"");
-                let fault = server.hsm_sim(&["fault", "set", "--latency", "3s"]);
-                assert!(fault.success(), "{}", fault.text);
+                let (policy, _token, workload) = slow_signing_workload(server, "restarted");
                 let first = workload.agent_once("1s");
+                hsm_faults(server, &["clear"]);
                 assert_ne!(first.code, Some(EXIT_OK), "{}", first.text);
-                let fault = server.hsm_sim(&["fault", "clear"]);
-                assert!(fault.success(), "{}", fault.text);
                 let issued = format!("policy={policy}&status=issued");
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
                 while server.certificates(&issued).is_empty() {
@@ -729,19 +768,7 @@ mod stop_during_enrollment {
 
                 let second = workload.agent_once("30s");
                 assert_eq!(second.code, Some(EXIT_OK), "{}", second.text);
-                let generation = workload.current().unwrap_or_else(|error| {
-                    panic!("no certificate in place: {error}\n{}", second.text)
-                });
-                let inventory: Vec<String> = server
-                    .certificates(&format!("policy={policy}"))
-                    .into_iter()
-                    .map(|info| info.serial)
-                    .collect();
-                assert_eq!(
-                    inventory,
-                    vec![generation.serial()],
-                    "the restarted agent installed the first run's certificate"
-                );
+                assert_only_certificate_is_installed(server, &policy, &workload, &second);
                 assert!(
                     !workload.out.join("..pending-enrollment").exists(),
                     "the answered enrollment's record is removed"
@@ -765,35 +792,16 @@ mod stop_during_enrollment {
             server.as_ref(),
             "ok_agent_whose_answer_was_lost_gets_its_certificate_on_retry",
             |server| {
-                let policy = workload_policy(server, "lost", "1h");
-                let dns = format!("w.{policy}.test");
-                let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
-                let workload =
-                    Workload::new(server, &token.token, &[&dns], "request_timeout = \"1s\"");
-                let fault = server.hsm_sim(&["fault", "set", "--latency", "3s"]);
-                assert!(fault.success(), "{}", fault.text);
+                let (policy, token, workload) = slow_signing_workload(server, "lost");
                 let run = workload.agent_once("60s");
-                let fault = server.hsm_sim(&["fault", "clear"]);
-                assert!(fault.success(), "{}", fault.text);
+                hsm_faults(server, &["clear"]);
                 assert_eq!(run.code, Some(EXIT_OK), "{}", run.text);
                 assert!(
                     run.text.contains("retrying"),
                     "the first request was meant to time out:\n{}",
                     run.text
                 );
-                let generation = workload.current().unwrap_or_else(|error| {
-                    panic!("no certificate in place: {error}\n{}", run.text)
-                });
-                let inventory: Vec<(String, CertificateStatus)> = server
-                    .certificates(&format!("policy={policy}"))
-                    .into_iter()
-                    .map(|info| (info.serial, info.status))
-                    .collect();
-                assert_eq!(
-                    inventory,
-                    vec![(generation.serial(), CertificateStatus::Issued)],
-                    "one certificate, the one the first try issued"
-                );
+                assert_only_certificate_is_installed(server, &policy, &workload, &run);
                 let response = server.admin_get(&format!("/v1/admin/tokens/{}", token.id));
                 assert_eq!(response.json::<TokenInfo>().uses, 1);
             },

@@ -702,6 +702,18 @@ mod tests {
         }
     }
 
+    /// The key `pending` gives for `token` and `names`, as `enroll` asks.
+    fn key_for(
+        pending: &PendingEnrollment,
+        token: &Token,
+        names: &Identity,
+        output: &OutputDir,
+    ) -> KeyAndCsr {
+        pending
+            .for_token(token, KeyType::EcP256, names, output)
+            .expect("a key")
+    }
+
     fn output_dir() -> (tempfile::TempDir, OutputDir) {
         let dir = tempfile::tempdir().expect("temporary directory");
         let output = OutputDir::open_or_create(&dir.path().join("out"), None).expect("out");
@@ -713,24 +725,15 @@ mod tests {
         let (_dir, output) = output_dir();
         let pending = PendingEnrollment::default();
         let token = Token("header.claims.signature".into());
-        let first = pending
-            .for_token(&token, KeyType::EcP256, &names(), &output)
-            .expect("a key");
-        let retry = pending
-            .for_token(&token, KeyType::EcP256, &names(), &output)
-            .expect("the same key");
+        let first = key_for(&pending, &token, &names(), &output);
+        let retry = key_for(&pending, &token, &names(), &output);
         assert_eq!(first.csr_pem, retry.csr_pem);
         assert_eq!(first.key_pem, retry.key_pem);
         // A clone is the same workload: it retries with the same key too.
-        let from_clone = pending
-            .clone()
-            .for_token(&token, KeyType::EcP256, &names(), &output)
-            .expect("the same key");
+        let from_clone = key_for(&pending.clone(), &token, &names(), &output);
         assert_eq!(first.key_pem, from_clone.key_pem);
         // So does a restarted process, from the owner-only record.
-        let restarted = PendingEnrollment::default()
-            .for_token(&token, KeyType::EcP256, &names(), &output)
-            .expect("the same key");
+        let restarted = key_for(&PendingEnrollment::default(), &token, &names(), &output);
         assert_eq!(first.key_pem, restarted.key_pem);
         let record = output.path("..pending-enrollment");
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -748,27 +751,24 @@ mod tests {
         let (_dir, output) = output_dir();
         let pending = PendingEnrollment::default();
         let token = Token("header.claims.signature".into());
-        let first = pending
-            .for_token(&token, KeyType::EcP256, &names(), &output)
-            .expect("a key");
+        let first = key_for(&pending, &token, &names(), &output);
         let other_token = Token("header.other-claims.signature".into());
-        let for_other = pending
-            .for_token(&other_token, KeyType::EcP256, &names(), &output)
-            .expect("a key");
+        let for_other = key_for(&pending, &other_token, &names(), &output);
         assert_ne!(first.key_pem, for_other.key_pem);
         let other_names = Identity {
             dns: vec!["elsewhere.test".into()],
             ..Identity::default()
         };
-        let for_other_names = PendingEnrollment::default()
-            .for_token(&other_token, KeyType::EcP256, &other_names, &output)
-            .expect("a key");
+        let for_other_names = key_for(
+            &PendingEnrollment::default(),
+            &other_token,
+            &other_names,
+            &output,
+        );
         assert_ne!(for_other.key_pem, for_other_names.key_pem);
         pending.forget(&output);
         assert!(output.pending_enrollment().is_none(), "the record is gone");
-        let after_answer = pending
-            .for_token(&other_token, KeyType::EcP256, &other_names, &output)
-            .expect("a key");
+        let after_answer = key_for(&pending, &other_token, &other_names, &output);
         assert_ne!(for_other_names.key_pem, after_answer.key_pem);
         assert!(!format!("{pending:?}").contains("PRIVATE"), "{pending:?}");
     }
