@@ -530,12 +530,71 @@ impl RevocationReason {
     }
 }
 
+/// Which certificates a CRL covers (its Issuing Distribution Point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrlScope {
+    /// Leaf certificates of an issuing CA (`onlyContainsUserCerts`).
+    UserCerts,
+    /// CA certificates signed by a root (`onlyContainsCACerts`).
+    CaCerts,
+}
+
+/// `GET /v1/crls`: the latest CRL of every shard of every issuer this server
+/// signs for. Every replica on one database answers the same list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlIndex {
+    /// One entry per (issuer, shard), issuer then shard order.
+    pub crls: Vec<CrlSummary>,
+}
+
+/// One current CRL, as listed by `GET /v1/crls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlSummary {
+    /// Lower-case hex of the issuer's subject key identifier: the CRL's
+    /// authority key identifier, and the path segment of its URL.
+    pub issuer_key_id: String,
+    /// The issuer's subject, RFC 4514 string.
+    pub issuer_subject: String,
+    /// Shard number within the issuer.
+    pub shard: u32,
+    /// What the CRL covers.
+    pub scope: CrlScope,
+    /// The CRL number (strictly increasing per issuer, across replicas).
+    pub number: u64,
+    /// thisUpdate.
+    #[serde(with = "time::serde::rfc3339")]
+    pub this_update: OffsetDateTime,
+    /// nextUpdate.
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_update: OffsetDateTime,
+    /// How many certificates it lists.
+    pub revoked: u64,
+    /// Server-relative path of the DER CRL, e.g. `/crl/<issuer_key_id>/3.crl`,
+    /// served on the HTTPS API and on the plain-HTTP CRL listener.
+    pub path: String,
+    /// The distribution point URL the CRL and its certificates carry.
+    pub url: String,
+    /// `sha256:<hex>` of the DER: also the strong `ETag` of `path`
+    /// (quoted there), so a client computes it from the CRL it holds.
+    pub sha256: String,
+}
+
 /// `POST /v1/admin/certificates/{serial}/revoke` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeRequest {
     /// Why; `unspecified` when absent.
     #[serde(default = "default_reason")]
     pub reason: RevocationReason,
+    /// When the key is known or suspected to have been compromised (the
+    /// CRL entry's invalidityDate); only with `key_compromise`, and not in
+    /// the future.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub invalidity_date: Option<OffsetDateTime>,
 }
 
 fn default_reason() -> RevocationReason {

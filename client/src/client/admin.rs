@@ -455,6 +455,7 @@ mod tests {
         );
         let revoke = RevokeRequest {
             reason: crate::wire::RevocationReason::KeyCompromise,
+            invalidity_date: None,
         };
         let request = AdminRequest::revoke_certificate("0aFF", &revoke).unwrap();
         assert_eq!(request.method(), Method::POST);

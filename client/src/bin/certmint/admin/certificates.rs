@@ -97,7 +97,10 @@ pub(super) async fn run(context: &Context, command: CertificateCommand) -> Resul
             Ok(Exit::Ok)
         }
         CertificateCommand::Revoke { serial, reason } => {
-            let request = RevokeRequest { reason };
+            let request = RevokeRequest {
+                reason,
+                invalidity_date: None,
+            };
             let (certificate, raw): (CertificateInfo, Value) = context
                 .fetch(&AdminRequest::revoke_certificate(&serial, &request)?)
                 .await?;
