@@ -994,6 +994,30 @@ mod tests {
     }
 
     #[test]
+    fn fail_dates_before_1970() {
+        let issuer = Issuer::software();
+        let before = datetime!(1969-12-31 23:59:59 UTC);
+        let template = issuer.template(
+            CrlScope::UserCerts,
+            vec![CrlEntry {
+                invalidity_date: Some(before),
+                ..entry(&[0x01], RevocationReason::KeyCompromise)
+            }],
+        );
+        let error = prepare(&template, issuer.signer.as_ref()).expect_err("1969");
+        assert!(
+            matches!(&error, CrlError::Template(message) if message.contains("invalidityDate")),
+            "{error}"
+        );
+        let mut template = issuer.template(CrlScope::UserCerts, Vec::new());
+        template.this_update = before;
+        assert!(matches!(
+            prepare(&template, issuer.signer.as_ref()),
+            Err(CrlError::Template(_))
+        ));
+    }
+
+    #[test]
     fn fail_bad_distribution_point_or_key_identifier() {
         let issuer = Issuer::software();
         let mut template = issuer.template(CrlScope::UserCerts, Vec::new());
