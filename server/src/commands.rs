@@ -849,7 +849,12 @@ fn crl_issuers(
 ) -> Result<Vec<CrlIssuer>, CommandError> {
     let mut issuers = vec![CrlIssuer {
         key_id: loaded.issuing.key_id.clone(),
-        name: loaded.issuing.certificate.tbs_certificate().subject().clone(),
+        name: loaded
+            .issuing
+            .certificate
+            .tbs_certificate()
+            .subject()
+            .clone(),
         signer: loaded.issuing.signer.clone(),
         scope: CrlScope::UserCerts,
         shards: config.crl.shards,
