@@ -197,7 +197,9 @@ impl HolderCertificateVerifier {
             cert.serial = presented.serial.as_deref(),
             cert.not_after = presented.not_after.as_deref(),
             cert.sha256 = presented.sha256.as_str(),
-            error = %error,
+            // Bounded too: webpki's context lists what the certificate
+            // presents (every EKU, say), and the client chose that.
+            error = bounded(&error.to_string()).as_str(),
             "client certificate refused in the TLS handshake"
         );
         error
@@ -1096,6 +1098,21 @@ mod tests {
             presented.sans.as_deref(),
             Some("dns:n0.example, dns:n1.example, dns:n2.example, dns:n3.example, +6 more")
         );
+    }
+
+    #[test]
+    fn ok_a_long_error_context_is_bounded_in_the_log() {
+        // webpki's wrong-EKU error lists every EKU the certificate has.
+        let ca = test_ca("root");
+        let der = leaf(&ca, |params| {
+            params.extended_key_usages = (0..100)
+                .map(|n| ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 4, 1, 99_999, n]))
+                .collect();
+        });
+        let (_, changed, line) = refusal_of(&ca, &der);
+        assert_eq!(changed, vec![(HandshakeFailure::WrongEku, 1)]);
+        let error = line["error"].as_str().expect("error");
+        assert_eq!(error.chars().count(), LOG_FIELD_CHARS + 1, "{error}");
     }
 
     #[test]
