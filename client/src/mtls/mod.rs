@@ -29,9 +29,10 @@
 //!   parse, a key that does not belong to its certificate, a CRL file that
 //!   vanished or lost every CRL: the last good state stays and one warning
 //!   is logged. Once CRLs are in force they stay in force.
-//! - Sessions made under an older state are not resumed: every installed
-//!   change empties the session caches, so a peer revoked by a new CRL must
-//!   do a full handshake, and fails it.
+//! - By default no session is resumed, so every connection is checked
+//!   against the CRLs of its moment. With resumption enabled, every
+//!   installed change empties the session caches (best effort: see
+//!   [`SessionResumption::Enabled`]).
 //! - No private key material reaches an error or a log line.
 
 mod files;
@@ -145,6 +146,9 @@ pub struct MtlsOptions {
     /// Whether a CRL file must be present when the configuration is built.
     /// Default [`CrlRequirement::Optional`].
     pub crl_requirement: CrlRequirement,
+    /// Whether TLS sessions may be resumed. Default
+    /// [`SessionResumption::Disabled`].
+    pub session_resumption: SessionResumption,
     /// ALPN protocols to offer (client) or accept (server), most preferred
     /// first. Default none.
     pub alpn_protocols: Vec<Vec<u8>>,
@@ -158,6 +162,7 @@ impl Default for MtlsOptions {
             unknown_status: UnknownStatus::Refuse,
             crl_expiry: CrlExpiry::Enforce,
             crl_requirement: CrlRequirement::Optional,
+            session_resumption: SessionResumption::Disabled,
             alpn_protocols: Vec::new(),
         }
     }
@@ -207,6 +212,21 @@ pub enum CrlRequirement {
     Optional,
     /// Building fails unless the CRL file is present and holds a CRL.
     Required,
+}
+
+/// Whether TLS sessions may be resumed. A resumed handshake checks no
+/// certificate: the peer's was checked when the session began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionResumption {
+    /// Every connection is a full handshake, checked against the CRLs and
+    /// roots of that moment.
+    Disabled,
+    /// Sessions are cached and resumed (saving a signature per connection).
+    /// Every installed change empties the caches, but a session that was
+    /// being resumed while a change was loading can go on being resumed
+    /// (each resumption hands out new tickets) under the state it began in.
+    Enabled,
 }
 
 /// Why a configuration could not be built. Each names the file at fault.
@@ -272,6 +292,7 @@ pub fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, MtlsError> {
     let provider = provider();
     let alpn_protocols = options.alpn_protocols.clone();
+    let resumption = options.session_resumption;
     let sessions = SessionGeneration::default();
     let watched = Watched::load(
         files.clone(),
@@ -287,7 +308,13 @@ pub fn server_config(
         .map_err(MtlsError::Tls)?
         .with_client_cert_verifier(Arc::new(ReloadingClientVerifier::new(watched.clone())))
         .with_cert_resolver(Arc::new(ReloadingServerCert::new(watched)));
-    config.session_storage = session_storage;
+    match resumption {
+        SessionResumption::Disabled => {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+        SessionResumption::Enabled => config.session_storage = session_storage,
+    }
     config.alpn_protocols = alpn_protocols;
     Ok(Arc::new(config))
 }
@@ -302,6 +329,7 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, MtlsError> {
     let provider = provider();
     let alpn_protocols = options.alpn_protocols.clone();
+    let resumption = options.session_resumption;
     let sessions = SessionGeneration::default();
     let watched = Watched::load(
         files.clone(),
@@ -318,7 +346,10 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::new(watched.clone())))
         .with_client_cert_resolver(Arc::new(ReloadingClientCert::new(watched)));
-    config.resumption = rustls::client::Resumption::store(session_store);
+    config.resumption = match resumption {
+        SessionResumption::Disabled => rustls::client::Resumption::disabled(),
+        SessionResumption::Enabled => rustls::client::Resumption::store(session_store),
+    };
     config.alpn_protocols = alpn_protocols;
     Ok(Arc::new(config))
 }

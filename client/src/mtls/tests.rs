@@ -647,3 +647,21 @@ fn ok_reload_advances_the_session_generation() {
     watched.reload();
     assert_eq!(store.get(b"id"), None);
 }
+
+#[test]
+fn ok_resumption_off_unless_enabled() {
+    let pki = Pki::new();
+    let alice = pki.leaf("alice.test");
+    let dir = agent_dir(&pki, &alice, None);
+    let files = MtlsFiles::from_agent_dir(dir.path());
+    let server = server_config(&files, MtlsOptions::default()).expect("server");
+    assert!(!server.session_storage.can_cache());
+    assert_eq!(server.send_tls13_tickets, 0);
+    let enabled = MtlsOptions {
+        session_resumption: SessionResumption::Enabled,
+        ..MtlsOptions::default()
+    };
+    let server = server_config(&files, enabled).expect("server");
+    assert!(server.session_storage.can_cache());
+    assert!(server.send_tls13_tickets > 0);
+}
