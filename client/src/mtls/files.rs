@@ -66,7 +66,7 @@ pub enum InvalidFile {
     /// in the middle of the next one's first line.
     #[error("text after the last PEM block (cut short?)")]
     TrailingText,
-    /// Larger than [`MAX_FILE_BYTES`].
+    /// Larger than the limit (64 MiB).
     #[error("larger than {limit} bytes")]
     TooLarge {
         /// The limit.

@@ -263,13 +263,13 @@ pub enum MtlsError {
         key: PathBuf,
     },
     /// [`CrlRequirement::Required`], and there is no CRL to load.
-    #[error("a CRL file is required, but {} holds none", path.as_deref().map_or_else(|| "no CRL file is configured; it".into(), |path| path.display().to_string()))]
+    #[error("{}", crl_required(path.as_deref()))]
     CrlRequired {
         /// The configured CRL file, if any.
         path: Option<PathBuf>,
     },
     /// rustls refused to build a verifier from the roots and CRLs.
-    #[error("{} and {}: cannot build the certificate verifier: {reason}", ca.display(), crl.as_deref().map_or_else(|| "(no CRL file)".into(), |path| path.display().to_string()))]
+    #[error("cannot build the certificate verifier from {} and {}: {reason}", ca.display(), crl.as_deref().map_or_else(|| "no CRL file".into(), |path| path.display().to_string()))]
     Verifier {
         /// The roots file.
         ca: PathBuf,
@@ -352,6 +352,16 @@ pub fn client_config(
     };
     config.alpn_protocols = alpn_protocols;
     Ok(Arc::new(config))
+}
+
+fn crl_required(path: Option<&Path>) -> String {
+    match path {
+        Some(path) => format!(
+            "a CRL is required, but {} is absent or holds no CRL",
+            path.display()
+        ),
+        None => "a CRL is required, but no CRL file is configured".into(),
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
