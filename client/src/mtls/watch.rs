@@ -186,7 +186,8 @@ impl<V: ?Sized + Send + Sync + 'static> Watched<V> {
     }
 
     /// Whether a file changed since the last reload looked (or a mismatch
-    /// waits for its second look). A reload holding the lock means yes.
+    /// waits for its second look). While a reload holds the lock it is
+    /// looking already, so the answer is no.
     fn outdated(&self) -> bool {
         let Ok(loader) = self.loader.try_lock() else {
             return false;
@@ -220,6 +221,7 @@ impl<V: ?Sized + Send + Sync + 'static> Watched<V> {
                 {
                     // Possibly between the agent's two renames: look again
                     // at the next check before calling it a fault.
+                    tracing::debug!("the key does not match the certificate yet; looking again at the next check");
                     loader.recheck_identity = true;
                 }
                 Err(error) => tracing::warn!(
