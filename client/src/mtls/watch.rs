@@ -104,10 +104,15 @@ impl<V: ?Sized + Send + Sync + 'static> Watched<V> {
                 })
             }
             _ => {
-                tracing::warn!(
-                    file = %shown(files.crl()),
-                    "no CRL loaded: peers are not checked for revocation until the CRL file holds one"
-                );
+                match files.crl() {
+                    Some(path) => tracing::warn!(
+                        file = %path.display(),
+                        "no CRL loaded: peers are not checked for revocation until the CRL file holds one"
+                    ),
+                    None => tracing::info!(
+                        "no CRL file configured: peers are not checked for revocation"
+                    ),
+                }
                 Vec::new()
             }
         };
