@@ -135,7 +135,9 @@ pub struct MtlsOptions {
     /// checked for a change; the check runs on a handshake. Default 1 s.
     pub reload_interval: Duration,
     /// Which certificates of a peer's chain are checked against the CRLs.
-    /// Default [`RevocationDepth::Chain`].
+    /// Default [`RevocationDepth::EndEntity`]: with an external root, no
+    /// CRL of this CA's own certificate is in `crl.pem`, and `Chain` would
+    /// refuse every peer.
     pub revocation_depth: RevocationDepth,
     /// What to do with a certificate no loaded CRL covers, while CRLs are
     /// loaded. Default [`UnknownStatus::Refuse`].
@@ -158,7 +160,7 @@ impl Default for MtlsOptions {
     fn default() -> Self {
         Self {
             reload_interval: Duration::from_secs(1),
-            revocation_depth: RevocationDepth::Chain,
+            revocation_depth: RevocationDepth::EndEntity,
             unknown_status: UnknownStatus::Refuse,
             crl_expiry: CrlExpiry::Enforce,
             crl_requirement: CrlRequirement::Optional,

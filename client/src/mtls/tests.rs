@@ -375,13 +375,13 @@ fn ok_revoked_issuing_ca_refused_by_chain_depth_only() {
         pki.issuing_crl(&[], fresh()).pem().expect("pem")
     );
     let dir = agent_dir(&pki, &alice, Some(&crl_pem));
-    let chain = server_side(dir.path(), MtlsOptions::default());
-    assert_eq!(check_client(&chain, &pki, &alice), revoked());
     let options = MtlsOptions {
-        revocation_depth: RevocationDepth::EndEntity,
+        revocation_depth: RevocationDepth::Chain,
         ..MtlsOptions::default()
     };
-    let end_entity = server_side(dir.path(), options);
+    let chain = server_side(dir.path(), options);
+    assert_eq!(check_client(&chain, &pki, &alice), revoked());
+    let end_entity = server_side(dir.path(), MtlsOptions::default());
     assert_eq!(check_client(&end_entity, &pki, &alice), Ok(()));
 }
 
