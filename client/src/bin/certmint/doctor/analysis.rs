@@ -677,7 +677,7 @@ pub struct AcceptedCas {
 
 /// Decodes the certificate_authorities a server sent and matches them
 /// against every CA name our chain passes through.
-pub fn accepted_cas(hints: &[Vec<u8>], chain: &[Cert], roots: &[Cert]) -> AcceptedCas {
+pub fn accepted_cas(hints: &[Vec<u8>], chain: &[Cert]) -> AcceptedCas {
     let names = hints
         .iter()
         .map(|hint| {
@@ -693,11 +693,13 @@ pub fn accepted_cas(hints: &[Vec<u8>], chain: &[Cert], roots: &[Cert]) -> Accept
             ours_included: None,
         };
     }
+    // The CAs our certificate passes through: every issuer in our chain
+    // (the last one is the root it reaches) and every CA we send. Our CA
+    // file's other roots do not count: they vouch for servers, not for us.
     let ours: Vec<Vec<u8>> = chain
         .iter()
         .filter_map(Cert::issuer_der)
         .chain(chain.iter().skip(1).filter_map(Cert::subject_der))
-        .chain(roots.iter().filter_map(Cert::subject_der))
         .collect();
     AcceptedCas {
         names,
@@ -1018,16 +1020,15 @@ mod tests {
         let other = root_named_other();
         let (leaf, _) = intermediate.leaf("a.test", &[ClientAuth], |_| {});
         let chain = [leaf, intermediate.cert.clone()];
-        let roots = [root.cert.clone()];
         let subject = |ca: &Ca| ca.cert.x509.tbs_certificate().subject().to_der().unwrap();
 
-        let by_root = accepted_cas(&[subject(&root)], &chain, &roots);
+        let by_root = accepted_cas(&[subject(&root)], &chain);
         assert_eq!(by_root.names, vec!["CN=r".to_owned()]);
         assert_eq!(by_root.ours_included, Some(true));
-        let by_intermediate = accepted_cas(&[subject(&intermediate)], &chain, &roots);
+        let by_intermediate = accepted_cas(&[subject(&intermediate)], &chain);
         assert_eq!(by_intermediate.ours_included, Some(true));
-        let foreign = accepted_cas(&[subject(&other)], &chain, &roots);
+        let foreign = accepted_cas(&[subject(&other)], &chain);
         assert_eq!(foreign.ours_included, Some(false));
-        assert_eq!(accepted_cas(&[], &chain, &roots).ours_included, None);
+        assert_eq!(accepted_cas(&[], &chain).ours_included, None);
     }
 }

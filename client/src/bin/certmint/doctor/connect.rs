@@ -271,7 +271,7 @@ pub fn diagnose(
     let accepted = seen
         .request
         .as_ref()
-        .map(|hints| analysis::accepted_cas(hints, &material.chain, &material.roots));
+        .map(|hints| analysis::accepted_cas(hints, &material.chain));
     checks.push(client_auth_check(
         accepted.as_ref(),
         !material.chain.is_empty(),
@@ -918,9 +918,11 @@ fn refusal_check(
         ),
         AlertDescription::DecryptError => (
             Cause::DecryptError,
-            "the server could not verify our handshake signature with our certificate's key: \
-             the private key does not belong to the certificate"
-                .to_owned(),
+            format!(
+                "a signature did not verify on the server's side: our handshake signature (a \
+                 private key that does not belong to the certificate), or our chain's against \
+                 a CA of the same name ({issuer}) with another key; {accepts}"
+            ),
         ),
         AlertDescription::CertificateUnknown => (
             Cause::CertificateUnknown,
