@@ -248,11 +248,7 @@ pub fn diagnose(
         return checks;
     }
 
-    let (version, suite) = match &handshake {
-        Handshake::Done { version, suite, .. } => (version.clone(), suite.clone()),
-        Handshake::Failed(_) => ("TLS".to_owned(), "(handshake not completed)".to_owned()),
-    };
-    checks.push(Check::ok(Layer::Protocol, format!("{version}, {suite}")));
+    checks.push(protocol_after_certificate(&handshake));
 
     let server_chain: Vec<Cert> = seen
         .server_chain
@@ -281,7 +277,13 @@ pub fn diagnose(
         Handshake::Done { after, .. } => after,
         Handshake::Failed(Failure::Tls(rustls::Error::AlertReceived(alert))) => After::Alert(alert),
         Handshake::Failed(Failure::Closed) => After::Closed,
-        Handshake::Failed(failure) => After::Error(failure_text(&failure)),
+        Handshake::Failed(_) => {
+            checks.push(Check::skip(
+                Layer::Refused,
+                "the handshake failed before the server could judge our certificate",
+            ));
+            return checks;
+        }
     };
     checks.push(refusal_check(
         &outcome,
@@ -290,6 +292,39 @@ pub fn diagnose(
         material.chain.first(),
     ));
     checks
+}
+
+/// The `protocol` check once the server has shown its certificate: the
+/// version and suite, or why the handshake broke on our side. An alert or
+/// a close is the server's verdict on us, judged by the `refused` layer.
+fn protocol_after_certificate(handshake: &Handshake) -> Check {
+    match handshake {
+        Handshake::Done { version, suite, .. } => {
+            Check::ok(Layer::Protocol, format!("{version}, {suite}"))
+        }
+        Handshake::Failed(Failure::Tls(rustls::Error::AlertReceived(_)) | Failure::Closed) => {
+            Check::ok(
+                Layer::Protocol,
+                "versions and suites agree (the server ended the handshake after its certificate)",
+            )
+        }
+        Handshake::Failed(Failure::Tls(error)) => Check::fail(
+            Layer::Protocol,
+            Cause::HandshakeFailed,
+            format!(
+                "the handshake failed after the server's certificate: rustls: {error} (a server \
+                 whose handshake signature does not verify with its certificate's key?)"
+            ),
+        ),
+        Handshake::Failed(failure @ Failure::Io(_)) => Check::fail(
+            Layer::Protocol,
+            Cause::HandshakeFailed,
+            format!(
+                "the server stopped answering during the handshake ({})",
+                failure_text(failure)
+            ),
+        ),
+    }
 }
 
 /// Appends a `skip` for every connect layer from `from` on.
@@ -1076,6 +1111,30 @@ mod tests {
                 now()
             )),
             Some((Layer::Revocation, Cause::ServerCertificateRevoked))
+        );
+    }
+
+    #[test]
+    fn ok_protocol_after_the_certificate_blames_only_our_side() {
+        let alert = Handshake::Failed(Failure::Tls(rustls::Error::AlertReceived(
+            AlertDescription::UnknownCA,
+        )));
+        assert_eq!(protocol_after_certificate(&alert).status, Status::Ok);
+        assert_eq!(
+            protocol_after_certificate(&Handshake::Failed(Failure::Closed)).status,
+            Status::Ok
+        );
+        let broken = Handshake::Failed(Failure::Tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature,
+        )));
+        assert_eq!(
+            protocol_after_certificate(&broken).cause,
+            Some(Cause::HandshakeFailed)
+        );
+        let silent = Handshake::Failed(Failure::Io(std::io::Error::from(ErrorKind::TimedOut)));
+        assert_eq!(
+            protocol_after_certificate(&silent).cause,
+            Some(Cause::HandshakeFailed)
         );
     }
 
