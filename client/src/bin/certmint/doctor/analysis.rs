@@ -548,8 +548,9 @@ pub enum RevocationFinding {
         subject: String,
         /// Its serial, hex.
         serial: String,
-        /// When the CA revoked it.
-        revoked_at: i64,
+        /// When the CA revoked it (unknown when webpki found the
+        /// revocation but the entry could not be read back).
+        revoked_at: Option<i64>,
         /// The CRL's reason, when given.
         reason: Option<String>,
     },
@@ -589,7 +590,7 @@ pub fn revocation(
                 leaf: true,
                 subject: leaf.subject(),
                 serial: leaf.serial(),
-                revoked_at: 0,
+                revoked_at: None,
                 reason: None,
             };
         }
@@ -640,7 +641,7 @@ fn revoked_entry(chain: &[Cert], lists: &[CertRevocationList<'_>]) -> Option<Rev
                     leaf: index == 0,
                     subject: cert.subject(),
                     serial: cert.serial(),
-                    revoked_at: i64::try_from(entry.revocation_date.as_secs()).unwrap_or(i64::MAX),
+                    revoked_at: i64::try_from(entry.revocation_date.as_secs()).ok(),
                     reason: entry.reason_code.map(reason_text),
                 });
             }

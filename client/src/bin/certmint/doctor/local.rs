@@ -370,9 +370,11 @@ pub fn revocation_check(whose: &str, revoked: Cause, finding: &RevocationFinding
             Layer::Revocation,
             revoked,
             format!(
-                "{} (serial {serial}) is revoked: listed in the CRL since {}{}",
+                "{} (serial {serial}) is revoked: listed in the CRL{}{}",
                 describe(whose, *leaf, subject),
-                analysis::rfc3339(*revoked_at),
+                revoked_at
+                    .map(|at| format!(" since {}", analysis::rfc3339(at)))
+                    .unwrap_or_default(),
                 reason
                     .as_ref()
                     .map(|reason| format!(", reason {reason}"))
