@@ -6,7 +6,7 @@
 //! these tests check that real handshakes are classified as it says.
 
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
@@ -792,6 +792,19 @@ fn fail_nothing_listening() {
 }
 
 #[test]
+fn fail_name_that_does_not_resolve() {
+    let world = World::new();
+    let (cert, key) = world.files("client", &world.client(2));
+    // .invalid never resolves (RFC 6761).
+    let (output, json) = doctor(
+        "doctor-test.invalid:443",
+        &[&cert, &key, &world.ca_file()],
+        &[],
+    );
+    assert_verdict(&output, &json, "tcp", "dns", 21);
+}
+
+#[test]
 fn fail_server_speaking_only_tls_1_1() {
     let world = World::new();
     let (server_cert, server_key) = world.files("server", &world.server(1));
@@ -905,4 +918,48 @@ fn fail_listen_explains_a_revoked_client() {
     assert_eq!(json["cause"], "client_certificate_revoked", "{json}");
     assert_eq!(json["strict_answer"], "certificate_revoked");
     assert_eq!(json["certificate"]["serial"], "5e02");
+}
+
+#[test]
+fn fail_listen_explains_a_client_without_a_certificate() {
+    let world = World::new();
+    let (server_cert, server_key) = world.files("listen-server", &world.server(1));
+    let ca_file = world.ca_file();
+    let listener = Listener::start(&[
+        "--cert",
+        &path(&server_cert),
+        "--key",
+        &path(&server_key),
+        "--ca",
+        &path(&ca_file),
+    ]);
+    // A plain rustls client that trusts the listener but has no identity.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(world.root.cert.der().clone())
+        .expect("a usable root");
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a server name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client");
+    let tcp = TcpStream::connect(("127.0.0.1", listener.port)).expect("connect to the listener");
+    tcp.set_read_timeout(Some(IO_TIMEOUT))
+        .expect("a read timeout");
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("the listener answers and closes");
+    assert_eq!(
+        answer,
+        "certmint doctor: would refuse it with the alert certificate_required\n"
+    );
+    let (code, json) = listener.finish();
+    assert_eq!(code, Some(28), "{json}");
+    assert_eq!(json["layer"], "client_auth");
+    assert_eq!(json["cause"], "no_certificate");
+    assert_eq!(json["certificate"], Value::Null);
 }
