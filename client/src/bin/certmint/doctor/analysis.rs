@@ -283,9 +283,9 @@ pub fn chain(chain: &[Cert], roots: &[Cert], at: UnixTime) -> ChainFinding {
                 root: top,
             }
         }
-        Err(webpki::Error::UnknownIssuer) => unknown_issuer(chain, roots),
+        Err(webpki::Error::UnknownIssuer) => unknown_issuer(leaf, chain, roots),
         Err(webpki::Error::InvalidSignatureForPublicKey) => ChainFinding::WrongCaKey {
-            issuer: top_of(chain).issuer(),
+            issuer: top_of(leaf, chain).issuer(),
         },
         Err(webpki::Error::CaUsedAsEndEntity) => ChainFinding::Invalid(
             "the leaf is a CA certificate, not an end-entity certificate".to_owned(),
@@ -294,12 +294,12 @@ pub fn chain(chain: &[Cert], roots: &[Cert], at: UnixTime) -> ChainFinding {
     }
 }
 
-/// The certificate the chain climbs to: from the leaf, each step is a sent
-/// certificate whose subject is the current one's issuer.
-fn top_of(chain: &[Cert]) -> &Cert {
-    let mut current = &chain[0];
-    let mut used = vec![false; chain.len()];
-    used[0] = true;
+/// The certificate the chain climbs to: from `leaf` (the first of
+/// `chain`), each step is a sent certificate whose subject is the current
+/// one's issuer, each used once (so a loop of certificates ends).
+fn top_of<'a>(leaf: &'a Cert, chain: &'a [Cert]) -> &'a Cert {
+    let mut current = leaf;
+    let mut used: Vec<bool> = chain.iter().map(|cert| std::ptr::eq(cert, leaf)).collect();
     loop {
         if current.self_issued() {
             return current;
@@ -318,8 +318,8 @@ fn top_of(chain: &[Cert]) -> &Cert {
     }
 }
 
-fn unknown_issuer(chain: &[Cert], roots: &[Cert]) -> ChainFinding {
-    let top = top_of(chain);
+fn unknown_issuer(leaf: &Cert, chain: &[Cert], roots: &[Cert]) -> ChainFinding {
+    let top = top_of(leaf, chain);
     let issuer = top.issuer_der();
     if issuer.is_some() && roots.iter().any(|root| root.subject_der() == issuer) {
         // The name is trusted, the signature is not: another CA's key.
@@ -328,7 +328,7 @@ fn unknown_issuer(chain: &[Cert], roots: &[Cert]) -> ChainFinding {
         };
     }
     let trusted = roots.iter().map(Cert::subject).collect();
-    if std::ptr::eq(top, &chain[0]) && !top.self_issued() {
+    if std::ptr::eq(top, leaf) && !top.self_issued() {
         return ChainFinding::MissingIntermediate {
             issuer: top.issuer(),
             sent: chain.len(),

@@ -250,12 +250,19 @@ pub fn diagnose(
 
     checks.push(protocol_after_certificate(&handshake));
 
-    let server_chain: Vec<Cert> = seen
-        .server_chain
-        .iter()
-        .flatten()
-        .filter_map(|der| Cert::from_der(der.clone()).ok())
-        .collect();
+    let server_chain = match parse_chain(seen.server_chain.as_deref().unwrap_or_default()) {
+        Ok(chain) => chain,
+        Err(check) => {
+            // Judging the rest of a chain with a hole in it would mislead.
+            checks.push(check);
+            skip_from(
+                &mut checks,
+                Layer::ServerDates,
+                "the server's chain does not parse",
+            );
+            return checks;
+        }
+    };
     checks.extend(server_checks(
         &server_chain,
         &material.roots,
@@ -292,6 +299,23 @@ pub fn diagnose(
         material.chain.first(),
     ));
     checks
+}
+
+/// The server's chain as parsed certificates, or the `server_chain`
+/// failure naming the first one that is not X.509.
+fn parse_chain(ders: &[CertificateDer<'static>]) -> Result<Vec<Cert>, Check> {
+    ders.iter()
+        .enumerate()
+        .map(|(index, der)| {
+            Cert::from_der(der.clone()).map_err(|error| {
+                Check::fail(
+                    Layer::ServerChain,
+                    Cause::InvalidChain,
+                    format!("the server's certificate #{}: {error}", index + 1),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The `protocol` check once the server has shown its certificate: the
@@ -1136,6 +1160,17 @@ mod tests {
             protocol_after_certificate(&silent).cause,
             Some(Cause::HandshakeFailed)
         );
+    }
+
+    #[test]
+    fn fail_a_server_certificate_that_is_not_x509() {
+        let root = root("r");
+        let good = root.cert.der.clone();
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        let check = parse_chain(&[good.clone(), garbage]).unwrap_err();
+        assert_eq!(check.cause, Some(Cause::InvalidChain));
+        assert!(check.detail.contains("#2"), "{}", check.detail);
+        assert_eq!(parse_chain(&[good]).map(|chain| chain.len()).ok(), Some(1));
     }
 
     #[test]
