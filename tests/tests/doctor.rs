@@ -805,6 +805,34 @@ fn fail_name_that_does_not_resolve() {
 }
 
 #[test]
+fn fail_plain_http_where_tls_was_expected() {
+    let world = World::new();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a plain TCP server");
+    let port = listener.local_addr().expect("its address").port();
+    // Two connections: the handshake and the protocol probe.
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut tcp, _)) = listener.accept() else {
+                return;
+            };
+            let mut request = [0u8; 512];
+            let _ = tcp.read(&mut request);
+            let _ = std::io::Write::write_all(
+                &mut tcp,
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    let (cert, key) = world.files("client", &world.client(2));
+    let (output, json) = doctor(
+        &format!("127.0.0.1:{port}"),
+        &[&cert, &key, &world.ca_file()],
+        &[],
+    );
+    assert_verdict(&output, &json, "protocol", "not_tls", 22);
+}
+
+#[test]
 fn fail_server_speaking_only_tls_1_1() {
     let world = World::new();
     let (server_cert, server_key) = world.files("server", &world.server(1));

@@ -475,6 +475,21 @@ mod tests {
     }
 
     #[test]
+    fn ok_agent_directory_is_read_from_the_generation_data_points_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let generation = dir.path().join("..gen-7");
+        std::fs::create_dir(&generation).unwrap();
+        std::fs::write(generation.join("crl.pem"), "").unwrap();
+        std::os::unix::fs::symlink("..gen-7", dir.path().join("..data")).unwrap();
+        let paths = Paths::in_dir(dir.path(), None);
+        let generation = std::fs::canonicalize(&generation).unwrap();
+        assert_eq!(paths.key, generation.join("key.pem"));
+        assert_eq!(paths.cert, generation.join("cert.pem"));
+        assert_eq!(paths.crl, Some(generation.join("crl.pem")));
+        assert!(!paths.crl_required);
+    }
+
+    #[test]
     fn fail_unreadable_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), "not pem").unwrap();
