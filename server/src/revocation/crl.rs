@@ -119,8 +119,12 @@ pub struct CrlTemplate {
     /// nextUpdate (sub-second part dropped); must be after `this_update`.
     pub next_update: OffsetDateTime,
     /// The distribution point URL: the IDP's fullName, equal to the
-    /// certificates' CRL Distribution Point.
-    pub distribution_point: String,
+    /// certificates' CRL Distribution Point. None for a CRL whose
+    /// certificates name no distribution point (CA certificates): relying
+    /// parties match such a CRL by issuer and scope alone, and OpenSSL
+    /// refuses one with a URL for a certificate without one ("different
+    /// CRL scope").
+    pub distribution_point: Option<String>,
     /// Which certificates this CRL covers.
     pub scope: CrlScope,
     /// Revoked certificates, any order.
@@ -375,19 +379,22 @@ fn crl_extensions(template: &CrlTemplate) -> Result<Vec<Extension>, CrlError> {
         authority_cert_serial_number: None,
     };
     let number = CrlNumber::try_from(template.number).map_err(encoding("cRLNumber"))?;
-    let url = Ia5String::new(&template.distribution_point).map_err(|_| {
-        CrlError::Template(format!(
-            "distribution point {:?} is not an ASCII URI",
-            template.distribution_point
-        ))
-    })?;
-    if template.distribution_point.is_empty() {
-        return Err(CrlError::Template("empty distribution point URL".into()));
-    }
+    let distribution_point = match &template.distribution_point {
+        None => None,
+        Some(url) => {
+            if url.is_empty() {
+                return Err(CrlError::Template("empty distribution point URL".into()));
+            }
+            let uri = Ia5String::new(url).map_err(|_| {
+                CrlError::Template(format!("distribution point {url:?} is not an ASCII URI"))
+            })?;
+            Some(DistributionPointName::FullName(vec![
+                GeneralName::UniformResourceIdentifier(uri),
+            ]))
+        }
+    };
     let idp = IssuingDistributionPoint {
-        distribution_point: Some(DistributionPointName::FullName(vec![
-            GeneralName::UniformResourceIdentifier(url),
-        ])),
+        distribution_point,
         only_contains_user_certs: template.scope == CrlScope::UserCerts,
         only_contains_ca_certs: template.scope == CrlScope::CaCerts,
         only_some_reasons: None,
@@ -606,7 +613,12 @@ mod tests {
                 number: 42,
                 this_update: datetime!(2026-12-08 02:00:00.75 UTC),
                 next_update: datetime!(2026-12-08 14:00 UTC),
-                distribution_point: URL.into(),
+                // As the publisher does: CA certificates name no
+                // distribution point, so neither does their CRL.
+                distribution_point: match scope {
+                    CrlScope::UserCerts => Some(URL.into()),
+                    CrlScope::CaCerts => None,
+                },
                 scope,
                 entries,
             }
@@ -732,15 +744,16 @@ mod tests {
         let idp = extension_of(extensions, rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT);
         assert!(idp.critical, "RFC 5280 §5.2.5: the IDP is critical");
         let idp = IssuingDistributionPoint::from_der(idp.extn_value.as_bytes()).expect("IDP");
-        let Some(DistributionPointName::FullName(names)) = &idp.distribution_point else {
-            panic!("IDP without fullName: {idp:?}");
-        };
-        assert_eq!(
-            names.as_slice(),
-            [GeneralName::UniformResourceIdentifier(
-                Ia5String::new(&template.distribution_point).expect("URL")
-            )]
-        );
+        match (&idp.distribution_point, &template.distribution_point) {
+            (Some(DistributionPointName::FullName(names)), Some(url)) => assert_eq!(
+                names.as_slice(),
+                [GeneralName::UniformResourceIdentifier(
+                    Ia5String::new(url).expect("URL")
+                )]
+            ),
+            (None, None) => {}
+            (found, wanted) => panic!("IDP distribution point {found:?}, wanted {wanted:?}"),
+        }
         assert_eq!(
             idp.only_contains_user_certs,
             template.scope == CrlScope::UserCerts
@@ -1021,12 +1034,12 @@ mod tests {
     fn fail_bad_distribution_point_or_key_identifier() {
         let issuer = Issuer::software();
         let mut template = issuer.template(CrlScope::UserCerts, Vec::new());
-        template.distribution_point = "http://ex\u{e4}mple.test/1.crl".into();
+        template.distribution_point = Some("http://ex\u{e4}mple.test/1.crl".into());
         assert!(matches!(
             prepare(&template, issuer.signer.as_ref()),
             Err(CrlError::Template(_))
         ));
-        template.distribution_point = String::new();
+        template.distribution_point = Some(String::new());
         assert!(matches!(
             prepare(&template, issuer.signer.as_ref()),
             Err(CrlError::Template(_))
@@ -1216,7 +1229,7 @@ mod tests {
             text.contains("X509v3 Issuing Distribution Point: critical"),
             "{text}"
         );
-        assert!(text.contains(URL), "{text}");
+        assert_eq!(text.contains(URL), scope == CrlScope::UserCerts, "{text}");
         let only = match scope {
             CrlScope::UserCerts => "Only User Certificates",
             CrlScope::CaCerts => "Only CA Certificates",

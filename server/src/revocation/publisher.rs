@@ -250,7 +250,14 @@ impl CrlPublisher {
             number: claim.number,
             this_update: now,
             next_update,
-            distribution_point: distribution_point(&issuer.base_url, &issuer.key_id, shard),
+            // CA certificates carry no distribution point, so the root's
+            // CRL of them names none either (see `CrlTemplate`).
+            distribution_point: match issuer.scope {
+                CrlScope::UserCerts => {
+                    Some(distribution_point(&issuer.base_url, &issuer.key_id, shard))
+                }
+                CrlScope::CaCerts => None,
+            },
             scope: issuer.scope,
             entries,
         };
