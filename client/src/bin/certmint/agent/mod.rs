@@ -32,14 +32,20 @@
 //! replaced atomically and synchronously, so no stop leaves half a
 //! generation.
 //!
+//! Beside the renewal loop, a [`CrlKeeper`] keeps `crl.pem` current: at
+//! start, every `[crl] refresh` (jittered), and right after each new
+//! certificate; a changed `crl.pem` runs the same reload hooks as a new
+//! certificate. `--once` refreshes it once before exiting 0.
+//!
 //! The submodules are the workload's building blocks, which `certmint
-//! enroll` uses too: [`config`] (`agent.toml`), [`keys`] (fresh keys and
+//! enroll` uses too: [`config`] (`agent.toml`), [`crl`] (`crl.pem`), [`keys`] (fresh keys and
 //! CSRs), [`workload`] (connect, enroll, renew, check and install),
 //! [`output`] (the output directory and its generations), [`hooks`]
 //! (reload command and signal), [`schedule`] (when to renew, backoff) and
 //! [`stop`] (what SIGTERM/SIGINT may interrupt).
 
 pub mod config;
+pub mod crl;
 pub mod hooks;
 pub mod keys;
 pub mod output;
@@ -56,6 +62,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::exit::Exit;
 use config::AgentConfig;
+use crl::CrlKeeper;
 use hooks::Hooks;
 use output::{Meta, OutputDir, OutputError};
 use schedule::Backoff;
@@ -118,6 +125,7 @@ pub async fn run(args: Args) -> Exit {
         command: config.reload.command.clone(),
         timeout: config.reload.timeout,
         signal: config.reload.signal.clone(),
+        turn: Default::default(),
     };
     let hook_due = hooks_not_run_for_current(&output, &hooks);
     let mut agent = Agent {
@@ -141,10 +149,39 @@ pub async fn run(args: Args) -> Exit {
         once: args.once,
         jitter_for: None,
         announced: None,
+        crl_kick: Default::default(),
         config,
     };
+    let mut keeper = CrlKeeper::new(
+        agent.workload.clone(),
+        agent.config.crl.url.clone(),
+        agent.config.crl.refresh,
+        agent.hooks.clone(),
+    );
+    agent.crl_kick = keeper.kick();
     let mut signals = signals;
-    let exit = agent.run(&mut signals).await;
+    let exit = if args.once {
+        let exit = agent.run(&mut signals).await;
+        if exit == Exit::Ok {
+            // One refresh before exiting, bounded like a request: a CRL
+            // server that does not answer must not hold up a boot.
+            let limit = agent.config.request_timeout + stop::STOP_GRACE_MARGIN;
+            if tokio::time::timeout(limit, keeper.refresh_once())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the CRL refresh did not finish in {limit:?}; crl.pem is as it was");
+            }
+        }
+        exit
+    } else {
+        // Runs beside the renewal loop and ends with it; a refresh writes
+        // crl.pem synchronously, so stopping never leaves half a file.
+        let crls = tokio::spawn(keeper.run());
+        let exit = agent.run(&mut signals).await;
+        crls.abort();
+        exit
+    };
     if exit != Exit::Ok {
         tracing::error!(exit.code = exit as u8, "certmint agent stopped");
     }
@@ -216,6 +253,8 @@ struct Agent {
     jitter_for: Option<(String, f64)>,
     /// Serial whose schedule was last logged (one line per certificate).
     announced: Option<String>,
+    /// Asks the CRL keeper for a refresh (after each new certificate).
+    crl_kick: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -534,6 +573,9 @@ impl Agent {
     /// happened: no second renewal).
     async fn installed(&mut self, meta: &Meta, signals: &mut Signals) {
         self.backoff.reset();
+        // The new chain may name another issuing CA, whose CRLs crl.pem
+        // must then hold.
+        self.crl_kick.notify_one();
         self.reload(&meta.serial).await;
         drain_renew_requests(signals).await;
     }
