@@ -39,6 +39,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 use x509_cert::crl::CertificateList;
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+use x509_cert::ext::pkix::crl::CrlReason;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, KeyUsage, SubjectKeyIdentifier};
 use x509_cert::ext::Extension;
@@ -68,6 +69,8 @@ const CRL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.20");
 /// `IssuingDistributionPoint`'s `AssociatedOid`: x509-cert 0.3.0 gives that
 /// type the OID of subjectInfoAccess.
 const ISSUING_DISTRIBUTION_POINT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.28");
+/// id-ce-cRLReasons (a CRL entry extension).
+const REASON_CODE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.21");
 /// CRL extensions certmint understands; a critical one not listed here
 /// (deltaCRLIndicator, freshestCRL, …) makes the CRL unusable (RFC 5280
 /// §5.2).
@@ -248,8 +251,20 @@ pub struct CheckedCrl {
     pub this_update: OffsetDateTime,
     /// nextUpdate, if given.
     pub next_update: Option<OffsetDateTime>,
-    /// The serials it lists, big-endian as encoded.
-    pub revoked: Vec<Vec<u8>>,
+    /// The certificates it lists.
+    pub revoked: Vec<RevokedEntry>,
+}
+
+/// One entry of a CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// The serial, big-endian as encoded.
+    pub serial: Vec<u8>,
+    /// revocationDate.
+    pub revoked_at: OffsetDateTime,
+    /// The reasonCode, in RFC 5280's camelCase (`keyCompromise`); absent
+    /// for unspecified.
+    pub reason: Option<String>,
 }
 
 impl CheckedCrl {
@@ -269,16 +284,18 @@ impl CheckedCrl {
             .unwrap_or(0)
     }
 
-    /// True when `serial` (big-endian bytes) is listed.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by `certmint status` in the next step")
-    )]
-    pub fn lists(&self, serial: &[u8]) -> bool {
+    /// The entry for `serial` (big-endian bytes), if it is listed.
+    pub fn entry(&self, serial: &[u8]) -> Option<&RevokedEntry> {
         let serial = trim_zeros(serial);
         self.revoked
             .iter()
-            .any(|listed| trim_zeros(listed) == serial)
+            .find(|entry| trim_zeros(&entry.serial) == serial)
+    }
+
+    /// True when `serial` (big-endian bytes) is listed.
+    #[cfg(test)]
+    pub fn lists(&self, serial: &[u8]) -> bool {
+        self.entry(serial).is_some()
     }
 
     /// Where it is kept: one CRL per issuer and distribution point.
@@ -366,7 +383,17 @@ pub fn check_crl(der: &[u8], cas: &[TrustedCa]) -> Result<CheckedCrl, CrlRefusal
         .revoked_certificates
         .iter()
         .flatten()
-        .map(|entry| entry.serial_number.as_bytes().to_vec())
+        .map(|entry| RevokedEntry {
+            serial: entry.serial_number.as_bytes().to_vec(),
+            revoked_at: offset(entry.revocation_date),
+            reason: entry
+                .crl_entry_extensions
+                .iter()
+                .flatten()
+                .find(|ext| ext.extn_id == REASON_CODE)
+                .and_then(|ext| CrlReason::from_der(ext.extn_value.as_bytes()).ok())
+                .map(reason_name),
+        })
         .collect();
     Ok(CheckedCrl {
         der: der.to_vec(),
@@ -430,6 +457,22 @@ fn first_uri(idp: &IssuingDistributionPoint) -> Option<String> {
         }),
         DistributionPointName::NameRelativeToCRLIssuer(_) => None,
     }
+}
+
+fn reason_name(reason: CrlReason) -> String {
+    match reason {
+        CrlReason::Unspecified => "unspecified",
+        CrlReason::KeyCompromise => "keyCompromise",
+        CrlReason::CaCompromise => "cACompromise",
+        CrlReason::AffiliationChanged => "affiliationChanged",
+        CrlReason::Superseded => "superseded",
+        CrlReason::CessationOfOperation => "cessationOfOperation",
+        CrlReason::CertificateHold => "certificateHold",
+        CrlReason::RemoveFromCRL => "removeFromCRL",
+        CrlReason::PrivilegeWithdrawn => "privilegeWithdrawn",
+        CrlReason::AaCompromise => "aACompromise",
+    }
+    .to_owned()
 }
 
 fn offset(time: x509_cert::time::Time) -> OffsetDateTime {
@@ -849,7 +892,8 @@ mod tests {
                 .map(|serial| RevokedCertParams {
                     serial_number: SerialNumber::from(*serial),
                     revocation_time: now,
-                    reason_code: None,
+                    reason_code: (*serial == 0x0def)
+                        .then_some(rcgen::RevocationReason::KeyCompromise),
                     invalidity_date: None,
                 })
                 .collect(),
@@ -871,6 +915,12 @@ mod tests {
         assert!(checked.lists(&[0x12, 0x34]));
         assert!(checked.lists(&[0x00, 0x12, 0x34]));
         assert!(!checked.lists(&[0x12]));
+        assert_eq!(checked.entry(&[0x12, 0x34]).unwrap().reason, None);
+        let with_reason = check_crl(&ca.crl(8, &[0x0def]), &ca.trusted()).unwrap();
+        assert_eq!(
+            with_reason.entry(&[0x0d, 0xef]).unwrap().reason.as_deref(),
+            Some("keyCompromise")
+        );
     }
 
     #[test]
