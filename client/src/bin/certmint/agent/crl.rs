@@ -792,13 +792,29 @@ impl CrlKeeper {
             );
         }
         if changed || self.hook_due {
+            // meta.json may be missing (files written by another tool):
+            // the leaf itself names its serial.
             let serial = current
-                .and_then(|current| current.meta)
-                .map(|meta| meta.serial)
+                .as_ref()
+                .and_then(|current| current.meta.as_ref().map(|meta| meta.serial.clone()))
+                .or_else(|| {
+                    current
+                        .as_ref()
+                        .and_then(|current| leaf_serial(&current.cert_pem))
+                })
                 .unwrap_or_default();
             self.hook_due = !self.hooks.run(output, &serial).await;
         }
     }
+}
+
+/// The serial of the first certificate of `cert_pem`, lower-case hex.
+fn leaf_serial(cert_pem: &str) -> Option<String> {
+    let leaf = certificates_from_pem(cert_pem).ok()?.into_iter().next()?;
+    let leaf = Certificate::from_der(leaf.as_ref()).ok()?;
+    Some(hex::encode(
+        leaf.tbs_certificate().serial_number().as_bytes(),
+    ))
 }
 
 /// Replaces `crl.pem` atomically (mode 0644, the output's group).
