@@ -178,6 +178,8 @@ problem_codes! {
     /// issuance completes, the retry gets its certificate; once it is past
     /// `issuance.pending_timeout`, its use is refunded and the retry issues.
     IssuanceInFlight => "issuance.in_flight",
+    /// No CRL is published for that issuer and shard.
+    CrlNotFound => "crl.not_found",
     /// An unexpected server error; the detail names the request id only.
     Internal => "internal",
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use certmint::wire::{
     AuditEvent, CertificateInfo, CertificateStatus, MintTokenRequest, MintedToken, NewProvisioner,
-    Page, Policy, PolicySpec, ProvisionerInfo, RevocationReason, TokenInfo,
+    Page, Policy, PolicySpec, ProvisionerInfo, RevokeRequest, TokenInfo,
 };
 use time::OffsetDateTime;
 
@@ -448,17 +448,20 @@ impl Admin {
         Ok(self.store.list_certificates(&filter, cursor, limit)?)
     }
 
-    /// Revokes a certificate with an RFC 5280 reason.
+    /// Revokes a certificate with an RFC 5280 reason (and, for a key
+    /// compromise, the invalidity date when known).
     pub fn revoke_certificate(
         &self,
         access: &WriteAccess,
         serial: &str,
-        reason: RevocationReason,
+        request: &RevokeRequest,
     ) -> Result<CertificateInfo, ServiceError> {
         let serial = existing_serial(serial)?;
+        let now = self.now();
+        let revocation = crate::revocation::checked_revocation(request, now)?;
         Ok(self
             .store
-            .revoke_certificate(&serial, reason, access.actor(), self.now())?)
+            .revoke_certificate(&serial, revocation, access.actor(), now)?)
     }
 
     /// Audit events, oldest first.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use certmint::wire::{CaInfo, Directory, KeyType, API_VERSION};
+use certmint::wire::{CaInfo, CrlScope, Directory, KeyType, API_VERSION};
 use secrecy::SecretString;
 
 use crate::admin::{Admin, TokenSettings};
@@ -20,6 +20,8 @@ use crate::config::{self, Config, InitValues, TokenKeyStore};
 use crate::hsm::{self, Hsm, HsmConfig};
 use crate::issuance::{Issuer, IssuerParts, IssuerSettings};
 use crate::metrics::Metrics;
+use crate::revocation::publisher::{CrlIssuer, CrlPublisher, PublisherSettings};
+use crate::revocation::sharding::CrlSharding;
 use crate::store::{Store, RECONCILE_BATCH};
 use crate::tls::{self, ServerCertificate};
 use crate::tokens::{self, Role, TokenAuthority};
@@ -106,7 +108,36 @@ pub struct InitArgs {
     /// Create only the issuing key and write its CSR here, for an external root.
     #[arg(long)]
     pub external_root_csr: Option<PathBuf>,
+    /// Plain-HTTP listener for CRLs and the CA chain (default: the
+    /// --listen address on port 8080; "none" for none).
+    #[arg(long, value_parser = parse_crl_listen)]
+    pub crl_listen: Option<CrlListen>,
+    /// Base URL of CRL distribution points (default http://<crl-listen>,
+    /// or the public URL's host when --crl-listen is a wildcard address).
+    #[arg(long)]
+    pub crl_url: Option<String>,
 }
+
+/// `--crl-listen`: an address, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlListen {
+    /// Listen here.
+    At(SocketAddr),
+    /// No plain-HTTP listener.
+    Off,
+}
+
+fn parse_crl_listen(text: &str) -> Result<CrlListen, String> {
+    if text == "none" {
+        return Ok(CrlListen::Off);
+    }
+    text.parse()
+        .map(CrlListen::At)
+        .map_err(|_| format!("{text:?} is neither host:port nor \"none\""))
+}
+
+/// Port of the plain-HTTP CRL listener `init` configures by default.
+const DEFAULT_CRL_PORT: u16 = 8080;
 
 /// `certmint-server init`.
 pub fn init(args: &InitArgs) -> Result<(), CommandError> {
@@ -130,7 +161,23 @@ pub fn init(args: &InitArgs) -> Result<(), CommandError> {
         } else {
             None
         };
+        let crl_listen = match args.crl_listen {
+            Some(CrlListen::At(listen)) => Some(listen),
+            Some(CrlListen::Off) => None,
+            None => Some(SocketAddr::new(args.listen.ip(), DEFAULT_CRL_PORT)),
+        };
+        let crl_url = args.crl_url.clone().or_else(|| {
+            let listen = crl_listen.filter(|listen| listen.ip().is_unspecified())?;
+            let host = public_url
+                .parse::<actix_web::http::Uri>()
+                .ok()?
+                .host()?
+                .to_owned();
+            Some(format!("http://{host}:{}", listen.port()))
+        });
         let text = config::render_commented(&InitValues {
+            crl_listen,
+            crl_url,
             listen: args.listen,
             public_url,
             names: args.names.clone(),
@@ -640,9 +687,25 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         .to_string();
     let issuing_der = der::Encode::to_der(&loaded.issuing.certificate)
         .map_err(|error| CommandError(format!("issuing certificate encoding: {error}")))?;
+    let crl_sharding = CrlSharding {
+        base_url: config.crl_base_url(),
+        shards: config.crl.shards,
+        width_seconds: seconds(config.crl.shard_width),
+    };
+    let crl_publisher = CrlPublisher::start(
+        store.clone(),
+        crl_issuers(&config, &hsm, &store, &loaded, &crl_sharding)?,
+        PublisherSettings {
+            next_update_seconds: seconds(config.crl.next_update),
+            refresh_seconds: seconds(config.crl.refresh),
+            poll: CRL_POLL_INTERVAL,
+        },
+        clock.clone(),
+    )?;
+    crl_publisher.spawn()?;
     let issuer = Arc::new(Issuer::new(IssuerParts {
         store: store.clone(),
-        ca: loaded.issuing,
+        ca: loaded.issuing.clone(),
         tokens: token_authority.clone(),
         clock: clock.clone(),
         settings: IssuerSettings {
@@ -651,6 +714,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
             renew_fraction: config.issuance.renew_fraction,
             renew_jitter: config.issuance.renew_jitter,
             pending_timeout_seconds: seconds(config.issuance.pending_timeout),
+            crl: crl_sharding.clone(),
         },
         metrics: metrics.clone(),
     }));
@@ -696,6 +760,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
             ("renew", "/v1/renew"),
             ("revoke", "/v1/revoke"),
             ("ca_chain", "/v1/ca/chain.pem"),
+            ("crls", "/v1/crls"),
             ("admin_policies", "/v1/admin/policies"),
             ("admin_tokens", "/v1/admin/tokens"),
             ("admin_provisioners", "/v1/admin/provisioners"),
@@ -730,23 +795,87 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
         max_body_bytes: config.server.max_body_bytes,
         openapi_json: openapi.to_string(),
         server_certificate: resolver,
+        crls: crl_publisher,
     });
     let listen = config.server.listen;
     let workers = config.server.workers;
+    let crl_listen = config.crl.listen;
     tracing::info!(listen = %listen, public_url = %config.server.public_url, "certmint-server listening");
     actix_web::rt::System::new().block_on(async move {
+        let api_state = state.clone();
         let mut server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .wrap_fn(api::observe)
-                .configure(api::configure(state.clone()))
+                .configure(api::configure(api_state.clone()))
         })
         .on_connect(api::capture_client_certificate);
         if workers > 0 {
             server = server.workers(workers);
         }
-        server.bind_rustls_0_23(listen, tls_config)?.run().await
+        let api_server = server.bind_rustls_0_23(listen, tls_config)?.run();
+        let Some(crl_listen) = crl_listen else {
+            return api_server.await;
+        };
+        // Relying parties fetch a handful of small cached files: two
+        // workers are plenty and leave the CPUs to issuance.
+        let crl_server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .wrap_fn(api::observe)
+                .configure(api::configure_distribution(state.clone()))
+        })
+        .workers(2)
+        .bind(crl_listen)?
+        .run();
+        tracing::info!(listen = %crl_listen, url = %config.crl_base_url(), "CRL listener (plain HTTP) listening");
+        tokio::try_join!(api_server, crl_server).map(|_| ())
     })?;
     Ok(())
+}
+
+/// How often each replica looks for shards that need a new CRL: the bound
+/// on how long a revocation waits before it is signed into one.
+const CRL_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The issuers whose CRLs this server signs: the issuing CA (leaf CRLs,
+/// sharded), and the root when its key is on the token (one CRL of revoked
+/// CA certificates). With an external root, that root's operator publishes
+/// the CRL that covers the issuing CA.
+fn crl_issuers(
+    config: &Config,
+    hsm: &Hsm,
+    store: &Store,
+    loaded: &ca::LoadedCa,
+    sharding: &CrlSharding,
+) -> Result<Vec<CrlIssuer>, CommandError> {
+    let mut issuers = vec![CrlIssuer {
+        key_id: loaded.issuing.key_id.clone(),
+        name: loaded.issuing.certificate.tbs_certificate().subject().clone(),
+        signer: loaded.issuing.signer.clone(),
+        scope: CrlScope::UserCerts,
+        shards: config.crl.shards,
+        shard_width_seconds: Some(sharding.width_seconds),
+        base_url: sharding.base_url.clone(),
+    }];
+    let root_label = store.ca_state()?.and_then(|state| state.root_key_label);
+    if let Some(label) = root_label {
+        let root = <x509_cert::Certificate as der::Decode>::from_der(&loaded.root_der)
+            .map_err(|error| CommandError(format!("root certificate: {error}")))?;
+        let key_id = hex::encode(
+            crate::issuance::profile::issuer_key_identifier(&root)
+                .map_err(crate::error::ServiceError::from)?
+                .as_bytes(),
+        );
+        issuers.push(CrlIssuer {
+            key_id,
+            name: root.tbs_certificate().subject().clone(),
+            signer: hsm.signer(&label)?,
+            scope: CrlScope::CaCerts,
+            shards: 1,
+            shard_width_seconds: None,
+            base_url: sharding.base_url.clone(),
+        });
+    }
+    Ok(issuers)
 }
 
 /// Every replica sweeps, every quarter of `pending_timeout_seconds`
@@ -892,6 +1021,8 @@ mod tests {
             pin_file: None,
             ca_name: "certmint".into(),
             key_type: KeyType::EcP256,
+            crl_listen: None,
+            crl_url: None,
         });
         std::fs::write(&path, text).expect("write config");
         Config::load(&path).expect("load config")

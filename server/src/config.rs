@@ -60,6 +60,9 @@ pub struct Config {
     /// Issuance defaults.
     #[serde(default)]
     pub issuance: IssuanceConfig,
+    /// Revocation lists.
+    #[serde(default)]
+    pub crl: CrlConfig,
     /// Where this file was loaded from (not serialised).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -216,6 +219,51 @@ pub struct IssuanceConfig {
     pub pending_timeout: Duration,
 }
 
+/// `[crl]`: how CRLs are sharded, signed and published (docs/REVOCATION.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlConfig {
+    /// Plain-HTTP listener that serves only CRLs and the CA chain, so a
+    /// relying party can fetch them without trusting the CA's TLS first.
+    /// None: CRLs are served on the HTTPS API only.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Base URL of the CRL distribution points written into certificates
+    /// and CRLs (`<url>/crl/<issuer key id>/<shard>.crl`). Defaults to
+    /// `http://<listen>` when `listen` names a concrete address, else to
+    /// `server.public_url`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How many CRLs each issuing CA's revocations are split into.
+    #[serde(default = "default_crl_shards")]
+    pub shards: u32,
+    /// A certificate's shard is `(notAfter / shard_width) % shards`: one
+    /// shard holds the certificates that expire in the same window.
+    #[serde(default = "default_crl_shard_width")]
+    pub shard_width: Duration,
+    /// nextUpdate - thisUpdate of every CRL: how long a relying party may
+    /// keep using one when it cannot fetch a newer one.
+    #[serde(default = "default_crl_next_update")]
+    pub next_update: Duration,
+    /// A CRL is re-signed when it is this old, revoked or not; well before
+    /// `next_update`, so relying parties never hold an expired CRL.
+    #[serde(default = "default_crl_refresh")]
+    pub refresh: Duration,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            url: None,
+            shards: default_crl_shards(),
+            shard_width: default_crl_shard_width(),
+            next_update: default_crl_next_update(),
+            refresh: default_crl_refresh(),
+        }
+    }
+}
+
 impl Default for TokensConfig {
     fn default() -> Self {
         Self {
@@ -298,6 +346,18 @@ fn default_renew_fraction() -> f64 {
 fn default_renew_jitter() -> f64 {
     0.05
 }
+fn default_crl_shards() -> u32 {
+    16
+}
+fn default_crl_shard_width() -> Duration {
+    duration("6h")
+}
+fn default_crl_next_update() -> Duration {
+    duration("24h")
+}
+fn default_crl_refresh() -> Duration {
+    duration("6h")
+}
 fn default_pending_timeout() -> Duration {
     duration("2m")
 }
@@ -352,6 +412,28 @@ impl Config {
         if !(0.0..0.5).contains(&self.issuance.renew_jitter) {
             return Err("issuance.renew_jitter must lie in [0, 0.5)".into());
         }
+        if !(1..=1024).contains(&self.crl.shards) {
+            return Err("crl.shards must lie between 1 and 1024".into());
+        }
+        if self.crl.shard_width.as_seconds() == 0 {
+            return Err("crl.shard_width must be at least 1s".into());
+        }
+        if self.crl.refresh >= self.crl.next_update || self.crl.refresh.as_seconds() == 0 {
+            return Err(
+                "crl.refresh must be shorter than crl.next_update (and at least 1s): relying parties must get a new CRL before theirs expires"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.crl.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("crl.url {url:?} must be an http:// or https:// URL"));
+            }
+        } else if self.crl.listen.is_some_and(|listen| listen.ip().is_unspecified()) {
+            return Err(
+                "crl.listen is a wildcard address: set crl.url to the address relying parties fetch CRLs from"
+                    .into(),
+            );
+        }
         if self.hsm.session_pool_size == 0 {
             return Err("hsm.session_pool_size must be at least 1".into());
         }
@@ -400,6 +482,16 @@ impl Config {
     /// `hsm.sim_dir` resolved against the config file's directory.
     pub fn simulator_dir(&self) -> Option<PathBuf> {
         self.hsm.sim_dir.as_deref().map(|dir| self.resolve(dir))
+    }
+
+    /// Base URL of the CRL distribution points, without a trailing slash.
+    pub fn crl_base_url(&self) -> String {
+        let base = match (&self.crl.url, self.crl.listen) {
+            (Some(url), _) => url.clone(),
+            (None, Some(listen)) => format!("http://{listen}"),
+            (None, None) => self.server.public_url.clone(),
+        };
+        base.trim_end_matches('/').to_owned()
     }
 
     /// The host of `server.public_url`, the name agents connect to (an IPv6
@@ -500,6 +592,11 @@ pub struct InitValues {
     pub ca_name: String,
     /// `ca.key_type`.
     pub key_type: KeyType,
+    /// `crl.listen`.
+    pub crl_listen: Option<SocketAddr>,
+    /// `crl.url`, when the listener's own address is not what relying
+    /// parties reach.
+    pub crl_url: Option<String>,
 }
 
 /// Renders a commented config file for `init`.
@@ -588,7 +685,32 @@ signing_key = "hsm"
 # replicas: a request still signing when its row is reconciled gets 503 and
 # must retry. A retry with the same token inside the bound gets 503 too.
 # pending_timeout = "2m"
+
+[crl]
+# Revocation lists, signed on the HSM by the CA that issued the certificates
+# they list (docs/REVOCATION.md). A plain-HTTP listener serves only CRLs and
+# the CA chain: relying parties fetch CRLs without trusting this server's TLS
+# first. Without it, CRLs are served on the HTTPS API only.
+{crl_listen}{crl_url}# Each issuing CA's revocations are split into `shards` CRLs; a certificate's
+# shard is (notAfter / shard_width) % shards, so each shard holds the
+# certificates that expire in the same window and no CRL grows for ever.
+# shards = 16
+# shard_width = "6h"
+# A revocation reaches the CRLs within seconds; besides, every CRL is
+# re-signed when it is `refresh` old. `next_update` is how long a relying
+# party may go on using a CRL it cannot replace (and how long a revocation
+# may stay unseen by one that fetches no newer CRL).
+# next_update = "24h"
+# refresh = "6h"
 "#,
+        crl_listen = match values.crl_listen {
+            Some(listen) => format!("listen = {}\n", quote(&listen.to_string())),
+            None => "# listen = \"127.0.0.1:8080\"\n".to_owned(),
+        },
+        crl_url = match &values.crl_url {
+            Some(url) => format!("url = {}\n", quote(url)),
+            None => "# Base URL written into certificates' CRL distribution points\n# (default http://<listen>):\n# url = \"http://ca.example.org:8080\"\n".to_owned(),
+        },
         listen = quote(&values.listen.to_string()),
         public_url = quote(&values.public_url),
         database_url = quote(&values.database_url),
@@ -606,6 +728,8 @@ mod tests {
     fn sample() -> InitValues {
         InitValues {
             listen: "127.0.0.1:8443".parse().unwrap(),
+            crl_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            crl_url: None,
             public_url: "https://localhost:8443".into(),
             names: vec!["localhost".into(), "127.0.0.1".into()],
             database_url: "sqlite://certmint.db".into(),

@@ -16,6 +16,8 @@ use crate::issuance::profile::ProfileError;
 use crate::issuance::IssuanceError;
 use crate::policy::{NoSuchPolicyName, PolicyError};
 use crate::random::EntropyError;
+use crate::revocation::crl::CrlError;
+use crate::revocation::RevocationError;
 use crate::store::StoreError;
 use crate::tls::TlsError;
 use crate::tokens::{MintError, TokenError};
@@ -78,6 +80,12 @@ pub enum ServiceError {
     /// The server's own TLS set-up failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A CRL could not be built or signed.
+    #[error(transparent)]
+    Crl(#[from] CrlError),
+    /// A revocation request was refused before it reached the store.
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
 }
 
 impl ServiceError {

@@ -33,6 +33,7 @@ pub mod issuance;
 pub mod metrics;
 pub mod policy;
 pub mod random;
+pub mod revocation;
 pub mod store;
 pub mod tls;
 pub mod tokens;

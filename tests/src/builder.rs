@@ -237,6 +237,8 @@ pub(crate) struct Prepared {
     pub(crate) config_path: PathBuf,
     pub(crate) log_path: PathBuf,
     pub(crate) port: u16,
+    /// The plain-HTTP CRL listener's port.
+    pub(crate) crl_port: u16,
     pub(crate) hsm_pin: String,
     pub(crate) so_pin: String,
     /// False once the supervisor owns the directory and the database.
@@ -299,6 +301,7 @@ impl Prepared {
             log_path: dir.join("server.log"),
             dir,
             port: free_port(),
+            crl_port: free_port(),
             hsm_pin: random_hex(8),
             so_pin: random_hex(8),
             clean_up: true,
@@ -409,6 +412,7 @@ impl Prepared {
             .arg("--config")
             .arg(&self.config_path)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--crl-listen", &format!("127.0.0.1:{}", self.crl_port)])
             .args(["--name", "localhost", "--name", "127.0.0.1"])
             .arg("--pkcs11-module")
             .arg(&self.module)

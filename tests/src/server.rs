@@ -49,6 +49,8 @@ pub struct TestServer {
     dir: PathBuf,
     config_path: PathBuf,
     base_url: String,
+    /// `http://127.0.0.1:<port>` of the plain-HTTP CRL listener.
+    crl_url: String,
     root_pem: String,
     root_fingerprint: String,
     /// The test's offline root, PEM, in external-root mode.
@@ -181,6 +183,7 @@ impl TestServer {
             dir: prepared.dir.clone(),
             config_path: prepared.config_path.clone(),
             base_url,
+            crl_url: format!("http://127.0.0.1:{}", prepared.crl_port),
             root_pem,
             root_fingerprint,
             offline_root_pem,
@@ -236,6 +239,36 @@ impl TestServer {
     /// `https://localhost:<port>`.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// `http://127.0.0.1:<port>`: the plain-HTTP CRL listener, the base of
+    /// every CRL distribution point this server writes.
+    pub fn crl_url(&self) -> &str {
+        &self.crl_url
+    }
+
+    /// GET of an absolute URL (the CRL listener's, or a distribution point
+    /// read from a certificate) with extra request headers, raw: status,
+    /// headers and body bytes as sent.
+    pub fn fetch(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let mut request = self.client.get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .send()
+            .unwrap_or_else(|error| panic!("GET {url}: {error}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .unwrap_or_else(|error| panic!("GET {url}: body: {error}"))
+            .to_vec();
+        (status, headers, body)
     }
 
     /// `root.pem` as written by `init`.

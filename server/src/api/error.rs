@@ -19,6 +19,8 @@ use crate::issuance::profile::ProfileError;
 use crate::issuance::IssuanceError;
 use crate::policy::{NoSuchPolicyName, PolicyError};
 use crate::random::EntropyError;
+use crate::revocation::crl::CrlError;
+use crate::revocation::RevocationError;
 use crate::store::StoreError;
 use crate::tls::TlsError;
 use crate::tokens::{MintError, TokenError};
@@ -90,6 +92,7 @@ pub fn status_and_title(code: &ProblemCode) -> (StatusCode, &'static str) {
         C::HsmUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "HSM unavailable"),
         C::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
         C::IssuanceInFlight => (StatusCode::SERVICE_UNAVAILABLE, "Issuance in flight"),
+        C::CrlNotFound => (StatusCode::NOT_FOUND, "CRL not found"),
         C::ServerCertificateExpired => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Server certificate expired",
@@ -222,6 +225,18 @@ fn classify(error: &ServiceError) -> (ProblemCode, String) {
             | CaError::IssuingKeyMismatch
             | CaError::KeyCanLeaveToken { .. }
             | CaError::LifetimeOutOfRange { .. } => ProblemCode::Internal,
+        },
+        ServiceError::Crl(error) => match error {
+            CrlError::Hsm(error) => hsm_code(error),
+            CrlError::Encoding { .. } | CrlError::Template(_) | CrlError::Verification(_) => {
+                ProblemCode::Internal
+            }
+        },
+        ServiceError::Revocation(error) => match error {
+            RevocationError::InvalidityDateWithoutKeyCompromise
+            | RevocationError::InvalidityDateInFuture { .. } => {
+                ProblemCode::RequestInvalidParameter
+            }
         },
         ServiceError::Tls(error) => match error {
             TlsError::TrustAnchor(_)

@@ -54,9 +54,9 @@ async fn revoke(
     body: JsonBody<RevokeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let issuer = state.issuer.clone();
-    let reason = body.into_inner().reason;
+    let request = body.into_inner();
     let info = blocking(&id, move || {
-        issuer.revoke_presented(client.0.as_deref().map(Vec::as_slice), reason)
+        issuer.revoke_presented(client.0.as_deref().map(Vec::as_slice), &request)
     })
     .await?;
     tracing::info!(request.id = %id.0, cert.serial = %info.serial, "certificate revoked by its holder");

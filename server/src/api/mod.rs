@@ -5,6 +5,7 @@
 //! result. No business rule lives here; all statuses live in [`error`].
 
 pub mod admin;
+pub mod distribution;
 pub mod enroll;
 pub mod error;
 pub mod holder;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub server_certificate: Arc<crate::tls::ServerCertificate>,
     /// The OpenAPI document as JSON.
     pub openapi_json: String,
+    /// The newest CRLs.
+    pub crls: Arc<crate::revocation::publisher::CrlPublisher>,
 }
 
 /// Per-request id, set by the middleware and echoed in `x-request-id`.
@@ -145,9 +148,29 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                 )
             }))
             .configure(public::routes)
+            .configure(distribution::routes)
             .configure(enroll::routes)
             .configure(holder::routes)
             .configure(admin::routes)
+            .default_service(web::to(not_found));
+    }
+}
+
+/// The plain-HTTP CRL listener: CRLs and the CA chain, nothing else.
+pub fn configure_distribution(
+    state: web::Data<AppState>,
+) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |config: &mut web::ServiceConfig| {
+        config
+            .app_data(state)
+            .app_data(web::PathConfig::default().error_handler(|error, request| {
+                request_error(
+                    ProblemCode::RequestInvalidParameter,
+                    error.to_string(),
+                    request,
+                )
+            }))
+            .configure(distribution::routes)
             .default_service(web::to(not_found));
     }
 }

@@ -1,5 +1,5 @@
-//! Unauthenticated endpoints: directory, CA chain, health, readiness,
-//! metrics and the OpenAPI document.
+//! Unauthenticated endpoints: directory, health, readiness, metrics and
+//! the OpenAPI document (the CA chain and CRLs are in `distribution`).
 
 use actix_web::{web, HttpResponse};
 use certmint::ProblemCode;
@@ -12,7 +12,6 @@ use crate::error::ServiceError;
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/v1/directory", web::get().to(directory))
-        .route("/v1/ca/chain.pem", web::get().to(chain))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
@@ -22,13 +21,6 @@ pub fn routes(config: &mut web::ServiceConfig) {
 /// `GET /v1/directory`: endpoints and CA facts.
 async fn directory(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(&state.directory)
-}
-
-/// `GET /v1/ca/chain.pem`: issuing certificate then root.
-async fn chain(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/pem-certificate-chain")
-        .body(state.issuer.ca().chain_pem.clone())
 }
 
 /// `GET /healthz`: the process is alive.

@@ -142,6 +142,7 @@ impl Harness {
             ca: IssuingCa {
                 signer,
                 certificate,
+                key_id: "00aa".into(),
                 chain_pem,
                 path_not_after: START + time::Duration::days(365),
             },
@@ -153,6 +154,11 @@ impl Harness {
                 renew_fraction: 2.0 / 3.0,
                 renew_jitter: 0.0,
                 pending_timeout_seconds: PENDING_TIMEOUT_SECONDS,
+                crl: crate::revocation::sharding::CrlSharding {
+                    base_url: "http://127.0.0.1:1".into(),
+                    shards: 4,
+                    width_seconds: 3600,
+                },
             },
             metrics: Arc::new(Metrics::new()),
         });
@@ -215,6 +221,10 @@ impl Harness {
             not_before: at,
             not_after: at + time::Duration::hours(1),
             tbs_der: vec![0x30, 0x00],
+            crl: crate::store::CrlAssignment {
+                issuer_key_id: "00aa".to_owned(),
+                shard: 0,
+            },
             token_id: Some(token_id.to_owned()),
             predecessor: None,
             chain_started_at: at,

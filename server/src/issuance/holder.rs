@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 
 use certmint::wire::{
     CertificateBundle, CertificateInfo, CertificateStatus, Identity, RenewRequest, RevocationReason,
+    RevokeRequest,
 };
 use der::Decode as _;
 use time::OffsetDateTime;
@@ -180,9 +181,10 @@ impl Issuer {
     pub fn revoke_presented(
         &self,
         presented: Option<&[u8]>,
-        reason: RevocationReason,
+        request: &RevokeRequest,
     ) -> Result<CertificateInfo, ServiceError> {
         let now = self.parts.clock.now();
+        let reason = request.reason;
         let record = self.presented_record(presented)?;
         // An already revoked certificate gets its 409 from the store first.
         if record.info.status == CertificateStatus::Issued && !holder_may_revoke_with(reason) {
@@ -191,12 +193,13 @@ impl Issuer {
             }
             .into());
         }
+        let revocation = crate::revocation::checked_revocation(request, now)?;
         let serial = record.info.serial;
         let actor = format!("certificate:{serial}");
         Ok(self
             .parts
             .store
-            .revoke_certificate(&serial, reason, &actor, now)?)
+            .revoke_certificate(&serial, revocation, &actor, now)?)
     }
 
     /// The inventory record of the presented certificate, which must hold

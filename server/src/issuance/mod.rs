@@ -59,7 +59,10 @@ use crate::error::ServiceError;
 use crate::hsm::CaSigner;
 use crate::metrics::Metrics;
 use crate::policy::{self, CompiledPolicy, Decision};
-use crate::store::{NewCertificate, NewToken, Store, StoreError, UsedUpTokenRecovery};
+use crate::revocation::sharding::{distribution_point, CrlSharding};
+use crate::store::{
+    CrlAssignment, NewCertificate, NewToken, Store, StoreError, UsedUpTokenRecovery,
+};
 use crate::tokens::{self, TokenAuthority, TokenError};
 use csr::VerifiedCsr;
 use profile::{LeafNames, LeafTemplate, UnsignedCertificate};
@@ -115,6 +118,8 @@ pub struct IssuerSettings {
     /// Seconds after which a `pending` issuance is presumed dead and may be
     /// reconciled (`issuance.pending_timeout`).
     pub pending_timeout_seconds: i64,
+    /// Which CRL each certificate is assigned to (`[crl]`).
+    pub crl: CrlSharding,
 }
 
 /// The issuing CA as the pipeline sees it.
@@ -124,6 +129,9 @@ pub struct IssuingCa {
     pub signer: Arc<dyn CaSigner>,
     /// The issuing certificate.
     pub certificate: Certificate,
+    /// Lower-case hex of the issuing certificate's subject key identifier:
+    /// its leaves' AKI, its CRLs' AKI, and its CRLs' path segment.
+    pub key_id: String,
     /// Issuing certificate, any intermediate CAs, then root, PEM.
     pub chain_pem: String,
     /// The earliest notAfter on the path: the issuing certificate's, an
@@ -494,7 +502,7 @@ impl Issuer {
     pub fn withdraw_internal(&self, serial: &str) -> Result<(), ServiceError> {
         self.parts.store.revoke_certificate(
             serial,
-            RevocationReason::CessationOfOperation,
+            RevocationReason::CessationOfOperation.into(),
             "system:server-tls",
             self.parts.clock.now(),
         )?;
@@ -635,6 +643,11 @@ impl Issuer {
             return Err(IssuanceError::IssuingCertificateExpired.into());
         }
         let names = leaf_names(&request);
+        let crl_shard = self
+            .parts
+            .settings
+            .crl
+            .shard_of(not_after.unix_timestamp());
         for _ in 0..SERIAL_ATTEMPTS {
             let serial = random_serial()?;
             let template = LeafTemplate {
@@ -645,6 +658,11 @@ impl Issuer {
                 extended_key_usages: policy.extended_key_usages().to_vec(),
                 not_before,
                 not_after,
+                crl_distribution_point: distribution_point(
+                    &self.parts.settings.crl.base_url,
+                    &self.parts.ca.key_id,
+                    crl_shard,
+                ),
             };
             let unsigned = profile::prepare_leaf(
                 &template,
@@ -662,6 +680,10 @@ impl Issuer {
                 not_before,
                 not_after,
                 tbs_der: unsigned.tbs_der().to_vec(),
+                crl: CrlAssignment {
+                    issuer_key_id: self.parts.ca.key_id.clone(),
+                    shard: crl_shard,
+                },
                 token_id: token_id.clone(),
                 predecessor: lineage.predecessor.clone(),
                 chain_started_at: lineage.chain_started_at,

@@ -23,7 +23,9 @@ use time::OffsetDateTime;
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder as _, CertificateBuilder};
 use x509_cert::certificate::{Certificate, TbsCertificate};
-use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::crl::CrlDistributionPoints;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
     SubjectAltName, SubjectKeyIdentifier,
@@ -86,6 +88,9 @@ pub struct LeafTemplate {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
+    /// URL of the CRL that will list it if it is revoked (its CRL
+    /// Distribution Points extension).
+    pub crl_distribution_point: String,
 }
 
 /// A CA certificate to build (root or intermediate).
@@ -282,15 +287,33 @@ impl BuilderProfile for LeafProfile {
             authority_cert_serial_number: None,
         };
         extensions.push(authority.to_extension(subject, &extensions)?);
+        extensions.push(
+            crl_distribution_points(&self.template.crl_distribution_point)?
+                .to_extension(subject, &extensions)?,
+        );
         Ok(extensions)
     }
+}
+
+/// One distribution point with one URI (RFC 5280 §4.2.1.13): no reasons,
+/// no cRLIssuer, so the CRL there covers every reason and is signed by the
+/// certificate's issuer.
+fn crl_distribution_points(url: &str) -> der::Result<CrlDistributionPoints> {
+    let uri = Ia5String::new(url)?;
+    Ok(CrlDistributionPoints(vec![DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(uri),
+        ])),
+        reasons: None,
+        crl_issuer: None,
+    }]))
 }
 
 /// The key identifier a child of `issuer` must name in its AKI: the
 /// issuer's own subjectKeyIdentifier when it has one (an externally signed
 /// issuing certificate may use any method to derive it, RFC 5280 §4.2.1.2),
 /// else ours, derived from its key.
-fn issuer_key_identifier(issuer: &Certificate) -> Result<OctetString, ProfileError> {
+pub fn issuer_key_identifier(issuer: &Certificate) -> Result<OctetString, ProfileError> {
     use der::referenced::OwnedToRef as _;
     let tbs = issuer.tbs_certificate();
     match tbs

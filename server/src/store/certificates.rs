@@ -28,7 +28,9 @@ use time::OffsetDateTime;
 use super::connection::DbConnection;
 use super::models::{CertificateRow, CertificateSummaryRow, RevocationRow};
 use super::schema::{certificate_revocations, certificates, policies, renewal_chains};
-use super::statements::{ConfirmIssued, InsertCertificate, InsertRenewalChain, MarkIssued};
+use super::statements::{
+    ConfirmIssued, InsertCertificate, InsertCrlAssignment, InsertRenewalChain, MarkIssued,
+};
 use super::{
     audit, cursor_hex, cursor_int, decode_cursor, encode_cursor, from_unix, identity_from_json,
     is_unique_violation, optional_from_unix, page_of, page_size, sha256_hex, to_json, tokens, unix,
@@ -62,6 +64,9 @@ pub struct NewCertificate {
     pub not_after: OffsetDateTime,
     /// The DER TBSCertificate the HSM will sign.
     pub tbs_der: Vec<u8>,
+    /// Which CRL will list it if it is revoked: its issuer's key id and
+    /// the shard of that issuer's CRLs (chosen from `not_after`).
+    pub crl: CrlAssignment,
     /// Bootstrap token used, for enrollments.
     pub token_id: Option<String>,
     /// Serial of the certificate this one renews.
@@ -74,6 +79,34 @@ pub struct NewCertificate {
     /// otherwise). False only for the server's own certificates, whose
     /// built-in policy is not stored.
     pub require_current_policy: bool,
+}
+
+/// The CRL a certificate belongs to, fixed when it is recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlAssignment {
+    /// Lower-case hex of the issuer's subject key identifier.
+    pub issuer_key_id: String,
+    /// Shard number within that issuer's CRLs.
+    pub shard: u32,
+}
+
+/// A revocation: why, and (for a key compromise) since when the key is
+/// known or suspected to be compromised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// The RFC 5280 reason.
+    pub reason: RevocationReason,
+    /// The CRL entry's invalidityDate, when known.
+    pub invalidity_date: Option<OffsetDateTime>,
+}
+
+impl From<RevocationReason> for Revocation {
+    fn from(reason: RevocationReason) -> Self {
+        Revocation {
+            reason,
+            invalidity_date: None,
+        }
+    }
 }
 
 /// A certificate as stored, for checks against a presented certificate.
@@ -149,6 +182,8 @@ impl Store {
             issued_at: None,
             failure: None,
         };
+        let crl_shard = shard_column(cert.crl.shard)?;
+        let crl_issuer = cert.crl.issuer_key_id.clone();
         let data = json!({
             "policy": cert.policy,
             "policy_version": cert.policy_version,
@@ -199,6 +234,13 @@ impl Store {
             InsertRenewalChain {
                 serial: &row.serial,
                 chain_started_at_unix: chain_started_at,
+            }
+            .execute(conn)
+            .map_err(StoreError::query)?;
+            InsertCrlAssignment {
+                serial: &row.serial,
+                issuer_key_id: &crl_issuer,
+                shard: crl_shard,
             }
             .execute(conn)
             .map_err(StoreError::query)?;
@@ -409,15 +451,20 @@ impl Store {
     ///
     /// [`StoreError::CertificateNotFound`], [`StoreError::CertificateAlreadyRevoked`],
     /// or [`StoreError::CertificateNotIssued`] for pending and failed rows.
+    ///
+    /// The revocation moves the generation of each revoked certificate's
+    /// CRL shard on in the same transaction, so the CRL publisher of any
+    /// replica sees the shard stale at its next look.
     pub fn revoke_certificate(
         &self,
         serial: &str,
-        reason: RevocationReason,
+        revocation: Revocation,
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<CertificateInfo, StoreError> {
         let serial = serial.to_owned();
         let actor = actor.to_owned();
+        let reason = revocation.reason;
         self.write(move |conn| {
             if mark_revoked(conn, &serial)? != 1 {
                 let Some((row, revocation)) = full_row(conn, &serial)? else {
@@ -437,9 +484,9 @@ impl Store {
                     },
                 });
             }
-            record_revocation(conn, &serial, reason, &actor, None, now)?;
+            record_revocation(conn, &serial, revocation, &actor, None, now)?;
             if reason == RevocationReason::KeyCompromise {
-                revoke_descendants(conn, &serial, reason, &actor, now)?;
+                revoke_descendants(conn, &serial, revocation, &actor, now)?;
             }
             let (row, revocation) =
                 full_row(conn, &serial)?.ok_or_else(|| StoreError::CertificateNotFound {
@@ -478,21 +525,27 @@ fn mark_revoked(conn: &mut DbConnection, serial: &str) -> Result<usize, StoreErr
 fn record_revocation(
     conn: &mut DbConnection,
     serial: &str,
-    reason: RevocationReason,
+    revocation: Revocation,
     actor: &str,
     cascaded_from: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    let reason = revocation.reason;
     diesel::insert_into(certificate_revocations::table)
         .values(RevocationRow {
             serial: serial.to_owned(),
             revoked_at: unix(now),
             reason: reason.as_str().to_owned(),
             revoked_by: actor.to_owned(),
+            invalidity_date: revocation.invalidity_date.map(unix),
         })
         .execute(conn)
         .map_err(StoreError::query)?;
+    super::crls::mark_shard_stale(conn, serial)?;
     let mut data = json!({ "reason": reason.as_str(), "reason_code": reason.code() });
+    if let Some(invalid_since) = revocation.invalidity_date {
+        data["invalidity_date"] = json!(unix(invalid_since));
+    }
     if let Some(origin) = cascaded_from {
         data["cascaded_from"] = json!(origin);
     }
@@ -511,7 +564,7 @@ fn record_revocation(
 fn revoke_descendants(
     conn: &mut DbConnection,
     root: &str,
-    reason: RevocationReason,
+    reason: Revocation,
     actor: &str,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
@@ -705,9 +758,14 @@ fn parse_status(name: &str, what: &str) -> Result<CertificateStatus, StoreError>
     .ok_or_else(|| StoreError::corrupt(format!("{what}: unknown status {name:?}")))
 }
 
-fn parse_reason(name: &str, what: &str) -> Result<RevocationReason, StoreError> {
+pub(super) fn parse_reason(name: &str, what: &str) -> Result<RevocationReason, StoreError> {
     RevocationReason::ALL
         .into_iter()
         .find(|reason| reason.as_str() == name)
         .ok_or_else(|| StoreError::corrupt(format!("{what}: unknown revocation reason {name:?}")))
+}
+
+/// A shard number as its INTEGER column holds it.
+pub(super) fn shard_column(shard: u32) -> Result<i32, StoreError> {
+    i32::try_from(shard).map_err(|_| StoreError::corrupt(format!("CRL shard {shard} out of range")))
 }

@@ -53,6 +53,7 @@ mod audit;
 mod ca;
 mod certificates;
 mod connection;
+mod crls;
 mod group_commit;
 mod models;
 mod policies;
@@ -80,7 +81,10 @@ use self::connection::{DbConnection, Manager, Target};
 use self::statements::LockAuditHead;
 
 pub use self::ca::{CaKeyReservation, CaState, InitLock};
-pub use self::certificates::{CertificateFilter, CertificateRecord, ExpiryWindow, NewCertificate};
+pub use self::certificates::{
+    CertificateFilter, CertificateRecord, CrlAssignment, ExpiryWindow, NewCertificate, Revocation,
+};
+pub use self::crls::{CrlClaim, CrlEntryRecord, CrlIssuerSetup, SignedCrl, StoredCrl};
 pub use self::group_commit::GroupCommitCounts;
 pub use self::provisioners::NewProvisionerRecord;
 pub use self::recovery::{UsedUpTokenRecovery, RECONCILED_FAILURE, RECONCILE_BATCH};

@@ -96,6 +96,7 @@ pub(super) struct RevocationRow {
     pub revoked_at: i64,
     pub reason: String,
     pub revoked_by: String,
+    pub invalidity_date: Option<i64>,
 }
 
 #[derive(Queryable, Selectable, Insertable, Debug, Clone)]

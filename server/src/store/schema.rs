@@ -70,6 +70,7 @@ diesel::table! {
         revoked_at -> BigInt,
         reason -> Text,
         revoked_by -> Text,
+        invalidity_date -> Nullable<BigInt>,
     }
 }
 
@@ -128,6 +129,48 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    crl_assignments (serial) {
+        serial -> Text,
+        issuer_key_id -> Text,
+        shard -> Integer,
+    }
+}
+
+diesel::joinable!(crl_assignments -> certificates (serial));
+
+diesel::table! {
+    crl_issuers (issuer_key_id) {
+        issuer_key_id -> Text,
+        last_number -> BigInt,
+    }
+}
+
+diesel::table! {
+    crl_shards (issuer_key_id, shard) {
+        issuer_key_id -> Text,
+        shard -> Integer,
+        generation -> BigInt,
+        claim_number -> BigInt,
+        claimed_until -> BigInt,
+    }
+}
+
+diesel::table! {
+    crls (issuer_key_id, number) {
+        issuer_key_id -> Text,
+        number -> BigInt,
+        shard -> Integer,
+        scope -> Text,
+        generation -> BigInt,
+        this_update -> BigInt,
+        next_update -> BigInt,
+        entries -> BigInt,
+        der -> Binary,
+        sha256 -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     policies,
     bootstrap_tokens,
@@ -138,5 +181,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     ca_state,
     ca_key_reservations,
     audit_events,
+    crl_assignments,
+    crl_issuers,
+    crl_shards,
+    crls,
     audit_head,
 );

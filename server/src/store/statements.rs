@@ -24,7 +24,7 @@
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Binary, HasSqlType, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, HasSqlType, Integer, Nullable, Text};
 use diesel::{QueryResult, RunQueryDsl};
 
 use certmint::wire::CertificateStatus;
@@ -142,6 +142,14 @@ pub(super) struct InsertRenewalChain<'a> {
     pub(super) chain_started_at_unix: i64,
 }
 
+/// Records which CRL shard a certificate belongs to.
+#[derive(Debug)]
+pub(super) struct InsertCrlAssignment<'a> {
+    pub(super) serial: &'a str,
+    pub(super) issuer_key_id: &'a str,
+    pub(super) shard: i32,
+}
+
 /// Appends one audit event row (all columns).
 #[derive(Debug)]
 pub(super) struct InsertAuditEvent<'a> {
@@ -150,6 +158,7 @@ pub(super) struct InsertAuditEvent<'a> {
 
 static_query_id!(InsertCertificate);
 static_query_id!(InsertRenewalChain);
+static_query_id!(InsertCrlAssignment);
 static_query_id!(InsertAuditEvent);
 static_query_id!(SetAuditHead);
 static_query_id!(ConsumeTokenUse);
@@ -287,6 +296,24 @@ where
         out.push_bind_param::<Text, _>(self.serial)?;
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.chain_started_at_unix)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+impl<DB> QueryFragment<DB> for InsertCrlAssignment<'_>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<Integer>,
+    str: ToSql<Text, DB>,
+    i32: ToSql<Integer, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO crl_assignments (serial, issuer_key_id, shard) VALUES (");
+        out.push_bind_param::<Text, _>(self.serial)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.issuer_key_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&self.shard)?;
         out.push_sql(")");
         Ok(())
     }

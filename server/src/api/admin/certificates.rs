@@ -90,7 +90,9 @@ async fn read(
 }
 
 /// `POST /v1/admin/certificates/{serial}/revoke` (admin).
-/// Codes: `certificate.not_found`, `certificate.already_revoked`.
+/// Codes: `certificate.not_found`, `certificate.already_revoked`,
+/// `request.invalid_parameter` (an invalidity date without key compromise,
+/// or in the future).
 async fn revoke(
     state: web::Data<AppState>,
     access: WriteAccess,
@@ -100,7 +102,7 @@ async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let admin = state.admin.clone();
     let certificate = blocking(&id, move || {
-        admin.revoke_certificate(&access, &serial, body.reason)
+        admin.revoke_certificate(&access, &serial, &body)
     })
     .await?;
     Ok(HttpResponse::Ok().json(certificate))

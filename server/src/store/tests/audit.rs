@@ -24,7 +24,7 @@ fn audit_chain_verifies_and_detects_tampering(db: &TestDb) {
         .abandon_issuance(&failed.serial, "signer failed", Some("tok-a"), NOW)
         .expect("abandon");
     store
-        .revoke_certificate(&serial(1), RevocationReason::Unspecified, ACTOR, NOW)
+        .revoke_certificate(&serial(1), RevocationReason::Unspecified.into(), ACTOR, NOW)
         .expect("revoke");
     store
         .disable_policy("payments", ACTOR, NOW)

@@ -58,7 +58,7 @@ fn inventory_filters(db: &TestDb) {
         .expect("pending");
     issue(store, &soon(5, "billing", 1));
     store
-        .revoke_certificate(&serial(5), RevocationReason::Superseded, ACTOR, NOW)
+        .revoke_certificate(&serial(5), RevocationReason::Superseded.into(), ACTOR, NOW)
         .expect("revoke");
     // Issued, and already expired at NOW: not "expiring".
     issue(store, &soon(6, "payments", -1));
@@ -139,7 +139,7 @@ fn fail_revoke_twice(db: &TestDb) {
     issue(store, &cert);
     let later = NOW + Duration::minutes(3);
     let revoked = store
-        .revoke_certificate(&cert.serial, RevocationReason::KeyCompromise, ACTOR, later)
+        .revoke_certificate(&cert.serial, RevocationReason::KeyCompromise.into(), ACTOR, later)
         .expect("revoke");
     assert_eq!(revoked.status, CertificateStatus::Revoked);
     assert_eq!(
@@ -149,7 +149,7 @@ fn fail_revoke_twice(db: &TestDb) {
     assert_eq!(revoked.revoked_at, Some(later));
     assert!(revoked.certificate_pem.is_some());
     let err = store
-        .revoke_certificate(&cert.serial, RevocationReason::Unspecified, ACTOR, NOW)
+        .revoke_certificate(&cert.serial, RevocationReason::Unspecified.into(), ACTOR, NOW)
         .expect_err("twice");
     assert!(
         matches!(err, StoreError::CertificateAlreadyRevoked { revoked_at: Some(at), .. } if at == later),
@@ -160,7 +160,7 @@ fn fail_revoke_twice(db: &TestDb) {
         .begin_issuance(&pending, None, ACTOR, NOW)
         .expect("begin");
     let err = store
-        .revoke_certificate(&pending.serial, RevocationReason::Unspecified, ACTOR, NOW)
+        .revoke_certificate(&pending.serial, RevocationReason::Unspecified.into(), ACTOR, NOW)
         .expect_err("pending");
     assert!(
         matches!(
@@ -173,7 +173,7 @@ fn fail_revoke_twice(db: &TestDb) {
         "{err:?}"
     );
     let err = store
-        .revoke_certificate(&serial(404), RevocationReason::Unspecified, ACTOR, NOW)
+        .revoke_certificate(&serial(404), RevocationReason::Unspecified.into(), ACTOR, NOW)
         .expect_err("unknown");
     assert!(
         matches!(err, StoreError::CertificateNotFound { .. }),

@@ -161,6 +161,9 @@ fn token(store: &Store, id: &str, max_uses: u32, expires_at: OffsetDateTime) {
     assert_eq!((info.uses, info.max_uses), (0, max_uses));
 }
 
+/// The issuer key id test certificates are recorded under.
+const TEST_ISSUER_KEY_ID: &str = "00aa";
+
 fn new_cert(serial: &str, policy: &str, token_id: Option<&str>) -> NewCertificate {
     NewCertificate {
         serial: serial.to_owned(),
@@ -172,6 +175,10 @@ fn new_cert(serial: &str, policy: &str, token_id: Option<&str>) -> NewCertificat
         not_before: NOW - Duration::minutes(5),
         not_after: NOW + Duration::days(1),
         tbs_der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+        crl: CrlAssignment {
+            issuer_key_id: TEST_ISSUER_KEY_ID.to_owned(),
+            shard: 0,
+        },
         token_id: token_id.map(str::to_owned),
         predecessor: None,
         chain_started_at: NOW,

@@ -51,7 +51,17 @@ pub(super) enum CertificateCommand {
         /// privilege_withdrawn.
         #[arg(long, value_name = "REASON", value_parser = parse_reason, default_value = "unspecified")]
         reason: RevocationReason,
+        /// With key_compromise: since when the key is known or suspected to
+        /// be compromised (RFC 3339, e.g. 2026-12-08T09:30:00Z); CRLs carry
+        /// it as the entry's invalidity date.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        invalidity_date: Option<OffsetDateTime>,
     },
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|error| format!("{text:?} is not an RFC 3339 time: {error}"))
 }
 
 pub(super) async fn run(context: &Context, command: CertificateCommand) -> Result<Exit, Failure> {
@@ -96,10 +106,14 @@ pub(super) async fn run(context: &Context, command: CertificateCommand) -> Resul
             context.print(&raw, || certificate_details(&certificate, now))?;
             Ok(Exit::Ok)
         }
-        CertificateCommand::Revoke { serial, reason } => {
+        CertificateCommand::Revoke {
+            serial,
+            reason,
+            invalidity_date,
+        } => {
             let request = RevokeRequest {
                 reason,
-                invalidity_date: None,
+                invalidity_date,
             };
             let (certificate, raw): (CertificateInfo, Value) = context
                 .fetch(&AdminRequest::revoke_certificate(&serial, &request)?)
