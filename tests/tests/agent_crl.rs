@@ -10,6 +10,13 @@
 //!   replaces it, runs the hook, and `status` then reports the certificate
 //!   revoked.
 //!
+//! - Against the real server (SQLite and PostgreSQL): the agent enrolls and
+//!   writes `crl.pem` (the issuer's CRLs, among them the shard the leaf
+//!   names) before the one reload hook run that covers both; `certmint admin certificates revoke`
+//!   reaches `crl.pem` within a refresh, runs the hook again, and `status`
+//!   reports the certificate revoked. Another workload reading the CRL
+//!   listener (`crl.url`) with `agent --once` gets the same revocation.
+//!
 //! The per-CRL checks themselves are unit-tested in
 //! `client/src/bin/certmint/agent/crl.rs`; this checks the binary.
 
@@ -20,8 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certmint::wire::{CrlIndex, CrlScope, CrlSummary};
-use certmint_e2e::certmint_binary;
-use certmint_e2e::cli::{layer_line, run_certmint, write_agent_dir, EnrolledFiles};
+use certmint_e2e::cli::{admin, layer_line, run_certmint, write_agent_dir, EnrolledFiles};
+use certmint_e2e::workload::Workload;
+use certmint_e2e::{backend_tests, certmint_binary, identity, pem_chain, policy_json, TestServer};
 use der::Decode as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
@@ -514,4 +522,167 @@ url = "{url}"
     assert_eq!(body["usable"], false);
     assert_eq!(body["crls"][0]["number"], "7");
     assert_eq!(body["crls"][0]["revoked"], 2);
+}
+
+/// Lower-case hex serials (no leading zeros) of every CRL in `crl.pem`.
+fn listed_serials(path: &Path) -> Vec<String> {
+    crls_in(path)
+        .iter()
+        .flat_map(|der| {
+            let crl =
+                x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(der)
+                    .expect("a CRL of crl.pem parses");
+            crl.tbs_cert_list
+                .revoked_certificates
+                .unwrap_or_default()
+                .into_iter()
+                .map(|entry| strip_zeros(&hex::encode(entry.serial_number.as_bytes())))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn strip_zeros(hex: &str) -> String {
+    hex.trim_start_matches('0').to_owned()
+}
+
+/// The Issuing Distribution Point URLs of the CRLs in `crl.pem`.
+fn crl_urls(path: &Path) -> Vec<String> {
+    use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    crls_in(path)
+        .iter()
+        .filter_map(|der| {
+            let crl =
+                x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(der)
+                    .expect("a CRL of crl.pem parses");
+            let ext = crl
+                .tbs_cert_list
+                .crl_extensions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|ext| ext.extn_id.to_string() == "2.5.29.28")?;
+            let idp = IssuingDistributionPoint::from_der(ext.extn_value.as_bytes()).ok()?;
+            match idp.distribution_point? {
+                DistributionPointName::FullName(names) => {
+                    names.into_iter().find_map(|name| match name {
+                        GeneralName::UniformResourceIdentifier(uri) => Some(uri.to_string()),
+                        _ => None,
+                    })
+                }
+                DistributionPointName::NameRelativeToCRLIssuer(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// The CRL Distribution Point URL of the first certificate of `cert_pem`.
+fn leaf_distribution_point(cert_pem: &str) -> String {
+    use x509_cert::ext::pkix::crl::CrlDistributionPoints;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    let der = &pem_chain(cert_pem)[0];
+    let leaf = x509_cert::Certificate::from_der(der).expect("the leaf parses");
+    let (_, points) = leaf
+        .tbs_certificate()
+        .get_extension::<CrlDistributionPoints>()
+        .expect("extensions decode")
+        .expect("the leaf names its CRL");
+    points
+        .0
+        .iter()
+        .find_map(|point| match &point.distribution_point {
+            Some(DistributionPointName::FullName(names)) => {
+                names.iter().find_map(|name| match name {
+                    GeneralName::UniformResourceIdentifier(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .expect("a URI distribution point")
+}
+
+/// A policy for `*.<name>.test`, an hour's lifetime (no renewal during the
+/// test); returns its name.
+fn hour_policy(server: &TestServer) -> String {
+    let name = server.unique("crl-agent");
+    let mut spec = policy_json(&name, &[&format!("*.{name}.test")], &[], &[]);
+    spec["ttl"] = serde_json::json!({ "default": "1h", "max": "1h" });
+    spec["extended_key_usage"] = serde_json::json!(["client_auth", "server_auth"]);
+    server.create_policy(&spec);
+    name
+}
+
+backend_tests! {
+    fn ok_a_revocation_reaches_crl_pem_within_a_refresh_and_runs_the_hook(server: &TestServer) {
+        let policy = hour_policy(server);
+        let dns = format!("api.{policy}.test");
+        let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+        let workload = Workload::new(server, &token.token, &[&dns], "crl.refresh = \"1s\"\n");
+        // The hook notes whether crl.pem was there when it ran.
+        let script = format!(
+            "echo \"$CERTMINT_SERIAL $(test -s \"$CERTMINT_CRL_FILE\" && echo with-crl)\" >> {}",
+            workload.hook_log.display()
+        );
+        let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
+        let command_line = config
+            .lines()
+            .find(|line| line.starts_with("command = "))
+            .expect("a reload command")
+            .to_owned();
+        let config = config.replace(&command_line, &format!("command = [\"sh\", \"-c\", {script:?}]"));
+        std::fs::write(&workload.config, config).expect("write agent.toml");
+        let crl_file = workload.path("crl.pem");
+        let mut agent = workload.spawn_agent();
+        agent.wait_for("the enrollment and its hook", Duration::from_secs(60), || {
+            !workload.hook_serials().is_empty()
+        });
+        let serial = workload.serial().expect("a serial");
+        // crl.pem was written before the certificate's hook, which covered
+        // both: no second reload for it, through a few refreshes.
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(workload.hook_serials(), vec![format!("{serial} with-crl")]);
+        let generation = workload.current().expect("a generation");
+        let shard = leaf_distribution_point(&generation.cert_pem);
+        let urls = crl_urls(&crl_file);
+        assert!(urls.contains(&shard), "crl.pem lacks the leaf's shard {shard}: {urls:?}");
+        assert!(!listed_serials(&crl_file).contains(&strip_zeros(&serial)));
+
+        admin(server, &["certificates", "revoke", &serial, "--reason", "key_compromise"])
+            .assert_exit(0);
+        agent.wait_for("crl.pem to list the revoked serial", Duration::from_secs(30), || {
+            listed_serials(&crl_file).contains(&strip_zeros(&serial))
+        });
+        agent.wait_for("the hook for the new crl.pem", Duration::from_secs(20), || {
+            workload.hook_serials().len() == 2
+        });
+        assert_eq!(workload.hook_serials()[1], format!("{serial} with-crl"));
+
+        let out = workload.out.display().to_string();
+        let report = run_certmint(&["status", "--dir", &out], &[], None);
+        report.assert_exit(EXIT_NOT_USABLE);
+        let (word, detail) = layer_line(&report.stdout, "revocation")
+            .unwrap_or_else(|| panic!("no revocation line:\n{}", report.stdout));
+        assert_eq!(word, "FAIL", "{detail}");
+        assert_eq!(layer_line(&report.stdout, "crl").map(|line| line.0), Some("ok"), "{}", report.stdout);
+        assert_eq!(agent.stop(), Some(0));
+
+        // Another workload of the same issuer, reading the plain-HTTP CRL
+        // listener: its first crl.pem already lists the revocation.
+        let other_dns = format!("other.{policy}.test");
+        let other_token = server.mint_token(&policy, &identity(&[&other_dns], &[], &[]), 1);
+        let top = format!("crl.url = \"{}\"\n", server.crl_url());
+        let other = Workload::new(server, &other_token.token, &[&other_dns], &top);
+        let run = other.agent_once("30s");
+        assert_eq!(run.code, Some(0), "agent --once failed:\n{}", run.stderr);
+        let other_crls = other.path("crl.pem");
+        assert!(
+            listed_serials(&other_crls).contains(&strip_zeros(&serial)),
+            "the listener's CRLs lack {serial}:\n{}",
+            run.stderr
+        );
+        let report = run_certmint(&["status", "--dir", &other.out.display().to_string()], &[], None);
+        report.assert_exit(0);
+        assert_eq!(layer_line(&report.stdout, "revocation").map(|line| line.0), Some("ok"), "{}", report.stdout);
+    }
 }

@@ -679,9 +679,10 @@ fn accept(
     Ok(checked)
 }
 
-/// Keeps `crl.pem` current for one agent: refreshes on an interval and
-/// when asked ([`CrlKeeper::kick`], after each enrollment or renewal), and
-/// runs the reload hooks when the file changes.
+/// Keeps `crl.pem` current for one agent: refreshes on an interval
+/// ([`CrlKeeper::run`]) and right before the agent runs the reload hooks
+/// for a new certificate ([`CrlKeeper::update`], so that one reload covers
+/// both), and runs the hooks itself when only `crl.pem` changed.
 pub struct CrlKeeper {
     workload: Workload,
     /// A CRL listener to read from instead of the HTTPS API.
@@ -689,10 +690,13 @@ pub struct CrlKeeper {
     interval: StdDuration,
     hooks: Hooks,
     store: Option<CrlStore>,
-    /// The hooks failed after the last change: run them at the next refresh.
+    /// `crl.pem` changed and no hook run has succeeded since: run them at
+    /// the next refresh.
     hook_due: bool,
-    kick: Arc<tokio::sync::Notify>,
 }
+
+/// A keeper shared by the refresh task and the renewal loop.
+pub type SharedCrlKeeper = Arc<tokio::sync::Mutex<CrlKeeper>>;
 
 impl CrlKeeper {
     /// A keeper for `workload`'s output directory.
@@ -709,40 +713,64 @@ impl CrlKeeper {
             hooks,
             store: None,
             hook_due: false,
-            kick: Arc::default(),
         }
     }
 
-    /// Wakes the keeper for a refresh now (a permit is kept if it is busy).
-    pub fn kick(&self) -> Arc<tokio::sync::Notify> {
-        self.kick.clone()
-    }
-
-    /// Refreshes forever: now, then every interval (± 10 %) or when kicked.
-    pub async fn run(mut self) {
+    /// Refreshes forever: now, then every interval (± 10 %).
+    pub async fn run(keeper: SharedCrlKeeper) {
         loop {
-            self.refresh_once().await;
+            let interval = {
+                let mut keeper = keeper.lock().await;
+                keeper.refresh_once().await;
+                keeper.interval
+            };
             let unit = schedule::random_unit();
             let factor = 1.0 + REFRESH_JITTER * (2.0 * unit - 1.0);
-            let wait = self.interval.mul_f64(factor);
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.kick.notified() => {}
-            }
+            tokio::time::sleep(interval.mul_f64(factor)).await;
         }
     }
 
-    /// One refresh: read what the workload trusts, fetch, check, write
-    /// `crl.pem` when it changed and run the hooks then. Nothing to do
-    /// before the first certificate is in place.
+    /// One refresh ([`Self::update`]), then the reload hooks when
+    /// `crl.pem` changed (or changed earlier and the hooks failed since).
     pub async fn refresh_once(&mut self) {
+        self.update().await;
+        if !self.hook_due {
+            return;
+        }
+        let current = self.workload.output.current().ok().flatten();
+        // meta.json may be missing (files written by another tool): the
+        // leaf itself names its serial.
+        let serial = current
+            .as_ref()
+            .and_then(|current| current.meta.as_ref().map(|meta| meta.serial.clone()))
+            .or_else(|| {
+                current
+                    .as_ref()
+                    .and_then(|current| leaf_serial(&current.cert_pem))
+            })
+            .unwrap_or_default();
+        self.hook_due = !self.hooks.run(&self.workload.output, &serial).await;
+    }
+
+    /// The agent is about to run the reload hooks (a new certificate, or
+    /// a retry): they load `crl.pem` as it is now, so a change already
+    /// written needs no run of its own.
+    pub fn hooks_cover_crl_pem(&mut self) {
+        self.hook_due = false;
+    }
+
+    /// Reads what the workload trusts, fetches, checks, and writes
+    /// `crl.pem` when its content changed (never an empty file where
+    /// there was none: absent means "not fetched yet"). Nothing to do
+    /// before the first certificate is in place. True when it wrote.
+    pub async fn update(&mut self) -> bool {
         let output = &self.workload.output;
         let ca_pem = match output.ca_pem() {
             Ok(Some(ca_pem)) => ca_pem,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(error) => {
                 tracing::warn!("CRLs: cannot read {CA_FILE}: {error}");
-                return;
+                return false;
             }
         };
         let current = output.current().ok().flatten();
@@ -774,37 +802,25 @@ impl CrlKeeper {
         }
         let text = store.to_pem();
         let on_disk = std::fs::read_to_string(output.path(CRL_FILE)).ok();
-        let changed = on_disk.as_deref() != Some(text.as_str());
-        if changed {
-            if let Err(error) = write_crl_file(output, &text) {
-                tracing::warn!("cannot write {CRL_FILE}; retrying at the next refresh: {error}");
-                return;
-            }
-            let numbers: Vec<String> = store
-                .crls()
-                .iter()
-                .map(|crl| format!("{}/{}#{}", crl.issuer, crl.shard(), crl.number_text()))
-                .collect();
-            tracing::info!(
-                crl.count = numbers.len(),
-                "crl.pem updated: {}",
-                numbers.join(", ")
-            );
+        if on_disk.as_deref() == Some(text.as_str()) || (on_disk.is_none() && text.is_empty()) {
+            return false;
         }
-        if changed || self.hook_due {
-            // meta.json may be missing (files written by another tool):
-            // the leaf itself names its serial.
-            let serial = current
-                .as_ref()
-                .and_then(|current| current.meta.as_ref().map(|meta| meta.serial.clone()))
-                .or_else(|| {
-                    current
-                        .as_ref()
-                        .and_then(|current| leaf_serial(&current.cert_pem))
-                })
-                .unwrap_or_default();
-            self.hook_due = !self.hooks.run(output, &serial).await;
+        if let Err(error) = write_crl_file(output, &text) {
+            tracing::warn!("cannot write {CRL_FILE}; retrying at the next refresh: {error}");
+            return false;
         }
+        let numbers: Vec<String> = store
+            .crls()
+            .iter()
+            .map(|crl| format!("{}/{}#{}", crl.issuer, crl.shard(), crl.number_text()))
+            .collect();
+        tracing::info!(
+            crl.count = numbers.len(),
+            "crl.pem updated: {}",
+            numbers.join(", ")
+        );
+        self.hook_due = true;
+        true
     }
 }
 

@@ -33,9 +33,10 @@
 //! generation.
 //!
 //! Beside the renewal loop, a [`CrlKeeper`] keeps `crl.pem` current: at
-//! start, every `[crl] refresh` (jittered), and right after each new
-//! certificate; a changed `crl.pem` runs the same reload hooks as a new
-//! certificate. `--once` refreshes it once before exiting 0.
+//! start, every `[crl] refresh` (jittered), and right before the reload
+//! hooks run for a new certificate, so one reload covers both; a change of
+//! `crl.pem` alone runs the same reload hooks. `--once` refreshes it once
+//! before exiting 0.
 //!
 //! The submodules are the workload's building blocks, which `certmint
 //! enroll` uses too: [`config`] (`agent.toml`), [`crl`] (`crl.pem`), [`keys`] (fresh keys and
@@ -149,27 +150,25 @@ pub async fn run(args: Args) -> Exit {
         once: args.once,
         jitter_for: None,
         announced: None,
-        crl_kick: Default::default(),
+        crl: None,
         config,
     };
-    let mut keeper = CrlKeeper::new(
+    let keeper = std::sync::Arc::new(tokio::sync::Mutex::new(CrlKeeper::new(
         agent.workload.clone(),
         agent.config.crl.url.clone(),
         agent.config.crl.refresh,
         agent.hooks.clone(),
-    );
-    agent.crl_kick = keeper.kick();
+    )));
+    agent.crl = Some(keeper.clone());
     let mut signals = signals;
     let exit = if args.once {
         let exit = agent.run(&mut signals).await;
         if exit == Exit::Ok {
             // One refresh before exiting, bounded like a request: a CRL
             // server that does not answer must not hold up a boot.
-            let limit = agent.config.request_timeout + stop::STOP_GRACE_MARGIN;
-            if tokio::time::timeout(limit, keeper.refresh_once())
-                .await
-                .is_err()
-            {
+            let limit = agent.crl_limit();
+            let refreshed = async { keeper.lock().await.refresh_once().await };
+            if tokio::time::timeout(limit, refreshed).await.is_err() {
                 tracing::warn!("the CRL refresh did not finish in {limit:?}; crl.pem is as it was");
             }
         }
@@ -177,7 +176,7 @@ pub async fn run(args: Args) -> Exit {
     } else {
         // Runs beside the renewal loop and ends with it; a refresh writes
         // crl.pem synchronously, so stopping never leaves half a file.
-        let crls = tokio::spawn(keeper.run());
+        let crls = tokio::spawn(CrlKeeper::run(keeper));
         let exit = agent.run(&mut signals).await;
         crls.abort();
         exit
@@ -253,8 +252,8 @@ struct Agent {
     jitter_for: Option<(String, f64)>,
     /// Serial whose schedule was last logged (one line per certificate).
     announced: Option<String>,
-    /// Asks the CRL keeper for a refresh (after each new certificate).
-    crl_kick: std::sync::Arc<tokio::sync::Notify>,
+    /// Keeps crl.pem current; brought up to date before each hook run.
+    crl: Option<crl::SharedCrlKeeper>,
 }
 
 impl Agent {
@@ -573,21 +572,36 @@ impl Agent {
     /// happened: no second renewal).
     async fn installed(&mut self, meta: &Meta, signals: &mut Signals) {
         self.backoff.reset();
-        // The new chain may name another issuing CA, whose CRLs crl.pem
-        // must then hold.
-        self.crl_kick.notify_one();
         self.reload(&meta.serial).await;
         drain_renew_requests(signals).await;
     }
 
     /// Runs the reload hooks for `serial`; remembers a failure to retry.
+    /// `crl.pem` is brought up to date first (a new chain may name another
+    /// issuing CA), so the one reload covers it too.
     async fn reload(&mut self, serial: &str) {
+        if let Some(keeper) = &self.crl {
+            let limit = self.crl_limit();
+            let updated = async {
+                let mut keeper = keeper.lock().await;
+                keeper.update().await;
+                keeper.hooks_cover_crl_pem();
+            };
+            if tokio::time::timeout(limit, updated).await.is_err() {
+                tracing::warn!("the CRL refresh did not finish in {limit:?}; reloading without it");
+            }
+        }
         if self.hooks.run(&self.workload.output, serial).await {
             self.hook_due = None;
             self.hook_backoff.reset();
         } else {
             self.hook_due = Some(serial.to_owned());
         }
+    }
+
+    /// How long a CRL refresh may hold up a hook run or an exit.
+    fn crl_limit(&self) -> StdDuration {
+        self.config.request_timeout + stop::STOP_GRACE_MARGIN
     }
 
     fn log_installed(&self, what: &str, meta: &Meta) {
