@@ -1382,6 +1382,15 @@ mod tests {
             assert_eq!(hook_runs(&temp).len(), 1, "{case}: no hook");
         }
 
+        // The index lists a newer CRL the listener does not serve yet (a
+        // replica lagging behind): it answers 304 to the held ETag.
+        let not_yet = ca.crl(8, &[]);
+        listener.serve(&trusted, &not_yet, &good, CRL_CONTENT_TYPE);
+        keeper.refresh_once().await;
+        assert_eq!(listener.conditional().len(), 1);
+        assert_eq!(std::fs::read_to_string(&crl_path).unwrap(), written);
+        assert_eq!(hook_runs(&temp).len(), 1);
+
         // Unreachable: kept as well.
         let mut unreachable = keeper;
         unreachable.listener = Some("http://127.0.0.1:1".into());
@@ -1420,6 +1429,52 @@ mod tests {
         restarted.refresh_once().await;
         let on_disk = std::fs::read_to_string(temp.path().join("out").join(CRL_FILE)).unwrap();
         assert_eq!(crls_from_pem(&on_disk), vec![good]);
+        assert_eq!(hook_runs(&temp).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ok_nothing_fetched_writes_no_crl_pem() {
+        let ca = Ca::root("Root");
+        let listener = Listener::start();
+        let (temp, mut keeper) = keeper_for(&ca, &listener);
+        keeper.listener = Some("http://127.0.0.1:1".into());
+        keeper.refresh_once().await;
+        assert!(!temp.path().join("out").join(CRL_FILE).exists());
+        assert!(hook_runs(&temp).is_empty());
+    }
+
+    #[tokio::test]
+    async fn ok_a_failed_hook_after_a_crl_change_runs_again_at_the_next_refresh() {
+        let ca = Ca::root("Root");
+        let trusted = ca.trusted().remove(0);
+        let listener = Listener::start();
+        let (temp, mut keeper) = keeper_for(&ca, &listener);
+        let flag = temp.path().join("first-run-done");
+        let log = temp.path().join("hook.log");
+        keeper.hooks.command = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "if [ -e {flag} ]; then echo ok >> {log}; else touch {flag}; exit 1; fi",
+                flag = flag.display(),
+                log = log.display()
+            ),
+        ]);
+        let good = ca.crl(1, &[]);
+        listener.serve(&trusted, &good, &good, CRL_CONTENT_TYPE);
+        keeper.refresh_once().await;
+        assert!(flag.exists(), "the hook ran and failed");
+        assert!(hook_runs(&temp).is_empty());
+        keeper.refresh_once().await;
+        assert_eq!(hook_runs(&temp), vec!["ok".to_owned()]);
+        keeper.refresh_once().await;
+        assert_eq!(hook_runs(&temp).len(), 1, "once it succeeded, no more");
+        // Hooks the agent runs for a new certificate cover a change too.
+        let newer = ca.crl(2, &[]);
+        listener.serve(&trusted, &newer, &newer, CRL_CONTENT_TYPE);
+        assert!(keeper.update().await);
+        keeper.hooks_cover_crl_pem();
+        keeper.refresh_once().await;
         assert_eq!(hook_runs(&temp).len(), 1);
     }
 }
