@@ -620,9 +620,7 @@ pub fn load(hsm: &Hsm, store: &Store) -> Result<LoadedCa, ServiceError> {
         hsm.key_protection(&state.issuing_key_label)?,
     )?;
     let certificate = Certificate::from_der(&issuing_der).map_err(encoding)?;
-    let key_id = hex::encode(
-        profile::issuer_key_identifier(&certificate)?.as_bytes(),
-    );
+    let key_id = hex::encode(profile::issuer_key_identifier(&certificate)?.as_bytes());
     if certificate.tbs_certificate().subject_public_key_info() != &spki_of(signer.as_ref())? {
         return Err(CaError::IssuingKeyMismatch.into());
     }

@@ -751,7 +751,12 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
     let ca_certificates: Vec<Vec<u8>> = std::iter::once(issuing_der)
         .chain(loaded.intermediates_der.iter().cloned())
         .collect();
-    let tls_config = tls::server_config(resolver.clone(), &loaded.root_der, &ca_certificates)?;
+    let tls_config = tls::server_config(
+        resolver.clone(),
+        &loaded.root_der,
+        &ca_certificates,
+        metrics.tls_handshake_failures(),
+    )?;
 
     let directory = Directory {
         api_version: API_VERSION.into(),
@@ -849,7 +854,12 @@ fn crl_issuers(
 ) -> Result<Vec<CrlIssuer>, CommandError> {
     let mut issuers = vec![CrlIssuer {
         key_id: loaded.issuing.key_id.clone(),
-        name: loaded.issuing.certificate.tbs_certificate().subject().clone(),
+        name: loaded
+            .issuing
+            .certificate
+            .tbs_certificate()
+            .subject()
+            .clone(),
         signer: loaded.issuing.signer.clone(),
         scope: CrlScope::UserCerts,
         shards: config.crl.shards,

@@ -426,9 +426,15 @@ impl Config {
         }
         if let Some(url) = &self.crl.url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("crl.url {url:?} must be an http:// or https:// URL"));
+                return Err(format!(
+                    "crl.url {url:?} must be an http:// or https:// URL"
+                ));
             }
-        } else if self.crl.listen.is_some_and(|listen| listen.ip().is_unspecified()) {
+        } else if self
+            .crl
+            .listen
+            .is_some_and(|listen| listen.ip().is_unspecified())
+        {
             return Err(
                 "crl.listen is a wildcard address: set crl.url to the address relying parties fetch CRLs from"
                     .into(),

@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Write a config (if absent), create the database and the CA on the token.
     /// Safe to run twice: an existing CA is never touched.
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Serve the HTTPS API.
     Serve {
         /// Config file.

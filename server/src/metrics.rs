@@ -3,10 +3,15 @@
 //! Names carry their unit (`_seconds`, `_total`). Labels are bounded: the
 //! standard HTTP methods (any extension method a client invents is
 //! `other`), route patterns (never raw paths), problem codes from the fixed
-//! table, and a small set of store operations.
+//! table, a small set of store operations, and the fixed reasons of
+//! [`HandshakeFailure`].
+
+use std::fmt::Write as _;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,7 +35,20 @@ struct OperationLabels {
     operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeFailureLabels {
+    reason: HandshakeFailure,
+}
+
+/// The label is the reason's stable lower_snake name, not the variant's.
+impl EncodeLabelValue for HandshakeFailure {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.label())
+    }
+}
+
 use crate::store::Store;
+use crate::tls::HandshakeFailure;
 
 fn latency_histogram() -> Histogram {
     // 100 µs … ~6.5 s
@@ -46,6 +64,22 @@ pub struct Metrics {
     hsm_sign: Histogram,
     server_certificate_expiry: Gauge,
     database: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    tls_handshake_failures: TlsHandshakeFailures,
+}
+
+/// `certmint_tls_handshake_failures_total{reason}`: a handle for the TLS
+/// client-certificate verifier ([`crate::tls::HolderCertificateVerifier`]),
+/// which counts every certificate it refuses.
+#[derive(Clone, Debug, Default)]
+pub struct TlsHandshakeFailures(Family<HandshakeFailureLabels, Counter>);
+
+impl TlsHandshakeFailures {
+    /// One handshake refused for `reason`.
+    pub fn inc(&self, reason: HandshakeFailure) {
+        self.0
+            .get_or_create(&HandshakeFailureLabels { reason })
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -99,6 +133,22 @@ impl Metrics {
             "notAfter of the TLS certificate the server is serving (unix time); alert well before it",
             server_certificate_expiry.clone(),
         );
+        let tls_handshake_failures = TlsHandshakeFailures::default();
+        // Every reason is exported from the start, at 0, so that a rate or
+        // an alert on one reason has a series before its first failure.
+        for reason in HandshakeFailure::ALL {
+            // The guard only reads the new series; creating it is the point.
+            drop(
+                tls_handshake_failures
+                    .0
+                    .get_or_create(&HandshakeFailureLabels { reason }),
+            );
+        }
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused because of the client certificate, by reason",
+            tls_handshake_failures.0.clone(),
+        );
         Self {
             registry,
             issuances,
@@ -107,6 +157,7 @@ impl Metrics {
             hsm_sign,
             server_certificate_expiry,
             database,
+            tls_handshake_failures,
         }
     }
 
@@ -144,6 +195,12 @@ impl Metrics {
     /// [`crate::tls::ServerCertificate`] to keep: a handle to the same value.
     pub fn server_certificate_expiry(&self) -> Gauge {
         self.server_certificate_expiry.clone()
+    }
+
+    /// The counter of refused client certificates, for the TLS verifier to
+    /// keep: a handle to the same series `/metrics` shows.
+    pub fn tls_handshake_failures(&self) -> TlsHandshakeFailures {
+        self.tls_handshake_failures.clone()
     }
 
     /// One database operation.
@@ -239,5 +296,35 @@ mod tests {
             .filter(|line| line.contains(r#"method="other""#) && line.contains("_count"))
             .count();
         assert_eq!(other_series, 1, "{text}");
+    }
+
+    #[test]
+    fn ok_every_handshake_failure_reason_is_exported_from_the_start() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        for reason in HandshakeFailure::ALL {
+            let line = format!(
+                "certmint_tls_handshake_failures_total{{reason=\"{}\"}} 0",
+                reason.label()
+            );
+            assert!(text.contains(&line), "no {line:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn ok_a_counted_handshake_failure_shows_under_its_reason_only() {
+        let metrics = Metrics::new();
+        let failures = metrics.tls_handshake_failures();
+        failures.inc(HandshakeFailure::UnknownIssuer);
+        failures.inc(HandshakeFailure::UnknownIssuer);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"certmint_tls_handshake_failures_total{reason="unknown_issuer"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"certmint_tls_handshake_failures_total{reason="malformed"} 0"#),
+            "{text}"
+        );
     }
 }

@@ -57,16 +57,13 @@ fn crl_listing(server: &TestServer, url: &str, serial: &str, since: Instant) -> 
 
 /// Lower-case hex serials a DER CRL lists.
 fn listed_serials(crl_der: &[u8]) -> Vec<String> {
-    let crl: x509_cert::crl::CertificateList = x509_cert::crl::CertificateList::from_der(crl_der).expect("the CRL parses");
+    let crl: x509_cert::crl::CertificateList =
+        x509_cert::crl::CertificateList::from_der(crl_der).expect("the CRL parses");
     crl.tbs_cert_list
         .revoked_certificates
         .iter()
         .flatten()
-        .map(|entry| {
-            let bytes = entry.serial_number.as_bytes();
-            let start = bytes.iter().position(|byte| *byte != 0).unwrap_or(0);
-            hex::encode(&bytes[start..])
-        })
+        .map(|entry| strip_leading_zeros(&hex::encode(entry.serial_number.as_bytes())))
         .collect()
 }
 

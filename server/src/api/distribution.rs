@@ -58,9 +58,7 @@ async fn crl(
     let snapshot = state.crls.snapshot();
     let published = snapshot.get(&issuer, shard).ok_or_else(not_found)?;
     let tag = EntityTag::new_strong(published.summary.sha256.clone());
-    let last_modified = HttpDate::from(std::time::SystemTime::from(
-        published.summary.this_update,
-    ));
+    let last_modified = HttpDate::from(std::time::SystemTime::from(published.summary.this_update));
     let unchanged = request
         .headers()
         .get_all(header::IF_NONE_MATCH)

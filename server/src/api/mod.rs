@@ -157,9 +157,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
 }
 
 /// The plain-HTTP CRL listener: CRLs and the CA chain, nothing else.
-pub fn configure_distribution(
-    state: web::Data<AppState>,
-) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure_distribution(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {
         config
             .app_data(state)

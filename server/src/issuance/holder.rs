@@ -18,8 +18,8 @@
 use std::collections::BTreeSet;
 
 use certmint::wire::{
-    CertificateBundle, CertificateInfo, CertificateStatus, Identity, RenewRequest, RevocationReason,
-    RevokeRequest,
+    CertificateBundle, CertificateInfo, CertificateStatus, Identity, RenewRequest,
+    RevocationReason, RevokeRequest,
 };
 use der::Decode as _;
 use time::OffsetDateTime;

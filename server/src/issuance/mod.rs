@@ -643,11 +643,7 @@ impl Issuer {
             return Err(IssuanceError::IssuingCertificateExpired.into());
         }
         let names = leaf_names(&request);
-        let crl_shard = self
-            .parts
-            .settings
-            .crl
-            .shard_of(not_after.unix_timestamp());
+        let crl_shard = self.parts.settings.crl.shard_of(not_after.unix_timestamp());
         for _ in 0..SERIAL_ATTEMPTS {
             let serial = random_serial()?;
             let template = LeafTemplate {
@@ -1002,6 +998,11 @@ mod tests {
             renew_fraction: 2.0 / 3.0,
             renew_jitter: jitter,
             pending_timeout_seconds: 120,
+            crl: CrlSharding {
+                base_url: "http://ca.test:8080".into(),
+                shards: 16,
+                width_seconds: 6 * 3600,
+            },
         }
     }
 

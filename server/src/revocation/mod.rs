@@ -74,8 +74,11 @@ mod tests {
             invalidity_date,
         };
         let earlier = NOW - time::Duration::hours(3);
-        let kept = checked_revocation(&request(RevocationReason::KeyCompromise, Some(earlier)), NOW)
-            .expect("a past compromise date is kept");
+        let kept = checked_revocation(
+            &request(RevocationReason::KeyCompromise, Some(earlier)),
+            NOW,
+        )
+        .expect("a past compromise date is kept");
         assert_eq!(kept.invalidity_date, Some(earlier));
         assert!(matches!(
             checked_revocation(&request(RevocationReason::Superseded, Some(earlier)), NOW),
@@ -83,7 +86,10 @@ mod tests {
         ));
         assert!(matches!(
             checked_revocation(
-                &request(RevocationReason::KeyCompromise, Some(NOW + time::Duration::minutes(1))),
+                &request(
+                    RevocationReason::KeyCompromise,
+                    Some(NOW + time::Duration::minutes(1))
+                ),
                 NOW
             ),
             Err(RevocationError::InvalidityDateInFuture { .. })

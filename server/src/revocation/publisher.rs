@@ -26,7 +26,7 @@ use super::sharding::{crl_path, distribution_point};
 use crate::clock::Clock;
 use crate::error::ServiceError;
 use crate::hsm::CaSigner;
-use crate::store::{CrlIssuerSetup, SignedCrl, StoreError, StoredCrl, Store};
+use crate::store::{CrlIssuerSetup, SignedCrl, Store, StoreError, StoredCrl};
 
 /// How long a claim on a shard lasts when its signer dies mid-way.
 const CLAIM_SECONDS: i64 = 60;
@@ -242,8 +242,10 @@ impl CrlPublisher {
         let next_update = now + time::Duration::seconds(self.settings.next_update_seconds);
         let template = CrlTemplate {
             issuer: issuer.name.clone(),
-            issuer_key_identifier: hex::decode(&issuer.key_id).map_err(|_| StoreError::Corrupt {
-                what: format!("issuer key id {:?}", issuer.key_id),
+            issuer_key_identifier: hex::decode(&issuer.key_id).map_err(|_| {
+                StoreError::Corrupt {
+                    what: format!("issuer key id {:?}", issuer.key_id),
+                }
             })?,
             number: claim.number,
             this_update: now,
@@ -279,7 +281,10 @@ impl CrlPublisher {
         let mut crls = HashMap::with_capacity(newest.len());
         let mut index = Vec::with_capacity(newest.len());
         for stored in newest {
-            let Some(issuer) = self.issuers.iter().find(|i| i.key_id == stored.issuer_key_id)
+            let Some(issuer) = self
+                .issuers
+                .iter()
+                .find(|i| i.key_id == stored.issuer_key_id)
             else {
                 // Another replica's (or an earlier) issuer that this one no
                 // longer signs for: served by the replicas that do.
@@ -300,8 +305,10 @@ impl CrlPublisher {
                 PublishedCrl { der, summary },
             );
         }
-        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(CrlSnapshot { index, crls });
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(CrlSnapshot { index, crls });
         Ok(())
     }
 }

@@ -60,10 +60,19 @@ mod tests {
             width_seconds: 6 * hour,
         };
         let start = 1_800_000_000 - 1_800_000_000 % (6 * hour);
-        assert_eq!(sharding.shard_of(start), sharding.shard_of(start + 6 * hour - 1));
-        assert_ne!(sharding.shard_of(start), sharding.shard_of(start + 6 * hour));
+        assert_eq!(
+            sharding.shard_of(start),
+            sharding.shard_of(start + 6 * hour - 1)
+        );
+        assert_ne!(
+            sharding.shard_of(start),
+            sharding.shard_of(start + 6 * hour)
+        );
         // The cycle closes after `shards` windows.
-        assert_eq!(sharding.shard_of(start), sharding.shard_of(start + 24 * hour));
+        assert_eq!(
+            sharding.shard_of(start),
+            sharding.shard_of(start + 24 * hour)
+        );
     }
 
     #[test]

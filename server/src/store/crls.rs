@@ -117,17 +117,7 @@ pub struct StoredCrl {
     pub sha256: String,
 }
 
-type StoredCrlColumns = (
-    String,
-    i64,
-    i32,
-    String,
-    i64,
-    i64,
-    i64,
-    i64,
-    String,
-);
+type StoredCrlColumns = (String, i64, i32, String, i64, i64, i64, i64, String);
 
 impl Store {
     /// Makes sure the issuer's counter and shard rows exist, and (for an
@@ -510,8 +500,17 @@ fn scope_name(scope: CrlScope) -> &'static str {
 }
 
 fn stored_crl(row: StoredCrlColumns) -> Result<StoredCrl, StoreError> {
-    let (issuer_key_id, number, shard, scope, generation, this_update, next_update, entries, sha256) =
-        row;
+    let (
+        issuer_key_id,
+        number,
+        shard,
+        scope,
+        generation,
+        this_update,
+        next_update,
+        entries,
+        sha256,
+    ) = row;
     let what = format!("CRL {number} of {issuer_key_id}");
     Ok(StoredCrl {
         number: u64::try_from(number).map_err(|_| StoreError::corrupt(what.clone()))?,

@@ -139,7 +139,12 @@ fn fail_revoke_twice(db: &TestDb) {
     issue(store, &cert);
     let later = NOW + Duration::minutes(3);
     let revoked = store
-        .revoke_certificate(&cert.serial, RevocationReason::KeyCompromise.into(), ACTOR, later)
+        .revoke_certificate(
+            &cert.serial,
+            RevocationReason::KeyCompromise.into(),
+            ACTOR,
+            later,
+        )
         .expect("revoke");
     assert_eq!(revoked.status, CertificateStatus::Revoked);
     assert_eq!(
@@ -149,7 +154,12 @@ fn fail_revoke_twice(db: &TestDb) {
     assert_eq!(revoked.revoked_at, Some(later));
     assert!(revoked.certificate_pem.is_some());
     let err = store
-        .revoke_certificate(&cert.serial, RevocationReason::Unspecified.into(), ACTOR, NOW)
+        .revoke_certificate(
+            &cert.serial,
+            RevocationReason::Unspecified.into(),
+            ACTOR,
+            NOW,
+        )
         .expect_err("twice");
     assert!(
         matches!(err, StoreError::CertificateAlreadyRevoked { revoked_at: Some(at), .. } if at == later),
@@ -160,7 +170,12 @@ fn fail_revoke_twice(db: &TestDb) {
         .begin_issuance(&pending, None, ACTOR, NOW)
         .expect("begin");
     let err = store
-        .revoke_certificate(&pending.serial, RevocationReason::Unspecified.into(), ACTOR, NOW)
+        .revoke_certificate(
+            &pending.serial,
+            RevocationReason::Unspecified.into(),
+            ACTOR,
+            NOW,
+        )
         .expect_err("pending");
     assert!(
         matches!(
@@ -173,7 +188,12 @@ fn fail_revoke_twice(db: &TestDb) {
         "{err:?}"
     );
     let err = store
-        .revoke_certificate(&serial(404), RevocationReason::Unspecified.into(), ACTOR, NOW)
+        .revoke_certificate(
+            &serial(404),
+            RevocationReason::Unspecified.into(),
+            ACTOR,
+            NOW,
+        )
         .expect_err("unknown");
     assert!(
         matches!(err, StoreError::CertificateNotFound { .. }),

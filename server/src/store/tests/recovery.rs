@@ -199,7 +199,12 @@ fn used_up_token_recovery_redelivers_refunds_or_reports_in_flight(db: &TestDb) {
         UsedUpTokenRecovery::UsedUp
     );
     store
-        .revoke_certificate(&done.serial, RevocationReason::Superseded.into(), ACTOR, NOW)
+        .revoke_certificate(
+            &done.serial,
+            RevocationReason::Superseded.into(),
+            ACTOR,
+            NOW,
+        )
         .expect("revoke");
     assert_eq!(
         recover("tok-done", &key, STALE_BEFORE, NOW),

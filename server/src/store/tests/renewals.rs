@@ -71,7 +71,12 @@ fn fail_renewal_of_a_predecessor_revoked_meanwhile(db: &TestDb) {
     let first = new_cert(&serial(8), "payments", None);
     issue(store, &first);
     store
-        .revoke_certificate(&first.serial, RevocationReason::KeyCompromise.into(), ACTOR, NOW)
+        .revoke_certificate(
+            &first.serial,
+            RevocationReason::KeyCompromise.into(),
+            ACTOR,
+            NOW,
+        )
         .expect("revoke");
     let renewed = NewCertificate {
         predecessor: Some(first.serial.clone()),
@@ -107,7 +112,12 @@ fn fail_renewal_whose_predecessor_is_revoked_while_it_is_signed(db: &TestDb) {
         .expect("the intent is recorded");
     // The HSM signs; meanwhile the holder's certificate is revoked.
     store
-        .revoke_certificate(&first.serial, RevocationReason::KeyCompromise.into(), ACTOR, NOW)
+        .revoke_certificate(
+            &first.serial,
+            RevocationReason::KeyCompromise.into(),
+            ACTOR,
+            NOW,
+        )
         .expect("revoke");
     let err = store
         .complete_issuance(
@@ -173,7 +183,12 @@ fn key_compromise_revokes_every_renewal_from_the_certificate(db: &TestDb) {
     );
 
     let revoked = store
-        .revoke_certificate(&a.serial, RevocationReason::KeyCompromise.into(), ACTOR, NOW)
+        .revoke_certificate(
+            &a.serial,
+            RevocationReason::KeyCompromise.into(),
+            ACTOR,
+            NOW,
+        )
         .expect("revoke a");
     assert_eq!(revoked.serial, a.serial);
     for cert in [&a, &b, &c, &d] {
