@@ -119,11 +119,14 @@ pub struct CrlTemplate {
     /// nextUpdate (sub-second part dropped); must be after `this_update`.
     pub next_update: OffsetDateTime,
     /// The distribution point URL: the IDP's fullName, equal to the
-    /// certificates' CRL Distribution Point. None for a CRL whose
-    /// certificates name no distribution point (CA certificates): relying
-    /// parties match such a CRL by issuer and scope alone, and OpenSSL
-    /// refuses one with a URL for a certificate without one ("different
-    /// CRL scope").
+    /// certificates' CRL Distribution Point. None only for a root's CRL of
+    /// the CA certificates it signed, which name no distribution point:
+    /// that CRL then has no Issuing Distribution Point at all (a complete
+    /// CRL of everything the root signed, which is only CA certificates).
+    /// An IDP without a name is refused by rustls-webpki
+    /// (`UnsupportedCrlIssuingDistributionPoint`), and one with a name is
+    /// refused by OpenSSL for a certificate that names none ("different
+    /// CRL scope"); no IDP is accepted by both.
     pub distribution_point: Option<String>,
     /// Which certificates this CRL covers.
     pub scope: CrlScope,
@@ -379,29 +382,7 @@ fn crl_extensions(template: &CrlTemplate) -> Result<Vec<Extension>, CrlError> {
         authority_cert_serial_number: None,
     };
     let number = CrlNumber::try_from(template.number).map_err(encoding("cRLNumber"))?;
-    let distribution_point = match &template.distribution_point {
-        None => None,
-        Some(url) => {
-            if url.is_empty() {
-                return Err(CrlError::Template("empty distribution point URL".into()));
-            }
-            let uri = Ia5String::new(url).map_err(|_| {
-                CrlError::Template(format!("distribution point {url:?} is not an ASCII URI"))
-            })?;
-            Some(DistributionPointName::FullName(vec![
-                GeneralName::UniformResourceIdentifier(uri),
-            ]))
-        }
-    };
-    let idp = IssuingDistributionPoint {
-        distribution_point,
-        only_contains_user_certs: template.scope == CrlScope::UserCerts,
-        only_contains_ca_certs: template.scope == CrlScope::CaCerts,
-        only_some_reasons: None,
-        indirect_crl: false,
-        only_contains_attribute_certs: false,
-    };
-    Ok(vec![
+    let mut extensions = vec![
         extension(
             rfc5280::ID_CE_AUTHORITY_KEY_IDENTIFIER,
             false,
@@ -409,16 +390,43 @@ fn crl_extensions(template: &CrlTemplate) -> Result<Vec<Extension>, CrlError> {
             "authorityKeyIdentifier",
         )?,
         extension(rfc5280::ID_CE_CRL_NUMBER, false, &number, "cRLNumber")?,
-        // RFC 5280 §5.2.5: the IDP is critical. Its OID is set here, not
-        // taken from `IssuingDistributionPoint`'s AssociatedOid, which in
-        // x509-cert 0.3.0 is subjectInfoAccess.
-        extension(
-            rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT,
-            true,
-            &idp,
-            "issuingDistributionPoint",
-        )?,
-    ])
+    ];
+    let Some(url) = &template.distribution_point else {
+        if template.scope == CrlScope::UserCerts {
+            return Err(CrlError::Template(
+                "a CRL of leaf certificates needs its distribution point".into(),
+            ));
+        }
+        // A complete CRL of everything the issuer signed: see
+        // `CrlTemplate::distribution_point`.
+        return Ok(extensions);
+    };
+    if url.is_empty() {
+        return Err(CrlError::Template("empty distribution point URL".into()));
+    }
+    let uri = Ia5String::new(url).map_err(|_| {
+        CrlError::Template(format!("distribution point {url:?} is not an ASCII URI"))
+    })?;
+    let idp = IssuingDistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(uri),
+        ])),
+        only_contains_user_certs: template.scope == CrlScope::UserCerts,
+        only_contains_ca_certs: template.scope == CrlScope::CaCerts,
+        only_some_reasons: None,
+        indirect_crl: false,
+        only_contains_attribute_certs: false,
+    };
+    // RFC 5280 §5.2.5: the IDP is critical. Its OID is set here, not taken
+    // from `IssuingDistributionPoint`'s AssociatedOid, which in x509-cert
+    // 0.3.0 is subjectInfoAccess.
+    extensions.push(extension(
+        rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT,
+        true,
+        &idp,
+        "issuingDistributionPoint",
+    )?);
+    Ok(extensions)
 }
 
 fn extension(
@@ -613,12 +621,7 @@ mod tests {
                 number: 42,
                 this_update: datetime!(2026-12-08 02:00:00.75 UTC),
                 next_update: datetime!(2026-12-08 14:00 UTC),
-                // As the publisher does: CA certificates name no
-                // distribution point, so neither does their CRL.
-                distribution_point: match scope {
-                    CrlScope::UserCerts => Some(URL.into()),
-                    CrlScope::CaCerts => None,
-                },
+                distribution_point: Some(URL.into()),
                 scope,
                 entries,
             }
@@ -714,14 +717,14 @@ mod tests {
 
         let extensions = tbs.crl_extensions.as_ref().expect("CRL extensions");
         let oids: Vec<ObjectIdentifier> = extensions.iter().map(|e| e.extn_id).collect();
-        assert_eq!(
-            oids,
-            [
-                ObjectIdentifier::new_unwrap("2.5.29.35"),
-                ObjectIdentifier::new_unwrap("2.5.29.20"),
-                ObjectIdentifier::new_unwrap("2.5.29.28"),
-            ]
-        );
+        let mut expected = vec![
+            ObjectIdentifier::new_unwrap("2.5.29.35"),
+            ObjectIdentifier::new_unwrap("2.5.29.20"),
+        ];
+        if template.distribution_point.is_some() {
+            expected.push(ObjectIdentifier::new_unwrap("2.5.29.28"));
+        }
+        assert_eq!(oids, expected);
 
         let aki = extension_of(extensions, rfc5280::ID_CE_AUTHORITY_KEY_IDENTIFIER);
         assert!(!aki.critical);
@@ -741,6 +744,9 @@ mod tests {
             Uint::try_from(template.number).expect("expected number")
         );
 
+        if template.distribution_point.is_none() {
+            return;
+        }
         let idp = extension_of(extensions, rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT);
         assert!(idp.critical, "RFC 5280 §5.2.5: the IDP is critical");
         let idp = IssuingDistributionPoint::from_der(idp.extn_value.as_bytes()).expect("IDP");
@@ -839,6 +845,32 @@ mod tests {
         let list = verify(&crl, &issuer.spki_der()).expect("verifies");
         check_crl(&list, &template, issuer.signer.as_ref());
         assert_eq!(revoked(&list).len(), 1);
+    }
+
+    /// A root's CRL of the CA certificates it signed, which name no
+    /// distribution point: no IDP at all, so both rustls-webpki (which
+    /// refuses an IDP without a name) and OpenSSL (which refuses an IDP
+    /// name for a certificate without one) take it; a leaf CRL without a
+    /// URL is refused.
+    #[test]
+    fn ok_root_crl_without_distribution_point_has_no_idp() {
+        let issuer = Issuer::software();
+        let mut template = issuer.template(
+            CrlScope::CaCerts,
+            vec![entry(&[0x21; 16], RevocationReason::CaCompromise)],
+        );
+        template.distribution_point = None;
+        let crl = sign(&template, issuer.signer.as_ref()).expect("sign");
+        let list = verify(&crl, &issuer.spki_der()).expect("verifies");
+        check_crl(&list, &template, issuer.signer.as_ref());
+        webpki::OwnedCertRevocationList::from_der(&crl)
+            .expect("rustls-webpki loads a root CRL without an IDP");
+        let mut leaf_template = issuer.template(CrlScope::UserCerts, Vec::new());
+        leaf_template.distribution_point = None;
+        assert!(matches!(
+            prepare(&leaf_template, issuer.signer.as_ref()),
+            Err(CrlError::Template(_))
+        ));
     }
 
     #[test]
@@ -1229,7 +1261,7 @@ mod tests {
             text.contains("X509v3 Issuing Distribution Point: critical"),
             "{text}"
         );
-        assert_eq!(text.contains(URL), scope == CrlScope::UserCerts, "{text}");
+        assert!(text.contains(URL), "{text}");
         let only = match scope {
             CrlScope::UserCerts => "Only User Certificates",
             CrlScope::CaCerts => "Only CA Certificates",
@@ -1395,6 +1427,15 @@ mod tests {
                 let errors = errors(&findings);
                 assert!(errors.is_empty(), "{scope:?} {name}: {errors:#?}");
             }
+        }
+        // The root's CRL as the publisher signs it: no IDP.
+        for (name, entries) in [("empty", Vec::new()), ("entries", every_reason())] {
+            let mut template = issuer.template(CrlScope::CaCerts, entries);
+            template.distribution_point = None;
+            let crl = sign(&template, issuer.signer.as_ref()).expect("sign");
+            let findings = pkilint(&crl, CrlScope::CaCerts, &format!("root CRL {name}"));
+            let errors = errors(&findings);
+            assert!(errors.is_empty(), "root CRL {name}: {errors:#?}");
         }
     }
 
