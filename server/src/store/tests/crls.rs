@@ -85,7 +85,10 @@ fn a_shard_is_claimed_only_when_it_needs_a_crl(db: &TestDb) {
     let after_revocation =
         sign(store, NOW + Duration::minutes(2)).expect("a revocation makes it stale");
     assert!(after_revocation.number > first.number);
-    assert_eq!(listed(&after_revocation), [cert.serial.clone()]);
+    assert_eq!(
+        listed(&after_revocation),
+        std::slice::from_ref(&cert.serial)
+    );
     let entry = &after_revocation.entries[0];
     assert_eq!(entry.reason, RevocationReason::KeyCompromise);
     assert_eq!(entry.invalidity_date, Some(NOW - Duration::hours(2)));
@@ -97,7 +100,11 @@ fn a_shard_is_claimed_only_when_it_needs_a_crl(db: &TestDb) {
         NOW + Duration::minutes(2) + Duration::seconds(REFRESH),
     )
     .expect("a CRL `refresh` old is signed again");
-    assert_eq!(listed(&refreshed), [cert.serial.clone()], "still listed");
+    assert_eq!(
+        listed(&refreshed),
+        std::slice::from_ref(&cert.serial),
+        "still listed"
+    );
     let refreshed = sign(
         store,
         NOW + Duration::minutes(2) + Duration::seconds(2 * REFRESH),
@@ -188,11 +195,11 @@ fn an_expired_certificate_leaves_after_one_crl_past_its_expiry(db: &TestDb) {
         )
         .expect("revoke");
     let before_expiry = sign(store, NOW).expect("first CRL");
-    assert_eq!(listed(&before_expiry), [cert.serial.clone()]);
+    assert_eq!(listed(&before_expiry), std::slice::from_ref(&cert.serial));
     // Signed after notAfter: still listed, once.
     let past_expiry = cert.not_after + Duration::minutes(1);
     let once_more = sign(store, past_expiry).expect("refresh");
-    assert_eq!(listed(&once_more), [cert.serial.clone()]);
+    assert_eq!(listed(&once_more), std::slice::from_ref(&cert.serial));
     let later = sign(store, past_expiry + Duration::seconds(REFRESH)).expect("refresh");
     assert!(
         listed(&later).is_empty(),
@@ -228,7 +235,7 @@ fn certificates_recorded_before_crls_get_a_shard(db: &TestDb) {
         .expect("no CRL yet");
     assert_eq!(
         listed(&claim),
-        [cert.serial.clone()],
+        std::slice::from_ref(&cert.serial),
         "the backfill put it in its shard"
     );
 }
