@@ -214,6 +214,15 @@ backend_tests! {
             server.fetch(&format!("{}/crl/{}/999.crl", server.crl_url(), first.issuer_key_id), &[]);
         assert_eq!(status, 404);
         assert!(String::from_utf8_lossy(&body).contains("crl.not_found"));
+        let (_, _, metrics) = server.fetch(&format!("{}/metrics", server.base_url()), &[]);
+        let metrics = String::from_utf8_lossy(&metrics);
+        let signed: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("certmint_crl_signed_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no certmint_crl_signed_total in {metrics}"));
+        assert!(signed >= 17.0, "every shard and the root's CRL were signed: {signed}");
+        assert!(metrics.contains("certmint_crl_oldest_this_update_timestamp_seconds "));
         let (status, _, chain) = server.fetch(&format!("{}/v1/ca/chain.pem", server.crl_url()), &[]);
         assert_eq!(status, 200);
         assert!(String::from_utf8_lossy(&chain).contains(server.root_pem().trim()));
