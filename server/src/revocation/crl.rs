@@ -46,7 +46,7 @@ use x509_cert::certificate::Certificate;
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, CrlReason, SubjectKeyIdentifier};
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, CrlReason};
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -255,17 +255,9 @@ pub fn verify(crl_der: &[u8], issuer_spki_der: &[u8]) -> Result<CertificateList,
 /// §5.2.1): the issuer certificate's own subjectKeyIdentifier, else the one
 /// certmint derives from its key (what its leaves' AKI carries too).
 pub fn issuer_key_identifier(issuer: &Certificate) -> Result<Vec<u8>, CrlError> {
-    use der::referenced::OwnedToRef as _;
-    let tbs = issuer.tbs_certificate();
-    let identifier = match tbs
-        .get_extension::<SubjectKeyIdentifier>()
-        .map_err(encoding("subjectKeyIdentifier"))?
-    {
-        Some((_, identifier)) => identifier.0,
-        None => profile::key_identifier(tbs.subject_public_key_info().owned_to_ref())
-            .map_err(encoding("key identifier"))?,
-    };
-    Ok(identifier.as_bytes().to_vec())
+    profile::issuer_key_identifier(issuer)
+        .map(|identifier| identifier.as_bytes().to_vec())
+        .map_err(|error| CrlError::Template(error.to_string()))
 }
 
 /// `-----BEGIN X509 CRL-----` PEM of a DER CRL (RFC 7468 §5).
@@ -465,6 +457,7 @@ mod tests {
 
     use super::*;
     use crate::issuance::profile::{prepare_ca, CaTemplate};
+    use x509_cert::ext::pkix::SubjectKeyIdentifier;
 
     const URL: &str = "http://127.0.0.1:8080/crl/00112233/3.crl";
 
