@@ -933,6 +933,11 @@ mod stop_during_enrollment {
             );
             let response = server.admin_get(&format!("/v1/admin/tokens/{}", token.id));
             assert_eq!(response.json::<TokenInfo>().uses, 1);
+            // The hook runs once crl.pem is brought up to date too, a moment
+            // after the certificate is in place.
+            process.wait_for("the reload hook", Duration::from_secs(30), || {
+                !workload.hook_serials().is_empty()
+            });
             assert_eq!(
                 workload.hook_serials(),
                 vec![serial],

@@ -127,39 +127,8 @@ pub fn name_text(name: &Name) -> String {
     }
 }
 
-/// Unix seconds of an X.509 time.
-pub fn unix(time: x509_cert::time::Time) -> i64 {
-    i64::try_from(time.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
-}
-
-/// RFC 3339 text of Unix seconds.
-pub fn rfc3339(seconds: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(seconds)
-        .ok()
-        .and_then(|time| {
-            time.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("@{seconds}"))
-}
-
-/// `2d 3h`, `5h 10m`, `42m 5s`, `12s`: two units at most.
-pub fn human(seconds: i64) -> String {
-    let mut rest = seconds.unsigned_abs();
-    let mut parts = Vec::new();
-    for (name, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-        if rest >= size || (parts.is_empty() && size == 1) {
-            parts.push(format!("{}{name}", rest / size));
-            rest %= size;
-        } else if !parts.is_empty() {
-            break;
-        }
-        if parts.len() == 2 {
-            break;
-        }
-    }
-    parts.join(" ")
-}
+// Times as `status` prints them, so the two commands read alike.
+pub(crate) use crate::status::inspect::{human, rfc3339, unix};
 
 /// How a chain relates to the trust anchors.
 #[derive(Clone, Debug, PartialEq, Eq)]

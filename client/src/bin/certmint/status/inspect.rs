@@ -492,11 +492,11 @@ fn chain_layer(parsed: &Parsed, at: UnixTime) -> Layer {
     }
 }
 
-fn unix(time: x509_cert::time::Time) -> i64 {
+pub(crate) fn unix(time: x509_cert::time::Time) -> i64 {
     i64::try_from(time.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
 }
 
-fn rfc3339(seconds: i64) -> String {
+pub(crate) fn rfc3339(seconds: i64) -> String {
     OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
         .and_then(|time| {

@@ -10,7 +10,7 @@
 //! does, [`Exit::Usage`] for bad arguments. Reads only; never writes or
 //! prints key material.
 
-mod inspect;
+pub(crate) mod inspect;
 
 use std::path::{Path, PathBuf};
 
