@@ -428,27 +428,83 @@ fn normalised(serial: &str) -> String {
     serial.trim_start_matches('0').to_ascii_lowercase()
 }
 
-/// "CRL signed" lines of the server's log after byte `offset`: how many,
-/// and the most entries one listed.
-fn signatures_logged(log: Option<&PathBuf>, offset: u64) -> Option<(usize, u64)> {
+/// The server's publisher looks at the database once a second
+/// (`CRL_POLL_INTERVAL` in the server's `commands.rs`): it sleeps that
+/// long after each look.
+const PUBLISHER_POLL: Duration = Duration::from_secs(1);
+
+/// What the server's log says about the CRLs it signed during a phase.
+#[derive(Debug, Clone, Serialize)]
+struct Logged {
+    /// "CRL signed" lines.
+    signatures: usize,
+    /// The most entries one of them listed.
+    most_entries: u64,
+    /// The publisher's own time per look that signed, from the gaps between
+    /// consecutive looks' "CRL signed" lines minus [`PUBLISHER_POLL`] (the
+    /// line comes after the CRL is recorded, so a gap is one sleep plus one
+    /// look); only gaps of back-to-back signing looks count.
+    look: Option<Spread>,
+}
+
+/// "CRL signed" lines of the server's (text) log after byte `offset`.
+fn signatures_logged(log: Option<&PathBuf>, offset: u64) -> Option<Logged> {
     let text = std::fs::read(log?).ok()?;
     let start = usize::try_from(offset).ok()?.min(text.len());
     let text = String::from_utf8_lossy(&text[start..]);
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("CRL signed")).collect();
-    let most = lines
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let after = line.split(name).nth(1)?;
+        let digits: String = after
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let most_entries = lines
         .iter()
-        .filter_map(|line| {
-            let after = line.split("entries").nth(1)?;
-            let digits: String = after
-                .trim_start_matches(|c: char| !c.is_ascii_digit())
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        })
+        .filter_map(|line| field(line, "crl.entries"))
         .max()
         .unwrap_or(0);
-    Some((lines.len(), most))
+    let stamps: Vec<OffsetDateTime> = lines
+        .iter()
+        .filter_map(|line| {
+            let stamp = line.split_whitespace().next()?;
+            OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .collect();
+    let looks: Vec<Duration> = stamps
+        .windows(2)
+        .filter_map(|pair| {
+            let gap = Duration::try_from(pair[1] - pair[0]).ok()?;
+            // Two lines of one look are microseconds apart; a look that
+            // signed nothing in between makes a gap of two polls.
+            let look = gap.checked_sub(PUBLISHER_POLL)?;
+            (look < PUBLISHER_POLL / 2).then_some(look)
+        })
+        .collect();
+    Some(Logged {
+        signatures: lines.len(),
+        most_entries,
+        look: (!looks.is_empty()).then(|| Spread::of(looks)),
+    })
+}
+
+fn print_logged(logged: Option<&Logged>) {
+    let Some(logged) = logged else {
+        return;
+    };
+    println!(
+        "  server log: {} \"CRL signed\" lines, the largest with {} entries",
+        logged.signatures, logged.most_entries
+    );
+    if let Some(look) = &logged.look {
+        println!(
+            "  publisher's look that signed, from its log ({} back-to-back looks): p50 {:.0} ms, max {:.0} ms",
+            look.count, look.p50_ms, look.max_ms
+        );
+    }
 }
 
 fn log_len(log: Option<&PathBuf>) -> u64 {
@@ -510,7 +566,7 @@ struct SignReport {
     probe_latency: Spread,
     /// "CRL signed" lines during the bulk revocation and the probes, and
     /// the most entries one listed.
-    signatures_logged: Option<(usize, u64)>,
+    signatures_logged: Option<Logged>,
     /// In this process, the server's encoder on the same entries.
     in_process: Vec<InProcess>,
 }
@@ -732,9 +788,7 @@ fn print_sign(report: &SignReport) {
         "  one more revocation -> served CRL lists it ({} probes, random arrival in the 1 s poll): min {:.0}, p50 {:.0}, max {:.0} ms",
         p.count, p.min_ms, p.p50_ms, p.max_ms
     );
-    if let Some((count, most)) = report.signatures_logged {
-        println!("  server log: {count} \"CRL signed\" lines, the largest with {most} entries");
-    }
+    print_logged(report.signatures_logged.as_ref());
     println!();
     println!(
         "  {:<34} {:>12} {:>12} {:>12} {:>12}",
@@ -765,7 +819,7 @@ struct LatencyReport {
     full_fetches: usize,
     not_modified: usize,
     bytes_fetched: usize,
-    signatures_logged: Option<(usize, u64)>,
+    signatures_logged: Option<Logged>,
 }
 
 fn latency(args: &LatencyArgs) -> Result<bool, BoxError> {
@@ -958,9 +1012,7 @@ fn print_latency(report: &LatencyReport) {
         report.bytes_fetched,
         report.not_modified
     );
-    if let Some((count, most)) = report.signatures_logged {
-        println!("  server log: {count} \"CRL signed\" lines, the largest with {most} entries");
-    }
+    print_logged(report.signatures_logged.as_ref());
 }
 
 // ---- crl sizes --------------------------------------------------------------
