@@ -1314,3 +1314,82 @@ fn print_sizes(report: &SizesReport) {
         println!("  {}: {}", scenario.name, cells.join(" "));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as the server's text log writes them.
+    fn signed(at: &str, entries: u64) -> String {
+        format!(
+            "{at}  INFO certmint_server::revocation::publisher: CRL signed crl.issuer=5a5a crl.shard=0 crl.number=7 crl.entries={entries}\n"
+        )
+    }
+
+    #[test]
+    fn the_log_gives_signatures_entries_and_look_times() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("server.log");
+        let before = signed("2026-12-08T03:00:00.000000Z", 99_999);
+        let log = [
+            before.clone(),
+            "2026-12-08T03:00:00.500000Z  INFO certmint_server::api: request\n".to_owned(),
+            signed("2026-12-08T03:00:01.000000Z", 10),
+            // Back to back: a look of 60 ms.
+            signed("2026-12-08T03:00:02.060000Z", 20),
+            // Same look, another shard: no gap counted.
+            signed("2026-12-08T03:00:02.060100Z", 1),
+            // A look that signed nothing in between: not counted.
+            signed("2026-12-08T03:00:04.100000Z", 30),
+            // Back to back again: 40 ms.
+            signed("2026-12-08T03:00:05.140000Z", 25),
+        ]
+        .concat();
+        std::fs::write(&path, log).expect("write the log");
+        let logged = signatures_logged(Some(&path), before.len() as u64).expect("the log is read");
+        assert_eq!(logged.signatures, 5, "lines before the offset do not count");
+        assert_eq!(logged.most_entries, 30);
+        let look = logged.look.expect("two back-to-back looks");
+        assert_eq!(look.count, 2);
+        assert!((look.min_ms - 40.0).abs() < 0.01, "{look:?}");
+        assert!((look.max_ms - 60.0).abs() < 0.01, "{look:?}");
+        assert!(signatures_logged(None, 0).is_none());
+    }
+
+    #[test]
+    fn reasons_follow_the_stated_mix() {
+        let reasons: Vec<_> = (0..20).map(reason_of).collect();
+        let count = |reason| reasons.iter().filter(|(r, _)| *r == reason).count();
+        assert_eq!(count(RevocationReason::Unspecified), 12);
+        assert_eq!(count(RevocationReason::Superseded), 5);
+        assert_eq!(count(RevocationReason::CessationOfOperation), 2);
+        assert_eq!(count(RevocationReason::KeyCompromise), 1);
+        assert!(reasons
+            .iter()
+            .all(|(reason, dated)| *dated == (*reason == RevocationReason::KeyCompromise)));
+    }
+
+    #[test]
+    fn the_software_signer_signs_crls_the_encoder_accepts() {
+        let signer = SoftwareP256::generate().expect("a key");
+        let now = OffsetDateTime::now_utc();
+        let template = CrlTemplate {
+            issuer: "CN=test".parse().expect("a name"),
+            issuer_key_identifier: vec![1; 20],
+            number: 1,
+            this_update: now,
+            next_update: now + time::Duration::hours(1),
+            distribution_point: "http://ca.test/crl/01/0.crl".into(),
+            scope: CrlScope::UserCerts,
+            entries: vec![CrlEntry {
+                serial: vec![0x42; 16],
+                revoked_at: now,
+                reason: RevocationReason::Unspecified,
+                invalidity_date: None,
+            }],
+        };
+        // crl::sign verifies under the signer's SPKI before it returns.
+        let der = crl::sign(&template, &signer).expect("signed and verified");
+        assert_eq!(listed_serials(&der).expect("parses"), vec!["42".repeat(16)]);
+    }
+}
