@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="$PWD/.certmint-dev"
 PORT="${CERTMINT_PORT:-8443}"
+CRL_PORT="${CERTMINT_CRL_PORT:-8080}"
 URL="https://localhost:$PORT"
 SERVER="$PWD/target/debug/certmint-server"
 CERTMINT="$PWD/target/debug/certmint"
@@ -79,7 +80,7 @@ export CERTMINT_HSM_SO_PIN="$(cat "$DEV/hsm-so-pin")"
 
 step "certmint-server init (safe to repeat: an existing CA is never touched)"
 INIT="$("$SERVER" init --config "$DEV/certmint.toml" --init-token --pin-file "$DEV/hsm-pin" \
-  "${MODULE_ARGS[@]}" --listen "127.0.0.1:$PORT" --database-url "sqlite://certmint.db" 2>&1)" ||
+  "${MODULE_ARGS[@]}" --listen "127.0.0.1:$PORT" --crl-listen "127.0.0.1:$CRL_PORT" --database-url "sqlite://certmint.db" 2>&1)" ||
   { echo "$INIT" >&2; exit 1; }
 echo "$INIT" | grep -v 'hsm-sim, a software HSM simulator' || true
 unset CERTMINT_HSM_SO_PIN
@@ -270,6 +271,8 @@ $(cli_environment)
 $(q "$CERTMINT") admin certificates list --policy demo-fast
 # revoke the agent's current certificate: its next renewal is refused and it exits with code 5
 $(q "$CERTMINT") admin certificates revoke $CURRENT_SERIAL
+# the CRLs that list it within seconds, over plain HTTP (the agent keeps them in $(q "$AGENT_DIR/out/crl.pem"))
+curl -s http://127.0.0.1:$CRL_PORT/v1/crls
 # renew now
 kill -HUP \$(cat $(q "$DEV/agent.pid"))
 # stop the agent and the server

@@ -21,6 +21,8 @@ pub mod audit;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod duration;
+#[cfg(feature = "client")]
+pub mod mtls;
 pub mod problem;
 pub mod wire;
 

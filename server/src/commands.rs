@@ -701,6 +701,7 @@ pub fn serve(config_path: &Path, log_format: LogFormat) -> Result<(), CommandErr
             poll: CRL_POLL_INTERVAL,
         },
         clock.clone(),
+        metrics.crl(),
     )?;
     crl_publisher.spawn()?;
     let issuer = Arc::new(Issuer::new(IssuerParts {

@@ -65,6 +65,34 @@ pub struct Metrics {
     server_certificate_expiry: Gauge,
     database: Family<OperationLabels, Histogram, fn() -> Histogram>,
     tls_handshake_failures: TlsHandshakeFailures,
+    crl: CrlMetrics,
+}
+
+/// The CRL publisher's metrics: CRLs signed, signings that failed, and the
+/// thisUpdate of the oldest CRL served (alert when it nears `next_update`:
+/// relying parties would soon hold an expired CRL).
+#[derive(Clone, Debug, Default)]
+pub struct CrlMetrics {
+    signed: Counter,
+    failures: Counter,
+    oldest_this_update: Gauge,
+}
+
+impl CrlMetrics {
+    /// One CRL signed and recorded.
+    pub fn signed(&self) {
+        self.signed.inc();
+    }
+
+    /// One CRL that could not be signed or recorded.
+    pub fn failed(&self) {
+        self.failures.inc();
+    }
+
+    /// The oldest thisUpdate among the CRLs served, unix time.
+    pub fn oldest_this_update(&self, unix: i64) {
+        self.oldest_this_update.set(unix);
+    }
 }
 
 /// `certmint_tls_handshake_failures_total{reason}`: a handle for the TLS
@@ -149,7 +177,24 @@ impl Metrics {
             "TLS handshakes refused because of the client certificate, by reason",
             tls_handshake_failures.0.clone(),
         );
+        let crl = CrlMetrics::default();
+        registry.register(
+            "crl_signed",
+            "CRLs signed on the HSM and recorded by this replica",
+            crl.signed.clone(),
+        );
+        registry.register(
+            "crl_sign_failures",
+            "CRLs this replica could not sign or record (retried at its next look)",
+            crl.failures.clone(),
+        );
+        registry.register(
+            "crl_oldest_this_update_timestamp_seconds",
+            "thisUpdate of the oldest CRL this replica serves (unix time); alert when it nears crl.next_update",
+            crl.oldest_this_update.clone(),
+        );
         Self {
+            crl,
             registry,
             issuances,
             refusals,
@@ -159,6 +204,11 @@ impl Metrics {
             database,
             tls_handshake_failures,
         }
+    }
+
+    /// A handle for the CRL publisher.
+    pub fn crl(&self) -> CrlMetrics {
+        self.crl.clone()
     }
 
     /// One certificate issued.

@@ -141,11 +141,34 @@ backend_tests! {
         };
         let (ok, text) = verify("revoked.pem");
         assert!(!ok && text.contains("certificate revoked"), "openssl verify -crl_check: {text}");
-        let kept_url = distribution_point(&kept.cert_pem);
-        if kept_url == url {
-            let (ok, text) = verify("kept.pem");
-            assert!(ok, "an unrevoked certificate of the same shard verifies: {text}");
-        }
+        let (ok, text) = verify("kept.pem");
+        assert!(ok, "an unrevoked certificate verifies: {text}");
+
+        // The whole chain, as nginx checks it (CRL_CHECK_ALL): the leaf's
+        // shard and the root's CRL of CA certificates.
+        let (_, _, index) = server.fetch(&format!("{}/v1/crls", server.crl_url()), &[]);
+        let index: CrlIndex = serde_json::from_slice(&index).expect("a CRL index");
+        let root_crl = index
+            .crls
+            .iter()
+            .find(|crl| crl.scope == CrlScope::CaCerts)
+            .expect("the root's CRL is listed");
+        let (status, _, root_crl) = server.fetch(&root_crl.url, &[]);
+        assert_eq!(status, 200);
+        let (_, _, kept_crl) = server.fetch(&distribution_point(&kept.cert_pem), &[]);
+        std::fs::write(
+            path("all.pem"),
+            format!("{}{}", der_to_pem("X509 CRL", &kept_crl), der_to_pem("X509 CRL", &root_crl)),
+        )
+        .expect("write all.pem");
+        let (ok, text) = openssl(
+            dir.path(),
+            &[
+                "verify", "-crl_check_all", "-CAfile", "root.pem", "-untrusted", "issuing.pem",
+                "-CRLfile", "all.pem", "kept.pem",
+            ],
+        );
+        assert!(ok, "openssl verify -crl_check_all finds a CRL for every link: {text}");
     }
 
     fn ok_the_index_lists_every_shard_and_crls_revalidate_with_their_etag(server: &TestServer) {
@@ -191,6 +214,15 @@ backend_tests! {
             server.fetch(&format!("{}/crl/{}/999.crl", server.crl_url(), first.issuer_key_id), &[]);
         assert_eq!(status, 404);
         assert!(String::from_utf8_lossy(&body).contains("crl.not_found"));
+        let (_, _, metrics) = server.fetch(&format!("{}/metrics", server.base_url()), &[]);
+        let metrics = String::from_utf8_lossy(&metrics);
+        let signed: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("certmint_crl_signed_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no certmint_crl_signed_total in {metrics}"));
+        assert!(signed >= 17.0, "every shard and the root's CRL were signed: {signed}");
+        assert!(metrics.contains("certmint_crl_oldest_this_update_timestamp_seconds "));
         let (status, _, chain) = server.fetch(&format!("{}/v1/ca/chain.pem", server.crl_url()), &[]);
         assert_eq!(status, 200);
         assert!(String::from_utf8_lossy(&chain).contains(server.root_pem().trim()));

@@ -51,7 +51,14 @@ backend_tests! {
         assert_eq!(body["serial"], serial.as_str());
         let layers: Vec<&str> = body["layers"].as_array().unwrap().iter()
             .map(|layer| layer["name"].as_str().unwrap_or_default()).collect();
-        assert_eq!(layers, ["files", "key", "chain", "dates", "names", "eku", "renewal"]);
+        assert_eq!(
+            layers,
+            ["files", "key", "chain", "dates", "names", "eku", "renewal", "crl", "revocation"]
+        );
+        // No crl.pem in this directory: revocation is unknown, said so.
+        let crl = &body["layers"][7];
+        assert_eq!(crl["status"], "warn", "{crl}");
+        assert_eq!(body["crls"], serde_json::json!([]));
         assert!(!json.stdout.contains("PRIVATE KEY"), "key material in the report");
     }
 

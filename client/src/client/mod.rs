@@ -10,9 +10,11 @@
 //!   (mutual TLS); renew and self-revoke need one.
 //! - Nothing secret (tokens, keys) is put in an error or a log line.
 //!
-//! Admin calls live in [`admin`]; trust and identity in [`trust`].
+//! Admin calls live in [`admin`]; CRL fetching in [`crl`]; trust and
+//! identity in [`trust`].
 
 pub mod admin;
+pub mod crl;
 pub mod trust;
 
 use std::time::Duration as StdDuration;

@@ -46,7 +46,7 @@ use x509_cert::certificate::Certificate;
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, CrlReason, SubjectKeyIdentifier};
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, CrlReason};
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -119,8 +119,15 @@ pub struct CrlTemplate {
     /// nextUpdate (sub-second part dropped); must be after `this_update`.
     pub next_update: OffsetDateTime,
     /// The distribution point URL: the IDP's fullName, equal to the
-    /// certificates' CRL Distribution Point.
-    pub distribution_point: String,
+    /// certificates' CRL Distribution Point. None only for a root's CRL of
+    /// the CA certificates it signed, which name no distribution point:
+    /// that CRL then has no Issuing Distribution Point at all (a complete
+    /// CRL of everything the root signed, which is only CA certificates).
+    /// An IDP without a name is refused by rustls-webpki
+    /// (`UnsupportedCrlIssuingDistributionPoint`), and one with a name is
+    /// refused by OpenSSL for a certificate that names none ("different
+    /// CRL scope"); no IDP is accepted by both.
+    pub distribution_point: Option<String>,
     /// Which certificates this CRL covers.
     pub scope: CrlScope,
     /// Revoked certificates, any order.
@@ -248,17 +255,9 @@ pub fn verify(crl_der: &[u8], issuer_spki_der: &[u8]) -> Result<CertificateList,
 /// §5.2.1): the issuer certificate's own subjectKeyIdentifier, else the one
 /// certmint derives from its key (what its leaves' AKI carries too).
 pub fn issuer_key_identifier(issuer: &Certificate) -> Result<Vec<u8>, CrlError> {
-    use der::referenced::OwnedToRef as _;
-    let tbs = issuer.tbs_certificate();
-    let identifier = match tbs
-        .get_extension::<SubjectKeyIdentifier>()
-        .map_err(encoding("subjectKeyIdentifier"))?
-    {
-        Some((_, identifier)) => identifier.0,
-        None => profile::key_identifier(tbs.subject_public_key_info().owned_to_ref())
-            .map_err(encoding("key identifier"))?,
-    };
-    Ok(identifier.as_bytes().to_vec())
+    profile::issuer_key_identifier(issuer)
+        .map(|identifier| identifier.as_bytes().to_vec())
+        .map_err(|error| CrlError::Template(error.to_string()))
 }
 
 /// `-----BEGIN X509 CRL-----` PEM of a DER CRL (RFC 7468 §5).
@@ -375,26 +374,7 @@ fn crl_extensions(template: &CrlTemplate) -> Result<Vec<Extension>, CrlError> {
         authority_cert_serial_number: None,
     };
     let number = CrlNumber::try_from(template.number).map_err(encoding("cRLNumber"))?;
-    let url = Ia5String::new(&template.distribution_point).map_err(|_| {
-        CrlError::Template(format!(
-            "distribution point {:?} is not an ASCII URI",
-            template.distribution_point
-        ))
-    })?;
-    if template.distribution_point.is_empty() {
-        return Err(CrlError::Template("empty distribution point URL".into()));
-    }
-    let idp = IssuingDistributionPoint {
-        distribution_point: Some(DistributionPointName::FullName(vec![
-            GeneralName::UniformResourceIdentifier(url),
-        ])),
-        only_contains_user_certs: template.scope == CrlScope::UserCerts,
-        only_contains_ca_certs: template.scope == CrlScope::CaCerts,
-        only_some_reasons: None,
-        indirect_crl: false,
-        only_contains_attribute_certs: false,
-    };
-    Ok(vec![
+    let mut extensions = vec![
         extension(
             rfc5280::ID_CE_AUTHORITY_KEY_IDENTIFIER,
             false,
@@ -402,16 +382,43 @@ fn crl_extensions(template: &CrlTemplate) -> Result<Vec<Extension>, CrlError> {
             "authorityKeyIdentifier",
         )?,
         extension(rfc5280::ID_CE_CRL_NUMBER, false, &number, "cRLNumber")?,
-        // RFC 5280 §5.2.5: the IDP is critical. Its OID is set here, not
-        // taken from `IssuingDistributionPoint`'s AssociatedOid, which in
-        // x509-cert 0.3.0 is subjectInfoAccess.
-        extension(
-            rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT,
-            true,
-            &idp,
-            "issuingDistributionPoint",
-        )?,
-    ])
+    ];
+    let Some(url) = &template.distribution_point else {
+        if template.scope == CrlScope::UserCerts {
+            return Err(CrlError::Template(
+                "a CRL of leaf certificates needs its distribution point".into(),
+            ));
+        }
+        // A complete CRL of everything the issuer signed: see
+        // `CrlTemplate::distribution_point`.
+        return Ok(extensions);
+    };
+    if url.is_empty() {
+        return Err(CrlError::Template("empty distribution point URL".into()));
+    }
+    let uri = Ia5String::new(url).map_err(|_| {
+        CrlError::Template(format!("distribution point {url:?} is not an ASCII URI"))
+    })?;
+    let idp = IssuingDistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(uri),
+        ])),
+        only_contains_user_certs: template.scope == CrlScope::UserCerts,
+        only_contains_ca_certs: template.scope == CrlScope::CaCerts,
+        only_some_reasons: None,
+        indirect_crl: false,
+        only_contains_attribute_certs: false,
+    };
+    // RFC 5280 §5.2.5: the IDP is critical. Its OID is set here, not taken
+    // from `IssuingDistributionPoint`'s AssociatedOid, which in x509-cert
+    // 0.3.0 is subjectInfoAccess.
+    extensions.push(extension(
+        rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT,
+        true,
+        &idp,
+        "issuingDistributionPoint",
+    )?);
+    Ok(extensions)
 }
 
 fn extension(
@@ -450,6 +457,7 @@ mod tests {
 
     use super::*;
     use crate::issuance::profile::{prepare_ca, CaTemplate};
+    use x509_cert::ext::pkix::SubjectKeyIdentifier;
 
     const URL: &str = "http://127.0.0.1:8080/crl/00112233/3.crl";
 
@@ -606,7 +614,7 @@ mod tests {
                 number: 42,
                 this_update: datetime!(2026-12-08 02:00:00.75 UTC),
                 next_update: datetime!(2026-12-08 14:00 UTC),
-                distribution_point: URL.into(),
+                distribution_point: Some(URL.into()),
                 scope,
                 entries,
             }
@@ -702,14 +710,14 @@ mod tests {
 
         let extensions = tbs.crl_extensions.as_ref().expect("CRL extensions");
         let oids: Vec<ObjectIdentifier> = extensions.iter().map(|e| e.extn_id).collect();
-        assert_eq!(
-            oids,
-            [
-                ObjectIdentifier::new_unwrap("2.5.29.35"),
-                ObjectIdentifier::new_unwrap("2.5.29.20"),
-                ObjectIdentifier::new_unwrap("2.5.29.28"),
-            ]
-        );
+        let mut expected = vec![
+            ObjectIdentifier::new_unwrap("2.5.29.35"),
+            ObjectIdentifier::new_unwrap("2.5.29.20"),
+        ];
+        if template.distribution_point.is_some() {
+            expected.push(ObjectIdentifier::new_unwrap("2.5.29.28"));
+        }
+        assert_eq!(oids, expected);
 
         let aki = extension_of(extensions, rfc5280::ID_CE_AUTHORITY_KEY_IDENTIFIER);
         assert!(!aki.critical);
@@ -729,18 +737,22 @@ mod tests {
             Uint::try_from(template.number).expect("expected number")
         );
 
+        if template.distribution_point.is_none() {
+            return;
+        }
         let idp = extension_of(extensions, rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT);
         assert!(idp.critical, "RFC 5280 §5.2.5: the IDP is critical");
         let idp = IssuingDistributionPoint::from_der(idp.extn_value.as_bytes()).expect("IDP");
-        let Some(DistributionPointName::FullName(names)) = &idp.distribution_point else {
-            panic!("IDP without fullName: {idp:?}");
-        };
-        assert_eq!(
-            names.as_slice(),
-            [GeneralName::UniformResourceIdentifier(
-                Ia5String::new(&template.distribution_point).expect("URL")
-            )]
-        );
+        match (&idp.distribution_point, &template.distribution_point) {
+            (Some(DistributionPointName::FullName(names)), Some(url)) => assert_eq!(
+                names.as_slice(),
+                [GeneralName::UniformResourceIdentifier(
+                    Ia5String::new(url).expect("URL")
+                )]
+            ),
+            (None, None) => {}
+            (found, wanted) => panic!("IDP distribution point {found:?}, wanted {wanted:?}"),
+        }
         assert_eq!(
             idp.only_contains_user_certs,
             template.scope == CrlScope::UserCerts
@@ -826,6 +838,32 @@ mod tests {
         let list = verify(&crl, &issuer.spki_der()).expect("verifies");
         check_crl(&list, &template, issuer.signer.as_ref());
         assert_eq!(revoked(&list).len(), 1);
+    }
+
+    /// A root's CRL of the CA certificates it signed, which name no
+    /// distribution point: no IDP at all, so both rustls-webpki (which
+    /// refuses an IDP without a name) and OpenSSL (which refuses an IDP
+    /// name for a certificate without one) take it; a leaf CRL without a
+    /// URL is refused.
+    #[test]
+    fn ok_root_crl_without_distribution_point_has_no_idp() {
+        let issuer = Issuer::software();
+        let mut template = issuer.template(
+            CrlScope::CaCerts,
+            vec![entry(&[0x21; 16], RevocationReason::CaCompromise)],
+        );
+        template.distribution_point = None;
+        let crl = sign(&template, issuer.signer.as_ref()).expect("sign");
+        let list = verify(&crl, &issuer.spki_der()).expect("verifies");
+        check_crl(&list, &template, issuer.signer.as_ref());
+        webpki::OwnedCertRevocationList::from_der(&crl)
+            .expect("rustls-webpki loads a root CRL without an IDP");
+        let mut leaf_template = issuer.template(CrlScope::UserCerts, Vec::new());
+        leaf_template.distribution_point = None;
+        assert!(matches!(
+            prepare(&leaf_template, issuer.signer.as_ref()),
+            Err(CrlError::Template(_))
+        ));
     }
 
     #[test]
@@ -1021,12 +1059,12 @@ mod tests {
     fn fail_bad_distribution_point_or_key_identifier() {
         let issuer = Issuer::software();
         let mut template = issuer.template(CrlScope::UserCerts, Vec::new());
-        template.distribution_point = "http://ex\u{e4}mple.test/1.crl".into();
+        template.distribution_point = Some("http://ex\u{e4}mple.test/1.crl".into());
         assert!(matches!(
             prepare(&template, issuer.signer.as_ref()),
             Err(CrlError::Template(_))
         ));
-        template.distribution_point = String::new();
+        template.distribution_point = Some(String::new());
         assert!(matches!(
             prepare(&template, issuer.signer.as_ref()),
             Err(CrlError::Template(_))
@@ -1382,6 +1420,15 @@ mod tests {
                 let errors = errors(&findings);
                 assert!(errors.is_empty(), "{scope:?} {name}: {errors:#?}");
             }
+        }
+        // The root's CRL as the publisher signs it: no IDP.
+        for (name, entries) in [("empty", Vec::new()), ("entries", every_reason())] {
+            let mut template = issuer.template(CrlScope::CaCerts, entries);
+            template.distribution_point = None;
+            let crl = sign(&template, issuer.signer.as_ref()).expect("sign");
+            let findings = pkilint(&crl, CrlScope::CaCerts, &format!("root CRL {name}"));
+            let errors = errors(&findings);
+            assert!(errors.is_empty(), "root CRL {name}: {errors:#?}");
         }
     }
 

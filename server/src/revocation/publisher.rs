@@ -26,6 +26,7 @@ use super::sharding::{crl_path, distribution_point};
 use crate::clock::Clock;
 use crate::error::ServiceError;
 use crate::hsm::CaSigner;
+use crate::metrics::CrlMetrics;
 use crate::store::{CrlIssuerSetup, SignedCrl, Store, StoreError, StoredCrl};
 
 /// How long a claim on a shard lasts when its signer dies mid-way.
@@ -100,6 +101,7 @@ pub struct CrlPublisher {
     settings: PublisherSettings,
     clock: Arc<dyn Clock>,
     snapshot: RwLock<Arc<CrlSnapshot>>,
+    metrics: CrlMetrics,
 }
 
 impl CrlPublisher {
@@ -112,6 +114,7 @@ impl CrlPublisher {
         issuers: Vec<CrlIssuer>,
         settings: PublisherSettings,
         clock: Arc<dyn Clock>,
+        metrics: CrlMetrics,
     ) -> Result<Arc<CrlPublisher>, ServiceError> {
         for issuer in &issuers {
             store.set_up_crl_issuer(&CrlIssuerSetup {
@@ -126,6 +129,7 @@ impl CrlPublisher {
             settings,
             clock,
             snapshot: RwLock::new(Arc::new(CrlSnapshot::default())),
+            metrics,
         });
         publisher.publish_due()?;
         Ok(publisher)
@@ -158,12 +162,43 @@ impl CrlPublisher {
     pub fn publish_due(&self) -> Result<usize, ServiceError> {
         let mut signed = 0;
         let mut first_error = None;
+        // Reads first: a look that finds nothing to do writes nothing (on
+        // SQLite every write is a durable commit on the one writer that
+        // issuance uses too). The claim checks again in its transaction.
+        let now = self.clock.now();
+        let newest = self.store.newest_crls()?;
+        let generations = self.store.crl_shard_generations()?;
         for issuer in &self.issuers {
             for shard in 0..issuer.shards {
+                let generation = generations
+                    .iter()
+                    .find(|(key_id, number, _)| *key_id == issuer.key_id && *number == shard)
+                    .map_or(0, |(_, _, generation)| *generation);
+                let held = newest
+                    .iter()
+                    .find(|crl| crl.issuer_key_id == issuer.key_id && crl.shard == shard);
+                let due = match held {
+                    None => true,
+                    Some(crl) => {
+                        generation > crl.generation
+                            || now.unix_timestamp()
+                                >= crl
+                                    .this_update
+                                    .unix_timestamp()
+                                    .saturating_add(self.settings.refresh_seconds)
+                    }
+                };
+                if !due {
+                    continue;
+                }
                 match self.publish_shard(issuer, shard) {
-                    Ok(true) => signed += 1,
+                    Ok(true) => {
+                        signed += 1;
+                        self.metrics.signed();
+                    }
                     Ok(false) => {}
                     Err(error) => {
+                        self.metrics.failed();
                         tracing::warn!(
                             crl.issuer = %issuer.key_id,
                             crl.shard = shard,
@@ -175,7 +210,8 @@ impl CrlPublisher {
                 }
             }
         }
-        self.reload_snapshot()?;
+        // What this look read is still the newest unless it signed.
+        self.reload_snapshot(if signed == 0 { Some(newest) } else { None })?;
         match first_error {
             Some(error) => Err(error),
             None => Ok(signed),
@@ -250,7 +286,14 @@ impl CrlPublisher {
             number: claim.number,
             this_update: now,
             next_update,
-            distribution_point: distribution_point(&issuer.base_url, &issuer.key_id, shard),
+            // CA certificates carry no distribution point, so the root's
+            // CRL of them names none either (see `CrlTemplate`).
+            distribution_point: match issuer.scope {
+                CrlScope::UserCerts => {
+                    Some(distribution_point(&issuer.base_url, &issuer.key_id, shard))
+                }
+                CrlScope::CaCerts => None,
+            },
             scope: issuer.scope,
             entries,
         };
@@ -273,10 +316,13 @@ impl CrlPublisher {
         })
     }
 
-    /// Reads the newest CRL of every shard; DER is fetched only for CRLs
-    /// the current snapshot does not hold already.
-    fn reload_snapshot(&self) -> Result<(), ServiceError> {
-        let newest = self.store.newest_crls()?;
+    /// Loads the newest CRL of every shard (`newest`, or read again); DER
+    /// is fetched only for CRLs the current snapshot does not hold already.
+    fn reload_snapshot(&self, newest: Option<Vec<StoredCrl>>) -> Result<(), ServiceError> {
+        let newest = match newest {
+            Some(newest) => newest,
+            None => self.store.newest_crls()?,
+        };
         let current = self.snapshot();
         let mut crls = HashMap::with_capacity(newest.len());
         let mut index = Vec::with_capacity(newest.len());
@@ -304,6 +350,9 @@ impl CrlPublisher {
                 (stored.issuer_key_id.clone(), stored.shard),
                 PublishedCrl { der, summary },
             );
+        }
+        if let Some(oldest) = index.iter().map(|crl| crl.this_update).min() {
+            self.metrics.oldest_this_update(oldest.unix_timestamp());
         }
         *self
             .snapshot

@@ -350,6 +350,29 @@ impl Store {
         })
     }
 
+    /// Every shard's generation, by `(issuer key id, shard)`: with
+    /// [`Store::newest_crls`], what a publisher reads to find the shards
+    /// that need a CRL without writing anything.
+    pub fn crl_shard_generations(&self) -> Result<Vec<(String, u32, i64)>, StoreError> {
+        self.read(|conn| {
+            let rows: Vec<(String, i32, i64)> = crl_shards::table
+                .select((
+                    crl_shards::issuer_key_id,
+                    crl_shards::shard,
+                    crl_shards::generation,
+                ))
+                .load(conn)
+                .map_err(StoreError::query)?;
+            rows.into_iter()
+                .map(|(issuer, shard, generation)| {
+                    let shard = u32::try_from(shard)
+                        .map_err(|_| StoreError::corrupt(format!("CRL shard {shard}")))?;
+                    Ok((issuer, shard, generation))
+                })
+                .collect()
+        })
+    }
+
     /// The DER of one recorded CRL.
     pub fn crl_der(&self, issuer_key_id: &str, number: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let number = crl_number_column(number)?;

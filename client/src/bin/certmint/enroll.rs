@@ -181,6 +181,7 @@ async fn enroll(args: Args, stops: &mut impl StopRequests) -> Result<Outcome, Wo
         command: (!args.reload_command.is_empty()).then_some(args.reload_command),
         timeout: args.reload_timeout.to_std(),
         signal: args.reload_signal.zip(args.reload_pid_file),
+        turn: Default::default(),
     };
     let deadline = args
         .retry_for

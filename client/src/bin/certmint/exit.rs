@@ -1,6 +1,8 @@
 //! The exit codes of `certmint`, one table for every subcommand, so scripts
 //! and systemd units can tell "try again later" from "a person must act".
-//! Documented in `docs/AGENT.md`; codes are never renumbered.
+//! Documented in `docs/AGENT.md`; codes are never renumbered. `certmint
+//! doctor` exits with one code per failing layer from 20 up (its own table,
+//! in `doctor/` and `docs/DOCTOR.md`), clear of this one.
 
 use std::process::ExitCode;
 

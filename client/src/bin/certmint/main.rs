@@ -5,7 +5,9 @@
 //! - `agent` ([`agent`]): enroll if needed, then renew over mutual TLS forever;
 //! - `status` ([`status`]): are the files on disk usable for mutual TLS?
 //! - `admin` ([`admin`]): policies, tokens, provisioners, certificates and
-//!   audit, one submodule per group.
+//!   audit, one submodule per group;
+//! - `doctor` ([`doctor`]): explain a failed mutual TLS handshake, layer
+//!   by layer, with an exit code per layer.
 //!
 //! The workload's building blocks (key generation, the output directory,
 //! hooks, renewal schedule, stop handling, the enroll/renew steps) live
@@ -16,6 +18,7 @@
 
 mod admin;
 mod agent;
+mod doctor;
 mod enroll;
 mod exit;
 mod report;
@@ -58,6 +61,8 @@ enum Command {
     Status(status::Args),
     /// Administer policies, bootstrap tokens, certificates and the audit log.
     Admin(admin::Args),
+    /// Explain why a mutual TLS handshake fails, layer by layer (or, with --listen, a client's certificate).
+    Doctor(doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,13 +82,16 @@ fn main() -> ExitCode {
     };
     let exit = runtime.block_on(async move {
         match cli.command {
-            Command::Enroll(args) => enroll::run(args).await,
-            Command::Agent(args) => agent::run(args).await,
-            Command::Status(args) => status::run(args).await,
-            Command::Admin(args) => admin::run(args).await,
+            Command::Enroll(args) => enroll::run(args).await.code(),
+            Command::Agent(args) => agent::run(args).await.code(),
+            Command::Status(args) => status::run(args).await.code(),
+            Command::Admin(args) => admin::run(args).await.code(),
+            // Blocking I/O on this one thread, where nothing else runs; its
+            // own exit code table, one code per layer.
+            Command::Doctor(args) => doctor::run(args),
         }
     });
-    exit.code()
+    exit
 }
 
 fn init_logging(format: LogFormat) {

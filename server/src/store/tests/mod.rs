@@ -110,6 +110,7 @@ mod audit;
 mod backends;
 mod ca;
 mod certificates;
+mod crls;
 mod issuance;
 mod paging;
 mod policies;

@@ -90,6 +90,17 @@ struct RawConfig {
     backoff: RawBackoff,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    crl: RawCrl,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrl {
+    #[serde(default)]
+    refresh: Option<Duration>,
+    #[serde(default)]
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +197,18 @@ pub struct AgentConfig {
     pub backoff_max: std::time::Duration,
     /// Reload hooks.
     pub reload: Reload,
+    /// How `crl.pem` is kept current.
+    pub crl: CrlSettings,
+}
+
+/// `[crl]`: how `crl.pem` is kept current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlSettings {
+    /// Time between two refreshes (each wait is jittered by ± 10 %).
+    pub refresh: std::time::Duration,
+    /// The server's plain-HTTP CRL listener to read CRLs from instead of
+    /// the HTTPS API (`http://host:port`); every CRL is checked either way.
+    pub url: Option<String>,
 }
 
 impl AgentConfig {
@@ -293,6 +316,17 @@ impl AgentConfig {
                 ))
             }
         };
+        let crl_refresh = raw
+            .crl
+            .refresh
+            .map_or(crate::agent::crl::DEFAULT_REFRESH, |d| d.to_std());
+        let crl_url = raw
+            .crl
+            .url
+            .as_deref()
+            .map(certmint::client::crl::listener_url)
+            .transpose()
+            .map_err(|error| invalid("crl.url", error.to_string()))?;
         if raw.reload.command.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid(
                 "reload.command",
@@ -321,6 +355,10 @@ impl AgentConfig {
                     |d| d.to_std(),
                 ),
                 signal,
+            },
+            crl: CrlSettings {
+                refresh: crl_refresh,
+                url: crl_url,
             },
         })
     }
@@ -375,6 +413,13 @@ mod tests {
         assert!(config.token_file.is_none());
         assert!(config.group.is_none());
         assert_eq!(
+            config.crl,
+            CrlSettings {
+                refresh: std::time::Duration::from_secs(60),
+                url: None,
+            }
+        );
+        assert_eq!(
             config.reload,
             Reload {
                 command: None,
@@ -390,7 +435,8 @@ mod tests {
             "{}token_file = \"/run/secrets/token\"\nkey_type = \"ed25519\"\nttl = \"12h\"\n\
              [renewal]\njitter = 0.1\n[backoff]\ninitial = \"2s\"\nmax = \"1m\"\n\
              [reload]\ncommand = [\"systemctl\", \"reload\", \"nginx\"]\ntimeout = \"10s\"\n\
-             signal = \"HUP\"\npid_file = \"/run/nginx.pid\"\n",
+             signal = \"HUP\"\npid_file = \"/run/nginx.pid\"\n\
+             [crl]\nrefresh = \"5m\"\nurl = \"http://ca.internal:8080/\"\n",
             minimal().replace("[names]\ndns = [\"api.internal\"]\n", "")
         ) + "[names]\ndns = [\"api.internal\"]\nip = [\"10.0.0.1\"]\n";
         let config = parse(&text).unwrap();
@@ -403,6 +449,8 @@ mod tests {
             Path::new("/run/nginx.pid")
         );
         assert_eq!(config.names.ip, ["10.0.0.1"]);
+        assert_eq!(config.crl.refresh, std::time::Duration::from_secs(300));
+        assert_eq!(config.crl.url.as_deref(), Some("http://ca.internal:8080"));
     }
 
     #[test]
@@ -506,6 +554,21 @@ mod tests {
                 Some("group"),
             ),
             ("empty group", with_top("group = \"\"\n"), Some("group")),
+            (
+                "crl refresh of zero",
+                minimal() + "[crl]\nrefresh = \"0s\"\n",
+                Some("refresh"),
+            ),
+            (
+                "crl url not plain http",
+                minimal() + "[crl]\nurl = \"https://ca:8443\"\n",
+                Some("crl.url"),
+            ),
+            (
+                "crl typo",
+                minimal() + "[crl]\nrefesh = \"1m\"\n",
+                Some("refesh"),
+            ),
             (
                 "empty argv",
                 minimal() + "[reload]\ncommand = []\n",

@@ -10,6 +10,9 @@
 //! - A failed hook is reported, never fatal: the files are already in place
 //!   and the next renewal runs the hook again.
 //! - The hook environment names the files and the serial, never the key.
+//! - Hooks never run twice at once: a certificate change and a `crl.pem`
+//!   change (see [`crate::agent::crl`]) take turns, so the workload is
+//!   never asked to reload while it is still reloading.
 
 use std::os::fd::AsFd as _;
 use std::os::unix::process::CommandExt as _;
@@ -18,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
+use crate::agent::crl::CRL_FILE;
 use crate::agent::output::{OutputDir, CA_FILE, CERT_FILE, KEY_FILE, META_FILE};
 
 /// Why a hook failed.
@@ -142,12 +146,15 @@ pub struct Hooks {
     pub timeout: StdDuration,
     /// A signal and the pid file of its target.
     pub signal: Option<(ReloadSignal, PathBuf)>,
+    /// Held while hooks run: clones share it, so runs take turns.
+    pub turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Hooks {
     /// Runs every configured hook; logs each failure on one line. Returns
     /// false when any hook failed.
     pub async fn run(&self, out: &OutputDir, serial: &str) -> bool {
+        let _turn = self.turn.lock().await;
         let mut ok = true;
         if let Some(argv) = &self.command {
             match run_command(argv, self.timeout, out, serial).await {
@@ -198,6 +205,7 @@ async fn run_command(
         .env("CERTMINT_CERT_FILE", out.path(CERT_FILE))
         .env("CERTMINT_CA_FILE", out.path(CA_FILE))
         .env("CERTMINT_META_FILE", out.path(META_FILE))
+        .env("CERTMINT_CRL_FILE", out.path(CRL_FILE))
         .env("CERTMINT_OUTPUT_DIR", out.root())
         .env("CERTMINT_SERIAL", serial)
         // Never hand the bootstrap token to a hook.
@@ -298,6 +306,7 @@ mod tests {
             command: Some(argv.iter().map(|s| (*s).to_owned()).collect()),
             timeout: StdDuration::from_millis(timeout_ms),
             signal: None,
+            turn: Default::default(),
         }
     }
 

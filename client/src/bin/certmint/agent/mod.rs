@@ -32,14 +32,21 @@
 //! replaced atomically and synchronously, so no stop leaves half a
 //! generation.
 //!
+//! Beside the renewal loop, a [`CrlKeeper`] keeps `crl.pem` current: at
+//! start, every `[crl] refresh` (jittered), and right before the reload
+//! hooks run for a new certificate, so one reload covers both; a change of
+//! `crl.pem` alone runs the same reload hooks. `--once` refreshes it once
+//! before exiting 0.
+//!
 //! The submodules are the workload's building blocks, which `certmint
-//! enroll` uses too: [`config`] (`agent.toml`), [`keys`] (fresh keys and
+//! enroll` uses too: [`config`] (`agent.toml`), [`crl`] (`crl.pem`), [`keys`] (fresh keys and
 //! CSRs), [`workload`] (connect, enroll, renew, check and install),
 //! [`output`] (the output directory and its generations), [`hooks`]
 //! (reload command and signal), [`schedule`] (when to renew, backoff) and
 //! [`stop`] (what SIGTERM/SIGINT may interrupt).
 
 pub mod config;
+pub mod crl;
 pub mod hooks;
 pub mod keys;
 pub mod output;
@@ -56,6 +63,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::exit::Exit;
 use config::AgentConfig;
+use crl::CrlKeeper;
 use hooks::Hooks;
 use output::{Meta, OutputDir, OutputError};
 use schedule::Backoff;
@@ -118,6 +126,7 @@ pub async fn run(args: Args) -> Exit {
         command: config.reload.command.clone(),
         timeout: config.reload.timeout,
         signal: config.reload.signal.clone(),
+        turn: Default::default(),
     };
     let hook_due = hooks_not_run_for_current(&output, &hooks);
     let mut agent = Agent {
@@ -141,10 +150,37 @@ pub async fn run(args: Args) -> Exit {
         once: args.once,
         jitter_for: None,
         announced: None,
+        crl: None,
         config,
     };
+    let keeper = std::sync::Arc::new(tokio::sync::Mutex::new(CrlKeeper::new(
+        agent.workload.clone(),
+        agent.config.crl.url.clone(),
+        agent.config.crl.refresh,
+        agent.hooks.clone(),
+    )));
+    agent.crl = Some(keeper.clone());
     let mut signals = signals;
-    let exit = agent.run(&mut signals).await;
+    let exit = if args.once {
+        let exit = agent.run(&mut signals).await;
+        if exit == Exit::Ok {
+            // One refresh before exiting, bounded like a request: a CRL
+            // server that does not answer must not hold up a boot.
+            let limit = agent.crl_limit();
+            let refreshed = async { keeper.lock().await.refresh_once().await };
+            if tokio::time::timeout(limit, refreshed).await.is_err() {
+                tracing::warn!("the CRL refresh did not finish in {limit:?}; crl.pem is as it was");
+            }
+        }
+        exit
+    } else {
+        // Runs beside the renewal loop and ends with it; a refresh writes
+        // crl.pem synchronously, so stopping never leaves half a file.
+        let crls = tokio::spawn(CrlKeeper::run(keeper));
+        let exit = agent.run(&mut signals).await;
+        crls.abort();
+        exit
+    };
     if exit != Exit::Ok {
         tracing::error!(exit.code = exit as u8, "certmint agent stopped");
     }
@@ -216,6 +252,8 @@ struct Agent {
     jitter_for: Option<(String, f64)>,
     /// Serial whose schedule was last logged (one line per certificate).
     announced: Option<String>,
+    /// Keeps crl.pem current; brought up to date before each hook run.
+    crl: Option<crl::SharedCrlKeeper>,
 }
 
 impl Agent {
@@ -539,13 +577,31 @@ impl Agent {
     }
 
     /// Runs the reload hooks for `serial`; remembers a failure to retry.
+    /// `crl.pem` is brought up to date first (a new chain may name another
+    /// issuing CA), so the one reload covers it too.
     async fn reload(&mut self, serial: &str) {
+        if let Some(keeper) = &self.crl {
+            let limit = self.crl_limit();
+            let updated = async {
+                let mut keeper = keeper.lock().await;
+                keeper.update().await;
+                keeper.hooks_cover_crl_pem();
+            };
+            if tokio::time::timeout(limit, updated).await.is_err() {
+                tracing::warn!("the CRL refresh did not finish in {limit:?}; reloading without it");
+            }
+        }
         if self.hooks.run(&self.workload.output, serial).await {
             self.hook_due = None;
             self.hook_backoff.reset();
         } else {
             self.hook_due = Some(serial.to_owned());
         }
+    }
+
+    /// How long a CRL refresh may hold up a hook run or an exit.
+    fn crl_limit(&self) -> StdDuration {
+        self.config.request_timeout + stop::STOP_GRACE_MARGIN
     }
 
     fn log_installed(&self, what: &str, meta: &Meta) {

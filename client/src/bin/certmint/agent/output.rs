@@ -505,6 +505,20 @@ impl OutputDir {
         sync_dir(&self.root)
     }
 
+    /// Replaces the top-level file `name` (outside the generations: e.g.
+    /// `crl.pem`, which changes without a new certificate) with `text`:
+    /// written and synced under a temporary name with the public mode and
+    /// the group, then renamed over, so a reader sees the old file or the
+    /// new one, never a partial one.
+    pub fn replace_file(&self, name: &str, text: &str) -> Result<(), OutputError> {
+        let tmp = self.root.join(format!("..{name}.tmp"));
+        remove_if_present(&tmp)?;
+        self.write_synced(&tmp, text.as_bytes(), PUBLIC_MODE)?;
+        let path = self.root.join(name);
+        fs::rename(&tmp, &path).map_err(io_error("replace", &path))?;
+        sync_dir(&self.root)
+    }
+
     /// The record of the enrollment not answered yet, if one is stored.
     pub fn pending_enrollment(&self) -> Option<String> {
         fs::read_to_string(self.root.join(PENDING_ENROLLMENT_FILE)).ok()

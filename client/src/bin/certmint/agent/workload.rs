@@ -316,7 +316,8 @@ pub enum OnDisk {
 }
 
 impl Workload {
-    fn options(&self) -> ClientOptions {
+    /// The connection settings of every request this workload sends.
+    pub fn client_options(&self) -> ClientOptions {
         ClientOptions {
             timeout: self.request_timeout,
         }
@@ -337,10 +338,10 @@ impl Workload {
             }
             TrustSource::Fingerprint(pinned) => match self.output.ca_pem()? {
                 Some(ca_pem) => anchors_from_written_ca(&ca_pem, pinned)?,
-                None => Client::pin_root(&self.server, pinned, &self.options()).await?,
+                None => Client::pin_root(&self.server, pinned, &self.client_options()).await?,
             },
         };
-        let client = Client::new(&self.server, anchors.clone(), None, self.options())?;
+        let client = Client::new(&self.server, anchors.clone(), None, self.client_options())?;
         Ok(Session { client, anchors })
     }
 

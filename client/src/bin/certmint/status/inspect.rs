@@ -17,6 +17,11 @@
 //! 6. `eku`: which side of a mutual TLS connection the certificate can play.
 //! 7. `renewal`: when renewal is due (the server's `renew_after` hint from
 //!    `meta.json`, else two thirds of the lifetime) and whether it is overdue.
+//! 8. `crl`: the CRLs in the agent's `crl.pem`, each verified as the agent
+//!    verifies them (signed by a CA of this chain or `ca.pem`); a missing
+//!    file, a CRL that does not verify or one past its nextUpdate warns.
+//! 9. `revocation`: whether those CRLs list the leaf (or an intermediate):
+//!    listed fails; no CRL of the leaf's issuer warns (unknown).
 //!
 //! Invariants: no I/O and no clock reads here (the caller passes `now`, so
 //! tests need no sleeping); no hand-written ASN.1 (x509-cert, rustls and
@@ -33,8 +38,10 @@ use webpki::{EndEntityCert, KeyPurposeIdIter, KeyUsage};
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::Decode as _;
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, ExtendedKeyUsage, SubjectAltName};
 use x509_cert::Certificate;
+
+use crate::agent::crl::{check_crl, crls_from_pem, trusted_cas, CheckedCrl};
 
 /// Key mode bits that earn a warning: group write, and any access by others.
 const KEY_MODE_TOO_OPEN: u32 = 0o027;
@@ -79,6 +86,54 @@ pub struct Inputs {
     pub ca: FileInput,
     /// The agent's `meta.json`.
     pub meta: MetaInput,
+    /// The agent's `crl.pem`.
+    pub crl: CrlInput,
+}
+
+/// `crl.pem` as the caller found it.
+#[derive(Debug, Clone)]
+pub enum CrlInput {
+    /// Not asked for (explicit paths without `--crl`).
+    NotGiven,
+    /// Expected at `path` but not there.
+    Absent {
+        /// How to name the file in messages.
+        path: String,
+    },
+    /// The file's text, or why it could not be read.
+    Present {
+        /// How to name the file in messages.
+        path: String,
+        /// Its text, or why it could not be read.
+        text: Result<String, String>,
+    },
+}
+
+/// One CRL of `crl.pem`, as `--json` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CrlReport {
+    /// The CRL's issuer (RFC 4514).
+    pub issuer: String,
+    /// Lower-case hex of its authority key identifier.
+    pub issuer_key_id: String,
+    /// Shard number (from its distribution point URL).
+    pub shard: u32,
+    /// CRL number, decimal.
+    pub number: String,
+    /// thisUpdate.
+    #[serde(with = "time::serde::rfc3339")]
+    pub this_update: OffsetDateTime,
+    /// Seconds since thisUpdate.
+    pub age_seconds: i64,
+    /// nextUpdate, when it has one.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_update: Option<OffsetDateTime>,
+    /// True when nextUpdate has passed.
+    pub stale: bool,
+    /// How many certificates it lists.
+    pub revoked: usize,
+    /// Its distribution point URL.
+    pub url: Option<String>,
 }
 
 /// Which side of mutual TLS the certificate must be able to play.
@@ -139,6 +194,8 @@ pub struct Report {
     pub serial: Option<String>,
     /// Every layer, in check order.
     pub layers: Vec<Layer>,
+    /// The CRLs of `crl.pem` that verify, in file order.
+    pub crls: Vec<CrlReport>,
 }
 
 impl Report {
@@ -174,6 +231,7 @@ struct Parsed {
 /// Runs every layer at time `now`, requiring `role`.
 pub fn inspect(inputs: &Inputs, now: OffsetDateTime, role: Role) -> Report {
     let mut layers = Vec::new();
+    let mut crls = Vec::new();
     let parsed = match files_layer(inputs) {
         Ok((parsed, layer)) => {
             layers.push(layer);
@@ -195,9 +253,26 @@ pub fn inspect(inputs: &Inputs, now: OffsetDateTime, role: Role) -> Report {
             layers.push(names_layer(&parsed.leaf));
             layers.push(eku_layer(parsed, chain_ok, verify_at, role));
             layers.push(renewal_layer(&parsed.leaf, &inputs.meta, now));
+            let (crl, checked) = crl_layer(inputs, now);
+            layers.push(crl);
+            layers.push(revocation_layer(parsed, checked.as_deref()));
+            crls = checked
+                .iter()
+                .flatten()
+                .map(|crl| crl_report(crl, now))
+                .collect();
         }
         None => {
-            for name in ["key", "chain", "dates", "names", "eku", "renewal"] {
+            for name in [
+                "key",
+                "chain",
+                "dates",
+                "names",
+                "eku",
+                "renewal",
+                "crl",
+                "revocation",
+            ] {
                 layers.push(Layer {
                     name,
                     status: Status::Skip,
@@ -210,6 +285,7 @@ pub fn inspect(inputs: &Inputs, now: OffsetDateTime, role: Role) -> Report {
         usable: layers.iter().all(|layer| layer.status != Status::Fail),
         serial: parsed.as_ref().map(|parsed| serial_of(&parsed.leaf)),
         layers,
+        crls,
     }
 }
 
@@ -704,6 +780,181 @@ fn renewal_layer(leaf: &Certificate, meta: &MetaInput, now: OffsetDateTime) -> L
     layer("renewal", status, detail)
 }
 
+/// The `crl` layer, and the CRLs that verified (`None` when there is no
+/// file to read).
+fn crl_layer(inputs: &Inputs, now: OffsetDateTime) -> (Layer, Option<Vec<CheckedCrl>>) {
+    let (path, text) = match &inputs.crl {
+        CrlInput::NotGiven => {
+            return (
+                layer("crl", Status::Skip, "no CRL file given (--crl FILE)"),
+                None,
+            )
+        }
+        CrlInput::Absent { path } => {
+            return (
+                layer(
+                    "crl",
+                    Status::Warn,
+                    format!(
+                        "{path} is absent: revocation is unknown (is the agent running, \
+                         and new enough to write it?)"
+                    ),
+                ),
+                None,
+            )
+        }
+        CrlInput::Present { path, text } => (path, text),
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(error) => {
+            return (
+                layer("crl", Status::Warn, format!("cannot read {path}: {error}")),
+                None,
+            )
+        }
+    };
+    let cas = trusted_cas(
+        inputs.certificate.text.as_deref().ok(),
+        inputs.ca.text.as_deref().unwrap_or_default(),
+        now,
+    );
+    let mut checked = Vec::new();
+    let mut problems = Vec::new();
+    let blocks = crls_from_pem(text);
+    for (index, der) in blocks.iter().enumerate() {
+        match check_crl(der, &cas) {
+            Ok(crl) => checked.push(crl),
+            Err(refusal) => problems.push(format!("CRL #{} does not verify: {refusal}", index + 1)),
+        }
+    }
+    for crl in &checked {
+        if let Some(next_update) = crl.next_update.filter(|next| *next < now) {
+            problems.push(format!(
+                "the CRL of {} shard {} (number {}) is past its nextUpdate by {}: is the agent \
+                 reaching the server?",
+                crl.issuer,
+                crl.shard(),
+                crl.number_text(),
+                human((now - next_update).whole_seconds())
+            ));
+        }
+    }
+    if blocks.is_empty() {
+        problems.push(format!("{path} holds no CRL"));
+    }
+    let summary = match checked.iter().map(|crl| crl.this_update).max() {
+        Some(newest) => format!(
+            "{path}: {} CRL(s) verify; newest thisUpdate {} ago",
+            checked.len(),
+            human((now - newest).whole_seconds())
+        ),
+        None => format!("{path}: no CRL verifies"),
+    };
+    let status = if problems.is_empty() {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    let detail = if problems.is_empty() {
+        summary
+    } else {
+        format!("{}; {summary}", problems.join("; "))
+    };
+    (layer("crl", status, detail), Some(checked))
+}
+
+/// The `revocation` layer: is the leaf, or a CA certificate of its chain,
+/// listed by its issuer's CRLs?
+fn revocation_layer(parsed: &Parsed, crls: Option<&[CheckedCrl]>) -> Layer {
+    let Some(crls) = crls else {
+        return layer("revocation", Status::Skip, "needs crl.pem");
+    };
+    let certificates = std::iter::once(("the certificate", &parsed.leaf)).chain(
+        parsed
+            .intermediates
+            .iter()
+            .map(|ca| ("the intermediate", ca)),
+    );
+    let mut leaf_covered = 0;
+    for (index, (what, certificate)) in certificates.enumerate() {
+        let tbs = certificate.tbs_certificate();
+        let key_id = tbs
+            .get_extension::<AuthorityKeyIdentifier>()
+            .ok()
+            .flatten()
+            .and_then(|(_, aki)| aki.key_identifier)
+            .map(|id| hex::encode(id.as_bytes()));
+        let issuer = tbs.issuer().to_string();
+        // By key id when the certificate names one, else by issuer name:
+        // either way the CRL itself verified under a trusted CA.
+        let by_issuer: Vec<&CheckedCrl> = crls
+            .iter()
+            .filter(|crl| match &key_id {
+                Some(key_id) => &crl.issuer_key_id == key_id,
+                None => crl.issuer == issuer,
+            })
+            .collect();
+        if index == 0 {
+            leaf_covered = by_issuer.len();
+        }
+        let serial = tbs.serial_number().as_bytes();
+        for crl in by_issuer {
+            if let Some(entry) = crl.entry(serial) {
+                let reason = entry
+                    .reason
+                    .as_deref()
+                    .map(|reason| format!(", reason {reason}"))
+                    .unwrap_or_default();
+                return layer(
+                    "revocation",
+                    Status::Fail,
+                    format!(
+                        "{what} {} ({}) is REVOKED: listed by the CRL of {issuer} shard {} \
+                         (number {}) since {}{reason}",
+                        hex::encode(serial),
+                        tbs.subject(),
+                        crl.shard(),
+                        crl.number_text(),
+                        rfc3339(entry.revoked_at.unix_timestamp())
+                    ),
+                );
+            }
+        }
+    }
+    let leaf_issuer = parsed.leaf.tbs_certificate().issuer();
+    if leaf_covered == 0 {
+        return layer(
+            "revocation",
+            Status::Warn,
+            format!("no CRL of the issuer {leaf_issuer} in crl.pem: revocation is unknown"),
+        );
+    }
+    layer(
+        "revocation",
+        Status::Ok,
+        format!(
+            "serial {} is not listed by the {leaf_covered} CRL(s) of {leaf_issuer}",
+            serial_of(&parsed.leaf)
+        ),
+    )
+}
+
+fn crl_report(crl: &CheckedCrl, now: OffsetDateTime) -> CrlReport {
+    CrlReport {
+        issuer: crl.issuer.clone(),
+        issuer_key_id: crl.issuer_key_id.clone(),
+        shard: crl.shard(),
+        number: crl.number_text(),
+        this_update: crl.this_update,
+        age_seconds: (now - crl.this_update).whole_seconds(),
+        next_update: crl.next_update,
+        stale: crl.next_update.is_some_and(|next| next < now),
+        revoked: crl.revoked.len(),
+        url: crl.url.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rcgen::{
@@ -721,6 +972,8 @@ mod tests {
         leaf_pem: String,
         leaf_key_pem: String,
         leaf_serial: String,
+        root_issuer: Issuer<'static, KeyPair>,
+        intermediate_issuer: Issuer<'static, KeyPair>,
     }
 
     fn ca_params(name: &str) -> CertificateParams {
@@ -776,6 +1029,8 @@ mod tests {
             leaf_pem: leaf_cert.pem(),
             leaf_key_pem: leaf_key.serialize_pem(),
             leaf_serial: serial,
+            root_issuer,
+            intermediate_issuer,
         }
     }
 
@@ -797,6 +1052,52 @@ mod tests {
             ),
             ca: file("ca.pem", &pki.root_pem, Some(0o644)),
             meta: MetaInput::Absent,
+            crl: CrlInput::NotGiven,
+        }
+    }
+
+    /// A CRL signed by `issuer`, listing `serials`, valid from `this_update`
+    /// for an hour.
+    fn crl_pem(
+        issuer: &Issuer<'_, KeyPair>,
+        serials: &[&[u8]],
+        this_update: OffsetDateTime,
+    ) -> String {
+        let der = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update: this_update + Duration::hours(1),
+            crl_number: rcgen::SerialNumber::from(3u64),
+            issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec!["http://ca.test:8080/crl/ab/2.crl".into()],
+                },
+                scope: None,
+            }),
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial),
+                    revocation_time: this_update,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .unwrap()
+        .der()
+        .to_vec();
+        certmint::client::trust::pem_block("X509 CRL", &der)
+    }
+
+    fn with_crl(pki: &Pki, text: String) -> Inputs {
+        Inputs {
+            crl: CrlInput::Present {
+                path: "crl.pem".into(),
+                text: Ok(text),
+            },
+            ..inputs(pki)
         }
     }
 
@@ -812,6 +1113,88 @@ mod tests {
             "layer {name}: {:#?}",
             report.layers
         );
+    }
+
+    #[test]
+    fn fail_a_leaf_listed_by_its_issuers_crl_is_revoked() {
+        let pki = pki_with(|_| {});
+        let crl = crl_pem(&pki.intermediate_issuer, &[&[0x0a, 0xbc]], now());
+        let report = inspect(&with_crl(&pki, crl), now(), Role::Client);
+        assert_status(&report, "crl", Status::Ok);
+        assert_status(&report, "revocation", Status::Fail);
+        assert!(!report.usable);
+        let detail = &report.layer("revocation").detail;
+        assert!(
+            detail.contains("0abc") && detail.contains("keyCompromise"),
+            "{detail}"
+        );
+        assert_eq!(report.crls.len(), 1);
+        assert_eq!(report.crls[0].shard, 2);
+        assert_eq!(report.crls[0].number, "3");
+        assert_eq!(report.crls[0].revoked, 1);
+    }
+
+    #[test]
+    fn ok_a_leaf_its_issuers_crl_does_not_list() {
+        let pki = pki_with(|_| {});
+        let crl = crl_pem(&pki.intermediate_issuer, &[&[0x0a, 0xbd]], now());
+        let report = inspect(&with_crl(&pki, crl), now(), Role::Client);
+        assert_status(&report, "crl", Status::Ok);
+        assert_status(&report, "revocation", Status::Ok);
+        assert!(report.usable, "{report:#?}");
+        assert!(!report.crls[0].stale);
+    }
+
+    #[test]
+    fn fail_an_intermediate_listed_by_the_roots_crl() {
+        let pki = pki_with(|_| {});
+        let intermediate = Certificate::from_der(
+            certificates_from_pem(&pki.intermediate_pem).unwrap()[0].as_ref(),
+        )
+        .unwrap();
+        let serial = intermediate
+            .tbs_certificate()
+            .serial_number()
+            .as_bytes()
+            .to_vec();
+        let text = crl_pem(&pki.intermediate_issuer, &[], now())
+            + &crl_pem(&pki.root_issuer, &[&serial], now());
+        let report = inspect(&with_crl(&pki, text), now(), Role::Client);
+        assert_status(&report, "revocation", Status::Fail);
+        assert!(report.layer("revocation").detail.contains("intermediate"));
+        assert_eq!(report.crls.len(), 2);
+    }
+
+    #[test]
+    fn warn_crl_absent_forged_or_past_next_update() {
+        let pki = pki_with(|_| {});
+        let absent = Inputs {
+            crl: CrlInput::Absent {
+                path: "out/crl.pem".into(),
+            },
+            ..inputs(&pki)
+        };
+        let report = inspect(&absent, now(), Role::Client);
+        assert_status(&report, "crl", Status::Warn);
+        assert_status(&report, "revocation", Status::Skip);
+        assert!(report.usable);
+
+        // Listed by a CRL from a key nobody trusts: not believed.
+        let other = pki_with(|_| {});
+        let forged = crl_pem(&other.intermediate_issuer, &[&[0x0a, 0xbc]], now());
+        let report = inspect(&with_crl(&pki, forged), now(), Role::Client);
+        assert_status(&report, "crl", Status::Warn);
+        assert!(report.layer("crl").detail.contains("does not verify"));
+        assert_status(&report, "revocation", Status::Warn);
+        assert!(report.usable);
+        assert!(report.crls.is_empty());
+
+        let stale = crl_pem(&pki.intermediate_issuer, &[], now() - Duration::hours(3));
+        let report = inspect(&with_crl(&pki, stale), now(), Role::Client);
+        assert_status(&report, "crl", Status::Warn);
+        assert!(report.layer("crl").detail.contains("past its nextUpdate"));
+        assert!(report.crls[0].stale);
+        assert!(report.crls[0].age_seconds >= 3 * 3600);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `certmint status`: are the key, certificate and CA files on disk usable
-//! for mutual TLS? Reads them (from the agent's output directory or from
-//! explicit paths), runs the layered check in [`inspect`], and prints one
-//! line per layer (`ok`, `warn`, `FAIL`, `skip`), the certificate's serial
-//! and the verdict, or, with `--json`, the report as JSON.
+//! for mutual TLS, and is the certificate revoked? Reads them (from the
+//! agent's output directory or from explicit paths, with the agent's
+//! `crl.pem`), runs the layered check in [`inspect`], and prints one line
+//! per layer (`ok`, `warn`, `FAIL`, `skip`), one line per CRL, the
+//! certificate's serial and the verdict, or, with `--json`, the report as
+//! JSON.
 //!
 //! Exit: [`Exit::Ok`] when no layer fails, [`Exit::NotUsable`] when one
 //! does, [`Exit::Usage`] for bad arguments. Reads only; never writes or
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use crate::exit::Exit;
-use inspect::{FileInput, Inputs, MetaInput, Report, Role};
+use inspect::{CrlInput, FileInput, Inputs, MetaInput, Report, Role};
 
 /// `certmint status` options.
 #[derive(Debug, clap::Args)]
@@ -36,10 +38,13 @@ pub struct Args {
     /// The agent's meta.json (default with --dir: DIR/..data/meta.json).
     #[arg(long, value_name = "FILE")]
     meta: Option<PathBuf>,
+    /// The agent's CRLs, PEM (default with --dir: DIR/crl.pem).
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
     /// Which side of mutual TLS the certificate must be able to play.
     #[arg(long, value_enum, default_value_t = Role::Any)]
     role: Role,
-    /// Print the report as JSON: {usable, serial, layers: [{name, status, detail}]}.
+    /// Print the report as JSON: {usable, serial, layers: [{name, status, detail}], crls: [...]}.
     #[arg(long)]
     json: bool,
 }
@@ -77,11 +82,29 @@ pub async fn run(args: Args) -> Exit {
         },
         (None, _) => MetaInput::Absent,
     };
+    // crl.pem is a top-level file, replaced on its own (not part of a
+    // generation), so it is read from the directory itself.
+    let crl_path = args.crl.clone().or_else(|| {
+        args.dir
+            .as_ref()
+            .map(|dir| dir.join(crate::agent::crl::CRL_FILE))
+    });
+    let crl = match crl_path {
+        None => CrlInput::NotGiven,
+        Some(path) if args.crl.is_none() && !path.exists() => CrlInput::Absent {
+            path: path.display().to_string(),
+        },
+        Some(path) => CrlInput::Present {
+            path: path.display().to_string(),
+            text: read(&path),
+        },
+    };
     let inputs = Inputs {
         key: file_input(&key),
         certificate: file_input(&cert),
         ca: file_input(&ca),
         meta,
+        crl,
     };
     let report = inspect::inspect(&inputs, OffsetDateTime::now_utc(), args.role);
     if args.json {
@@ -115,6 +138,23 @@ fn render(report: &Report) -> String {
         );
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    for crl in &report.crls {
+        let next = match crl.next_update {
+            Some(next) if crl.stale => {
+                format!("nextUpdate {} (PASSED)", crate::agent::rfc3339(next))
+            }
+            Some(next) => format!("nextUpdate {}", crate::agent::rfc3339(next)),
+            None => "no nextUpdate".to_owned(),
+        };
+        out.push_str(&format!(
+            "crl     {} shard {} number {}: thisUpdate {} ago, {next}, {} revoked\n",
+            crl.issuer,
+            crl.shard,
+            crl.number,
+            inspect::human(crl.age_seconds),
+            crl.revoked
+        ));
     }
     if let Some(serial) = &report.serial {
         out.push_str(&format!("serial  {serial}\n"));
@@ -175,10 +215,42 @@ mod tests {
                     detail: "mismatch".into(),
                 },
             ],
+            crls: Vec::new(),
         };
         assert_eq!(
             render(&report),
             "warn  files    mode 0644\nFAIL  key      mismatch\nserial  0abc\nNOT usable for mutual TLS (failed: key)\n"
+        );
+    }
+
+    #[test]
+    fn ok_render_prints_one_line_per_crl_and_flags_a_passed_next_update() {
+        let at = |text: &str| {
+            OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+        };
+        let crl = |shard, stale| inspect::CrlReport {
+            issuer: "CN=Issuing".into(),
+            issuer_key_id: "ab".into(),
+            shard,
+            number: "12".into(),
+            this_update: at("2026-01-01T00:00:00Z"),
+            age_seconds: 150,
+            next_update: Some(at("2026-01-01T01:00:00Z")),
+            stale,
+            revoked: 3,
+            url: None,
+        };
+        let report = Report {
+            usable: true,
+            serial: None,
+            layers: Vec::new(),
+            crls: vec![crl(0, false), crl(1, true)],
+        };
+        assert_eq!(
+            render(&report),
+            "crl     CN=Issuing shard 0 number 12: thisUpdate 2m 30s ago, nextUpdate 2026-01-01T01:00:00Z, 3 revoked\n\
+             crl     CN=Issuing shard 1 number 12: thisUpdate 2m 30s ago, nextUpdate 2026-01-01T01:00:00Z (PASSED), 3 revoked\n\
+             usable for mutual TLS\n"
         );
     }
 }
