@@ -669,7 +669,7 @@ fn sign(args: &SignArgs) -> Result<bool, BoxError> {
         number: 1,
         this_update: OffsetDateTime::now_utc(),
         next_update: OffsetDateTime::now_utc() + time::Duration::hours(24),
-        distribution_point: url.to_owned(),
+        distribution_point: Some(url.to_owned()),
         scope: CrlScope::UserCerts,
         entries,
     };
@@ -1166,13 +1166,16 @@ fn sizes(args: &SizesArgs) -> Result<bool, BoxError> {
     let key_id = vec![0x5a; 20];
     let key_id_hex = hex::encode(&key_id);
     let base = "http://ca.example.org:8080";
-    let template = |name: &Name, shard: u32, scope, entries| CrlTemplate {
+    let template = |name: &Name, shard: u32, scope: CrlScope, entries| CrlTemplate {
         issuer: name.clone(),
         issuer_key_identifier: key_id.clone(),
         number: 1_000_000 + u64::from(shard),
         this_update: now,
         next_update: now + time::Duration::hours(24),
-        distribution_point: sharding::distribution_point(base, &key_id_hex, shard),
+        // The root's CRL of CA certificates names no distribution point,
+        // as the server signs it.
+        distribution_point: (scope == CrlScope::UserCerts)
+            .then(|| sharding::distribution_point(base, &key_id_hex, shard)),
         scope,
         entries,
     };
@@ -1379,7 +1382,7 @@ mod tests {
             number: 1,
             this_update: now,
             next_update: now + time::Duration::hours(1),
-            distribution_point: "http://ca.test/crl/01/0.crl".into(),
+            distribution_point: Some("http://ca.test/crl/01/0.crl".into()),
             scope: CrlScope::UserCerts,
             entries: vec![CrlEntry {
                 serial: vec![0x42; 16],
