@@ -19,8 +19,10 @@
 //! All CSRs (distinct keys and names) are generated before any timing.
 //!
 //! `renew` (module [`renew`]) measures renewal over mutual TLS beside the
-//! bare mutual-TLS handshake rate of the same server.
+//! bare mutual-TLS handshake rate of the same server; `crl` (module
+//! [`crl`]) what revocation lists cost: signing, latency and size.
 
+mod crl;
 mod csign;
 mod load;
 mod metrics;
@@ -52,7 +54,7 @@ const MAX_TOKEN_USES: usize = 10_000;
 #[derive(Parser)]
 #[command(
     name = "certmint-bench",
-    about = "Benchmark certmint enrollment (against the token's raw C_Sign rate and cfssl) and renewal over mutual TLS (against the bare handshake rate)"
+    about = "Benchmark certmint enrollment (against the token's raw C_Sign rate and cfssl) renewal over mutual TLS (against the bare handshake rate), and CRLs (signing, latency, sizes)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -66,6 +68,9 @@ enum Command {
     /// Renew N enrolled holders at concurrency C, each over a new mutual-TLS
     /// connection, and measure N bare mutual-TLS handshakes beside it.
     Renew(renew::RenewArgs),
+    /// CRLs: signing a 10 000-entry shard, revocation-to-CRL latency under
+    /// a steady revocation rate, and CRL sizes of a large population.
+    Crl(crl::CrlArgs),
     /// Test support: sign standard input with an Ed25519 key on a token
     /// (CKM_EDDSA) and print the signature, base64url (or, with
     /// --public-key, print the raw public key). The end-to-end tests forge
@@ -300,6 +305,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Enroll(args) => enroll(&args),
         Command::Renew(args) => renew::run(&args),
+        Command::Crl(args) => crl::run(&args),
         Command::SignEd25519(args) => sign_ed25519(&args),
     };
     match result {

@@ -12,6 +12,12 @@
 #   renew   `certmint-bench renew`: renewal over mutual TLS, one new
 #           connection per renewal, beside the bare mTLS handshake rate of
 #           the same server (no cfssl)
+#   crl     `certmint-bench crl sizes|sign|latency` (CERTMINT_BENCH_CRL_PHASES):
+#           CRL sizes of a large population (no server), the signing of a
+#           shard of 10 000 revoked certificates (the server runs with
+#           crl.shards = CERTMINT_BENCH_CRL_SHARDS, 1 by default, so every
+#           certificate lands in one shard), then revocation-to-served-CRL
+#           latency at a steady revocation rate
 #
 # Environment (all optional):
 #   CERTMINT_BENCH_MODE         enroll | renew                    (enroll)
@@ -33,6 +39,13 @@
 #                               on N/R requests each; adds the median ratio (1)
 #   CERTMINT_BENCH_WARMUP       warm-up requests per worker       (5)
 #   CERTMINT_BENCH_PORT         certmint HTTPS port               (18443)
+#   CERTMINT_BENCH_CRL_PORT     certmint plain-HTTP CRL listener  (18080)
+#   CERTMINT_BENCH_CRL_PHASES   crl: phases, in order   ("sizes sign latency")
+#   CERTMINT_BENCH_CRL_SHARDS   crl: the server's [crl] shards    (1)
+#   CERTMINT_BENCH_CRL_ENTRIES  crl sign: revoked certificates    (10000)
+#   CERTMINT_BENCH_CRL_PROBES   crl sign: single revocations timed into the full shard (20)
+#   CERTMINT_BENCH_CRL_RATE     crl latency: revocations/s        (100)
+#   CERTMINT_BENCH_CRL_SECONDS  crl latency: seconds of revocations (30)
 #   CFSSL_BENCH_PORT            cfssl HTTP port                   (18888)
 #   CERTMINT_BENCH_JSON=1       print JSON reports instead of tables
 #   CERTMINT_BENCH_KEEP=1       keep the temporary directory (logs, db)
@@ -46,13 +59,14 @@ set -euo pipefail
 
 MODE=${1:-${CERTMINT_BENCH_MODE:-enroll}}
 case "$MODE" in
-    enroll | renew) ;;
-    *) echo "run.sh: unknown mode '$MODE' (enroll or renew)" >&2; exit 2 ;;
+    enroll | renew | crl) ;;
+    *) echo "run.sh: unknown mode '$MODE' (enroll, renew or crl)" >&2; exit 2 ;;
 esac
 REQUESTS=${CERTMINT_BENCH_REQUESTS:-2000}
 CONCURRENCY=${CERTMINT_BENCH_CONCURRENCY:-8}
 WARMUP=${CERTMINT_BENCH_WARMUP:-5}
 PORT=${CERTMINT_BENCH_PORT:-18443}
+CRL_PORT=${CERTMINT_BENCH_CRL_PORT:-18080}
 CFSSL_PORT=${CFSSL_BENCH_PORT:-18888}
 CFSSL=${CFSSL:-cfssl}
 TOKEN=${CERTMINT_BENCH_TOKEN:-softhsm2}
@@ -77,7 +91,7 @@ if [ -n "${CERTMINT_BENCH_HSM_LATENCY:-}" ] && [ "$TOKEN" != hsm-sim ]; then
 fi
 
 TOOLS=(curl)
-PORTS=("$PORT")
+PORTS=("$PORT" "$CRL_PORT")
 if [ "$MODE" = enroll ]; then
     TOOLS+=("$CFSSL" cfssljson)
     [ "$CFSSL_SETUP" = durable ] && TOOLS+=(sqlite3)
@@ -138,7 +152,8 @@ export CERTMINT_HSM_SO_PIN=bench-so-pin
 
 echo "== certmint init ($DIR)" >&2
 "$SERVER_BIN" init --config "$DIR/certmint.toml" --init-token \
-    --listen "127.0.0.1:$PORT" --database-url "sqlite://$DIR/certmint.db" \
+    --listen "127.0.0.1:$PORT" --crl-listen "127.0.0.1:$CRL_PORT" \
+    --database-url "sqlite://$DIR/certmint.db" \
     --pkcs11-module "$MODULE" >"$DIR/init.log"
 # Optional tuning, for experiments (the defaults are what `init` writes).
 if [ -n "${CERTMINT_BENCH_DB_POOL_SIZE:-}" ]; then
@@ -153,6 +168,10 @@ if [ -n "${CERTMINT_BENCH_HSM_LATENCY:-}" ]; then
     # Every PKCS#11 call the server (and the raw C_Sign phase) makes waits
     # this long, outside hsm-sim's lock, as on a slow network HSM.
     "$TARGET/release/hsm-sim" fault set --latency "$CERTMINT_BENCH_HSM_LATENCY" >&2
+fi
+if [ "$MODE" = crl ]; then
+    sed -i "s/^# shards = 16\$/shards = ${CERTMINT_BENCH_CRL_SHARDS:-1}/" "$DIR/certmint.toml"
+    grep -q "^shards = " "$DIR/certmint.toml"
 fi
 if [ -n "${CERTMINT_BENCH_WORKERS:-}" ]; then
     sed -i "s/^# workers = 0 .*/workers = $CERTMINT_BENCH_WORKERS/" "$DIR/certmint.toml"
@@ -247,7 +266,26 @@ JSON=()
 status=0
 for c in $CONCURRENCY; do
     echo "== certmint-bench $MODE --requests $REQUESTS --concurrency $c (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    if [ "$MODE" = renew ]; then
+    if [ "$MODE" = crl ]; then
+        SERVER_ARGS=(--server "https://127.0.0.1:$PORT" --root "$DIR/root.pem"
+            --admin-token-file "$DIR/admin.jwt" --concurrency "$c" --server-log "$DIR/server.log"
+            ${JSON[@]+"${JSON[@]}"})
+        for phase in ${CERTMINT_BENCH_CRL_PHASES:-sizes sign latency}; do
+            echo "== certmint-bench crl $phase" >&2
+            case "$phase" in
+                sizes) "$BENCH_BIN" crl sizes ${JSON[@]+"${JSON[@]}"} || status=$? ;;
+                sign) "$BENCH_BIN" crl sign "${SERVER_ARGS[@]}" \
+                    --entries "${CERTMINT_BENCH_CRL_ENTRIES:-10000}" \
+                    --probes "${CERTMINT_BENCH_CRL_PROBES:-20}" \
+                    --pkcs11-module "$MODULE" --token-label certmint --key-label certmint-issuing \
+                    --token-name "$TOKEN" || status=$? ;;
+                latency) "$BENCH_BIN" crl latency "${SERVER_ARGS[@]}" \
+                    --rate "${CERTMINT_BENCH_CRL_RATE:-100}" \
+                    --seconds "${CERTMINT_BENCH_CRL_SECONDS:-30}" || status=$? ;;
+                *) echo "run.sh: unknown crl phase '$phase' (sizes, sign, latency)" >&2; status=2 ;;
+            esac
+        done
+    elif [ "$MODE" = renew ]; then
         "$BENCH_BIN" renew \
             --server "https://127.0.0.1:$PORT" --root "$DIR/root.pem" \
             --admin-token-file "$DIR/admin.jwt" --server-pid "$SERVER_PID" \

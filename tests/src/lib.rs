@@ -51,7 +51,8 @@
 //!
 //! - `server` ([`TestServer`]): one running server and what a test does
 //!   with it; `supervisor` owns its process's lifetime; `http` is the
-//!   request, response and client side.
+//!   request, response and client side; `replica` ([`Replica`]) is a
+//!   second `serve` on the same database and token.
 //! - `builder` ([`ServerOptions`], [`ServerBuilder`]) and `external_root`
 //!   ([`PendingCa`], [`OfflineRoot`]): setting a server up.
 //! - `run` ([`run_test`], [`backend_tests!`]): running test bodies on every
@@ -73,6 +74,7 @@ mod jwt;
 mod policy;
 mod postgres;
 mod process;
+mod replica;
 mod run;
 mod server;
 mod supervisor;
@@ -93,6 +95,7 @@ pub use process::{
     certmint_binary, hsm_sim_binary, hsm_sim_module, random_hex, server_binary, skip_unless_root,
     CommandOutput,
 };
+pub use replica::Replica;
 pub use run::{run_test, run_test_on, shared_with_options};
 pub use server::{Backend, Skip, TestServer};
 pub use verify::{

@@ -47,7 +47,7 @@ pub struct TestServer {
     pub(crate) backend: Backend,
     options: ServerOptions,
     dir: PathBuf,
-    config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     base_url: String,
     /// `http://127.0.0.1:<port>` of the plain-HTTP CRL listener.
     crl_url: String,
@@ -386,12 +386,27 @@ impl TestServer {
         path: &str,
         body: Option<RequestBody>,
     ) -> Response {
+        self.request_at(&self.base_url, auth, method, path, body)
+    }
+
+    /// [`TestServer::request_unchecked`] sent to `base_url`: another
+    /// replica of this server ([`crate::Replica`]), which trusts the same
+    /// root and accepts the same admin tokens.
+    #[track_caller]
+    pub(crate) fn request_at(
+        &self,
+        base_url: &str,
+        auth: Auth<'_>,
+        method: &str,
+        path: &str,
+        body: Option<RequestBody>,
+    ) -> Response {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid HTTP method");
         let client = match auth {
             Auth::Holder(holder) => &holder.client,
             _ => &self.client,
         };
-        let mut builder = client.request(method.clone(), format!("{}{path}", self.base_url));
+        let mut builder = client.request(method.clone(), format!("{base_url}{path}"));
         match auth {
             Auth::None => {}
             Auth::Admin => builder = builder.bearer_auth(&self.admin_token),
@@ -803,7 +818,7 @@ impl TestServer {
             .to_owned()
     }
 
-    fn child_env(&self) -> ChildEnv {
+    pub(crate) fn child_env(&self) -> ChildEnv {
         ChildEnv {
             softhsm_conf: self.softhsm_conf.clone(),
             hsm_pin: self.hsm_pin.clone(),
