@@ -121,6 +121,22 @@ backend_tests! {
         // Public endpoints.
         checked(server, Auth::None, "GET", "/v1/directory", "/v1/directory", None);
         checked(server, Auth::None, "GET", "/v1/ca/chain.pem", "/v1/ca/chain.pem", None);
+        let crls = checked(server, Auth::None, "GET", "/v1/crls", "/v1/crls", None);
+        let first_crl = crls.body["crls"][0]["path"]
+            .as_str()
+            .expect("the index lists a CRL")
+            .to_owned();
+        checked(server, Auth::None, "GET", "/crl/{issuer}/{file}", &first_crl, None);
+        let issuer = first_crl.split('/').nth(2).expect("an issuer segment");
+        checked(
+            server,
+            Auth::None,
+            "GET",
+            "/crl/{issuer}/{file}",
+            &format!("/crl/{issuer}/9999.crl"),
+            None,
+        )
+        .assert_problem(404, "crl.not_found");
         checked(server, Auth::None, "GET", "/healthz", "/healthz", None);
         checked(server, Auth::None, "GET", "/readyz", "/readyz", None);
         checked(server, Auth::None, "GET", "/metrics", "/metrics", None);
