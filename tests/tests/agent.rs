@@ -945,12 +945,20 @@ mod stop_during_enrollment {
             );
             let log = workload.agent_log();
             assert!(log.contains("installed after retrying"), "{log}");
-            let partial: Vec<_> = std::fs::read_dir(&out)
-                .expect("list the output directory")
-                .filter_map(Result::ok)
-                .filter(|entry| entry.file_name().to_string_lossy().starts_with(".."))
-                .filter(|entry| entry.file_name() != "..reloaded")
-                .collect();
+            let partial = || -> Vec<_> {
+                std::fs::read_dir(&out)
+                    .expect("list the output directory")
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_name().to_string_lossy().starts_with(".."))
+                    .filter(|entry| entry.file_name() != "..reloaded")
+                    .collect()
+            };
+            // The hook's record (`..reloaded`, written through a temporary
+            // file) lands a moment after the hook itself.
+            process.wait_for("the hook's record", Duration::from_secs(10), || {
+                workload.path("..reloaded").exists() && partial().len() == 2
+            });
+            let partial = partial();
             assert_eq!(partial.len(), 2, "..data and one generation: {partial:?}");
             assert_eq!(process.stop(), Some(EXIT_OK), "{log}");
         });
