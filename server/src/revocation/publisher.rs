@@ -108,7 +108,8 @@ impl CrlPublisher {
     /// Prepares the issuers' rows in the database (and assigns shards to
     /// certificates recorded before CRLs existed), signs what needs signing
     /// and loads the first snapshot, so the server answers with CRLs from
-    /// its first request.
+    /// its first request. Only a database failure in the preparation stops
+    /// the start.
     pub fn start(
         store: Store,
         issuers: Vec<CrlIssuer>,
@@ -131,7 +132,12 @@ impl CrlPublisher {
             snapshot: RwLock::new(Arc::new(CrlSnapshot::default())),
             metrics,
         });
-        publisher.publish_due()?;
+        // A CRL that cannot be signed now (a token hiccup) must not stop the
+        // server: its thread tries again every look, and the metrics and
+        // the log say so meanwhile.
+        if let Err(error) = publisher.publish_due() {
+            tracing::warn!(error = %error, "could not sign every CRL at start; retrying at the next look");
+        }
         Ok(publisher)
     }
 
