@@ -685,4 +685,21 @@ backend_tests! {
         report.assert_exit(0);
         assert_eq!(layer_line(&report.stdout, "revocation").map(|line| line.0), Some("ok"), "{}", report.stdout);
     }
+    fn ok_one_shot_enroll_writes_crl_pem_and_runs_one_hook(server: &TestServer) {
+        let policy = hour_policy(server);
+        let dns = format!("enroll.{policy}.test");
+        let token = server.mint_token(&policy, &identity(&[&dns], &[], &[]), 1);
+        let workload = Workload::new(server, &token.token, &[&dns], "");
+        let mut enroll = workload.spawn_enroll();
+        assert_eq!(enroll.wait_exit(Duration::from_secs(60)), Some(0), "{}", enroll.log());
+        let crl_file = workload.path("crl.pem");
+        assert!(crl_file.exists(), "certmint enroll wrote no crl.pem: {}", enroll.log());
+        let cert_pem = std::fs::read_to_string(workload.path("cert.pem")).expect("cert.pem");
+        let wanted = leaf_distribution_point(&cert_pem);
+        assert!(
+            crl_urls(&crl_file).contains(&wanted),
+            "crl.pem holds the CRL the leaf names ({wanted})"
+        );
+        assert_eq!(workload.hook_serials().len(), 1, "one hook run covers both");
+    }
 }

@@ -22,6 +22,7 @@ use std::time::Duration as StdDuration;
 use certmint::wire::{Identity, KeyType};
 use certmint::Duration;
 
+use crate::agent::crl::CrlKeeper;
 use crate::agent::hooks::{Hooks, ReloadSignal};
 use crate::agent::keys;
 use crate::agent::output::{FileGroup, OutputDir, CA_FILE, CERT_FILE, KEY_FILE};
@@ -260,6 +261,18 @@ async fn obtain(
         policy.name = %meta.policy,
         "enrolled"
     );
+    // crl.pem first, as the agent does, so the one reload covers the
+    // certificate and the CRLs its peers are checked against. A server
+    // without CRLs (or unreachable now) only costs a warning: the agent
+    // fetches them at its first refresh.
+    CrlKeeper::new(
+        workload.clone(),
+        None,
+        StdDuration::from_secs(60),
+        hooks.clone(),
+    )
+    .update()
+    .await;
     hooks.run(&workload.output, &meta.serial).await;
     println!(
         "enrolled serial={} not_after={} renew_after={} policy={} names={:?} cert={} key={} ca={}",
