@@ -5,7 +5,9 @@
 //! `certmint admin certificates revoke`, the revoked client is refused and
 //! the others are still accepted, without restarting either server (nginx
 //! is reloaded by the agent's hook, as docs/REVOCATION.md shows; the rustls
-//! server follows the files by itself).
+//! server follows the files by itself). `certmint doctor` names the
+//! revocation as the cause for the revoked client, and the OpenSSL snippet
+//! of docs/REVOCATION.md (`s_server -CRL … -crl_check`) refuses it too.
 //!
 //! nginx is required when `CERTMINT_REQUIRE_NGINX=1` (CI); otherwise its
 //! test says it is skipped when nginx is not installed.
@@ -17,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certmint_e2e::cli::{admin, enroll_files, EnrolledFiles};
+use certmint_e2e::cli::{admin, enroll_files, run_certmint, EnrolledFiles};
 use certmint_e2e::workload::Workload;
 use certmint_e2e::{identity, policy_json, run_test, Backend, TestServer};
 
@@ -147,11 +149,12 @@ fn crl_lists(workload: &Workload, serial: &str) -> bool {
         })
 }
 
-struct Nginx {
+/// A server process of the test, killed when the test ends, however it ends.
+struct KillOnDrop {
     child: Child,
 }
 
-impl Drop for Nginx {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -253,7 +256,7 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx");
-        let _nginx = Nginx { child };
+        let _nginx = KillOnDrop { child };
         wait_until("nginx listening", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && pid.exists()
         });
@@ -369,6 +372,106 @@ fn ok_a_rustls_server_built_with_the_sdk_refuses_a_revoked_client_without_a_rest
             curl(host, port, &ca, &kept_cert, &kept_key),
             Some(200),
             "the other client is still accepted"
+        );
+
+        // doctor, as each client, explains what the server does.
+        let crl = workload.path("crl.pem");
+        let doctor = |cert: &Path, key: &Path| {
+            let address = format!("127.0.0.1:{port}");
+            let (cert, key) = (cert.display().to_string(), key.display().to_string());
+            let (ca, crl) = (ca.display().to_string(), crl.display().to_string());
+            run_certmint(
+                &[
+                    "doctor",
+                    "--connect",
+                    &address,
+                    "--server-name",
+                    host,
+                    "--json",
+                    "--cert",
+                    &cert,
+                    "--key",
+                    &key,
+                    "--ca",
+                    &ca,
+                    "--crl",
+                    &crl,
+                ],
+                &[],
+                None,
+            )
+        };
+        let report = doctor(&kept_cert, &kept_key);
+        assert_eq!(report.code, Some(0), "{}{}", report.stdout, report.stderr);
+        let report = doctor(&revoked_cert, &revoked_key);
+        let verdict: serde_json::Value =
+            serde_json::from_str(&report.stdout).expect("doctor --json prints one object");
+        assert_eq!(verdict["ok"], false, "{verdict}");
+        assert_eq!(verdict["layer"], "revocation", "{verdict}");
+        assert_eq!(verdict["cause"], "client_certificate_revoked", "{verdict}");
+        assert_eq!(
+            report.code,
+            Some(27),
+            "the revocation layer's exit code: {verdict}"
+        );
+
+        // The OpenSSL snippet of docs/REVOCATION.md, on the same files:
+        // `-CRL` reads only the first CRL of a file, so the CRLs go into the
+        // file of trust anchors, which OpenSSL reads whole.
+        let openssl_port = free_port();
+        let out = |name: &str| workload.path(name).display().to_string();
+        let trust = clients.path().join("ca-and-crls.pem");
+        std::fs::write(
+            &trust,
+            format!(
+                "{}{}",
+                std::fs::read_to_string(workload.path("ca.pem")).expect("ca.pem"),
+                std::fs::read_to_string(workload.path("crl.pem")).expect("crl.pem")
+            ),
+        )
+        .expect("write ca-and-crls.pem");
+        let openssl = Command::new("openssl")
+            .args(["s_server", "-www", "-accept"])
+            .arg(openssl_port.to_string())
+            .args([
+                "-cert",
+                &out("cert.pem"),
+                "-cert_chain",
+                &out("cert.pem"),
+                "-key",
+                &out("key.pem"),
+            ])
+            .arg("-CAfile")
+            .arg(&trust)
+            .args(["-Verify", "2", "-crl_check", "-verify_return_error"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(clients.path().join("s_server.log")).expect("log file"))
+            .stderr(std::fs::File::create(clients.path().join("s_server.err")).expect("log file"))
+            .spawn()
+            .expect("start openssl s_server");
+        let _openssl = KillOnDrop { child: openssl };
+        wait_until(
+            "openssl s_server listening",
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", openssl_port)).is_ok(),
+        );
+        let s_server_log = || {
+            format!(
+                "{}{}",
+                std::fs::read_to_string(clients.path().join("s_server.log")).unwrap_or_default(),
+                std::fs::read_to_string(clients.path().join("s_server.err")).unwrap_or_default()
+            )
+        };
+        assert_eq!(
+            curl(host, openssl_port, &ca, &kept_cert, &kept_key),
+            Some(200),
+            "openssl s_server accepts the other client: {}",
+            s_server_log()
+        );
+        assert_eq!(
+            curl(host, openssl_port, &ca, &revoked_cert, &revoked_key),
+            None,
+            "openssl s_server -crl_check refuses the revoked client"
         );
         agent.stop();
     });
