@@ -140,6 +140,19 @@ timeout = "10s"
         }
     }
 
+    /// Replaces the reload command of `agent.toml` with `argv`.
+    pub fn set_reload_command(&self, argv: &[&str]) {
+        let config = std::fs::read_to_string(&self.config).expect("read agent.toml");
+        let command_line = config
+            .lines()
+            .find(|line| line.starts_with("command = "))
+            .expect("a reload command")
+            .to_owned();
+        // Debug quoting of plain strings is TOML's basic-string quoting.
+        let config = config.replace(&command_line, &format!("command = {argv:?}"));
+        std::fs::write(&self.config, config).expect("write agent.toml");
+    }
+
     /// `certmint agent --config … --once [--retry-for …]`.
     pub fn agent_once(&self, retry_for: &str) -> CommandOutput {
         let config = self.config.display().to_string();

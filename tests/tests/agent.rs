@@ -378,13 +378,7 @@ backend_tests! {
             flag = flag.display(),
             log = workload.hook_log.display()
         );
-        let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
-        let command_line = config
-            .lines()
-            .find(|line| line.starts_with("command = "))
-            .expect("a reload command");
-        let config = config.replace(command_line, &format!("command = [\"sh\", \"-c\", {script:?}]"));
-        std::fs::write(&workload.config, config).expect("write agent.toml");
+        workload.set_reload_command(&["sh", "-c", &script]);
         let mut process = workload.spawn_agent();
         process.wait_for("the hook to succeed on a retry", Duration::from_secs(30), || {
             !workload.hook_serials().is_empty()
@@ -417,13 +411,7 @@ backend_tests! {
         // hook once and exits 0 even when it fails again: it never waits
         // on a workload that is not up yet.
         let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
-        let command_line = config
-            .lines()
-            .find(|line| line.starts_with("command = "))
-            .expect("a reload command")
-            .to_owned();
-        std::fs::write(&workload.config, config.replace(&command_line, r#"command = ["false"]"#))
-            .expect("write agent.toml");
+        workload.set_reload_command(&["false"]);
         let failing = workload.agent_once("30s");
         assert_eq!(failing.code, Some(EXIT_OK), "{}", failing.stderr);
         assert!(failing.stderr.contains("reload hook failed"), "{}", failing.stderr);

@@ -624,14 +624,7 @@ backend_tests! {
             "echo \"$CERTMINT_SERIAL $(test -s \"$CERTMINT_CRL_FILE\" && echo with-crl)\" >> {}",
             workload.hook_log.display()
         );
-        let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
-        let command_line = config
-            .lines()
-            .find(|line| line.starts_with("command = "))
-            .expect("a reload command")
-            .to_owned();
-        let config = config.replace(&command_line, &format!("command = [\"sh\", \"-c\", {script:?}]"));
-        std::fs::write(&workload.config, config).expect("write agent.toml");
+        workload.set_reload_command(&["sh", "-c", &script]);
         let crl_file = workload.path("crl.pem");
         let mut agent = workload.spawn_agent();
         agent.wait_for("the enrollment and its hook", Duration::from_secs(60), || {

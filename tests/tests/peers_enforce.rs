@@ -38,21 +38,11 @@ fn server_agent(server: &TestServer, dns: &str, hook: &str) -> Workload {
     server.create_policy(&spec);
     let token = server.mint_token(&policy, &identity(&[dns], &[], &[]), 1);
     let workload = Workload::new(server, &token.token, &[dns], "crl.refresh = \"1s\"\n");
-    let config = std::fs::read_to_string(&workload.config).expect("read agent.toml");
-    let command_line = config
-        .lines()
-        .find(|line| line.starts_with("command = "))
-        .expect("a reload command")
-        .to_owned();
     let script = format!(
         "{hook}; echo \"$CERTMINT_SERIAL\" >> {}",
         workload.hook_log.display()
     );
-    let config = config.replace(
-        &command_line,
-        &format!("command = [\"sh\", \"-c\", {script:?}]"),
-    );
-    std::fs::write(&workload.config, config).expect("write agent.toml");
+    workload.set_reload_command(&["sh", "-c", &script]);
     workload
 }
 

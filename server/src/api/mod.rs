@@ -140,13 +140,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     request,
                 )
             }))
-            .app_data(web::PathConfig::default().error_handler(|error, request| {
-                request_error(
-                    ProblemCode::RequestInvalidParameter,
-                    error.to_string(),
-                    request,
-                )
-            }))
+            .app_data(path_config())
             .configure(public::routes)
             .configure(distribution::routes)
             .configure(enroll::routes)
@@ -156,18 +150,23 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     }
 }
 
+/// A path segment that does not parse is `request.invalid_parameter`.
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|error, request| {
+        request_error(
+            ProblemCode::RequestInvalidParameter,
+            error.to_string(),
+            request,
+        )
+    })
+}
+
 /// The plain-HTTP CRL listener: CRLs and the CA chain, nothing else.
 pub fn configure_distribution(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {
         config
             .app_data(state)
-            .app_data(web::PathConfig::default().error_handler(|error, request| {
-                request_error(
-                    ProblemCode::RequestInvalidParameter,
-                    error.to_string(),
-                    request,
-                )
-            }))
+            .app_data(path_config())
             .configure(distribution::routes)
             .default_service(web::to(not_found));
     }

@@ -14,8 +14,6 @@
 //! their own), so one defect is reported by its own layer, not as a
 //! confusing error of another.
 
-use std::net::IpAddr;
-
 use certmint::client::trust::time_within_validity;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use time::OffsetDateTime;
@@ -27,7 +25,6 @@ use webpki::{
 use x509_cert::crl::CertificateList;
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::{Decode as _, Encode as _};
-use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
 use x509_cert::name::Name;
 use x509_cert::Certificate;
@@ -388,38 +385,12 @@ pub fn san_text(cert: &Cert) -> String {
         Ok(None) => return "no subjectAltName".to_owned(),
         Err(error) => return format!("a subjectAltName that does not parse ({error})"),
     };
-    let (mut dns, mut ip, mut uri, mut other) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
-    for name in &names {
-        match name {
-            GeneralName::DnsName(name) => dns.push(name.to_string()),
-            GeneralName::UniformResourceIdentifier(name) => uri.push(name.to_string()),
-            GeneralName::IpAddress(bytes) => ip.push(ip_text(bytes.as_bytes())),
-            _ => other += 1,
-        }
-    }
-    let mut parts = Vec::new();
-    for (kind, list) in [("dns", &dns), ("ip", &ip), ("uri", &uri)] {
-        if !list.is_empty() {
-            parts.push(format!("{kind}: {}", list.join(", ")));
-        }
-    }
-    if other > 0 {
-        parts.push(format!("{other} other name(s)"));
-    }
+    let parts = crate::status::inspect::san_parts(&names);
     if parts.is_empty() {
         "an empty subjectAltName".to_owned()
     } else {
         parts.join("; ")
     }
-}
-
-fn ip_text(bytes: &[u8]) -> String {
-    let address = match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    };
-    address.map_or_else(|| format!("<{} bytes>", bytes.len()), |ip| ip.to_string())
 }
 
 /// Is `leaf` valid for `name` (DNS name or IP address, as TLS checks it)?

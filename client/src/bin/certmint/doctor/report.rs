@@ -235,38 +235,16 @@ impl Cause {
     }
 }
 
-/// Outcome of one check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Fine.
-    Ok,
-    /// Works, but someone should look.
-    Warn,
-    /// This layer breaks the connection.
-    Fail,
-    /// Not checked: an earlier layer did not get far enough.
-    Skip,
-}
+/// Outcome of one check: the same four as `certmint status` prints.
+pub use crate::status::inspect::Status;
 
-impl Status {
-    fn label(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Fail => "FAIL",
-            Status::Skip => "skip",
-        }
-    }
-
-    /// ANSI colour for a terminal.
-    fn colour(self) -> &'static str {
-        match self {
-            Status::Ok => "\x1b[32m",
-            Status::Warn => "\x1b[33m",
-            Status::Fail => "\x1b[1;31m",
-            Status::Skip => "\x1b[2m",
-        }
+/// ANSI colour of a status on a terminal.
+fn ansi_colour(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "\x1b[32m",
+        Status::Warn => "\x1b[33m",
+        Status::Fail => "\x1b[1;31m",
+        Status::Skip => "\x1b[2m",
     }
 }
 
@@ -387,7 +365,7 @@ impl Report {
         for check in &self.checks {
             let label = check.status.label();
             let label = if colour {
-                format!("{}{label:<4}\x1b[0m", check.status.colour())
+                format!("{}{label:<4}\x1b[0m", ansi_colour(check.status))
             } else {
                 format!("{label:<4}")
             };

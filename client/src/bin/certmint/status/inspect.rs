@@ -614,8 +614,22 @@ fn names_layer(leaf: &Certificate) -> Layer {
             )
         }
     };
+    let parts = san_parts(&names);
+    if parts.is_empty() {
+        return layer(
+            "names",
+            Status::Warn,
+            "the subjectAltName extension is empty",
+        );
+    }
+    layer("names", Status::Ok, parts.join("; "))
+}
+
+/// A subjectAltName as text, one part per kind: `dns: a, b`, `ip: c`,
+/// `uri: d`, `N other name(s)`; empty for an empty extension.
+pub(crate) fn san_parts(names: &[GeneralName]) -> Vec<String> {
     let (mut dns, mut ip, mut uri, mut other) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
-    for name in &names {
+    for name in names {
         match name {
             GeneralName::DnsName(name) => dns.push(name.to_string()),
             GeneralName::UniformResourceIdentifier(name) => uri.push(name.to_string()),
@@ -632,14 +646,7 @@ fn names_layer(leaf: &Certificate) -> Layer {
     if other > 0 {
         parts.push(format!("{other} other name(s)"));
     }
-    if parts.is_empty() {
-        return layer(
-            "names",
-            Status::Warn,
-            "the subjectAltName extension is empty",
-        );
-    }
-    layer("names", Status::Ok, parts.join("; "))
+    parts
 }
 
 fn ip_text(bytes: &[u8]) -> String {
